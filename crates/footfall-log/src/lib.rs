@@ -1,0 +1,112 @@
+//! The durable, partitioned event log: the seam between collectors and everything that
+//! consumes accepted events (processor, archiver).
+//!
+//! [`EventLog`] is the contract; [`FileLog`] is the embedded implementation (segment
+//! files on local disk, one directory per partition). A Kafka-protocol implementation
+//! satisfies the same contract at scale. This crate knows nothing about events: records
+//! are opaque bytes.
+
+mod file;
+
+pub use file::{FileLog, FileLogOptions};
+
+use std::time::Duration;
+
+/// Position of a record inside one partition. Offsets grow strictly with each record
+/// but are not contiguous (the embedded log uses byte positions); consumers must only
+/// store offsets the log gave them.
+pub type Offset = u64;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A write or fsync failed earlier. The log refuses every append from then on rather
+    /// than acknowledge data it may not have kept; restart to recover.
+    #[error("log is poisoned after an I/O failure: {0}")]
+    Poisoned(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("record of {0} bytes exceeds the maximum of {1}")]
+    RecordTooLarge(usize, usize),
+    #[error("partition {0} does not exist")]
+    NoSuchPartition(u32),
+    #[error("offset {offset} of partition {partition} is no longer retained (first is {first})")]
+    OffsetNotRetained {
+        partition: u32,
+        offset: Offset,
+        first: Offset,
+    },
+    #[error("corrupt record at offset {offset} of partition {partition}")]
+    Corrupt { partition: u32, offset: Offset },
+    #[error("log is closed")]
+    Closed,
+}
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: Offset,
+    /// Offset of the record that follows this one.
+    pub next: Offset,
+    pub payload: Vec<u8>,
+}
+
+/// Called once when an append has become durable (or has failed).
+pub type AppendCallback = Box<dyn FnOnce(Result<Vec<Offset>>) + Send + 'static>;
+
+/// A durable, partitioned, append-only log of opaque records.
+///
+/// Contract:
+/// - **Durable**: when `append`'s callback receives `Ok(offsets)`, every record of that
+///   call is on stable storage (fsynced) and will be returned by `read` after any crash
+///   or restart, at the offset given, until retention removes it. On `Err`, none of the
+///   records may be assumed kept (some may be; consumers see them as normal records).
+/// - **Order**: within a partition, records are read back in append order; records of
+///   one `append` call to the same partition are contiguous.
+/// - **Visible**: a record is returned by `read` only once it is durable; `end_offset`
+///   is the offset after the last durable record.
+/// - **Failure**: after a failed write or fsync, the log is poisoned: every later append
+///   fails with [`Error::Poisoned`] and `healthy()` is false. It never acknowledges a
+///   record it could not make durable.
+/// - **Retention** only removes records below the `safe` offsets given by consumers.
+pub trait EventLog: Send + Sync + 'static {
+    fn partitions(&self) -> u32;
+
+    /// Appends `(partition, payload)` records; `done` is called from a log thread.
+    fn append(&self, records: Vec<(u32, Vec<u8>)>, done: AppendCallback);
+
+    /// Offset after the last durable record of `partition`.
+    fn end_offset(&self, partition: u32) -> Offset;
+
+    /// First retained offset of `partition`.
+    fn start_offset(&self, partition: u32) -> Offset;
+
+    /// Reads durable records of `partition` starting at `from` (which must be an offset
+    /// the log returned, or `start_offset`, or `end_offset`), up to about `max_bytes`.
+    /// Returns an empty vector at the end.
+    fn read(&self, partition: u32, from: Offset, max_bytes: usize) -> Result<Vec<Record>>;
+
+    /// Blocks until new records may be readable, or `timeout` passes.
+    fn wait_for_append(&self, seen_generation: u64, timeout: Duration) -> u64;
+
+    /// A counter that grows whenever records become durable.
+    fn generation(&self) -> u64;
+
+    /// Deletes whole segments that lie entirely below `safe[partition]` and are older
+    /// than `max_age` or beyond `max_bytes` per partition. Returns bytes freed.
+    fn enforce_retention(&self, safe: &[Offset], max_age: Duration, max_bytes: u64)
+        -> Result<u64>;
+
+    /// False once poisoned.
+    fn healthy(&self) -> bool;
+
+    /// Bytes retained, summed over partitions.
+    fn retained_bytes(&self) -> u64;
+}
+
+/// Stable partition choice: records of one key always go to the same partition.
+pub fn partition_for(key: u64, partitions: u32) -> u32 {
+    // Fibonacci hashing spreads keys that differ only in high or low bits.
+    ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % partitions as u64) as u32
+}
