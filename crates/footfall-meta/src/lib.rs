@@ -1,1 +1,422 @@
-//! x
+//! Application metadata: properties (merchant sites and apps), API keys, the
+//! installation secret and the daily visitor salts.
+//!
+//! [`MetaStore`] is the contract; [`SqliteMeta`] the embedded implementation (one SQLite
+//! file in the data directory, WAL mode, so the CLI can change it while `serve` runs).
+//! The SQL is kept portable to PostgreSQL/YugabyteDB for the distributed implementation.
+//! This crate never stores an API key in clear: only its SHA-256.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rand::Rng;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("unknown time zone `{0}` (use an IANA name such as Asia/Kolkata)")]
+    BadTimezone(String),
+    #[error("property `{0}` does not exist")]
+    NoSuchProperty(String),
+    #[error("invalid value: {0}")]
+    Invalid(String),
+}
+
+/// A merchant's site or app.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Property {
+    pub tracking_id: String,
+    pub name: String,
+    /// IANA zone; days and hours of this property's reports are local to it.
+    pub timezone: String,
+    /// Hosts allowed to send browser events; empty means any.
+    pub domains: Vec<String>,
+    pub created_at: String,
+}
+
+impl Property {
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone.parse().unwrap_or(chrono_tz::UTC)
+    }
+
+    /// Whether a page host may send browser events for this property: the host equals
+    /// an allowed domain or is a subdomain of one.
+    pub fn allows_host(&self, host: &str) -> bool {
+        self.domains.is_empty()
+            || self.domains.iter().any(|d| {
+                host == d || (host.ends_with(d.as_str()) && host[..host.len() - d.len()].ends_with('.'))
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Server-side ingestion.
+    Write,
+    /// Queries.
+    Read,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Write => "write",
+            Scope::Read => "read",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "write" => Some(Scope::Write),
+            "read" => Some(Scope::Read),
+            _ => None,
+        }
+    }
+}
+
+/// What a valid API key grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyGrant {
+    /// Public, non-secret identifier of the key (its first characters).
+    pub key_id: String,
+    pub property: String,
+    pub scope: Scope,
+}
+
+/// Metadata store contract.
+///
+/// - Every successful write is durable (committed) when the call returns and visible to
+///   every later read, from this or any other process on the same store.
+/// - `change_counter` moves whenever another connection commits, so a long-running
+///   server can cache reads and refresh only when something changed.
+/// - Keys are returned in clear only by `create_key`; the store keeps a hash.
+pub trait MetaStore: Send + Sync + 'static {
+    fn create_property(&self, name: &str, timezone: &str, domains: &[String]) -> Result<Property>;
+    fn update_property(
+        &self,
+        tracking_id: &str,
+        name: Option<&str>,
+        timezone: Option<&str>,
+        domains: Option<&[String]>,
+    ) -> Result<Property>;
+    fn property(&self, tracking_id: &str) -> Result<Option<Property>>;
+    fn properties(&self) -> Result<Vec<Property>>;
+    /// Creates a key; returns the clear key (shown once) and its grant.
+    fn create_key(&self, tracking_id: &str, scope: Scope) -> Result<(String, KeyGrant)>;
+    fn verify_key(&self, key: &str) -> Result<Option<KeyGrant>>;
+    /// The installation's 16-byte secret for visitor hashing (created on first use).
+    fn secret(&self) -> Result<[u8; 16]>;
+    /// The salt of a UTC day (days since the epoch), created on first use. Salts of days
+    /// before `day - 1` are deleted, so address-derived ids cannot be recomputed later.
+    fn daily_salt(&self, day: i64) -> Result<[u8; 16]>;
+    fn change_counter(&self) -> Result<u64>;
+}
+
+/// SQLite implementation of [`MetaStore`].
+pub struct SqliteMeta {
+    conn: Mutex<Connection>,
+}
+
+const ID_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+const KEY_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+fn random_string(alphabet: &[u8], n: usize) -> String {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+fn hash_key(key: &str) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn validate_tz(tz: &str) -> Result<()> {
+    tz.parse::<chrono_tz::Tz>()
+        .map(|_| ())
+        .map_err(|_| Error::BadTimezone(tz.into()))
+}
+
+fn normalise_domains(domains: &[String]) -> Result<Vec<String>> {
+    domains
+        .iter()
+        .map(|d| {
+            let d = d.trim().trim_start_matches("www.").to_ascii_lowercase();
+            if d.is_empty() || d.contains('/') || d.contains(' ') {
+                Err(Error::Invalid(format!("`{d}` is not a domain name")))
+            } else {
+                Ok(d)
+            }
+        })
+        .collect()
+}
+
+impl SqliteMeta {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS properties (
+                tracking_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                timezone TEXT NOT NULL,
+                domains TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS api_keys (
+                key_hash TEXT PRIMARY KEY,
+                key_id TEXT NOT NULL,
+                tracking_id TEXT NOT NULL REFERENCES properties(tracking_id),
+                scope TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS secrets (
+                name TEXT PRIMARY KEY,
+                value BLOB NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS salts (
+                day INTEGER PRIMARY KEY,
+                value BLOB NOT NULL
+            );",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn row_to_property(row: &rusqlite::Row<'_>) -> rusqlite::Result<Property> {
+        let domains: String = row.get(3)?;
+        Ok(Property {
+            tracking_id: row.get(0)?,
+            name: row.get(1)?,
+            timezone: row.get(2)?,
+            domains: domains
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            created_at: row.get(4)?,
+        })
+    }
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl MetaStore for SqliteMeta {
+    fn create_property(&self, name: &str, timezone: &str, domains: &[String]) -> Result<Property> {
+        validate_tz(timezone)?;
+        if name.trim().is_empty() {
+            return Err(Error::Invalid("a property needs a name".into()));
+        }
+        let domains = normalise_domains(domains)?;
+        let p = Property {
+            tracking_id: format!("FF-{}", random_string(ID_ALPHABET, 8)),
+            name: name.into(),
+            timezone: timezone.into(),
+            domains,
+            created_at: now_text(),
+        };
+        self.conn.lock().unwrap().execute(
+            "INSERT INTO properties (tracking_id, name, timezone, domains, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![p.tracking_id, p.name, p.timezone, p.domains.join(","), p.created_at],
+        )?;
+        Ok(p)
+    }
+
+    fn update_property(
+        &self,
+        tracking_id: &str,
+        name: Option<&str>,
+        timezone: Option<&str>,
+        domains: Option<&[String]>,
+    ) -> Result<Property> {
+        let mut p = self
+            .property(tracking_id)?
+            .ok_or_else(|| Error::NoSuchProperty(tracking_id.into()))?;
+        if let Some(tz) = timezone {
+            validate_tz(tz)?;
+            p.timezone = tz.into();
+        }
+        if let Some(n) = name {
+            p.name = n.into();
+        }
+        if let Some(d) = domains {
+            p.domains = normalise_domains(d)?;
+        }
+        self.conn.lock().unwrap().execute(
+            "UPDATE properties SET name = ?2, timezone = ?3, domains = ?4 WHERE tracking_id = ?1",
+            params![p.tracking_id, p.name, p.timezone, p.domains.join(",")],
+        )?;
+        Ok(p)
+    }
+
+    fn property(&self, tracking_id: &str) -> Result<Option<Property>> {
+        Ok(self
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT tracking_id, name, timezone, domains, created_at FROM properties WHERE tracking_id = ?1",
+                params![tracking_id],
+                Self::row_to_property,
+            )
+            .optional()?)
+    }
+
+    fn properties(&self) -> Result<Vec<Property>> {
+        let conn = self.conn.lock().unwrap();
+        let mut st = conn.prepare(
+            "SELECT tracking_id, name, timezone, domains, created_at FROM properties ORDER BY created_at, tracking_id",
+        )?;
+        let rows = st.query_map([], Self::row_to_property)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn create_key(&self, tracking_id: &str, scope: Scope) -> Result<(String, KeyGrant)> {
+        if self.property(tracking_id)?.is_none() {
+            return Err(Error::NoSuchProperty(tracking_id.into()));
+        }
+        let prefix = match scope {
+            Scope::Write => "ffw_",
+            Scope::Read => "ffr_",
+        };
+        let key = format!("{prefix}{}", random_string(KEY_ALPHABET, 32));
+        let grant = KeyGrant {
+            key_id: key[..10].to_string(),
+            property: tracking_id.into(),
+            scope,
+        };
+        self.conn.lock().unwrap().execute(
+            "INSERT INTO api_keys (key_hash, key_id, tracking_id, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash_key(&key), grant.key_id, tracking_id, scope.as_str(), now_text()],
+        )?;
+        Ok((key, grant))
+    }
+
+    fn verify_key(&self, key: &str) -> Result<Option<KeyGrant>> {
+        Ok(self
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT key_id, tracking_id, scope FROM api_keys WHERE key_hash = ?1",
+                params![hash_key(key)],
+                |r| {
+                    let scope: String = r.get(2)?;
+                    Ok(KeyGrant {
+                        key_id: r.get(0)?,
+                        property: r.get(1)?,
+                        scope: Scope::parse(&scope).unwrap_or(Scope::Read),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn secret(&self) -> Result<[u8; 16]> {
+        let conn = self.conn.lock().unwrap();
+        let fresh: [u8; 16] = rand::rng().random();
+        conn.execute(
+            "INSERT INTO secrets (name, value) VALUES ('visitor', ?1) ON CONFLICT (name) DO NOTHING",
+            params![fresh.to_vec()],
+        )?;
+        let v: Vec<u8> = conn.query_row(
+            "SELECT value FROM secrets WHERE name = 'visitor'",
+            [],
+            |r| r.get(0),
+        )?;
+        v.try_into()
+            .map_err(|_| Error::Invalid("stored secret has the wrong length".into()))
+    }
+
+    fn daily_salt(&self, day: i64) -> Result<[u8; 16]> {
+        let conn = self.conn.lock().unwrap();
+        let fresh: [u8; 16] = rand::rng().random();
+        conn.execute(
+            "INSERT INTO salts (day, value) VALUES (?1, ?2) ON CONFLICT (day) DO NOTHING",
+            params![day, fresh.to_vec()],
+        )?;
+        // Keep today's and yesterday's salt only (48 h at most).
+        conn.execute("DELETE FROM salts WHERE day < ?1", params![day - 1])?;
+        let v: Vec<u8> =
+            conn.query_row("SELECT value FROM salts WHERE day = ?1", params![day], |r| {
+                r.get(0)
+            })?;
+        v.try_into()
+            .map_err(|_| Error::Invalid("stored salt has the wrong length".into()))
+    }
+
+    fn change_counter(&self) -> Result<u64> {
+        let v: i64 = self
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(v as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_keys_salts() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMeta::open(dir.path().join("meta.db")).unwrap();
+        let p = m
+            .create_property("Shop", "Asia/Kolkata", &["www.Shop.example".into()])
+            .unwrap();
+        assert!(p.tracking_id.starts_with("FF-") && p.tracking_id.len() == 11);
+        assert_eq!(p.domains, vec!["shop.example"]);
+        assert!(p.allows_host("shop.example") && p.allows_host("m.shop.example"));
+        assert!(!p.allows_host("evilshop.example"));
+        assert!(matches!(
+            m.create_property("x", "Mars/Base", &[]),
+            Err(Error::BadTimezone(_))
+        ));
+        let (key, grant) = m.create_key(&p.tracking_id, Scope::Read).unwrap();
+        assert_eq!(m.verify_key(&key).unwrap(), Some(grant));
+        assert_eq!(m.verify_key("ffr_nope").unwrap(), None);
+        let stored: String = m
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT key_hash FROM api_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(!stored.contains(&key[4..]));
+        let u = m
+            .update_property(&p.tracking_id, None, Some("America/St_Johns"), None)
+            .unwrap();
+        assert_eq!(m.property(&p.tracking_id).unwrap().unwrap(), u);
+        assert_eq!(m.secret().unwrap(), m.secret().unwrap());
+        let s1 = m.daily_salt(100).unwrap();
+        assert_eq!(m.daily_salt(100).unwrap(), s1);
+        m.daily_salt(101).unwrap();
+        m.daily_salt(102).unwrap();
+        let n: i64 = m
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT count(*) FROM salts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "salts older than 48 h are deleted");
+        // Another connection's commit moves the change counter.
+        let before = m.change_counter().unwrap();
+        let other = SqliteMeta::open(dir.path().join("meta.db")).unwrap();
+        other.create_property("Other", "UTC", &[]).unwrap();
+        assert_ne!(m.change_counter().unwrap(), before);
+        assert_eq!(m.properties().unwrap().len(), 2);
+    }
+}

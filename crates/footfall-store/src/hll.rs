@@ -1,0 +1,264 @@
+//! Unique counting: HyperLogLog++ at precision 14 (the precision GA4 uses for users),
+//! with an exact representation for small sets.
+//!
+//! Written here rather than taken from a crate because it sits inside every rollup
+//! bucket: we need control of its memory (a sorted `Vec<u64>` while small), of its
+//! serialisation (it is part of checkpoints) and of merge cost.
+//!
+//! - Exact mode keeps the distinct 64-bit hashes, sorted, up to [`EXACT_LIMIT`]; its
+//!   estimate is the exact count (of distinct hashes; 64-bit collisions are negligible).
+//! - Dense mode keeps 2^14 one-byte registers and estimates with Ertl's improved
+//!   estimator ("New cardinality estimation algorithms for HyperLogLog sketches", 2017),
+//!   which needs no empirical bias tables and is accurate over the whole range
+//!   (standard error about 1.04/sqrt(16384) = 0.81%).
+//! - Merging is union; it is associative, commutative and idempotent.
+
+use serde::{Deserialize, Serialize};
+
+pub const PRECISION: u32 = 14;
+const M: usize = 1 << PRECISION;
+const Q: u32 = 64 - PRECISION;
+/// Largest exact set before switching to registers (2048 × 8 bytes = the dense size).
+pub const EXACT_LIMIT: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hll {
+    Exact(Vec<u64>),
+    Dense(Vec<u8>),
+}
+
+impl Default for Hll {
+    fn default() -> Self {
+        Hll::Exact(Vec::new())
+    }
+}
+
+/// Mixes a hash so that register index and rank use well-distributed bits even if the
+/// caller's hash is weak.
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+#[inline]
+fn register_of(hash: u64) -> (usize, u8) {
+    let h = mix(hash);
+    let idx = (h >> Q) as usize;
+    let w = (h << PRECISION) | (1 << (PRECISION - 1));
+    (idx, (w.leading_zeros() + 1) as u8)
+}
+
+impl Hll {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, hash: u64) {
+        match self {
+            Hll::Exact(v) => {
+                if let Err(pos) = v.binary_search(&hash) {
+                    v.insert(pos, hash);
+                    if v.len() > EXACT_LIMIT {
+                        self.densify();
+                    }
+                }
+            }
+            Hll::Dense(r) => {
+                let (i, rank) = register_of(hash);
+                if r[i] < rank {
+                    r[i] = rank;
+                }
+            }
+        }
+    }
+
+    fn densify(&mut self) {
+        if let Hll::Exact(v) = self {
+            let mut r = vec![0u8; M];
+            for &h in v.iter() {
+                let (i, rank) = register_of(h);
+                r[i] = r[i].max(rank);
+            }
+            *self = Hll::Dense(r);
+        }
+    }
+
+    pub fn merge(&mut self, other: &Hll) {
+        match (&mut *self, other) {
+            (_, Hll::Exact(o)) if o.is_empty() => {}
+            (Hll::Exact(a), Hll::Exact(b)) => {
+                let mut out = Vec::with_capacity(a.len() + b.len());
+                let (mut i, mut j) = (0, 0);
+                while i < a.len() && j < b.len() {
+                    match a[i].cmp(&b[j]) {
+                        std::cmp::Ordering::Less => {
+                            out.push(a[i]);
+                            i += 1
+                        }
+                        std::cmp::Ordering::Greater => {
+                            out.push(b[j]);
+                            j += 1
+                        }
+                        std::cmp::Ordering::Equal => {
+                            out.push(a[i]);
+                            i += 1;
+                            j += 1
+                        }
+                    }
+                }
+                out.extend_from_slice(&a[i..]);
+                out.extend_from_slice(&b[j..]);
+                *a = out;
+                if a.len() > EXACT_LIMIT {
+                    self.densify();
+                }
+            }
+            (Hll::Dense(r), Hll::Exact(b)) => {
+                for &h in b {
+                    let (i, rank) = register_of(h);
+                    r[i] = r[i].max(rank);
+                }
+            }
+            (Hll::Exact(_), Hll::Dense(_)) => {
+                let mut d = other.clone();
+                d.merge(self);
+                *self = d;
+            }
+            (Hll::Dense(r), Hll::Dense(o)) => {
+                for (a, b) in r.iter_mut().zip(o.iter()) {
+                    *a = (*a).max(*b);
+                }
+            }
+        }
+    }
+
+    /// The estimated number of distinct hashes inserted (exact in exact mode).
+    pub fn count(&self) -> u64 {
+        match self {
+            Hll::Exact(v) => v.len() as u64,
+            Hll::Dense(r) => estimate(r).round() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Hll::Exact(v) if v.is_empty())
+    }
+
+    /// Approximate heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Hll::Exact(v) => v.capacity() * 8,
+            Hll::Dense(r) => r.capacity(),
+        }
+    }
+}
+
+fn sigma(mut x: f64) -> f64 {
+    if x == 1.0 {
+        return f64::INFINITY;
+    }
+    let mut y = 1.0;
+    let mut z = x;
+    loop {
+        x *= x;
+        let z_old = z;
+        z += x * y;
+        y += y;
+        if z == z_old {
+            return z;
+        }
+    }
+}
+
+fn tau(mut x: f64) -> f64 {
+    if x == 0.0 || x == 1.0 {
+        return 0.0;
+    }
+    let mut y = 1.0;
+    let mut z = 1.0 - x;
+    loop {
+        x = x.sqrt();
+        let z_old = z;
+        y *= 0.5;
+        z -= (1.0 - x).powi(2) * y;
+        if z == z_old {
+            return z / 3.0;
+        }
+    }
+}
+
+fn estimate(registers: &[u8]) -> f64 {
+    let m = M as f64;
+    let mut c = [0u32; (Q + 2) as usize];
+    for &r in registers {
+        c[r as usize] += 1;
+    }
+    let mut z = m * tau(1.0 - c[(Q + 1) as usize] as f64 / m);
+    for k in (1..=Q as usize).rev() {
+        z = 0.5 * (z + c[k] as f64);
+    }
+    z += m * sigma(c[0] as f64 / m);
+    let alpha_inf = 0.5 / std::f64::consts::LN_2;
+    alpha_inf * m * m / z
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn exact_while_small() {
+        let mut h = Hll::new();
+        for i in 0..EXACT_LIMIT as u64 {
+            h.insert(i * 7919);
+            h.insert(i * 7919);
+        }
+        assert_eq!(h.count(), EXACT_LIMIT as u64);
+        assert!(matches!(h, Hll::Exact(_)));
+    }
+
+    #[test]
+    fn merge_is_union() {
+        let mut a = Hll::new();
+        let mut b = Hll::new();
+        for i in 0..1500u64 {
+            a.insert(i);
+        }
+        for i in 1000..2500u64 {
+            b.insert(i);
+        }
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+        let c = ab.count() as f64;
+        assert!((c - 2500.0).abs() / 2500.0 < 0.02, "{c}");
+        let mut aa = a.clone();
+        aa.merge(&a);
+        assert_eq!(aa, a);
+    }
+
+    /// Relative error stays within 2% across magnitudes, over many seeds.
+    #[test]
+    fn error_bound_over_seeds() {
+        for &n in &[3_000u64, 20_000, 60_000, 300_000] {
+            let mut worst: f64 = 0.0;
+            for seed in 0..8u64 {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 1000 + n);
+                let mut h = Hll::new();
+                for _ in 0..n {
+                    h.insert(rng.random());
+                }
+                let err = (h.count() as f64 - n as f64).abs() / n as f64;
+                worst = worst.max(err);
+            }
+            assert!(worst < 0.02, "n={n} worst error {worst}");
+        }
+    }
+}

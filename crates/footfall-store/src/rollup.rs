@@ -1,0 +1,179 @@
+//! The rollup model: what the processor maintains and queries read.
+//!
+//! Per property, buckets at local hour and local day granularity (in the property's time
+//! zone at processing time). Each bucket holds event-level statistics (attributed to the
+//! event's own time) and visit-level statistics (attributed to the visit's start).
+//! Visit-level counters are signed because the processor retracts a visit's old
+//! contribution when a later or late event changes it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike};
+use serde::{Deserialize, Serialize};
+
+use crate::hll::Hll;
+
+/// Event-level statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventStats {
+    pub pageviews: u64,
+    /// Page views and custom events.
+    pub events: u64,
+    pub visitors: Hll,
+}
+
+impl EventStats {
+    pub fn merge(&mut self, o: &EventStats) {
+        self.pageviews += o.pageviews;
+        self.events += o.events;
+        self.visitors.merge(&o.visitors);
+    }
+}
+
+/// Visit-level statistics of the visits attributed to a bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VisitStats {
+    pub visits: i64,
+    pub bounces: i64,
+    /// Sum over visits of (last event time − first event time).
+    pub duration_ms: i64,
+    /// Page views inside these visits.
+    pub pageviews: i64,
+    /// Events (page views and custom events) inside these visits.
+    pub events: i64,
+    pub visitors: Hll,
+}
+
+impl VisitStats {
+    pub fn merge(&mut self, o: &VisitStats) {
+        self.visits += o.visits;
+        self.bounces += o.bounces;
+        self.duration_ms += o.duration_ms;
+        self.pageviews += o.pageviews;
+        self.events += o.events;
+        self.visitors.merge(&o.visitors);
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.visits == 0
+            && self.bounces == 0
+            && self.duration_ms == 0
+            && self.pageviews == 0
+            && self.events == 0
+    }
+}
+
+/// One time bucket of one property.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub events: EventStats,
+    pub visits: VisitStats,
+    /// By `event:page` (URL path), events that carried a URL.
+    pub pages: HashMap<String, EventStats>,
+    /// By `event:name`.
+    pub names: HashMap<String, EventStats>,
+    /// By `visit:source`, visits that started in this bucket.
+    pub sources: HashMap<String, VisitStats>,
+    /// By `visit:entry_page`, visits with at least one page view.
+    pub entry_pages: HashMap<String, VisitStats>,
+}
+
+/// Rollups of one property.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PropertyRollup {
+    /// Keyed by [`LocalHour`].
+    pub hours: BTreeMap<LocalHour, Bucket>,
+    /// Keyed by [`LocalDay`].
+    pub days: BTreeMap<LocalDay, Bucket>,
+}
+
+/// All rollups, by tracking id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rollups {
+    pub properties: HashMap<String, PropertyRollup>,
+}
+
+/// A local calendar day: days since 1970-01-01 in the property's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LocalDay(pub i32);
+
+/// A local clock hour: `day * 24 + hour` of local wall-clock time. In a 25-hour day the
+/// repeated hour is one bucket (as wall clocks show it); a 23-hour day has no bucket for
+/// the skipped hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LocalHour(pub i64);
+
+const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+
+impl LocalDay {
+    pub fn from_date(d: NaiveDate) -> Self {
+        LocalDay((d - EPOCH).num_days() as i32)
+    }
+    pub fn date(self) -> NaiveDate {
+        EPOCH + chrono::Duration::days(self.0 as i64)
+    }
+}
+
+impl LocalHour {
+    pub fn from_naive(t: NaiveDateTime) -> Self {
+        LocalHour(LocalDay::from_date(t.date()).0 as i64 * 24 + t.hour() as i64)
+    }
+    pub fn day(self) -> LocalDay {
+        LocalDay(self.0.div_euclid(24) as i32)
+    }
+    pub fn hour(self) -> u32 {
+        self.0.rem_euclid(24) as u32
+    }
+    pub fn naive(self) -> NaiveDateTime {
+        self.day().date().and_hms_opt(self.hour(), 0, 0).unwrap()
+    }
+}
+
+/// Local wall-clock time of a UTC instant in `tz`.
+pub fn local_time<Tz: TimeZone>(tz: &Tz, millis: i64) -> NaiveDateTime {
+    let utc = chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default();
+    utc.with_timezone(tz).naive_local()
+}
+
+/// First day of the month of `d`.
+pub fn month_start(d: NaiveDate) -> NaiveDate {
+    NaiveDate::from_ymd_opt(d.year(), d.month(), 1).unwrap()
+}
+
+impl Rollups {
+    pub fn property_mut(&mut self, id: &str) -> &mut PropertyRollup {
+        if !self.properties.contains_key(id) {
+            self.properties.insert(id.to_string(), PropertyRollup::default());
+        }
+        self.properties.get_mut(id).unwrap()
+    }
+}
+
+impl PropertyRollup {
+    /// The hour and day buckets of a local time.
+    pub fn buckets_mut(&mut self, t: NaiveDateTime) -> [&mut Bucket; 2] {
+        let h = LocalHour::from_naive(t);
+        let hour = self.hours.entry(h).or_default();
+        let day = self.days.entry(h.day()).or_default();
+        [hour, day]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_keys() {
+        let tz: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
+        // 2026-11-26T18:40Z is 00:10 on the 27th in India.
+        let ms = chrono::DateTime::parse_from_rfc3339("2026-11-26T18:40:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let t = local_time(&tz, ms);
+        let h = LocalHour::from_naive(t);
+        assert_eq!(h.day().date(), NaiveDate::from_ymd_opt(2026, 11, 27).unwrap());
+        assert_eq!(h.hour(), 0);
+        assert_eq!(h.naive().to_string(), "2026-11-27 00:00:00");
+    }
+}
