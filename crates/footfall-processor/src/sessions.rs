@@ -1,0 +1,281 @@
+//! Sessionisation and rollup updates: the core of Footfall's numbers.
+//!
+//! State is kept per log partition. Every visitor's events live in one partition, so the
+//! state of a partition depends only on that partition's records in log order: replaying
+//! a partition from a checkpoint reproduces exactly the same state, whatever the
+//! interleaving with other partitions.
+//!
+//! A visitor's recent visits are kept as summaries. An event joins every visit it is
+//! within the session gap of (so a late event can extend a visit or join two); the old
+//! contributions of those visits are retracted from the rollups and the merged visit is
+//! added. The result equals sessionising the same events sorted by time, as long as the
+//! visits it touches are still held (see `lateness_ms`).
+
+use std::collections::HashMap;
+
+use chrono_tz::Tz;
+use footfall_event::{url_host, url_path, url_query_param, LoggedEvent, Millis};
+use footfall_store::rollup::local_time;
+use footfall_store::{Bucket, EventStats, LocalHour, PropertyRollup, Rollups, VisitStats};
+use serde::{Deserialize, Serialize};
+
+/// Source of visits without a referrer or campaign.
+pub const DIRECT: &str = "Direct / None";
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRules {
+    /// A visit ends after this long without events (gaps under it continue the visit).
+    pub gap_ms: Millis,
+    /// How long a finished visit is kept so that late events can still extend or join
+    /// it, measured against the partition's watermark (latest receive time).
+    pub lateness_ms: Millis,
+}
+
+impl Default for SessionRules {
+    fn default() -> Self {
+        Self {
+            gap_ms: 30 * 60 * 1000,
+            lateness_ms: 72 * 3600 * 1000,
+        }
+    }
+}
+
+/// Summary of one visit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Visit {
+    pub start: Millis,
+    pub end: Millis,
+    pub pageviews: u32,
+    pub events: u32,
+    /// Custom (non-pageview) events marked interactive.
+    pub interactive_custom: u32,
+    /// Time and path of the first and last page views.
+    pub entry: Option<(Millis, String)>,
+    pub exit: Option<(Millis, String)>,
+    /// Time of the earliest event and the source it carried.
+    pub source: (Millis, String),
+    /// Local start hour the visit's contribution was added under (kept so retraction
+    /// hits the same bucket even if the property's zone changed meanwhile).
+    pub bucket: LocalHour,
+}
+
+impl Visit {
+    pub fn is_bounce(&self) -> bool {
+        self.pageviews == 1 && self.interactive_custom == 0
+    }
+
+    fn merge(mut self, o: Visit) -> Visit {
+        self.start = self.start.min(o.start);
+        self.end = self.end.max(o.end);
+        self.pageviews += o.pageviews;
+        self.events += o.events;
+        self.interactive_custom += o.interactive_custom;
+        self.entry = match (self.entry, o.entry) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        self.exit = match (self.exit, o.exit) {
+            (Some(a), Some(b)) => Some(if b.0 >= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        if o.source.0 < self.source.0 {
+            self.source = o.source;
+        }
+        self
+    }
+}
+
+/// The `visit:source` of an event: a campaign source in the URL (`utm_source`, `ref`,
+/// `source`), else the referrer's host without `www.` unless it is the page's own host,
+/// else [`DIRECT`].
+pub fn source_of(url: Option<&str>, referrer: Option<&str>) -> String {
+    if let Some(u) = url {
+        for k in ["utm_source", "ref", "source"] {
+            if let Some(v) = url_query_param(u, k) {
+                return v;
+            }
+        }
+    }
+    if let Some(r) = referrer {
+        if let Some(rh) = url_host(r) {
+            if url.and_then(url_host).as_deref() != Some(rh.as_str()) {
+                return rh;
+            }
+        }
+    }
+    DIRECT.to_string()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Latest receive time seen in this partition.
+    pub watermark: Millis,
+    last_sweep: Millis,
+    /// Visits per visitor (visitor ids already include the property), sorted by start.
+    pub visitors: HashMap<u64, Vec<Visit>>,
+}
+
+/// The processor's state: one [`PartitionState`] per log partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionState {
+    pub partitions: Vec<PartitionState>,
+}
+
+impl SessionState {
+    pub fn new(partitions: usize) -> Self {
+        Self {
+            partitions: vec![PartitionState::default(); partitions],
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serialising to memory cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    pub fn open_visits(&self) -> usize {
+        self.partitions
+            .iter()
+            .map(|p| p.visitors.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+}
+
+fn add_event(b: &mut EventStats, pageview: bool, visitor: u64) {
+    b.events += 1;
+    b.pageviews += pageview as u64;
+    b.visitors.insert(visitor);
+}
+
+fn stats_entry<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
+    // Avoid allocating a key for the common case of an existing entry.
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).unwrap()
+}
+
+fn apply_visit(v: &mut VisitStats, visit: &Visit, sign: i64, visitor: u64) {
+    v.visits += sign;
+    v.bounces += sign * visit.is_bounce() as i64;
+    v.duration_ms += sign * (visit.end - visit.start);
+    v.pageviews += sign * visit.pageviews as i64;
+    v.events += sign * visit.events as i64;
+    if sign > 0 {
+        v.visitors.insert(visitor);
+    }
+}
+
+fn apply_keyed(map: &mut HashMap<String, VisitStats>, key: &str, visit: &Visit, sign: i64, visitor: u64) {
+    let e = stats_entry(map, key);
+    apply_visit(e, visit, sign, visitor);
+    if e.is_zero() {
+        map.remove(key);
+    }
+}
+
+fn contribute(prop: &mut PropertyRollup, visit: &Visit, sign: i64, visitor: u64) {
+    let hour = prop.hours.entry(visit.bucket).or_default();
+    contribute_bucket(hour, visit, sign, visitor);
+    let day = prop.days.entry(visit.bucket.day()).or_default();
+    contribute_bucket(day, visit, sign, visitor);
+}
+
+fn contribute_bucket(b: &mut Bucket, visit: &Visit, sign: i64, visitor: u64) {
+    apply_visit(&mut b.visits, visit, sign, visitor);
+    apply_keyed(&mut b.sources, &visit.source.1, visit, sign, visitor);
+    if let Some((_, page)) = &visit.entry {
+        apply_keyed(&mut b.entry_pages, page, visit, sign, visitor);
+    }
+}
+
+impl SessionState {
+    /// Applies one event of `partition` to the session state and the rollups.
+    pub fn apply(
+        &mut self,
+        partition: usize,
+        ev: &LoggedEvent,
+        tz: &Tz,
+        rules: &SessionRules,
+        rollups: &mut Rollups,
+    ) {
+        let ps = &mut self.partitions[partition];
+        ps.watermark = ps.watermark.max(ev.received_at);
+        let pageview = ev.is_pageview();
+        let page = ev.url.as_deref().map(url_path);
+        let prop = rollups.property_mut(&ev.property);
+
+        // Event-level statistics, by the event's own local time.
+        let local = local_time(tz, ev.timestamp);
+        for b in prop.buckets_mut(local) {
+            add_event(&mut b.events, pageview, ev.visitor);
+            if let Some(p) = &page {
+                add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
+            }
+            add_event(stats_entry(&mut b.names, &ev.name), pageview, ev.visitor);
+        }
+
+        // Visit-level statistics.
+        let t = ev.timestamp;
+        let mut merged = Visit {
+            start: t,
+            end: t,
+            pageviews: pageview as u32,
+            events: 1,
+            interactive_custom: (!pageview && ev.interactive) as u32,
+            entry: page.clone().filter(|_| pageview).map(|p| (t, p)),
+            exit: page.filter(|_| pageview).map(|p| (t, p)),
+            source: (t, source_of(ev.url.as_deref(), ev.referrer.as_deref())),
+            bucket: LocalHour(0),
+        };
+        let visits = ps.visitors.entry(ev.visitor).or_default();
+        let gap = rules.gap_ms;
+        let mut i = 0;
+        while i < visits.len() {
+            let v = &visits[i];
+            if t - v.end < gap && v.start - t < gap {
+                let old = visits.remove(i);
+                contribute(prop, &old, -1, ev.visitor);
+                merged = old.merge(merged);
+            } else {
+                i += 1;
+            }
+        }
+        merged.bucket = LocalHour::from_naive(local_time(tz, merged.start));
+        contribute(prop, &merged, 1, ev.visitor);
+        let pos = visits.partition_point(|v| v.start < merged.start);
+        visits.insert(pos, merged);
+
+        // Forget visits no late event may touch any more (once a minute of watermark).
+        if ps.watermark - ps.last_sweep > 60_000 {
+            ps.last_sweep = ps.watermark;
+            let horizon = ps.watermark - rules.lateness_ms - gap;
+            ps.visitors.retain(|_, vs| {
+                vs.retain(|v| v.end >= horizon);
+                !vs.is_empty()
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert_eq!(source_of(Some("https://a.com/"), None), DIRECT);
+        assert_eq!(
+            source_of(Some("https://a.com/"), Some("https://www.google.com/search")),
+            "google.com"
+        );
+        assert_eq!(source_of(Some("https://a.com/x"), Some("https://a.com/")), DIRECT);
+        assert_eq!(
+            source_of(Some("https://a.com/?utm_source=newsletter"), Some("https://t.co/x")),
+            "newsletter"
+        );
+    }
+}
