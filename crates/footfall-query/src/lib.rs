@@ -1,1 +1,544 @@
-//! x
+//! The query engine behind `POST /api/v2/query` (Plausible Stats API v2 shape), answered
+//! from rollups through the [`RollupStore`] trait.
+//!
+//! It never touches the log or raw events, and never decides who may see what: the
+//! server authorises the property before calling [`execute`].
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, Duration, NaiveDate, TimeZone};
+use chrono_tz::Tz;
+use footfall_store::rollup::{local_time, month_start};
+use footfall_store::{Bucket, EventStats, LocalDay, LocalHour, RollupStore, VisitStats};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(pub String);
+
+fn bad<T>(msg: impl Into<String>) -> Result<T, QueryError> {
+    Err(QueryError(msg.into()))
+}
+
+/// The request body, as sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub site_id: String,
+    pub metrics: Vec<String>,
+    pub date_range: Value,
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Value>,
+    #[serde(default)]
+    pub order_by: Option<Vec<(String, String)>>,
+    #[serde(default)]
+    pub include: Option<Include>,
+    #[serde(default)]
+    pub pagination: Option<Pagination>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Include {
+    #[serde(default)]
+    pub total_rows: bool,
+    #[serde(default)]
+    pub imports: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+    #[serde(default)]
+    pub offset: usize,
+}
+
+fn default_limit() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    Visitors,
+    Visits,
+    Pageviews,
+    Events,
+    ViewsPerVisit,
+    BounceRate,
+    VisitDuration,
+}
+
+impl Metric {
+    fn parse(s: &str) -> Result<Self, QueryError> {
+        Ok(match s {
+            "visitors" => Metric::Visitors,
+            "visits" => Metric::Visits,
+            "pageviews" => Metric::Pageviews,
+            "events" => Metric::Events,
+            "views_per_visit" => Metric::ViewsPerVisit,
+            "bounce_rate" => Metric::BounceRate,
+            "visit_duration" => Metric::VisitDuration,
+            _ => return bad(format!(
+                "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration"
+            )),
+        })
+    }
+    fn is_visit_level(self) -> bool {
+        matches!(
+            self,
+            Metric::Visits | Metric::ViewsPerVisit | Metric::BounceRate | Metric::VisitDuration
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeDim {
+    Hour,
+    Day,
+    Month,
+}
+
+/// A breakdown dimension that lives in one map of a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyDim {
+    Page,
+    Name,
+    Source,
+    EntryPage,
+}
+
+impl KeyDim {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "event:page" => KeyDim::Page,
+            "event:name" => KeyDim::Name,
+            "visit:source" => KeyDim::Source,
+            "visit:entry_page" => KeyDim::EntryPage,
+            _ => return None,
+        })
+    }
+    fn is_event_level(self) -> bool {
+        matches!(self, KeyDim::Page | KeyDim::Name)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Predicate {
+    Is(Vec<String>),
+    IsNot(Vec<String>),
+    Contains(Vec<String>),
+}
+
+impl Predicate {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Predicate::Is(xs) => xs.iter().any(|x| x == v),
+            Predicate::IsNot(xs) => xs.iter().all(|x| x != v),
+            Predicate::Contains(xs) => xs.iter().any(|x| v.contains(x.as_str())),
+        }
+    }
+}
+
+/// Accumulated statistics of one result row.
+#[derive(Default)]
+struct Acc {
+    events: EventStats,
+    visits: VisitStats,
+}
+
+/// The local date range a `date_range` value stands for, relative to `today`.
+pub fn resolve_date_range(
+    v: &Value,
+    today: NaiveDate,
+    earliest: Option<NaiveDate>,
+) -> Result<(NaiveDate, NaiveDate), QueryError> {
+    let months_back = |n: u32| {
+        let first = month_start(today);
+        let mut y = first.year();
+        let mut m = first.month() as i32 - n as i32;
+        while m < 1 {
+            m += 12;
+            y -= 1;
+        }
+        NaiveDate::from_ymd_opt(y, m as u32, 1).unwrap()
+    };
+    match v {
+        Value::String(s) => Ok(match s.as_str() {
+            "day" => (today, today),
+            "7d" => (today - Duration::days(6), today),
+            "28d" => (today - Duration::days(27), today),
+            "30d" => (today - Duration::days(29), today),
+            "91d" => (today - Duration::days(90), today),
+            "month" => (month_start(today), today),
+            "6mo" => (months_back(5), today),
+            "12mo" => (months_back(11), today),
+            "year" => (NaiveDate::from_ymd_opt(today.year(), 1, 1).unwrap(), today),
+            "all" => (earliest.unwrap_or(today).min(today), today),
+            other => {
+                return bad(format!(
+                    "unsupported date_range `{other}`; use day, 7d, 28d, 30d, 91d, month, 6mo, 12mo, year, all or [\"YYYY-MM-DD\", \"YYYY-MM-DD\"]"
+                ))
+            }
+        }),
+        Value::Array(a) if a.len() == 2 => {
+            let d = |x: &Value| -> Result<NaiveDate, QueryError> {
+                let s = x.as_str().ok_or_else(|| QueryError("date_range dates must be strings".into()))?;
+                NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d")
+                    .map_err(|_| QueryError(format!("`{s}` is not a YYYY-MM-DD date")))
+            };
+            let (a, b) = (d(&a[0])?, d(&a[1])?);
+            if b < a {
+                return bad("date_range ends before it starts");
+            }
+            Ok((a, b))
+        }
+        _ => bad("date_range must be a string such as \"7d\" or a [start, end] pair of dates"),
+    }
+}
+
+fn rate(num: i64, den: i64) -> f64 {
+    if den <= 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+/// Rounds half away from zero to `places` decimals.
+pub fn round_to(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+fn metric_value(m: Metric, acc: &Acc, visit_family: bool) -> Value {
+    let v = &acc.visits;
+    match m {
+        Metric::Visitors => {
+            if visit_family {
+                json!(v.visitors.count())
+            } else {
+                json!(acc.events.visitors.count())
+            }
+        }
+        Metric::Visits => json!(v.visits),
+        Metric::Pageviews => {
+            if visit_family {
+                json!(v.pageviews)
+            } else {
+                json!(acc.events.pageviews)
+            }
+        }
+        Metric::Events => {
+            if visit_family {
+                json!(v.events)
+            } else {
+                json!(acc.events.events)
+            }
+        }
+        Metric::ViewsPerVisit => json!(round_to(rate(v.pageviews, v.visits), 2)),
+        Metric::BounceRate => json!(round_to(100.0 * rate(v.bounces, v.visits), 0) as i64),
+        Metric::VisitDuration => json!(round_to(rate(v.duration_ms, v.visits) / 1000.0, 0) as i64),
+    }
+}
+
+fn parse_filter(f: &Value) -> Result<(KeyDim, Predicate), QueryError> {
+    let a = f
+        .as_array()
+        .filter(|a| a.len() == 3)
+        .ok_or_else(|| QueryError(format!("filter {f} must be [operator, dimension, [values]]; logical operators are not supported")))?;
+    let op = a[0].as_str().unwrap_or("");
+    let dim_name = a[1].as_str().unwrap_or("");
+    let dim = KeyDim::parse(dim_name).ok_or_else(|| {
+        QueryError(format!(
+            "filtering on `{dim_name}` is not supported; supported: event:page, event:name, visit:source, visit:entry_page"
+        ))
+    })?;
+    let values: Vec<String> = a[2]
+        .as_array()
+        .ok_or_else(|| QueryError("filter values must be a list".into()))?
+        .iter()
+        .map(|v| v.as_str().map(String::from).ok_or_else(|| QueryError("filter values must be strings".into())))
+        .collect::<Result<_, _>>()?;
+    let p = match op {
+        "is" => Predicate::Is(values),
+        "is_not" => Predicate::IsNot(values),
+        "contains" => Predicate::Contains(values),
+        _ => return bad(format!("filter operator `{op}` is not supported; supported: is, is_not, contains")),
+    };
+    Ok((dim, p))
+}
+
+/// Runs a query for a property whose zone is `tz`, at wall-clock time `now_ms`.
+pub fn execute(
+    req: &QueryRequest,
+    tz: Tz,
+    store: &dyn RollupStore,
+    now_ms: i64,
+) -> Result<Value, QueryError> {
+    if req.metrics.is_empty() {
+        return bad("at least one metric is required");
+    }
+    let metrics: Vec<Metric> = req.metrics.iter().map(|m| Metric::parse(m)).collect::<Result<_, _>>()?;
+    let mut time_dim = None;
+    let mut key_dim = None;
+    for d in &req.dimensions {
+        match d.as_str() {
+            "time:hour" | "time:day" | "time:month" => {
+                if time_dim.is_some() {
+                    return bad("at most one time dimension");
+                }
+                time_dim = Some(match d.as_str() {
+                    "time:hour" => TimeDim::Hour,
+                    "time:day" => TimeDim::Day,
+                    _ => TimeDim::Month,
+                });
+            }
+            other => match KeyDim::parse(other) {
+                Some(k) if key_dim.is_none() => key_dim = Some(k),
+                Some(_) => return bad("breaking down by two non-time dimensions at once is not supported"),
+                None => return bad(format!(
+                    "dimension `{other}` is not supported; supported: time:hour, time:day, time:month, event:page, event:name, visit:source, visit:entry_page"
+                )),
+            },
+        }
+    }
+    let filters: Vec<(KeyDim, Predicate)> = req.filters.iter().map(parse_filter).collect::<Result<_, _>>()?;
+    // Which bucket map answers the query: the breakdown's, else the filters'.
+    let mut map_dim = key_dim;
+    for (d, _) in &filters {
+        match map_dim {
+            None => map_dim = Some(*d),
+            Some(m) if m == *d => {}
+            Some(m) => {
+                return bad(format!(
+                    "combining {} with a filter on {} is not supported (rollups hold one dimension at a time)",
+                    dim_name(m),
+                    dim_name(*d)
+                ))
+            }
+        }
+    }
+    let visit_family = map_dim.map(|d| !d.is_event_level()).unwrap_or(false);
+    if let Some(d) = map_dim.filter(|d| d.is_event_level()) {
+        if let Some(m) = metrics.iter().find(|m| m.is_visit_level()) {
+            return bad(format!(
+                "metric `{}` is not supported with {} (supported: visitors, pageviews, events)",
+                req.metrics[metrics.iter().position(|x| x == m).unwrap()],
+                dim_name(d)
+            ));
+        }
+    }
+
+    let today = local_time(&tz, now_ms).date();
+    let mut earliest = None;
+    store.read(&req.site_id, &mut |p| {
+        earliest = p.and_then(|p| p.days.keys().next().map(|d| d.date()));
+    });
+    let (from, to) = resolve_date_range(&req.date_range, today, earliest)?;
+
+    let mut groups: HashMap<(Option<i64>, Option<String>), Acc> = HashMap::new();
+    let mut accumulate = |time_key: Option<i64>, b: &Bucket| {
+        let Some(dim) = map_dim else {
+            let acc = groups.entry((time_key, None)).or_default();
+            acc.events.merge(&b.events);
+            acc.visits.merge(&b.visits);
+            return;
+        };
+        let keep = |k: &str| filters.iter().all(|(_, p)| p.matches(k));
+        let group_key = |k: &str| (time_key, key_dim.map(|_| k.to_string()));
+        match dim {
+            KeyDim::Page | KeyDim::Name => {
+                let map = if dim == KeyDim::Page { &b.pages } else { &b.names };
+                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                    groups.entry(group_key(k)).or_default().events.merge(s);
+                }
+            }
+            KeyDim::Source | KeyDim::EntryPage => {
+                let map = if dim == KeyDim::Source { &b.sources } else { &b.entry_pages };
+                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                    groups.entry(group_key(k)).or_default().visits.merge(s);
+                }
+            }
+        }
+    };
+    store.read(&req.site_id, &mut |p| {
+        let Some(p) = p else { return };
+        if time_dim == Some(TimeDim::Hour) {
+            let lo = LocalHour(LocalDay::from_date(from).0 as i64 * 24);
+            let hi = LocalHour((LocalDay::from_date(to).0 as i64 + 1) * 24);
+            for (h, b) in p.hours.range(lo..hi) {
+                accumulate(Some(h.0), b);
+            }
+        } else {
+            for (d, b) in p.days.range(LocalDay::from_date(from)..=LocalDay::from_date(to)) {
+                let key = match time_dim {
+                    Some(TimeDim::Day) => Some(d.0 as i64),
+                    Some(TimeDim::Month) => Some(LocalDay::from_date(month_start(d.date())).0 as i64),
+                    _ => None,
+                };
+                accumulate(key, b);
+            }
+        }
+    });
+
+    let time_label = |k: i64| -> String {
+        match time_dim {
+            Some(TimeDim::Hour) => LocalHour(k).naive().format("%Y-%m-%d %H:%M:%S").to_string(),
+            _ => LocalDay(k as i32).date().format("%Y-%m-%d").to_string(),
+        }
+    };
+    struct Row {
+        time: Option<i64>,
+        key: Option<String>,
+        dims: Vec<Value>,
+        metrics: Vec<Value>,
+    }
+    let mut rows: Vec<Row> = groups
+        .into_iter()
+        .filter(|(_, acc)| acc.events.events > 0 || acc.visits.visits > 0)
+        .map(|((t, k), acc)| {
+            let mut dims = Vec::new();
+            for d in &req.dimensions {
+                if d.starts_with("time:") {
+                    dims.push(json!(time_label(t.unwrap())));
+                } else {
+                    dims.push(json!(k.clone().unwrap()));
+                }
+            }
+            Row {
+                time: t,
+                key: k,
+                dims,
+                metrics: metrics.iter().map(|m| metric_value(*m, &acc, visit_family)).collect(),
+            }
+        })
+        .collect();
+    if req.dimensions.is_empty() && rows.is_empty() {
+        let acc = Acc::default();
+        rows.push(Row {
+            time: None,
+            key: None,
+            dims: vec![],
+            metrics: metrics.iter().map(|m| metric_value(*m, &acc, visit_family)).collect(),
+        });
+    }
+
+    // Ordering: explicit order_by, then time ascending, then first metric descending,
+    // then dimension values, so results are deterministic.
+    let order: Vec<(String, bool)> = match &req.order_by {
+        Some(o) => o
+            .iter()
+            .map(|(k, dir)| match dir.as_str() {
+                "asc" => Ok((k.clone(), false)),
+                "desc" => Ok((k.clone(), true)),
+                _ => bad(format!("order direction `{dir}` must be asc or desc")),
+            })
+            .collect::<Result<_, _>>()?,
+        None => {
+            let mut o = Vec::new();
+            if time_dim.is_some() {
+                o.push((req.dimensions.iter().find(|d| d.starts_with("time:")).unwrap().clone(), false));
+            }
+            o.push((req.metrics[0].clone(), true));
+            o
+        }
+    };
+    let mut sorters: Vec<(Box<dyn Fn(&Row, &Row) -> std::cmp::Ordering>, bool)> = Vec::new();
+    for (k, desc) in order {
+        if let Some(i) = req.metrics.iter().position(|m| *m == k) {
+            sorters.push((
+                Box::new(move |a: &Row, b: &Row| {
+                    a.metrics[i].as_f64().unwrap_or(0.0).total_cmp(&b.metrics[i].as_f64().unwrap_or(0.0))
+                }),
+                desc,
+            ));
+        } else if k.starts_with("time") && time_dim.is_some() {
+            sorters.push((Box::new(|a: &Row, b: &Row| a.time.cmp(&b.time)), desc));
+        } else if req.dimensions.contains(&k) {
+            sorters.push((Box::new(|a: &Row, b: &Row| a.key.cmp(&b.key)), desc));
+        } else {
+            return bad(format!("cannot order by `{k}`: it is neither a requested metric nor a dimension"));
+        }
+    }
+    rows.sort_by(|a, b| {
+        for (f, desc) in &sorters {
+            let o = f(a, b);
+            let o = if *desc { o.reverse() } else { o };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        a.time.cmp(&b.time).then_with(|| a.key.cmp(&b.key))
+    });
+    let total_rows = rows.len();
+    let pagination = req.pagination.clone().unwrap_or(Pagination { limit: default_limit(), offset: 0 });
+    let results: Vec<Value> = rows
+        .into_iter()
+        .skip(pagination.offset)
+        .take(pagination.limit)
+        .map(|r| json!({"dimensions": r.dims, "metrics": r.metrics}))
+        .collect();
+
+    let start = tz.from_local_datetime(&from.and_hms_opt(0, 0, 0).unwrap()).earliest();
+    let end = tz.from_local_datetime(&to.and_hms_opt(23, 59, 59).unwrap()).latest();
+    let mut meta = serde_json::Map::new();
+    let include = req.include.clone().unwrap_or_default();
+    if include.total_rows {
+        meta.insert("total_rows".into(), json!(total_rows));
+    }
+    meta.insert("time_zone".into(), json!(tz.name()));
+    Ok(json!({
+        "results": results,
+        "meta": meta,
+        "query": {
+            "site_id": req.site_id,
+            "metrics": req.metrics,
+            "date_range": [
+                start.map(|s| s.to_rfc3339()),
+                end.map(|e| e.to_rfc3339()),
+            ],
+            "dimensions": req.dimensions,
+            "filters": req.filters,
+            "order_by": req.order_by,
+            "include": include,
+            "pagination": pagination,
+        }
+    }))
+}
+
+
+fn dim_name(d: KeyDim) -> &'static str {
+    match d {
+        KeyDim::Page => "event:page",
+        KeyDim::Name => "event:name",
+        KeyDim::Source => "visit:source",
+        KeyDim::EntryPage => "visit:entry_page",
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_ranges() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let r = |v: Value| resolve_date_range(&v, today, None).unwrap();
+        assert_eq!(r(json!("day")), (today, today));
+        assert_eq!(r(json!("7d")).0, NaiveDate::from_ymd_opt(2026, 11, 20).unwrap());
+        assert_eq!(r(json!("month")).0, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        assert_eq!(r(json!("6mo")).0, NaiveDate::from_ymd_opt(2026, 6, 1).unwrap());
+        assert_eq!(r(json!("12mo")).0, NaiveDate::from_ymd_opt(2025, 12, 1).unwrap());
+        assert_eq!(
+            r(json!(["2026-11-01", "2026-11-07"])),
+            (NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(), NaiveDate::from_ymd_opt(2026, 11, 7).unwrap())
+        );
+        assert!(resolve_date_range(&json!("fortnight"), today, None).is_err());
+    }
+}

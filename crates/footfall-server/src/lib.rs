@@ -1,1 +1,386 @@
-//! x
+//! HTTP surface of Footfall: ingestion, queries, health and metrics, with auth and the
+//! API error type. Handlers reach the subsystems only through their traits, held in
+//! [`AppState`]; the binary chooses the implementations.
+
+pub mod cache;
+pub mod error;
+pub mod metrics;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use footfall_event::identity::{truncate_ip, visitor_id, IdentitySource};
+use footfall_event::native::{self, Limits, Rejection};
+use footfall_event::{Clock, LoggedEvent};
+use footfall_log::{partition_for, EventLog};
+use footfall_meta::Scope;
+use footfall_processor::ProcessorStats;
+use footfall_store::RollupStore;
+use serde_json::json;
+use tower_http::cors::{Any, CorsLayer};
+
+pub use cache::MetaCache;
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Ingestion time rules.
+#[derive(Debug, Clone)]
+pub struct IngestRules {
+    pub limits: Limits,
+    /// Browser events older than this are refused; write-key senders may backdate.
+    pub max_past_ms: i64,
+    /// Timestamps further than this in the future are clamped to the receive time.
+    pub max_future_ms: i64,
+}
+
+impl Default for IngestRules {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_past_ms: 72 * 3600 * 1000,
+            max_future_ms: 60 * 1000,
+        }
+    }
+}
+
+/// Everything handlers need; built once by the binary.
+pub struct AppState {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn RollupStore>,
+    pub cache: Arc<MetaCache>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub processor: Arc<ProcessorStats>,
+    pub rules: IngestRules,
+    /// Cleared when shutdown starts: new ingestion gets 503.
+    pub accepting: AtomicBool,
+}
+
+type AppRef = Arc<AppState>;
+
+/// The router with every route and layer.
+pub fn app(state: AppRef) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .max_age(std::time::Duration::from_secs(86400));
+    let ingest = Router::new()
+        .route("/api/v1/events", post(ingest_native))
+        .layer(cors);
+    Router::new()
+        .merge(ingest)
+        .route("/api/v2/query", post(query))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "metadata store failure");
+    ApiError::unavailable(format!("metadata store unavailable: {e}"))
+}
+
+async fn ingest_native(
+    State(app): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !app.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("server is shutting down"));
+    }
+    let limits = &app.rules.limits;
+    let bytes = read_body(body, limits.max_body_bytes).await.inspect_err(|_| {
+        app.metrics.reject("payload_too_large");
+    })?;
+    let values = native::parse_body(&bytes, limits).map_err(|e| {
+        app.metrics.reject(e.code());
+        let status = match e {
+            native::BodyError::TooManyEvents(..) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    })?;
+    let grant = match bearer(&headers) {
+        None => None,
+        Some(k) => match app.cache.key(k).map_err(internal)? {
+            Some(g) if g.scope == Scope::Write => Some(g),
+            Some(_) => {
+                return Err(ApiError::forbidden(
+                    "this key has read scope; ingestion needs a write key",
+                ))
+            }
+            None => return Err(ApiError::unauthorized("unknown API key")),
+        },
+    };
+    let now = app.clock.now_millis();
+    let header_ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let salt = app.cache.salt(now.div_euclid(86_400_000)).map_err(internal)?;
+    let secret = *app.cache.secret();
+    let mut rejected = Vec::new();
+    let mut records = Vec::with_capacity(values.len());
+    let partitions = app.log.partitions();
+    for (i, v) in values.iter().enumerate() {
+        match admit(&app, v, grant.as_ref(), now, peer.ip(), &header_ua, &salt, &secret) {
+            Ok(e) => records.push((partition_for(e.visitor, partitions), e.encode())),
+            Err(r) => {
+                app.metrics.reject(r.code);
+                rejected.push(json!({"index": i, "code": r.code, "message": r.message}));
+            }
+        }
+    }
+    if records.is_empty() {
+        let all_unknown = rejected
+            .iter()
+            .all(|r| r["code"] == "unknown_tracking_id");
+        let (status, code) = if all_unknown {
+            (StatusCode::NOT_FOUND, "unknown_tracking_id")
+        } else {
+            (StatusCode::BAD_REQUEST, "no_valid_events")
+        };
+        let first = rejected
+            .first()
+            .and_then(|r| r["message"].as_str())
+            .unwrap_or("no events")
+            .to_string();
+        return Err(ApiError::new(status, code, first).with("rejected", json!(rejected)));
+    }
+    let n = records.len();
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.log.append(
+        records,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    match rx.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "append failed; refusing events");
+            app.metrics.reject("storage_unavailable");
+            return Err(ApiError::unavailable(format!("events were not stored: {e}")));
+        }
+        Err(_) => return Err(ApiError::unavailable("log writer stopped")),
+    }
+    app.metrics
+        .append_seconds
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics.accepted.inc_by(n as u64);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": n, "rejected": rejected})),
+    )
+        .into_response())
+}
+
+/// Turns one body item into a log record, or says why not.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    app: &AppState,
+    v: &serde_json::Value,
+    grant: Option<&footfall_meta::KeyGrant>,
+    now: i64,
+    peer_ip: IpAddr,
+    header_ua: &Option<String>,
+    salt: &[u8; 16],
+    secret: &[u8; 16],
+) -> Result<LoggedEvent, Rejection> {
+    let e = native::parse_event(v, &app.rules.limits)?;
+    let property = app
+        .cache
+        .property(&e.tracking_id)
+        .map_err(|err| Rejection::new("unavailable", err.to_string()))?
+        .ok_or_else(|| {
+            Rejection::new(
+                "unknown_tracking_id",
+                format!("no property has tracking id `{}`", e.tracking_id),
+            )
+        })?;
+    if let Some(g) = grant {
+        if g.property != e.tracking_id {
+            return Err(Rejection::new(
+                "forbidden",
+                "the write key belongs to another property",
+            ));
+        }
+    }
+    let server_side = grant.is_some();
+    let mut ts = e.timestamp.unwrap_or(now);
+    if ts > now + app.rules.max_future_ms {
+        ts = now;
+    }
+    if !server_side && ts < now - app.rules.max_past_ms {
+        return Err(Rejection::new(
+            "timestamp_too_old",
+            "timestamps older than 72 hours need a write key",
+        ));
+    }
+    if !server_side && !property.domains.is_empty() {
+        if let Some(host) = e.url.as_deref().and_then(footfall_event::url_host) {
+            if !property.allows_host(&host) {
+                return Err(Rejection::new(
+                    "domain_not_allowed",
+                    format!("`{host}` is not an allowed domain of this property"),
+                ));
+            }
+        }
+    }
+    let ip = if server_side { e.ip.unwrap_or(peer_ip) } else { peer_ip };
+    let user_agent = if server_side {
+        e.user_agent.clone().or_else(|| header_ua.clone())
+    } else {
+        header_ua.clone()
+    };
+    let source = if let Some(u) = e.user_id.as_deref() {
+        IdentitySource::UserId(u)
+    } else if let Some(c) = e.client_id.as_deref() {
+        IdentitySource::ClientId(c)
+    } else {
+        IdentitySource::Address {
+            ip,
+            user_agent: user_agent.as_deref().unwrap_or(""),
+            daily_salt: salt,
+        }
+    };
+    let visitor = visitor_id(secret, &e.tracking_id, source);
+    Ok(LoggedEvent {
+        property: e.tracking_id,
+        received_at: now,
+        timestamp: ts,
+        visitor,
+        name: e.name,
+        url: e.url,
+        referrer: e.referrer,
+        title: e.title,
+        props: e.props,
+        revenue: e.revenue,
+        interactive: e.interactive,
+        user_agent,
+        ip_prefix: Some(truncate_ip(ip)),
+    })
+}
+
+async fn query(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let key = bearer(&headers).ok_or_else(|| {
+        ApiError::unauthorized("missing `Authorization: Bearer <read key>` header")
+    })?;
+    let grant = app
+        .cache
+        .key(key)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+    if grant.scope != Scope::Read {
+        return Err(ApiError::forbidden("queries need a read key"));
+    }
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: footfall_query::QueryRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query: {e}")))?;
+    if req.site_id != grant.property {
+        return Err(ApiError::forbidden(
+            "this key does not grant access to that site_id",
+        ));
+    }
+    let property = app
+        .cache
+        .property(&req.site_id)
+        .map_err(internal)?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id")
+        })?;
+    let store = app.store.clone();
+    let now = app.clock.now_millis();
+    let tz = property.tz();
+    let result = tokio::task::spawn_blocking(move || {
+        footfall_query::execute(&req, tz, store.as_ref(), now)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))?
+    .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+    app.metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(result).into_response())
+}
+
+async fn readyz(State(app): State<AppRef>) -> Response {
+    if app.log.healthy() && app.accepting.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics_text(State(app): State<AppRef>) -> Response {
+    let m = &app.metrics;
+    let p = &app.processor;
+    let mut lag = 0i64;
+    for part in 0..app.log.partitions() {
+        let end = app.log.end_offset(part);
+        let at = p.offsets[part as usize].load(Ordering::SeqCst);
+        lag += end.saturating_sub(at) as i64;
+    }
+    m.lag_bytes.set(lag);
+    let last = p.last_received_at.load(Ordering::Relaxed);
+    let lag_s = if lag > 0 && last > 0 {
+        (app.clock.now_millis() - last) as f64 / 1000.0
+    } else {
+        0.0
+    };
+    m.lag_seconds.set(lag_s);
+    m.processed
+        .set(p.events_processed.load(Ordering::Relaxed) as i64);
+    m.open_visits.set(p.open_visits.load(Ordering::Relaxed) as i64);
+    m.log_bytes.set(app.log.retained_bytes() as i64);
+    m.checkpoint_bytes.set(app.store.checkpoint_bytes() as i64);
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &m.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

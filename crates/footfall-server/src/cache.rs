@@ -1,0 +1,88 @@
+//! A read-through cache of metadata for the hot paths (ingestion and queries), cleared
+//! whenever the metadata store reports a commit by another process (e.g. the CLI).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use footfall_meta::{KeyGrant, MetaStore, Property};
+
+pub struct MetaCache {
+    meta: Arc<dyn MetaStore>,
+    properties: RwLock<HashMap<String, Option<Arc<Property>>>>,
+    keys: RwLock<HashMap<String, Option<KeyGrant>>>,
+    salt: Mutex<Option<(i64, [u8; 16])>>,
+    secret: [u8; 16],
+    seen_change: Mutex<u64>,
+}
+
+impl MetaCache {
+    pub fn new(meta: Arc<dyn MetaStore>) -> footfall_meta::Result<Self> {
+        let secret = meta.secret()?;
+        let seen = meta.change_counter()?;
+        Ok(Self {
+            meta,
+            properties: RwLock::default(),
+            keys: RwLock::default(),
+            salt: Mutex::new(None),
+            secret,
+            seen_change: Mutex::new(seen),
+        })
+    }
+
+    pub fn secret(&self) -> &[u8; 16] {
+        &self.secret
+    }
+
+    pub fn property(&self, id: &str) -> footfall_meta::Result<Option<Arc<Property>>> {
+        if let Some(p) = self.properties.read().unwrap().get(id) {
+            return Ok(p.clone());
+        }
+        let p = self.meta.property(id)?.map(Arc::new);
+        let mut w = self.properties.write().unwrap();
+        // Bound the negative cache so random ids cannot grow it without limit.
+        if w.len() > 100_000 {
+            w.clear();
+        }
+        w.insert(id.to_string(), p.clone());
+        Ok(p)
+    }
+
+    pub fn key(&self, key: &str) -> footfall_meta::Result<Option<KeyGrant>> {
+        if let Some(g) = self.keys.read().unwrap().get(key) {
+            return Ok(g.clone());
+        }
+        let g = self.meta.verify_key(key)?;
+        let mut w = self.keys.write().unwrap();
+        if w.len() > 100_000 {
+            w.clear();
+        }
+        w.insert(key.to_string(), g.clone());
+        Ok(g)
+    }
+
+    /// The salt for a UTC day number.
+    pub fn salt(&self, day: i64) -> footfall_meta::Result<[u8; 16]> {
+        let mut s = self.salt.lock().unwrap();
+        if let Some((d, salt)) = *s {
+            if d == day {
+                return Ok(salt);
+            }
+        }
+        let salt = self.meta.daily_salt(day)?;
+        *s = Some((day, salt));
+        Ok(salt)
+    }
+
+    /// Clears the caches if the store changed since the last call.
+    pub fn refresh(&self) -> footfall_meta::Result<bool> {
+        let c = self.meta.change_counter()?;
+        let mut seen = self.seen_change.lock().unwrap();
+        if *seen == c {
+            return Ok(false);
+        }
+        *seen = c;
+        self.properties.write().unwrap().clear();
+        self.keys.write().unwrap().clear();
+        Ok(true)
+    }
+}

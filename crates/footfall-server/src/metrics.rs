@@ -1,0 +1,82 @@
+//! Prometheus metrics of the server process.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub accepted: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub append_seconds: Histogram,
+    pub query_seconds: Histogram,
+    pub lag_bytes: Gauge<i64, AtomicI64>,
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub processed: Gauge<i64, AtomicI64>,
+    pub open_visits: Gauge<i64, AtomicI64>,
+    pub log_bytes: Gauge<i64, AtomicI64>,
+    pub checkpoint_bytes: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("footfall");
+        let accepted = Counter::default();
+        registry.register("events_accepted", "Events made durable and acknowledged", accepted.clone());
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register("events_rejected", "Events refused, by reason", rejected.clone());
+        let append_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register("log_append_seconds", "Time from append to durable", append_seconds.clone());
+        let query_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register("query_seconds", "Query execution time", query_seconds.clone());
+        let lag_bytes = Gauge::<i64, AtomicI64>::default();
+        registry.register("processor_lag_bytes", "Durable log bytes not yet processed", lag_bytes.clone());
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "processor_lag_seconds",
+            "Age of the newest processed event's receive time while behind; 0 when caught up",
+            lag_seconds.clone(),
+        );
+        let processed = Gauge::<i64, AtomicI64>::default();
+        registry.register("processor_events", "Events processed since start", processed.clone());
+        let open_visits = Gauge::<i64, AtomicI64>::default();
+        registry.register("processor_open_visits", "Visits held in processor state at the last checkpoint", open_visits.clone());
+        let log_bytes = Gauge::<i64, AtomicI64>::default();
+        registry.register("log_retained_bytes", "Bytes retained in the event log", log_bytes.clone());
+        let checkpoint_bytes = Gauge::<i64, AtomicI64>::default();
+        registry.register("checkpoint_bytes", "Size of the last rollup checkpoint", checkpoint_bytes.clone());
+        Self {
+            registry,
+            accepted,
+            rejected,
+            append_seconds,
+            query_seconds,
+            lag_bytes,
+            lag_seconds,
+            processed,
+            open_visits,
+            log_bytes,
+            checkpoint_bytes,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
