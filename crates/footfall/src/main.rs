@@ -1,1 +1,376 @@
-fn main() {}
+//! The `footfall` binary: command line, configuration, and the one place that chooses
+//! implementations for every seam (log, rollup store, metadata store, clock).
+
+mod config;
+mod loadgen;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use footfall_event::SystemClock;
+use footfall_log::{EventLog, FileLog, FileLogOptions};
+use footfall_meta::{MetaStore, Scope, SqliteMeta};
+use footfall_processor::{Processor, ProcessorOptions, ProcessorStats, SessionRules, ZoneResolver};
+use footfall_server::{AppState, IngestRules, MetaCache, Metrics};
+use footfall_store::{RollupStore, SnapshotStore};
+
+use config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "footfall", version, about = "Footfall: privacy-friendly web and app analytics")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (log, rollups, metadata).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role (collector, log, processor, query API) in one process.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Print the effective configuration.
+    Config,
+    /// Manage properties (sites and apps).
+    #[command(subcommand)]
+    Property(PropertyCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Send realistic synthetic traffic to a server.
+    Loadgen(loadgen::LoadgenArgs),
+}
+
+#[derive(Subcommand)]
+enum PropertyCmd {
+    /// Create a property and print its tracking id.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// IANA time zone, e.g. Asia/Kolkata.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Allowed domain for browser events (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a property's name, time zone or domains.
+    Update {
+        tracking_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Replaces the allowed domains (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List properties.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create an API key (shown once).
+    Create(KeyCreate),
+}
+
+#[derive(Args)]
+struct KeyCreate {
+    #[arg(long)]
+    property: String,
+    /// `write` for server-side ingestion, `read` for queries.
+    #[arg(long)]
+    scope: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Command::Serve { listen } => listen.clone(),
+        _ => None,
+    };
+    let overrides = Overrides {
+        listen,
+        data_dir: cli.data_dir.clone(),
+    };
+    if let Command::Loadgen(args) = cli.command {
+        return loadgen::run(args);
+    }
+    let cfg = Config::load(cli.config.as_deref(), &overrides)?;
+    match cli.command {
+        Command::Serve { .. } => serve(cfg),
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+        Command::Property(p) => property_cmd(&cfg, p),
+        Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),
+        Command::Loadgen(_) => unreachable!(),
+    }
+}
+
+fn open_meta(cfg: &Config) -> anyhow::Result<SqliteMeta> {
+    std::fs::create_dir_all(&cfg.server.data_dir)
+        .with_context(|| format!("creating {}", cfg.server.data_dir.display()))?;
+    Ok(SqliteMeta::open(cfg.server.data_dir.join("meta.db"))?)
+}
+
+fn print_property(p: &footfall_meta::Property, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(p)?);
+    } else {
+        println!("{}", p.tracking_id);
+    }
+    Ok(())
+}
+
+fn property_cmd(cfg: &Config, cmd: PropertyCmd) -> anyhow::Result<()> {
+    let meta = open_meta(cfg)?;
+    match cmd {
+        PropertyCmd::Create {
+            name,
+            timezone,
+            domains,
+            json,
+        } => print_property(&meta.create_property(&name, &timezone, &domains)?, json),
+        PropertyCmd::Update {
+            tracking_id,
+            name,
+            timezone,
+            domains,
+            json,
+        } => {
+            let d = (!domains.is_empty()).then_some(domains.as_slice());
+            let p = meta.update_property(&tracking_id, name.as_deref(), timezone.as_deref(), d)?;
+            print_property(&p, json)
+        }
+        PropertyCmd::List { json } => {
+            let ps = meta.properties()?;
+            if json {
+                println!("{}", serde_json::to_string(&ps)?);
+            } else {
+                for p in ps {
+                    println!("{}\t{}\t{}\t{}", p.tracking_id, p.timezone, p.name, p.domains.join(","));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn key_cmd(cfg: &Config, k: KeyCreate) -> anyhow::Result<()> {
+    let meta = open_meta(cfg)?;
+    let Some(scope) = Scope::parse(&k.scope) else {
+        bail!("--scope must be `read` or `write`");
+    };
+    let (key, grant) = meta.create_key(&k.property, scope)?;
+    if k.json {
+        println!(
+            "{}",
+            serde_json::json!({"key": key, "key_id": grant.key_id, "property": grant.property, "scope": grant.scope})
+        );
+    } else {
+        println!("{key}");
+    }
+    Ok(())
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FOOTFALL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let data = cfg.server.data_dir.clone();
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+
+    // The one place implementations are chosen.
+    let meta: Arc<dyn MetaStore> = Arc::new(open_meta(&cfg)?);
+    let file_log = Arc::new(FileLog::open(
+        data.join("log"),
+        FileLogOptions {
+            partitions: cfg.log.partitions,
+            segment_bytes: cfg.log.segment_bytes,
+            ..Default::default()
+        },
+    )?);
+    let log: Arc<dyn EventLog> = file_log.clone();
+    let store: Arc<dyn RollupStore> = Arc::new(SnapshotStore::open(data.join("rollups"))?);
+    let clock = Arc::new(SystemClock);
+    let cache = Arc::new(MetaCache::new(meta.clone())?);
+
+    let stats = Arc::new(ProcessorStats::new(log.partitions()));
+    let zone_cache = cache.clone();
+    let zones: ZoneResolver = Arc::new(move |id: &str| {
+        zone_cache
+            .property(id)
+            .ok()
+            .flatten()
+            .map(|p| p.tz())
+            .unwrap_or(chrono_tz::UTC)
+    });
+    let processor = Processor::new(
+        log.clone(),
+        store.clone(),
+        zones,
+        ProcessorOptions {
+            rules: SessionRules {
+                gap_ms: cfg.processor.session_gap_minutes as i64 * 60_000,
+                lateness_ms: cfg.processor.lateness_hours as i64 * 3_600_000,
+            },
+            checkpoint_interval: Duration::from_millis(cfg.processor.checkpoint_interval_ms),
+            ..Default::default()
+        },
+        stats.clone(),
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let processor_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("footfall-processor".into())
+            .spawn(move || {
+                if let Err(e) = processor.run(stop) {
+                    // Crash-only: a supervisor restarts us and we resume from the checkpoint.
+                    tracing::error!(error = %e, "processor failed; exiting");
+                    std::process::exit(1);
+                }
+            })?
+    };
+
+    let mut rules = IngestRules::default();
+    rules.limits.max_body_bytes = cfg.ingest.max_body_bytes;
+    rules.limits.max_events = cfg.ingest.max_events_per_request;
+    rules.max_past_ms = cfg.ingest.max_past_hours as i64 * 3_600_000;
+    rules.max_future_ms = cfg.ingest.max_future_seconds as i64 * 1000;
+    let state = Arc::new(AppState {
+        log: log.clone(),
+        store,
+        cache: cache.clone(),
+        clock,
+        metrics: Arc::new(Metrics::default()),
+        processor: stats.clone(),
+        rules,
+        accepting: AtomicBool::new(true),
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let shutdown_timeout = Duration::from_secs(cfg.server.shutdown_timeout_secs);
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.server.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %data.display(), "footfall serving");
+        println!("footfall listening on http://{addr}");
+
+        // Metadata changes made by other processes (the CLI) reach the caches.
+        let refresh_cache = cache.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                let c = refresh_cache.clone();
+                let _ = tokio::task::spawn_blocking(move || c.refresh()).await;
+            }
+        });
+        // Retention: only segments the processor has checkpointed past are removed.
+        let (ret_log, ret_stats) = (log.clone(), stats.clone());
+        let (max_age, max_bytes) = (
+            Duration::from_secs(cfg.log.retention_hours * 3600),
+            cfg.log.retention_bytes,
+        );
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                t.tick().await;
+                let safe = ret_stats.checkpointed_offsets();
+                if let Err(e) = ret_log.enforce_retention(&safe, max_age, max_bytes) {
+                    tracing::warn!(error = %e, "log retention failed");
+                }
+            }
+        });
+
+        let app = footfall_server::app(state.clone());
+        let shutdown_state = state.clone();
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: draining");
+            shutdown_state.accepting.store(false, Ordering::SeqCst);
+        });
+        // Bound the drain so shutdown finishes inside the timeout.
+        let deadline = shutdown_timeout.mul_f32(0.6);
+        tokio::select! {
+            r = server => r?,
+            _ = async {
+                while state.accepting.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(deadline).await;
+            } => tracing::warn!("drain took too long; closing remaining connections"),
+        }
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+
+    // Every acknowledged event is already durable in the log; the processor drains what
+    // it has not seen and checkpoints, so a restart has nothing to replay.
+    stop.store(true, Ordering::SeqCst);
+    processor_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("processor thread panicked"))?;
+    file_log.close();
+    tracing::info!("footfall stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

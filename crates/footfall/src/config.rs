@@ -1,0 +1,256 @@
+//! Configuration: one serde tree, layered as built-in defaults < TOML file (`--config`)
+//! < `FOOTFALL_<SECTION>__<KEY>` environment variables < command-line flags, then
+//! validated. Unknown keys anywhere are an error.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub processor: ProcessorConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Seconds allowed for draining, flushing and checkpointing on SIGTERM/SIGINT.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub partitions: u32,
+    pub segment_bytes: u64,
+    /// Segments older than this are deleted once processed.
+    pub retention_hours: u64,
+    /// Per partition; older processed segments beyond this size are deleted.
+    pub retention_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    pub session_gap_minutes: u64,
+    pub lateness_hours: u64,
+    pub checkpoint_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
+    /// Browser (keyless) events older than this are refused.
+    pub max_past_hours: u64,
+    /// Timestamps further than this in the future are clamped to the receive time.
+    pub max_future_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            processor: ProcessorConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "./footfall-data".into(),
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 4,
+            segment_bytes: 64 * 1024 * 1024,
+            retention_hours: 168,
+            retention_bytes: 8 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            session_gap_minutes: 30,
+            lateness_hours: 72,
+            checkpoint_interval_ms: 5000,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_events_per_request: 500,
+            max_past_hours: 72,
+            max_future_seconds: 60,
+        }
+    }
+}
+
+/// Values given on the command line (highest precedence).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Reads `FOOTFALL_SECTION__KEY=value` pairs into a TOML table. Values are parsed as
+/// TOML scalars when they can be (numbers, booleans), else taken as strings.
+fn env_layer(vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<toml::Value> {
+    let mut root = toml::map::Map::new();
+    for (k, v) in vars {
+        let Some(rest) = k.strip_prefix("FOOTFALL_") else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            // FOOTFALL_* variables without a section belong to other tools (tests).
+            continue;
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|x| !x.is_table())
+            .unwrap_or(toml::Value::String(v.clone()));
+        let section = section.to_ascii_lowercase();
+        let entry = root
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_ascii_lowercase(), value);
+            }
+            _ => bail!("environment variable {k}: `{section}` is not a section"),
+        }
+    }
+    Ok(toml::Value::Table(root))
+}
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<Self> {
+        Self::load_from(file, std::env::vars(), flags)
+    }
+
+    pub fn load_from(
+        file: Option<&std::path::Path>,
+        env: impl Iterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> anyhow::Result<Self> {
+        let mut v = toml::Value::try_from(Config::default())?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let t: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            merge(&mut v, t);
+        }
+        merge(&mut v, env_layer(env)?);
+        let mut cfg: Config = v
+            .try_into()
+            .context("invalid configuration (file or FOOTFALL_* environment)")?;
+        if let Some(l) = &flags.listen {
+            cfg.server.listen = l.clone();
+        }
+        if let Some(d) = &flags.data_dir {
+            cfg.server.data_dir = d.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("server.listen `{}` is not an address:port", self.server.listen);
+        }
+        if !(1..=1024).contains(&self.log.partitions) {
+            bail!("log.partitions must be between 1 and 1024");
+        }
+        if self.log.segment_bytes < 1024 {
+            bail!("log.segment_bytes must be at least 1024");
+        }
+        if self.processor.session_gap_minutes == 0 {
+            bail!("processor.session_gap_minutes must be positive");
+        }
+        if self.processor.checkpoint_interval_ms < 100 {
+            bail!("processor.checkpoint_interval_ms must be at least 100");
+        }
+        if self.ingest.max_events_per_request == 0 || self.ingest.max_body_bytes < 1024 {
+            bail!("ingest limits are too small");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[server]\nlisten = \"127.0.0.1:9000\"\n[log]\npartitions = 2\n").unwrap();
+        let env = vec![
+            ("FOOTFALL_LOG__PARTITIONS".to_string(), "3".to_string()),
+            ("FOOTFALL_SERVER__DATA_DIR".to_string(), "/tmp/x".to_string()),
+            ("FOOTFALL_TEST_UNRELATED".to_string(), "1".to_string()),
+        ];
+        let c = Config::load_from(Some(&f), env.clone().into_iter(), &Overrides::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.log.partitions, 3, "environment beats file");
+        assert_eq!(c.server.data_dir, PathBuf::from("/tmp/x"));
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9100".into()),
+            data_dir: None,
+        };
+        let c = Config::load_from(Some(&f), env.into_iter(), &flags).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9100", "flags beat environment");
+
+        std::fs::write(&f, "[server]\nlisen = \"x\"\n").unwrap();
+        let e = Config::load_from(Some(&f), std::iter::empty(), &Overrides::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("lisen"), "{e:#}");
+        let e = Config::load_from(
+            None,
+            vec![("FOOTFALL_LOG__PARTITONS".to_string(), "2".to_string())].into_iter(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("partitons"), "{e:#}");
+    }
+}
