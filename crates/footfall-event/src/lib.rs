@@ -177,7 +177,10 @@ mod tests {
         assert_eq!(url_path("https://www.a.com/x/y?z=1#f"), "/x/y");
         assert_eq!(url_path("https://a.com"), "/");
         assert_eq!(url_path("/docs?x"), "/docs");
-        assert_eq!(url_host("https://WWW.Google.com/search").unwrap(), "google.com");
+        assert_eq!(
+            url_host("https://WWW.Google.com/search").unwrap(),
+            "google.com"
+        );
         assert_eq!(
             url_query_param("https://a.com/?utm_source=news", "utm_source").unwrap(),
             "news"

@@ -158,9 +158,7 @@ pub fn parse_timestamp(v: &Value) -> Result<Millis, Rejection> {
             .as_i64()
             .or_else(|| n.as_f64().map(|f| f as i64))
             .filter(|ms| (0..=253_402_300_799_000).contains(ms))
-            .ok_or_else(|| {
-                Rejection::new("invalid_timestamp", "`timestamp` is out of range")
-            }),
+            .ok_or_else(|| Rejection::new("invalid_timestamp", "`timestamp` is out of range")),
         _ => Err(Rejection::new(
             "wrong_type",
             "`timestamp` must be an RFC 3339 string or Unix milliseconds",
@@ -220,10 +218,7 @@ pub fn parse_event(v: &Value, limits: &Limits) -> Result<NativeEvent, Rejection>
                 if k.is_empty() || k.len() > limits.max_prop_key_bytes {
                     return Err(Rejection::new(
                         "invalid_prop_key",
-                        format!(
-                            "prop keys must be 1 to {} bytes",
-                            limits.max_prop_key_bytes
-                        ),
+                        format!("prop keys must be 1 to {} bytes", limits.max_prop_key_bytes),
                     ));
                 }
                 let pv = match v {

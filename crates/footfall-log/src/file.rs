@@ -72,7 +72,8 @@ pub struct FileLog {
 }
 
 fn segment_path(dir: &Path, partition: u32, base: Offset) -> PathBuf {
-    dir.join(format!("p{partition:04}")).join(format!("{base:020}.seg"))
+    dir.join(format!("p{partition:04}"))
+        .join(format!("{base:020}.seg"))
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
@@ -452,12 +453,7 @@ impl EventLog for FileLog {
         *self.shared.generation.lock().unwrap()
     }
 
-    fn enforce_retention(
-        &self,
-        safe: &[Offset],
-        max_age: Duration,
-        max_bytes: u64,
-    ) -> Result<u64> {
+    fn enforce_retention(&self, safe: &[Offset], max_age: Duration, max_bytes: u64) -> Result<u64> {
         let mut freed = 0;
         let now = SystemTime::now();
         let mut all = self.shared.segments.lock().unwrap();
@@ -542,7 +538,7 @@ mod tests {
     #[test]
     fn append_read_roll_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut expect = vec![Vec::new(), Vec::new()];
+        let mut expect = [Vec::new(), Vec::new()];
         {
             let log = FileLog::open(dir.path(), opts()).unwrap();
             for i in 0..50u32 {
@@ -600,7 +596,8 @@ mod tests {
         let freed = log.enforce_retention(&[0, 0], Duration::ZERO, 0).unwrap();
         assert_eq!(freed, 0, "nothing is below the safe offset 0");
         let safe = offsets[20];
-        log.enforce_retention(&[safe, 0], Duration::ZERO, 0).unwrap();
+        log.enforce_retention(&[safe, 0], Duration::ZERO, 0)
+            .unwrap();
         let start = log.start_offset(0);
         assert!(start > 0 && start <= safe);
         let remaining = read_all(&log, 0);
@@ -621,8 +618,7 @@ mod tests {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     for i in 0..50 {
-                        append_sync(&log, vec![(t % 4, format!("{t}-{i}").into_bytes())])
-                            .unwrap();
+                        append_sync(&log, vec![(t % 4, format!("{t}-{i}").into_bytes())]).unwrap();
                     }
                 })
             })

@@ -95,8 +95,7 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Deletes whole segments that lie entirely below `safe[partition]` and are older
     /// than `max_age` or beyond `max_bytes` per partition. Returns bytes freed.
-    fn enforce_retention(&self, safe: &[Offset], max_age: Duration, max_bytes: u64)
-        -> Result<u64>;
+    fn enforce_retention(&self, safe: &[Offset], max_age: Duration, max_bytes: u64) -> Result<u64>;
 
     /// False once poisoned.
     fn healthy(&self) -> bool;

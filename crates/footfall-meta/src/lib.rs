@@ -50,7 +50,8 @@ impl Property {
     pub fn allows_host(&self, host: &str) -> bool {
         self.domains.is_empty()
             || self.domains.iter().any(|d| {
-                host == d || (host.ends_with(d.as_str()) && host[..host.len() - d.len()].ends_with('.'))
+                host == d
+                    || (host.ends_with(d.as_str()) && host[..host.len() - d.len()].ends_with('.'))
             })
     }
 }
@@ -349,10 +350,11 @@ impl MetaStore for SqliteMeta {
         )?;
         // Keep today's and yesterday's salt only (48 h at most).
         conn.execute("DELETE FROM salts WHERE day < ?1", params![day - 1])?;
-        let v: Vec<u8> =
-            conn.query_row("SELECT value FROM salts WHERE day = ?1", params![day], |r| {
-                r.get(0)
-            })?;
+        let v: Vec<u8> = conn.query_row(
+            "SELECT value FROM salts WHERE day = ?1",
+            params![day],
+            |r| r.get(0),
+        )?;
         v.try_into()
             .map_err(|_| Error::Invalid("stored salt has the wrong length".into()))
     }

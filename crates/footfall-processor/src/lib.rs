@@ -76,7 +76,10 @@ impl ProcessorStats {
     }
 
     pub fn checkpointed_offsets(&self) -> Vec<u64> {
-        self.checkpointed.iter().map(|a| a.load(Ordering::SeqCst)).collect()
+        self.checkpointed
+            .iter()
+            .map(|a| a.load(Ordering::SeqCst))
+            .collect()
     }
 }
 

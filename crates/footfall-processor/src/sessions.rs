@@ -26,8 +26,9 @@ pub const DIRECT: &str = "Direct / None";
 pub struct SessionRules {
     /// A visit ends after this long without events (gaps under it continue the visit).
     pub gap_ms: Millis,
-    /// How long a finished visit is kept so that late events can still extend or join
-    /// it, measured against the partition's watermark (latest receive time).
+    /// How long a visit is kept after its last event arrived, so that late events can
+    /// still extend or join it; measured against the partition's watermark (latest
+    /// receive time).
     pub lateness_ms: Millis,
 }
 
@@ -54,6 +55,9 @@ pub struct Visit {
     pub exit: Option<(Millis, String)>,
     /// Time of the earliest event and the source it carried.
     pub source: (Millis, String),
+    /// Latest receive time of the visit's events: visits are forgotten a lateness bound
+    /// after they were last touched, so back-filled history sessionises like live data.
+    pub touched: Millis,
     /// Local start hour the visit's contribution was added under (kept so retraction
     /// hits the same bucket even if the property's zone changed meanwhile).
     pub bucket: LocalHour,
@@ -70,6 +74,7 @@ impl Visit {
         self.pageviews += o.pageviews;
         self.events += o.events;
         self.interactive_custom += o.interactive_custom;
+        self.touched = self.touched.max(o.touched);
         self.entry = match (self.entry, o.entry) {
             (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
             (a, b) => a.or(b),
@@ -169,7 +174,13 @@ fn apply_visit(v: &mut VisitStats, visit: &Visit, sign: i64, visitor: u64) {
     }
 }
 
-fn apply_keyed(map: &mut HashMap<String, VisitStats>, key: &str, visit: &Visit, sign: i64, visitor: u64) {
+fn apply_keyed(
+    map: &mut HashMap<String, VisitStats>,
+    key: &str,
+    visit: &Visit,
+    sign: i64,
+    visitor: u64,
+) {
     let e = stats_entry(map, key);
     apply_visit(e, visit, sign, visitor);
     if e.is_zero() {
@@ -229,6 +240,7 @@ impl SessionState {
             entry: page.clone().filter(|_| pageview).map(|p| (t, p)),
             exit: page.filter(|_| pageview).map(|p| (t, p)),
             source: (t, source_of(ev.url.as_deref(), ev.referrer.as_deref())),
+            touched: ev.received_at,
             bucket: LocalHour(0),
         };
         let visits = ps.visitors.entry(ev.visitor).or_default();
@@ -254,7 +266,7 @@ impl SessionState {
             ps.last_sweep = ps.watermark;
             let horizon = ps.watermark - rules.lateness_ms - gap;
             ps.visitors.retain(|_, vs| {
-                vs.retain(|v| v.end >= horizon);
+                vs.retain(|v| v.touched >= horizon);
                 !vs.is_empty()
             });
         }
@@ -269,12 +281,21 @@ mod tests {
     fn sources() {
         assert_eq!(source_of(Some("https://a.com/"), None), DIRECT);
         assert_eq!(
-            source_of(Some("https://a.com/"), Some("https://www.google.com/search")),
+            source_of(
+                Some("https://a.com/"),
+                Some("https://www.google.com/search")
+            ),
             "google.com"
         );
-        assert_eq!(source_of(Some("https://a.com/x"), Some("https://a.com/")), DIRECT);
         assert_eq!(
-            source_of(Some("https://a.com/?utm_source=newsletter"), Some("https://t.co/x")),
+            source_of(Some("https://a.com/x"), Some("https://a.com/")),
+            DIRECT
+        );
+        assert_eq!(
+            source_of(
+                Some("https://a.com/?utm_source=newsletter"),
+                Some("https://t.co/x")
+            ),
             "newsletter"
         );
     }

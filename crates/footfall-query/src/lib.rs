@@ -262,13 +262,21 @@ fn parse_filter(f: &Value) -> Result<(KeyDim, Predicate), QueryError> {
         .as_array()
         .ok_or_else(|| QueryError("filter values must be a list".into()))?
         .iter()
-        .map(|v| v.as_str().map(String::from).ok_or_else(|| QueryError("filter values must be strings".into())))
+        .map(|v| {
+            v.as_str()
+                .map(String::from)
+                .ok_or_else(|| QueryError("filter values must be strings".into()))
+        })
         .collect::<Result<_, _>>()?;
     let p = match op {
         "is" => Predicate::Is(values),
         "is_not" => Predicate::IsNot(values),
         "contains" => Predicate::Contains(values),
-        _ => return bad(format!("filter operator `{op}` is not supported; supported: is, is_not, contains")),
+        _ => {
+            return bad(format!(
+                "filter operator `{op}` is not supported; supported: is, is_not, contains"
+            ))
+        }
     };
     Ok((dim, p))
 }
@@ -283,7 +291,11 @@ pub fn execute(
     if req.metrics.is_empty() {
         return bad("at least one metric is required");
     }
-    let metrics: Vec<Metric> = req.metrics.iter().map(|m| Metric::parse(m)).collect::<Result<_, _>>()?;
+    let metrics: Vec<Metric> = req
+        .metrics
+        .iter()
+        .map(|m| Metric::parse(m))
+        .collect::<Result<_, _>>()?;
     let mut time_dim = None;
     let mut key_dim = None;
     for d in &req.dimensions {
@@ -307,7 +319,11 @@ pub fn execute(
             },
         }
     }
-    let filters: Vec<(KeyDim, Predicate)> = req.filters.iter().map(parse_filter).collect::<Result<_, _>>()?;
+    let filters: Vec<(KeyDim, Predicate)> = req
+        .filters
+        .iter()
+        .map(parse_filter)
+        .collect::<Result<_, _>>()?;
     // Which bucket map answers the query: the breakdown's, else the filters'.
     let mut map_dim = key_dim;
     for (d, _) in &filters {
@@ -353,13 +369,21 @@ pub fn execute(
         let group_key = |k: &str| (time_key, key_dim.map(|_| k.to_string()));
         match dim {
             KeyDim::Page | KeyDim::Name => {
-                let map = if dim == KeyDim::Page { &b.pages } else { &b.names };
+                let map = if dim == KeyDim::Page {
+                    &b.pages
+                } else {
+                    &b.names
+                };
                 for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
                     groups.entry(group_key(k)).or_default().events.merge(s);
                 }
             }
             KeyDim::Source | KeyDim::EntryPage => {
-                let map = if dim == KeyDim::Source { &b.sources } else { &b.entry_pages };
+                let map = if dim == KeyDim::Source {
+                    &b.sources
+                } else {
+                    &b.entry_pages
+                };
                 for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
                     groups.entry(group_key(k)).or_default().visits.merge(s);
                 }
@@ -375,10 +399,15 @@ pub fn execute(
                 accumulate(Some(h.0), b);
             }
         } else {
-            for (d, b) in p.days.range(LocalDay::from_date(from)..=LocalDay::from_date(to)) {
+            for (d, b) in p
+                .days
+                .range(LocalDay::from_date(from)..=LocalDay::from_date(to))
+            {
                 let key = match time_dim {
                     Some(TimeDim::Day) => Some(d.0 as i64),
-                    Some(TimeDim::Month) => Some(LocalDay::from_date(month_start(d.date())).0 as i64),
+                    Some(TimeDim::Month) => {
+                        Some(LocalDay::from_date(month_start(d.date())).0 as i64)
+                    }
                     _ => None,
                 };
                 accumulate(key, b);
@@ -414,7 +443,10 @@ pub fn execute(
                 time: t,
                 key: k,
                 dims,
-                metrics: metrics.iter().map(|m| metric_value(*m, &acc, visit_family)).collect(),
+                metrics: metrics
+                    .iter()
+                    .map(|m| metric_value(*m, &acc, visit_family))
+                    .collect(),
             }
         })
         .collect();
@@ -424,7 +456,10 @@ pub fn execute(
             time: None,
             key: None,
             dims: vec![],
-            metrics: metrics.iter().map(|m| metric_value(*m, &acc, visit_family)).collect(),
+            metrics: metrics
+                .iter()
+                .map(|m| metric_value(*m, &acc, visit_family))
+                .collect(),
         });
     }
 
@@ -442,18 +477,29 @@ pub fn execute(
         None => {
             let mut o = Vec::new();
             if time_dim.is_some() {
-                o.push((req.dimensions.iter().find(|d| d.starts_with("time:")).unwrap().clone(), false));
+                o.push((
+                    req.dimensions
+                        .iter()
+                        .find(|d| d.starts_with("time:"))
+                        .unwrap()
+                        .clone(),
+                    false,
+                ));
             }
             o.push((req.metrics[0].clone(), true));
             o
         }
     };
-    let mut sorters: Vec<(Box<dyn Fn(&Row, &Row) -> std::cmp::Ordering>, bool)> = Vec::new();
+    type RowCmp = Box<dyn Fn(&Row, &Row) -> std::cmp::Ordering>;
+    let mut sorters: Vec<(RowCmp, bool)> = Vec::new();
     for (k, desc) in order {
         if let Some(i) = req.metrics.iter().position(|m| *m == k) {
             sorters.push((
                 Box::new(move |a: &Row, b: &Row| {
-                    a.metrics[i].as_f64().unwrap_or(0.0).total_cmp(&b.metrics[i].as_f64().unwrap_or(0.0))
+                    a.metrics[i]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.metrics[i].as_f64().unwrap_or(0.0))
                 }),
                 desc,
             ));
@@ -462,7 +508,9 @@ pub fn execute(
         } else if req.dimensions.contains(&k) {
             sorters.push((Box::new(|a: &Row, b: &Row| a.key.cmp(&b.key)), desc));
         } else {
-            return bad(format!("cannot order by `{k}`: it is neither a requested metric nor a dimension"));
+            return bad(format!(
+                "cannot order by `{k}`: it is neither a requested metric nor a dimension"
+            ));
         }
     }
     rows.sort_by(|a, b| {
@@ -476,7 +524,10 @@ pub fn execute(
         a.time.cmp(&b.time).then_with(|| a.key.cmp(&b.key))
     });
     let total_rows = rows.len();
-    let pagination = req.pagination.clone().unwrap_or(Pagination { limit: default_limit(), offset: 0 });
+    let pagination = req.pagination.clone().unwrap_or(Pagination {
+        limit: default_limit(),
+        offset: 0,
+    });
     let results: Vec<Value> = rows
         .into_iter()
         .skip(pagination.offset)
@@ -484,8 +535,12 @@ pub fn execute(
         .map(|r| json!({"dimensions": r.dims, "metrics": r.metrics}))
         .collect();
 
-    let start = tz.from_local_datetime(&from.and_hms_opt(0, 0, 0).unwrap()).earliest();
-    let end = tz.from_local_datetime(&to.and_hms_opt(23, 59, 59).unwrap()).latest();
+    let start = tz
+        .from_local_datetime(&from.and_hms_opt(0, 0, 0).unwrap())
+        .earliest();
+    let end = tz
+        .from_local_datetime(&to.and_hms_opt(23, 59, 59).unwrap())
+        .latest();
     let mut meta = serde_json::Map::new();
     let include = req.include.clone().unwrap_or_default();
     if include.total_rows {
@@ -511,7 +566,6 @@ pub fn execute(
     }))
 }
 
-
 fn dim_name(d: KeyDim) -> &'static str {
     match d {
         KeyDim::Page => "event:page",
@@ -520,7 +574,6 @@ fn dim_name(d: KeyDim) -> &'static str {
         KeyDim::EntryPage => "visit:entry_page",
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -531,13 +584,28 @@ mod tests {
         let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
         let r = |v: Value| resolve_date_range(&v, today, None).unwrap();
         assert_eq!(r(json!("day")), (today, today));
-        assert_eq!(r(json!("7d")).0, NaiveDate::from_ymd_opt(2026, 11, 20).unwrap());
-        assert_eq!(r(json!("month")).0, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
-        assert_eq!(r(json!("6mo")).0, NaiveDate::from_ymd_opt(2026, 6, 1).unwrap());
-        assert_eq!(r(json!("12mo")).0, NaiveDate::from_ymd_opt(2025, 12, 1).unwrap());
+        assert_eq!(
+            r(json!("7d")).0,
+            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()
+        );
+        assert_eq!(
+            r(json!("month")).0,
+            NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
+        );
+        assert_eq!(
+            r(json!("6mo")).0,
+            NaiveDate::from_ymd_opt(2026, 6, 1).unwrap()
+        );
+        assert_eq!(
+            r(json!("12mo")).0,
+            NaiveDate::from_ymd_opt(2025, 12, 1).unwrap()
+        );
         assert_eq!(
             r(json!(["2026-11-01", "2026-11-07"])),
-            (NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(), NaiveDate::from_ymd_opt(2026, 11, 7).unwrap())
+            (
+                NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+                NaiveDate::from_ymd_opt(2026, 11, 7).unwrap()
+            )
         );
         assert!(resolve_date_range(&json!("fortnight"), today, None).is_err());
     }

@@ -120,9 +120,11 @@ async fn ingest_native(
         return Err(ApiError::unavailable("server is shutting down"));
     }
     let limits = &app.rules.limits;
-    let bytes = read_body(body, limits.max_body_bytes).await.inspect_err(|_| {
-        app.metrics.reject("payload_too_large");
-    })?;
+    let bytes = read_body(body, limits.max_body_bytes)
+        .await
+        .inspect_err(|_| {
+            app.metrics.reject("payload_too_large");
+        })?;
     let values = native::parse_body(&bytes, limits).map_err(|e| {
         app.metrics.reject(e.code());
         let status = match e {
@@ -148,13 +150,25 @@ async fn ingest_native(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let salt = app.cache.salt(now.div_euclid(86_400_000)).map_err(internal)?;
+    let salt = app
+        .cache
+        .salt(now.div_euclid(86_400_000))
+        .map_err(internal)?;
     let secret = *app.cache.secret();
     let mut rejected = Vec::new();
     let mut records = Vec::with_capacity(values.len());
     let partitions = app.log.partitions();
     for (i, v) in values.iter().enumerate() {
-        match admit(&app, v, grant.as_ref(), now, peer.ip(), &header_ua, &salt, &secret) {
+        match admit(
+            &app,
+            v,
+            grant.as_ref(),
+            now,
+            peer.ip(),
+            &header_ua,
+            &salt,
+            &secret,
+        ) {
             Ok(e) => records.push((partition_for(e.visitor, partitions), e.encode())),
             Err(r) => {
                 app.metrics.reject(r.code);
@@ -163,9 +177,7 @@ async fn ingest_native(
         }
     }
     if records.is_empty() {
-        let all_unknown = rejected
-            .iter()
-            .all(|r| r["code"] == "unknown_tracking_id");
+        let all_unknown = rejected.iter().all(|r| r["code"] == "unknown_tracking_id");
         let (status, code) = if all_unknown {
             (StatusCode::NOT_FOUND, "unknown_tracking_id")
         } else {
@@ -192,7 +204,9 @@ async fn ingest_native(
         Ok(Err(e)) => {
             tracing::error!(error = %e, "append failed; refusing events");
             app.metrics.reject("storage_unavailable");
-            return Err(ApiError::unavailable(format!("events were not stored: {e}")));
+            return Err(ApiError::unavailable(format!(
+                "events were not stored: {e}"
+            )));
         }
         Err(_) => return Err(ApiError::unavailable("log writer stopped")),
     }
@@ -259,7 +273,11 @@ fn admit(
             }
         }
     }
-    let ip = if server_side { e.ip.unwrap_or(peer_ip) } else { peer_ip };
+    let ip = if server_side {
+        e.ip.unwrap_or(peer_ip)
+    } else {
+        peer_ip
+    };
     let user_agent = if server_side {
         e.user_agent.clone().or_else(|| header_ua.clone())
     } else {
@@ -323,18 +341,15 @@ async fn query(
         .cache
         .property(&req.site_id)
         .map_err(internal)?
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id")
-        })?;
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
     let store = app.store.clone();
     let now = app.clock.now_millis();
     let tz = property.tz();
-    let result = tokio::task::spawn_blocking(move || {
-        footfall_query::execute(&req, tz, store.as_ref(), now)
-    })
-    .await
-    .map_err(|e| ApiError::unavailable(e.to_string()))?
-    .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+    let result =
+        tokio::task::spawn_blocking(move || footfall_query::execute(&req, tz, store.as_ref(), now))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
     app.metrics
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -368,7 +383,8 @@ async fn metrics_text(State(app): State<AppRef>) -> Response {
     m.lag_seconds.set(lag_s);
     m.processed
         .set(p.events_processed.load(Ordering::Relaxed) as i64);
-    m.open_visits.set(p.open_visits.load(Ordering::Relaxed) as i64);
+    m.open_visits
+        .set(p.open_visits.load(Ordering::Relaxed) as i64);
     m.log_bytes.set(app.log.retained_bytes() as i64);
     m.checkpoint_bytes.set(app.store.checkpoint_bytes() as i64);
     let mut out = String::new();

@@ -32,15 +32,35 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("footfall");
         let accepted = Counter::default();
-        registry.register("events_accepted", "Events made durable and acknowledged", accepted.clone());
+        registry.register(
+            "events_accepted",
+            "Events made durable and acknowledged",
+            accepted.clone(),
+        );
         let rejected = Family::<ReasonLabel, Counter>::default();
-        registry.register("events_rejected", "Events refused, by reason", rejected.clone());
+        registry.register(
+            "events_rejected",
+            "Events refused, by reason",
+            rejected.clone(),
+        );
         let append_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        registry.register("log_append_seconds", "Time from append to durable", append_seconds.clone());
+        registry.register(
+            "log_append_seconds",
+            "Time from append to durable",
+            append_seconds.clone(),
+        );
         let query_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        registry.register("query_seconds", "Query execution time", query_seconds.clone());
+        registry.register(
+            "query_seconds",
+            "Query execution time",
+            query_seconds.clone(),
+        );
         let lag_bytes = Gauge::<i64, AtomicI64>::default();
-        registry.register("processor_lag_bytes", "Durable log bytes not yet processed", lag_bytes.clone());
+        registry.register(
+            "processor_lag_bytes",
+            "Durable log bytes not yet processed",
+            lag_bytes.clone(),
+        );
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "processor_lag_seconds",
@@ -48,13 +68,29 @@ impl Default for Metrics {
             lag_seconds.clone(),
         );
         let processed = Gauge::<i64, AtomicI64>::default();
-        registry.register("processor_events", "Events processed since start", processed.clone());
+        registry.register(
+            "processor_events",
+            "Events processed since start",
+            processed.clone(),
+        );
         let open_visits = Gauge::<i64, AtomicI64>::default();
-        registry.register("processor_open_visits", "Visits held in processor state at the last checkpoint", open_visits.clone());
+        registry.register(
+            "processor_open_visits",
+            "Visits held in processor state at the last checkpoint",
+            open_visits.clone(),
+        );
         let log_bytes = Gauge::<i64, AtomicI64>::default();
-        registry.register("log_retained_bytes", "Bytes retained in the event log", log_bytes.clone());
+        registry.register(
+            "log_retained_bytes",
+            "Bytes retained in the event log",
+            log_bytes.clone(),
+        );
         let checkpoint_bytes = Gauge::<i64, AtomicI64>::default();
-        registry.register("checkpoint_bytes", "Size of the last rollup checkpoint", checkpoint_bytes.clone());
+        registry.register(
+            "checkpoint_bytes",
+            "Size of the last rollup checkpoint",
+            checkpoint_bytes.clone(),
+        );
         Self {
             registry,
             accepted,

@@ -143,7 +143,8 @@ pub fn month_start(d: NaiveDate) -> NaiveDate {
 impl Rollups {
     pub fn property_mut(&mut self, id: &str) -> &mut PropertyRollup {
         if !self.properties.contains_key(id) {
-            self.properties.insert(id.to_string(), PropertyRollup::default());
+            self.properties
+                .insert(id.to_string(), PropertyRollup::default());
         }
         self.properties.get_mut(id).unwrap()
     }
@@ -172,7 +173,10 @@ mod tests {
             .timestamp_millis();
         let t = local_time(&tz, ms);
         let h = LocalHour::from_naive(t);
-        assert_eq!(h.day().date(), NaiveDate::from_ymd_opt(2026, 11, 27).unwrap());
+        assert_eq!(
+            h.day().date(),
+            NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
+        );
         assert_eq!(h.hour(), 0);
         assert_eq!(h.naive().to_string(), "2026-11-27 00:00:00");
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -53,17 +53,6 @@ pub struct IngestConfig {
     pub max_past_hours: u64,
     /// Timestamps further than this in the future are clamped to the receive time.
     pub max_future_seconds: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            log: LogConfig::default(),
-            processor: ProcessorConfig::default(),
-            ingest: IngestConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -196,7 +185,10 @@ impl Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            bail!("server.listen `{}` is not an address:port", self.server.listen);
+            bail!(
+                "server.listen `{}` is not an address:port",
+                self.server.listen
+            );
         }
         if !(1..=1024).contains(&self.log.partitions) {
             bail!("log.partitions must be between 1 and 1024");
@@ -225,13 +217,21 @@ mod tests {
     fn layering_and_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[server]\nlisten = \"127.0.0.1:9000\"\n[log]\npartitions = 2\n").unwrap();
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[log]\npartitions = 2\n",
+        )
+        .unwrap();
         let env = vec![
             ("FOOTFALL_LOG__PARTITIONS".to_string(), "3".to_string()),
-            ("FOOTFALL_SERVER__DATA_DIR".to_string(), "/tmp/x".to_string()),
+            (
+                "FOOTFALL_SERVER__DATA_DIR".to_string(),
+                "/tmp/x".to_string(),
+            ),
             ("FOOTFALL_TEST_UNRELATED".to_string(), "1".to_string()),
         ];
-        let c = Config::load_from(Some(&f), env.clone().into_iter(), &Overrides::default()).unwrap();
+        let c =
+            Config::load_from(Some(&f), env.clone().into_iter(), &Overrides::default()).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9000");
         assert_eq!(c.log.partitions, 3, "environment beats file");
         assert_eq!(c.server.data_dir, PathBuf::from("/tmp/x"));

@@ -113,7 +113,11 @@ impl Generator {
                 visitor: self.rng.random_range(0..self.visitors),
                 remaining: 1 + self.rng.random_range(0..6u32) * self.rng.random_range(0..2u32),
                 referrer: REFERRERS[self.rng.random_range(0..REFERRERS.len())],
-                campaign: if self.rng.random_bool(0.05) { Some("newsletter") } else { None },
+                campaign: if self.rng.random_bool(0.05) {
+                    Some("newsletter")
+                } else {
+                    None
+                },
             };
             self.open.push(v);
         }
@@ -137,7 +141,11 @@ impl Generator {
             e["referrer"] = json!(v.referrer.take());
         }
         if custom {
-            e["name"] = json!(if v.visitor % 3 == 0 { "Purchase" } else { "Signup" });
+            e["name"] = json!(if v.visitor % 3 == 0 {
+                "Purchase"
+            } else {
+                "Signup"
+            });
             e["props"] = json!({"plan": "pro", "items": 2});
             if v.visitor % 3 == 0 {
                 e["revenue"] = json!({"amount": 499.0, "currency": "INR"});
@@ -179,8 +187,12 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for w in 0..args.concurrency.max(1) {
         let (client, endpoint, generator) = (client.clone(), endpoint.clone(), generator.clone());
-        let (sent, accepted, errors, latencies) =
-            (sent.clone(), accepted.clone(), errors.clone(), latencies.clone());
+        let (sent, accepted, errors, latencies) = (
+            sent.clone(),
+            accepted.clone(),
+            errors.clone(),
+            latencies.clone(),
+        );
         let key = args.key.clone();
         let workers = args.concurrency.max(1) as f64;
         tasks.push(tokio::spawn(async move {
@@ -198,7 +210,11 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
                     let mut g = generator.lock().unwrap();
                     (0..batch).map(|_| g.next_event()).collect()
                 };
-                let body = if batch == 1 { events[0].clone() } else { json!(events) };
+                let body = if batch == 1 {
+                    events[0].clone()
+                } else {
+                    json!(events)
+                };
                 let mut req = client.post(&endpoint).json(&body);
                 if let Some(k) = &key {
                     req = req.bearer_auth(k);

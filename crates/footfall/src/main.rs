@@ -22,7 +22,11 @@ use footfall_store::{RollupStore, SnapshotStore};
 use config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(name = "footfall", version, about = "Footfall: privacy-friendly web and app analytics")]
+#[command(
+    name = "footfall",
+    version,
+    about = "Footfall: privacy-friendly web and app analytics"
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, global = true)]
@@ -173,7 +177,13 @@ fn property_cmd(cfg: &Config, cmd: PropertyCmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&ps)?);
             } else {
                 for p in ps {
-                    println!("{}\t{}\t{}\t{}", p.tracking_id, p.timezone, p.name, p.domains.join(","));
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        p.tracking_id,
+                        p.timezone,
+                        p.name,
+                        p.domains.join(",")
+                    );
                 }
             }
             Ok(())

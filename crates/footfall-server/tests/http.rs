@@ -1,0 +1,475 @@
+//! In-process HTTP tests through `app()` with the real embedded log, store and metadata.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use footfall_event::{Clock, ManualClock};
+use footfall_log::{AppendCallback, EventLog, FileLog, FileLogOptions, Offset, Record};
+use footfall_meta::{MetaStore, Scope, SqliteMeta};
+use footfall_processor::{Processor, ProcessorOptions, ProcessorStats};
+use footfall_server::{app, AppState, IngestRules, MetaCache, Metrics};
+use footfall_store::{RollupStore, SnapshotStore};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const NOW: i64 = 1_795_600_000_000; // 2026-11-24T08:26:40Z
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    router: Router,
+    meta: Arc<SqliteMeta>,
+    processor: Mutex<Processor>,
+}
+
+fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(SqliteMeta::open(dir.path().join("meta.db")).unwrap());
+    let log: Arc<dyn EventLog> = log.unwrap_or_else(|| {
+        Arc::new(FileLog::open(dir.path().join("log"), FileLogOptions::default()).unwrap())
+    });
+    let store: Arc<dyn RollupStore> =
+        Arc::new(SnapshotStore::open(dir.path().join("rollups")).unwrap());
+    let cache = Arc::new(MetaCache::new(meta.clone()).unwrap());
+    let stats = Arc::new(ProcessorStats::new(log.partitions()));
+    let zc = cache.clone();
+    let processor = Processor::new(
+        log.clone(),
+        store.clone(),
+        Arc::new(move |id: &str| {
+            zc.property(id)
+                .ok()
+                .flatten()
+                .map(|p| p.tz())
+                .unwrap_or(chrono_tz::UTC)
+        }),
+        ProcessorOptions::default(),
+        stats.clone(),
+    )
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+    let state = Arc::new(AppState {
+        log,
+        store,
+        cache,
+        clock,
+        metrics: Arc::new(Metrics::default()),
+        processor: stats,
+        rules: IngestRules::default(),
+        accepting: AtomicBool::new(true),
+    });
+    let router = app(state).layer(MockConnectInfo(SocketAddr::from((
+        [198, 51, 100, 7],
+        40000,
+    ))));
+    Harness {
+        _dir: dir,
+        router,
+        meta,
+        processor: Mutex::new(processor),
+    }
+}
+
+fn harness() -> Harness {
+    harness_with_log(None)
+}
+
+impl Harness {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Value, axum::http::HeaderMap) {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, v, headers)
+    }
+
+    async fn ingest(&self, body: Value, key: Option<&str>) -> (StatusCode, Value) {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut h = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            h.push(("authorization", a.as_str()));
+        }
+        let (s, v, _) = self
+            .send(
+                "POST",
+                "/api/v1/events",
+                &h,
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+        (s, v)
+    }
+
+    async fn query(&self, key: &str, q: Value) -> (StatusCode, Value) {
+        self.processor.lock().unwrap().catch_up().unwrap();
+        let auth = format!("Bearer {key}");
+        let (s, v, _) = self
+            .send(
+                "POST",
+                "/api/v2/query",
+                &[("authorization", &auth)],
+                serde_json::to_vec(&q).unwrap(),
+            )
+            .await;
+        (s, v)
+    }
+
+    fn property(&self, tz: &str, domains: &[&str]) -> (String, String, String) {
+        let d: Vec<String> = domains.iter().map(|s| s.to_string()).collect();
+        let p = self.meta.create_property("Shop", tz, &d).unwrap();
+        let (r, _) = self.meta.create_key(&p.tracking_id, Scope::Read).unwrap();
+        let (w, _) = self.meta.create_key(&p.tracking_id, Scope::Write).unwrap();
+        (p.tracking_id, r, w)
+    }
+}
+
+fn ev(tid: &str, name: &str) -> Value {
+    json!({"tracking_id": tid, "name": name, "url": "https://shop.example/a", "timestamp": NOW - 1000})
+}
+
+#[tokio::test]
+async fn bad_input_gets_specific_errors_and_valid_events_are_kept() {
+    let h = harness();
+    let (tid, read, _) = h.property("Asia/Kolkata", &[]);
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (
+            b"{\"name\":".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            b"\xff\xfe{}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+        ),
+        (b"42".to_vec(), StatusCode::BAD_REQUEST, "bad_shape"),
+        (b"".to_vec(), StatusCode::BAD_REQUEST, "empty_body"),
+        (
+            serde_json::to_vec(&vec![ev(&tid, "pageview"); 501]).unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+        ),
+        (
+            vec![b' '; 1024 * 1024 + 1],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            serde_json::to_vec(&json!({"tracking_id": "FF-NOPENOPE", "name": "pageview"})).unwrap(),
+            StatusCode::NOT_FOUND,
+            "unknown_tracking_id",
+        ),
+        (
+            serde_json::to_vec(&json!({"tracking_id": tid, "url": "/x"})).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "no_valid_events",
+        ),
+        (
+            serde_json::to_vec(&json!({"tracking_id": tid, "name": ["x"]})).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "no_valid_events",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (s, v, _) = h
+            .send(
+                "POST",
+                "/api/v1/events",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(s, status, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // Mixed batch: the valid events are accepted, the others reported by index.
+    let body = json!({"events": [
+        ev(&tid, "pageview"),
+        {"tracking_id": tid},
+        {"tracking_id": tid, "name": "x", "props": {"k": {"nested": 1}}},
+        {"tracking_id": "FF-NOPENOPE", "name": "pageview"},
+        {"tracking_id": tid, "name": "x", "timestamp": NOW - 100 * 3600 * 1000},
+        ev(&tid, "Signup"),
+    ]});
+    let (s, v) = h.ingest(body, None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["accepted"], 2);
+    let codes: Vec<(u64, &str)> = v["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (1, "missing_name"),
+            (2, "wrong_type"),
+            (3, "unknown_tracking_id"),
+            (4, "timestamp_too_old")
+        ]
+    );
+    let (s, v) = h
+        .query(
+            &read,
+            json!({"site_id": tid, "metrics": ["events", "pageviews"], "date_range": "7d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["metrics"], json!([2, 1]));
+}
+
+#[tokio::test]
+async fn text_plain_bodies_cors_and_write_keys() {
+    let h = harness();
+    let (tid, read, write) = h.property("UTC", &["shop.example"]);
+    // sendBeacon sends text/plain.
+    let (s, v, _) = h
+        .send(
+            "POST",
+            "/api/v1/events",
+            &[("content-type", "text/plain")],
+            serde_json::to_vec(&ev(&tid, "pageview")).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // Preflight.
+    let (s, _, headers) = h
+        .send(
+            "OPTIONS",
+            "/api/v1/events",
+            &[
+                ("origin", "https://shop.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    // Browser events from a foreign domain are refused; server-side with a key may backdate.
+    let (s, v) = h
+        .ingest(
+            json!({"tracking_id": tid, "name": "pageview", "url": "https://evil.example/"}),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["rejected"][0]["code"], "domain_not_allowed");
+    let old = json!({"tracking_id": tid, "name": "pageview", "url": "https://shop.example/old", "timestamp": NOW - 10 * 86_400_000, "ip": "203.0.113.5", "user_agent": "server"});
+    let (s, _) = h.ingest(old.clone(), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = h.ingest(old, Some(&write)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // A read key cannot ingest; an unknown key is 401.
+    let (s, _) = h.ingest(ev(&tid, "pageview"), Some(&read)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = h.ingest(ev(&tid, "pageview"), Some("ffw_bogus")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (s, v) = h
+        .query(
+            &read,
+            json!({"site_id": tid, "metrics": ["pageviews"], "date_range": "30d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["results"][0]["metrics"], json!([2]));
+}
+
+#[tokio::test]
+async fn keys_are_isolated_between_properties() {
+    let h = harness();
+    let (a, read_a, write_a) = h.property("UTC", &[]);
+    let (b, read_b, _) = h.property("UTC", &[]);
+    h.ingest(ev(&b, "pageview"), None).await;
+    // A's read key asking for B's data: an error, never data.
+    let (s, v) = h
+        .query(
+            &read_a,
+            json!({"site_id": b, "metrics": ["pageviews"], "date_range": "7d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(v.get("results").is_none());
+    assert_eq!(v["error"]["code"], "forbidden");
+    // A's write key cannot write into B.
+    let (s, v) = h.ingest(ev(&b, "pageview"), Some(&write_a)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["rejected"][0]["code"], "forbidden");
+    // Write keys cannot query; no key is 401.
+    let (s, _) = h
+        .query(
+            &write_a,
+            json!({"site_id": a, "metrics": ["pageviews"], "date_range": "7d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = h.send("POST", "/api/v2/query", &[], b"{}".to_vec()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = h
+        .query(
+            &read_b,
+            json!({"site_id": b, "metrics": ["pageviews"], "date_range": "7d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["results"][0]["metrics"], json!([1]));
+}
+
+#[tokio::test]
+async fn unsupported_queries_say_what_is_unsupported() {
+    let h = harness();
+    let (tid, read, _) = h.property("UTC", &[]);
+    let cases = [
+        (
+            json!({"site_id": tid, "metrics": ["revenue_per_cat"], "date_range": "7d"}),
+            "unknown metric",
+        ),
+        (
+            json!({"site_id": tid, "metrics": ["visits"], "date_range": "7d", "dimensions": ["event:page"]}),
+            "not supported with event:page",
+        ),
+        (
+            json!({"site_id": tid, "metrics": ["visits"], "date_range": "7d", "dimensions": ["visit:source"], "filters": [["is", "event:page", ["/"]]]}),
+            "combining",
+        ),
+        (
+            json!({"site_id": tid, "metrics": ["visits"], "date_range": "fortnight"}),
+            "unsupported date_range",
+        ),
+        (
+            json!({"site_id": tid, "metrics": ["visits"], "date_range": "7d", "dimensions": ["visit:country"]}),
+            "not supported",
+        ),
+        (
+            json!({"site_id": tid, "metrics": ["visits"], "date_range": "7d", "filters": [["matches", "event:page", ["/"]]]}),
+            "operator",
+        ),
+        (
+            json!({"site_id": tid, "metrics": ["visits"], "date_range": "7d", "colour": 1}),
+            "unknown field",
+        ),
+    ];
+    for (q, needle) in cases {
+        let (s, v) = h.query(&read, q).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+}
+
+/// A log whose storage has failed: every append errors.
+struct FailingLog;
+
+impl EventLog for FailingLog {
+    fn partitions(&self) -> u32 {
+        1
+    }
+    fn append(&self, _: Vec<(u32, Vec<u8>)>, done: AppendCallback) {
+        done(Err(footfall_log::Error::Poisoned(
+            "fsync failed: EIO".into(),
+        )))
+    }
+    fn end_offset(&self, _: u32) -> Offset {
+        0
+    }
+    fn start_offset(&self, _: u32) -> Offset {
+        0
+    }
+    fn read(&self, _: u32, _: Offset, _: usize) -> footfall_log::Result<Vec<Record>> {
+        Ok(vec![])
+    }
+    fn wait_for_append(&self, g: u64, _: Duration) -> u64 {
+        g
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+    fn enforce_retention(&self, _: &[Offset], _: Duration, _: u64) -> footfall_log::Result<u64> {
+        Ok(0)
+    }
+    fn healthy(&self) -> bool {
+        false
+    }
+    fn retained_bytes(&self) -> u64 {
+        0
+    }
+}
+
+#[tokio::test]
+async fn storage_failure_is_503_with_retry_after_never_2xx() {
+    let h = harness_with_log(Some(Arc::new(FailingLog)));
+    let (tid, _, _) = h.property("UTC", &[]);
+    let (s, v, headers) = h
+        .send(
+            "POST",
+            "/api/v1/events",
+            &[],
+            serde_json::to_vec(&ev(&tid, "pageview")).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(headers["retry-after"], "1");
+    let (s, _, _) = h.send("GET", "/readyz", &[], vec![]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let h = harness();
+    let (tid, _, _) = h.property("UTC", &[]);
+    h.ingest(json!([ev(&tid, "pageview"), {"tracking_id": tid}]), None)
+        .await;
+    let (s, _, _) = h.send("GET", "/healthz", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = h.send("GET", "/readyz", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let resp = h
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("footfall_events_accepted_total 1"), "{text}");
+    assert!(
+        text.contains("footfall_events_rejected_total{reason=\"missing_name\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("footfall_processor_lag_bytes"));
+    assert!(text.contains("footfall_log_append_seconds_bucket"));
+}
