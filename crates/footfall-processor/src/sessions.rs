@@ -171,6 +171,8 @@ fn apply_visit(v: &mut VisitStats, visit: &Visit, sign: i64, visitor: u64) {
     v.events += sign * visit.events as i64;
     if sign > 0 {
         v.visitors.insert(visitor);
+    } else {
+        v.visitors.remove(visitor);
     }
 }
 

@@ -11,7 +11,7 @@ pub mod hll;
 pub mod rollup;
 mod snapshot;
 
-pub use hll::Hll;
+pub use hll::{CountingHll, Hll};
 pub use rollup::{Bucket, EventStats, LocalDay, LocalHour, PropertyRollup, Rollups, VisitStats};
 pub use snapshot::SnapshotStore;
 

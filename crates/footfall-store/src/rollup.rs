@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use serde::{Deserialize, Serialize};
 
-use crate::hll::Hll;
+use crate::hll::{CountingHll, Hll};
 
 /// Event-level statistics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,7 +41,8 @@ pub struct VisitStats {
     pub pageviews: i64,
     /// Events (page views and custom events) inside these visits.
     pub events: i64,
-    pub visitors: Hll,
+    /// Visitors of these visits; removal is exact while small (see [`CountingHll`]).
+    pub visitors: CountingHll,
 }
 
 impl VisitStats {
@@ -60,6 +61,7 @@ impl VisitStats {
             && self.duration_ms == 0
             && self.pageviews == 0
             && self.events == 0
+            && self.visitors.is_empty()
     }
 }
 

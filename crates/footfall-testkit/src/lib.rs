@@ -5,6 +5,8 @@
 //! gaps of `gap_ms` or more, and count with exact sets. It shares no code with the
 //! processor. Its definitions are those of docs/METRICS.md.
 
+pub mod check;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{NaiveDate, NaiveDateTime, Timelike};
