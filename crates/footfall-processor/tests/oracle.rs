@@ -84,7 +84,6 @@ const REFERRERS: [Option<(&str, &str)>; 4] = [
 fn build(zone: &'static str, base: i64, visitors: &[(i64, Vec<(i64, u8, u8, u8)>)]) -> Vec<OEvent> {
     let mut events: Vec<OEvent> = Vec::new();
     for (vi, (offset, steps)) in visitors.iter().enumerate() {
-        let _ = zone;
         let mut t = base + offset;
         let mut last: Option<OEvent> = None;
         for &(step, kind, page, refi) in steps {
@@ -131,7 +130,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
     )
         .prop_flat_map(|(zone, anchor, visitors)| {
             let tz: Tz = zone.parse().unwrap();
-            let events = build(zone, anchors(tz)[anchor], &visitors);
+            let events = build(anchors(tz)[anchor], &visitors);
             let order: Vec<usize> = (0..events.len()).collect();
             (Just(zone), Just(events), Just(order).prop_shuffle())
         })
