@@ -81,7 +81,10 @@ const REFERRERS: [Option<(&str, &str)>; 4] = [
     Some(("https://shop.example/self", "Direct / None")),
 ];
 
-fn build(zone: &'static str, base: i64, visitors: &[(i64, Vec<(i64, u8, u8, u8)>)]) -> Vec<OEvent> {
+/// Per event: (time step, kind, page, referrer).
+type Steps = Vec<(i64, u8, u8, u8)>;
+
+fn build(base: i64, visitors: &[(i64, Steps)]) -> Vec<OEvent> {
     let mut events: Vec<OEvent> = Vec::new();
     for (vi, (offset, steps)) in visitors.iter().enumerate() {
         let mut t = base + offset;
