@@ -222,6 +222,7 @@ impl SessionState {
         let prop = rollups.property_mut(&ev.property);
 
         // Event-level statistics, by the event's own local time.
+        prop.count_minute(ev.timestamp, pageview, ev.visitor);
         let local = local_time(tz, ev.timestamp);
         for b in prop.buckets_mut(local) {
             add_event(&mut b.events, pageview, ev.visitor);

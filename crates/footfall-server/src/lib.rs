@@ -79,6 +79,8 @@ pub fn app(state: AppRef) -> Router {
     Router::new()
         .merge(ingest)
         .route("/api/v2/query", post(query))
+        .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
+        .route("/api/v1/stats/realtime", get(realtime_report))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -312,13 +314,14 @@ fn admit(
     })
 }
 
-async fn query(
-    State(app): State<AppRef>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let key = bearer(&headers).ok_or_else(|| {
+#[derive(serde::Deserialize)]
+struct SiteParam {
+    site_id: String,
+}
+
+/// Checks a read key against `site_id`; the error never carries data.
+fn authorise_read(app: &AppState, headers: &HeaderMap, site_id: &str) -> Result<(), ApiError> {
+    let key = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("missing `Authorization: Bearer <read key>` header")
     })?;
     let grant = app
@@ -329,14 +332,54 @@ async fn query(
     if grant.scope != Scope::Read {
         return Err(ApiError::forbidden("queries need a read key"));
     }
-    let bytes = read_body(body, 64 * 1024).await?;
-    let req: footfall_query::QueryRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query: {e}")))?;
-    if req.site_id != grant.property {
+    if grant.property != site_id {
         return Err(ApiError::forbidden(
             "this key does not grant access to that site_id",
         ));
     }
+    Ok(())
+}
+
+/// Plausible's realtime shape: a bare number of visitors in the last 5 minutes.
+async fn realtime_visitors(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    axum::extract::Query(p): axum::extract::Query<SiteParam>,
+) -> Result<Response, ApiError> {
+    authorise_read(&app, &headers, &p.site_id)?;
+    let r = footfall_query::realtime(app.store.as_ref(), &p.site_id, app.clock.now_millis());
+    Ok(Json(r["visitors_last_5_minutes"].clone()).into_response())
+}
+
+async fn realtime_report(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    axum::extract::Query(p): axum::extract::Query<SiteParam>,
+) -> Result<Response, ApiError> {
+    authorise_read(&app, &headers, &p.site_id)?;
+    Ok(Json(footfall_query::realtime(
+        app.store.as_ref(),
+        &p.site_id,
+        app.clock.now_millis(),
+    ))
+    .into_response())
+}
+
+async fn query(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    if bearer(&headers).is_none() {
+        return Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <read key>` header",
+        ));
+    }
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: footfall_query::QueryRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query: {e}")))?;
+    authorise_read(&app, &headers, &req.site_id)?;
     let property = app
         .cache
         .property(&req.site_id)

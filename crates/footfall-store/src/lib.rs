@@ -12,7 +12,9 @@ pub mod rollup;
 mod snapshot;
 
 pub use hll::{CountingHll, Hll};
-pub use rollup::{Bucket, EventStats, LocalDay, LocalHour, PropertyRollup, Rollups, VisitStats};
+pub use rollup::{
+    Bucket, EventStats, LocalDay, LocalHour, MinuteStats, PropertyRollup, Rollups, VisitStats,
+};
 pub use snapshot::SnapshotStore;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

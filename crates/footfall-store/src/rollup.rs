@@ -80,6 +80,17 @@ pub struct Bucket {
     pub entry_pages: HashMap<String, VisitStats>,
 }
 
+/// Statistics of one UTC minute, for realtime views.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MinuteStats {
+    pub pageviews: u64,
+    pub events: u64,
+    pub visitors: Hll,
+}
+
+/// How many minutes of realtime statistics are kept behind the newest one.
+pub const REALTIME_MINUTES: i64 = 120;
+
 /// Rollups of one property.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PropertyRollup {
@@ -87,6 +98,8 @@ pub struct PropertyRollup {
     pub hours: BTreeMap<LocalHour, Bucket>,
     /// Keyed by [`LocalDay`].
     pub days: BTreeMap<LocalDay, Bucket>,
+    /// Keyed by minutes since the epoch (UTC), the last [`REALTIME_MINUTES`] only.
+    pub minutes: BTreeMap<i64, MinuteStats>,
 }
 
 /// All rollups, by tracking id.
@@ -153,6 +166,22 @@ impl Rollups {
 }
 
 impl PropertyRollup {
+    /// Counts an event in its realtime minute; minutes far behind the newest are dropped.
+    pub fn count_minute(&mut self, ts_ms: i64, pageview: bool, visitor: u64) {
+        let minute = ts_ms.div_euclid(60_000);
+        let newest = self.minutes.keys().next_back().copied().unwrap_or(minute);
+        if minute < newest - REALTIME_MINUTES {
+            return;
+        }
+        if minute > newest {
+            self.minutes = self.minutes.split_off(&(minute - REALTIME_MINUTES));
+        }
+        let m = self.minutes.entry(minute).or_default();
+        m.pageviews += pageview as u64;
+        m.events += 1;
+        m.visitors.insert(visitor);
+    }
+
     /// The hour and day buckets of a local time.
     pub fn buckets_mut(&mut self, t: NaiveDateTime) -> [&mut Bucket; 2] {
         let h = LocalHour::from_naive(t);
