@@ -480,24 +480,49 @@ async fn realtime_visitors_last_5_and_30_minutes() {
     let (tid, read, _) = h.property("UTC", &[]);
     let at = |min: i64, who: &str| json!({"tracking_id": tid, "name": "pageview", "url": "https://a.example/", "client_id": who, "timestamp": NOW - min * 60_000 - 1});
     let (s, _) = h
-        .ingest(json!([at(0, "a"), at(2, "a"), at(3, "b"), at(10, "c"), at(29, "d"), at(40, "e")]), None)
+        .ingest(
+            json!([
+                at(0, "a"),
+                at(2, "a"),
+                at(3, "b"),
+                at(10, "c"),
+                at(29, "d"),
+                at(40, "e")
+            ]),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     h.processor.lock().unwrap().catch_up().unwrap();
     let auth = format!("Bearer {read}");
     let (s, v, _) = h
-        .send("GET", &format!("/api/v1/stats/realtime/visitors?site_id={tid}"), &[("authorization", &auth)], vec![])
+        .send(
+            "GET",
+            &format!("/api/v1/stats/realtime/visitors?site_id={tid}"),
+            &[("authorization", &auth)],
+            vec![],
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v, json!(2), "a and b were active in the last 5 minutes");
     let (_, v, _) = h
-        .send("GET", &format!("/api/v1/stats/realtime?site_id={tid}"), &[("authorization", &auth)], vec![])
+        .send(
+            "GET",
+            &format!("/api/v1/stats/realtime?site_id={tid}"),
+            &[("authorization", &auth)],
+            vec![],
+        )
         .await;
     assert_eq!(v["visitors_last_30_minutes"], 4);
     assert_eq!(v["pageviews_last_30_minutes"], 5);
     let (other, _, _) = h.property("UTC", &[]);
     let (s, _, _) = h
-        .send("GET", &format!("/api/v1/stats/realtime/visitors?site_id={other}"), &[("authorization", &auth)], vec![])
+        .send(
+            "GET",
+            &format!("/api/v1/stats/realtime/visitors?site_id={other}"),
+            &[("authorization", &auth)],
+            vec![],
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }

@@ -42,6 +42,10 @@ pub struct LoadgenArgs {
     pub key: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// A read key of the property: measure freshness (time from 2xx until a probe event
+    /// is visible in /api/v2/query) while the load runs.
+    #[arg(long)]
+    pub probe_key: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -241,9 +245,21 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
             latencies.lock().unwrap().extend(local_lat);
         }));
     }
+    let probe = args.probe_key.clone().map(|key| {
+        let (client, base, property) = (
+            client.clone(),
+            args.url.trim_end_matches('/').to_string(),
+            args.property.clone(),
+        );
+        tokio::spawn(async move { probe_freshness(client, base, property, key, deadline).await })
+    });
     for t in tasks {
         t.await?;
     }
+    let freshness = match probe {
+        Some(p) => Some(p.await?),
+        None => None,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -255,7 +271,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         }
     };
     let acc = accepted.load(Ordering::Relaxed);
-    let summary = json!({
+    let mut summary = json!({
         "seconds": elapsed,
         "events_sent": sent.load(Ordering::Relaxed),
         "events_accepted": acc,
@@ -264,6 +280,9 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         "latency_ms_p50": pct(0.5),
         "latency_ms_p99": pct(0.99),
     });
+    if let Some(f) = &freshness {
+        summary["freshness"] = f.clone();
+    }
     if args.json {
         println!("{summary}");
     } else {
@@ -272,6 +291,85 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
             summary["events_sent"], elapsed, acc, summary["events_per_second"].as_f64().unwrap_or(0.0),
             summary["errors"], pct(0.5), pct(0.99)
         );
+        if let Some(f) = freshness {
+            println!(
+                "freshness (2xx → visible in /api/v2/query) over {} probes: p50 {} ms, p99 {} ms, max {} ms, not seen {}",
+                f["probes"], f["p50_ms"], f["p99_ms"], f["max_ms"], f["not_visible"]
+            );
+        }
     }
     Ok(())
+}
+
+/// Sends a uniquely named probe page view every 200 ms and polls the query API until it
+/// is counted; returns the distribution of the delays.
+async fn probe_freshness(
+    client: reqwest::Client,
+    base: String,
+    property: String,
+    read_key: String,
+    deadline: Instant,
+) -> Value {
+    let mut delays = Vec::new();
+    let mut not_visible = 0;
+    let mut n = 0u64;
+    let run = std::process::id();
+    while Instant::now() < deadline {
+        n += 1;
+        let page = format!("/__freshness-probe/{run}/{n}");
+        let event = json!({"tracking_id": property, "name": "pageview",
+            "url": format!("https://probe.invalid{page}"), "client_id": format!("probe-{run}-{n}")});
+        let ok = client
+            .post(format!("{base}/api/v1/events"))
+            .json(&event)
+            .send()
+            .await
+            .map(|r| r.status().as_u16() == 202)
+            .unwrap_or(false);
+        if !ok {
+            continue;
+        }
+        let acked = Instant::now();
+        let q = json!({"site_id": property, "metrics": ["pageviews"], "date_range": "7d",
+            "filters": [["is", "event:page", [page]]]});
+        let mut seen = false;
+        while acked.elapsed() < Duration::from_secs(10) {
+            let r = client
+                .post(format!("{base}/api/v2/query"))
+                .bearer_auth(&read_key)
+                .json(&q)
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if let Ok(v) = r.json::<Value>().await {
+                    if v["results"][0]["metrics"][0].as_u64() == Some(1) {
+                        seen = true;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if seen {
+            delays.push(acked.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            not_visible += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    delays.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if delays.is_empty() {
+            0.0
+        } else {
+            delays[((delays.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    json!({
+        "probes": delays.len() + not_visible,
+        "not_visible": not_visible,
+        "p50_ms": (pct(0.5) * 10.0).round() / 10.0,
+        "p99_ms": (pct(0.99) * 10.0).round() / 10.0,
+        "max_ms": (pct(1.0) * 10.0).round() / 10.0,
+    })
 }
