@@ -575,6 +575,41 @@ fn dim_name(d: KeyDim) -> &'static str {
     }
 }
 
+/// Realtime figures of a property at wall-clock time `now_ms`, from per-minute
+/// statistics: a window of N minutes is the minute buckets from `floor(now) − N + 1`
+/// to `floor(now)` (the current, partial minute included).
+pub fn realtime(store: &dyn RollupStore, site_id: &str, now_ms: i64) -> Value {
+    let now_min = now_ms.div_euclid(60_000);
+    let mut v5 = footfall_store::Hll::new();
+    let mut v30 = footfall_store::Hll::new();
+    let (mut pv30, mut ev30) = (0u64, 0u64);
+    let mut per_minute = Vec::new();
+    store.read(site_id, &mut |p| {
+        let Some(p) = p else { return };
+        for (m, s) in p.minutes.range(now_min - 29..=now_min) {
+            v30.merge(&s.visitors);
+            if *m > now_min - 5 {
+                v5.merge(&s.visitors);
+            }
+            pv30 += s.pageviews;
+            ev30 += s.events;
+            per_minute.push(json!({
+                "minute": chrono::DateTime::from_timestamp(m * 60, 0).map(|t| t.to_rfc3339()),
+                "visitors": s.visitors.count(),
+                "pageviews": s.pageviews,
+                "events": s.events,
+            }));
+        }
+    });
+    json!({
+        "visitors_last_5_minutes": v5.count(),
+        "visitors_last_30_minutes": v30.count(),
+        "pageviews_last_30_minutes": pv30,
+        "events_last_30_minutes": ev30,
+        "per_minute": per_minute,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,39 +644,4 @@ mod tests {
         );
         assert!(resolve_date_range(&json!("fortnight"), today, None).is_err());
     }
-}
-
-/// Realtime figures of a property at wall-clock time `now_ms`, from per-minute
-/// statistics: a window of N minutes is the minute buckets from `floor(now) − N + 1`
-/// to `floor(now)` (the current, partial minute included).
-pub fn realtime(store: &dyn RollupStore, site_id: &str, now_ms: i64) -> Value {
-    let now_min = now_ms.div_euclid(60_000);
-    let mut v5 = footfall_store::Hll::new();
-    let mut v30 = footfall_store::Hll::new();
-    let (mut pv30, mut ev30) = (0u64, 0u64);
-    let mut per_minute = Vec::new();
-    store.read(site_id, &mut |p| {
-        let Some(p) = p else { return };
-        for (m, s) in p.minutes.range(now_min - 29..=now_min) {
-            v30.merge(&s.visitors);
-            if *m > now_min - 5 {
-                v5.merge(&s.visitors);
-            }
-            pv30 += s.pageviews;
-            ev30 += s.events;
-            per_minute.push(json!({
-                "minute": chrono::DateTime::from_timestamp(m * 60, 0).map(|t| t.to_rfc3339()),
-                "visitors": s.visitors.count(),
-                "pageviews": s.pageviews,
-                "events": s.events,
-            }));
-        }
-    });
-    json!({
-        "visitors_last_5_minutes": v5.count(),
-        "visitors_last_30_minutes": v30.count(),
-        "pageviews_last_30_minutes": pv30,
-        "events_last_30_minutes": ev30,
-        "per_minute": per_minute,
-    })
 }
