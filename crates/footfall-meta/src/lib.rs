@@ -37,7 +37,18 @@ pub struct Property {
     pub timezone: String,
     /// Hosts allowed to send browser events; empty means any.
     pub domains: Vec<String>,
+    /// Session gap of this property; `None` uses the server's default.
+    pub session_gap_minutes: Option<u32>,
     pub created_at: String,
+}
+
+/// Changes to a property; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PropertyChanges<'a> {
+    pub name: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+    pub domains: Option<&'a [String]>,
+    pub session_gap_minutes: Option<u32>,
 }
 
 impl Property {
@@ -99,13 +110,7 @@ pub struct KeyGrant {
 /// - Keys are returned in clear only by `create_key`; the store keeps a hash.
 pub trait MetaStore: Send + Sync + 'static {
     fn create_property(&self, name: &str, timezone: &str, domains: &[String]) -> Result<Property>;
-    fn update_property(
-        &self,
-        tracking_id: &str,
-        name: Option<&str>,
-        timezone: Option<&str>,
-        domains: Option<&[String]>,
-    ) -> Result<Property>;
+    fn update_property(&self, tracking_id: &str, changes: PropertyChanges<'_>) -> Result<Property>;
     fn property(&self, tracking_id: &str) -> Result<Option<Property>>;
     fn properties(&self) -> Result<Vec<Property>>;
     /// Creates a key; returns the clear key (shown once) and its grant.
@@ -171,7 +176,8 @@ impl SqliteMeta {
                 name TEXT NOT NULL,
                 timezone TEXT NOT NULL,
                 domains TEXT NOT NULL,
-                created_at TEXT NOT NULL
+                created_at TEXT NOT NULL,
+                session_gap_minutes INTEGER
             );
             CREATE TABLE IF NOT EXISTS api_keys (
                 key_hash TEXT PRIMARY KEY,
@@ -206,6 +212,7 @@ impl SqliteMeta {
                 .map(String::from)
                 .collect(),
             created_at: row.get(4)?,
+            session_gap_minutes: row.get(5)?,
         })
     }
 }
@@ -226,6 +233,7 @@ impl MetaStore for SqliteMeta {
             name: name.into(),
             timezone: timezone.into(),
             domains,
+            session_gap_minutes: None,
             created_at: now_text(),
         };
         self.conn.lock().unwrap().execute(
@@ -235,13 +243,13 @@ impl MetaStore for SqliteMeta {
         Ok(p)
     }
 
-    fn update_property(
-        &self,
-        tracking_id: &str,
-        name: Option<&str>,
-        timezone: Option<&str>,
-        domains: Option<&[String]>,
-    ) -> Result<Property> {
+    fn update_property(&self, tracking_id: &str, changes: PropertyChanges<'_>) -> Result<Property> {
+        let PropertyChanges {
+            name,
+            timezone,
+            domains,
+            session_gap_minutes,
+        } = changes;
         let mut p = self
             .property(tracking_id)?
             .ok_or_else(|| Error::NoSuchProperty(tracking_id.into()))?;
@@ -255,9 +263,17 @@ impl MetaStore for SqliteMeta {
         if let Some(d) = domains {
             p.domains = normalise_domains(d)?;
         }
+        if let Some(g) = session_gap_minutes {
+            if !(1..=24 * 60).contains(&g) {
+                return Err(Error::Invalid(
+                    "session gap must be 1 to 1440 minutes".into(),
+                ));
+            }
+            p.session_gap_minutes = Some(g);
+        }
         self.conn.lock().unwrap().execute(
-            "UPDATE properties SET name = ?2, timezone = ?3, domains = ?4 WHERE tracking_id = ?1",
-            params![p.tracking_id, p.name, p.timezone, p.domains.join(",")],
+            "UPDATE properties SET name = ?2, timezone = ?3, domains = ?4, session_gap_minutes = ?5 WHERE tracking_id = ?1",
+            params![p.tracking_id, p.name, p.timezone, p.domains.join(","), p.session_gap_minutes],
         )?;
         Ok(p)
     }
@@ -268,7 +284,7 @@ impl MetaStore for SqliteMeta {
             .lock()
             .unwrap()
             .query_row(
-                "SELECT tracking_id, name, timezone, domains, created_at FROM properties WHERE tracking_id = ?1",
+                "SELECT tracking_id, name, timezone, domains, created_at, session_gap_minutes FROM properties WHERE tracking_id = ?1",
                 params![tracking_id],
                 Self::row_to_property,
             )
@@ -278,7 +294,7 @@ impl MetaStore for SqliteMeta {
     fn properties(&self) -> Result<Vec<Property>> {
         let conn = self.conn.lock().unwrap();
         let mut st = conn.prepare(
-            "SELECT tracking_id, name, timezone, domains, created_at FROM properties ORDER BY created_at, tracking_id",
+            "SELECT tracking_id, name, timezone, domains, created_at, session_gap_minutes FROM properties ORDER BY created_at, tracking_id",
         )?;
         let rows = st.query_map([], Self::row_to_property)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -399,7 +415,14 @@ mod tests {
             .unwrap();
         assert!(!stored.contains(&key[4..]));
         let u = m
-            .update_property(&p.tracking_id, None, Some("America/St_Johns"), None)
+            .update_property(
+                &p.tracking_id,
+                PropertyChanges {
+                    timezone: Some("America/St_Johns"),
+                    session_gap_minutes: Some(45),
+                    ..Default::default()
+                },
+            )
             .unwrap();
         assert_eq!(m.property(&p.tracking_id).unwrap().unwrap(), u);
         assert_eq!(m.secret().unwrap(), m.secret().unwrap());

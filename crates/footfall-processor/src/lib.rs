@@ -31,8 +31,16 @@ pub enum Error {
     State(String),
 }
 
-/// Resolves a property's time zone (the current one, from metadata).
-pub type ZoneResolver = Arc<dyn Fn(&str) -> Tz + Send + Sync>;
+/// What the processor needs to know of a property (its current metadata).
+#[derive(Debug, Clone, Copy)]
+pub struct PropertySettings {
+    pub tz: Tz,
+    /// The property's own session gap; `None` uses the processor's default.
+    pub gap_ms: Option<i64>,
+}
+
+/// Resolves a property's settings by tracking id.
+pub type SettingsResolver = Arc<dyn Fn(&str) -> PropertySettings + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct ProcessorOptions {
@@ -86,7 +94,7 @@ impl ProcessorStats {
 pub struct Processor {
     log: Arc<dyn EventLog>,
     store: Arc<dyn RollupStore>,
-    zones: ZoneResolver,
+    settings: SettingsResolver,
     opts: ProcessorOptions,
     state: SessionState,
     offsets: Vec<u64>,
@@ -100,7 +108,7 @@ impl Processor {
     pub fn new(
         log: Arc<dyn EventLog>,
         store: Arc<dyn RollupStore>,
-        zones: ZoneResolver,
+        settings: SettingsResolver,
         opts: ProcessorOptions,
         stats: Arc<ProcessorStats>,
     ) -> Result<Self> {
@@ -126,7 +134,7 @@ impl Processor {
         Ok(Self {
             log,
             store,
-            zones,
+            settings,
             opts,
             state,
             offsets,
@@ -166,22 +174,26 @@ impl Processor {
                 }
             }
         }
-        let rules = self.opts.rules;
-        let zones = &self.zones;
+        let defaults = self.opts.rules;
+        let settings = &self.settings;
         let state = &mut self.state;
-        let mut last_zone: Option<(String, Tz)> = None;
+        let mut last: Option<(String, PropertySettings)> = None;
         let mut last_received = 0;
         self.store.update(&mut |rollups| {
             for (p, e) in &decoded {
-                let tz = match &last_zone {
-                    Some((id, tz)) if *id == e.property => *tz,
+                let s = match &last {
+                    Some((id, s)) if *id == e.property => *s,
                     _ => {
-                        let tz = zones(&e.property);
-                        last_zone = Some((e.property.clone(), tz));
-                        tz
+                        let s = settings(&e.property);
+                        last = Some((e.property.clone(), s));
+                        s
                     }
                 };
-                state.apply(*p, e, &tz, &rules, rollups);
+                let rules = SessionRules {
+                    gap_ms: s.gap_ms.unwrap_or(defaults.gap_ms),
+                    ..defaults
+                };
+                state.apply(*p, e, &s.tz, &rules, rollups);
                 last_received = last_received.max(e.received_at);
             }
         });

@@ -2,7 +2,7 @@
 //! order within the lateness bound, with duplicates) answer every supported query
 //! exactly as the batch oracle computes it from the same events sorted by time.
 //!
-//! Cases: PROPTEST_CASES (default 2000). Long run:
+//! Cases: PROPTEST_CASES (default 10000, about 10 s). Long run:
 //! `PROPTEST_CASES=100000 cargo test --release -p footfall-processor --test oracle`.
 
 use chrono::{NaiveDate, TimeZone};
@@ -198,7 +198,7 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000)
+        .unwrap_or(10_000)
 }
 
 proptest! {

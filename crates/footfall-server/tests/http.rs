@@ -41,12 +41,14 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
     let processor = Processor::new(
         log.clone(),
         store.clone(),
-        Arc::new(move |id: &str| {
-            zc.property(id)
+        Arc::new(move |id: &str| footfall_processor::PropertySettings {
+            tz: zc
+                .property(id)
                 .ok()
                 .flatten()
                 .map(|p| p.tz())
-                .unwrap_or(chrono_tz::UTC)
+                .unwrap_or(chrono_tz::UTC),
+            gap_ms: None,
         }),
         ProcessorOptions::default(),
         stats.clone(),

@@ -15,7 +15,9 @@ use clap::{Args, Parser, Subcommand};
 use footfall_event::SystemClock;
 use footfall_log::{EventLog, FileLog, FileLogOptions};
 use footfall_meta::{MetaStore, Scope, SqliteMeta};
-use footfall_processor::{Processor, ProcessorOptions, ProcessorStats, SessionRules, ZoneResolver};
+use footfall_processor::{
+    Processor, ProcessorOptions, ProcessorStats, PropertySettings, SessionRules, SettingsResolver,
+};
 use footfall_server::{AppState, IngestRules, MetaCache, Metrics};
 use footfall_store::{RollupStore, SnapshotStore};
 
@@ -83,6 +85,9 @@ enum PropertyCmd {
         /// Replaces the allowed domains (repeatable).
         #[arg(long = "domain")]
         domains: Vec<String>,
+        /// Minutes without events after which a visit ends (default: server setting).
+        #[arg(long)]
+        session_gap_minutes: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -165,11 +170,16 @@ fn property_cmd(cfg: &Config, cmd: PropertyCmd) -> anyhow::Result<()> {
             name,
             timezone,
             domains,
+            session_gap_minutes,
             json,
         } => {
-            let d = (!domains.is_empty()).then_some(domains.as_slice());
-            let p = meta.update_property(&tracking_id, name.as_deref(), timezone.as_deref(), d)?;
-            print_property(&p, json)
+            let changes = footfall_meta::PropertyChanges {
+                name: name.as_deref(),
+                timezone: timezone.as_deref(),
+                domains: (!domains.is_empty()).then_some(domains.as_slice()),
+                session_gap_minutes,
+            };
+            print_property(&meta.update_property(&tracking_id, changes)?, json)
         }
         PropertyCmd::List { json } => {
             let ps = meta.properties()?;
@@ -235,19 +245,20 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     let cache = Arc::new(MetaCache::new(meta.clone())?);
 
     let stats = Arc::new(ProcessorStats::new(log.partitions()));
-    let zone_cache = cache.clone();
-    let zones: ZoneResolver = Arc::new(move |id: &str| {
-        zone_cache
-            .property(id)
-            .ok()
-            .flatten()
-            .map(|p| p.tz())
-            .unwrap_or(chrono_tz::UTC)
+    let settings_cache = cache.clone();
+    let settings: SettingsResolver = Arc::new(move |id: &str| {
+        let p = settings_cache.property(id).ok().flatten();
+        PropertySettings {
+            tz: p.as_ref().map(|p| p.tz()).unwrap_or(chrono_tz::UTC),
+            gap_ms: p
+                .and_then(|p| p.session_gap_minutes)
+                .map(|m| m as i64 * 60_000),
+        }
     });
     let processor = Processor::new(
         log.clone(),
         store.clone(),
-        zones,
+        settings,
         ProcessorOptions {
             rules: SessionRules {
                 gap_ms: cfg.processor.session_gap_minutes as i64 * 60_000,

@@ -162,3 +162,71 @@ fn config_command_prints_layered_configuration() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("listn"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_changes_reach_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = create_site(dir.path(), "UTC");
+    let server = Server::start(dir.path(), &[]);
+    // Changed while serving: a 10-minute session gap and a new zone.
+    cli(
+        dir.path(),
+        &[
+            "property",
+            "update",
+            &site.tracking_id,
+            "--session-gap-minutes",
+            "10",
+            "--timezone",
+            "Asia/Kathmandu",
+        ],
+    );
+    let listed: Value =
+        serde_json::from_str(&cli(dir.path(), &["property", "list", "--json"])).unwrap();
+    assert_eq!(listed[0]["timezone"], "Asia/Kathmandu");
+    assert_eq!(listed[0]["session_gap_minutes"], 10);
+    // A key made now works at once (the server refreshes its metadata cache).
+    let fresh_key = cli(
+        dir.path(),
+        &[
+            "key",
+            "create",
+            "--property",
+            &site.tracking_id,
+            "--scope",
+            "write",
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = reqwest::Client::new();
+    // 23:55 and 00:10 Nepal time, 15 minutes apart: two visits under a 10-minute gap.
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-20T23:55:00+05:45")
+        .unwrap()
+        .timestamp_millis();
+    let body = json!([
+        {"tracking_id": site.tracking_id, "name": "pageview", "client_id": "x", "url": "https://a.example/", "timestamp": t0},
+        {"tracking_id": site.tracking_id, "name": "pageview", "client_id": "x", "url": "https://a.example/", "timestamp": t0 + 15 * 60_000},
+    ]);
+    let r = client
+        .post(format!("{}/api/v1/events", server.url))
+        .bearer_auth(&fresh_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let range = json!(["2026-11-20", "2026-11-21"]);
+    wait_for_events(&client, &server.url, &site, range.clone(), 2).await;
+    let v = query(
+        &client,
+        &server.url,
+        &site,
+        json!({"site_id": site.tracking_id, "date_range": range,
+        "metrics": ["visits"], "dimensions": ["time:day"]}),
+    )
+    .await;
+    assert_eq!(
+        v["results"],
+        json!([{"dimensions": ["2026-11-20"], "metrics": [1]}, {"dimensions": ["2026-11-21"], "metrics": [1]}])
+    );
+}
