@@ -8,6 +8,7 @@ pub mod clock;
 pub mod identity;
 pub mod native;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -107,37 +108,107 @@ pub enum DecodeError {
     Corrupt(String),
 }
 
+/// The parts of an `http(s)://` URL, found without allocating, when the URL is plain
+/// enough that the full WHATWG parser would return them unchanged: an ASCII host without
+/// escapes, a path of URL-safe characters without dot segments. Anything else is left
+/// to the `url` crate.
+fn split_plain_url(url: &str) -> Option<(&str, &str, Option<&str>)> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let auth_end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+    let authority = &rest[..auth_end];
+    if authority.contains('@') || authority.starts_with('[') {
+        return None;
+    }
+    let host = authority.split(':').next().unwrap_or("");
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return None;
+    }
+    let after = &rest[auth_end..];
+    let after = after.split('#').next().unwrap_or("");
+    let (path, query) = match after.find('?') {
+        Some(i) => (&after[..i], Some(&after[i + 1..])),
+        None => (after, None),
+    };
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@%".contains(&b);
+    if !path.bytes().all(safe)
+        || path.contains("/.")
+        || path.contains("%2e")
+        || path.contains("%2E")
+    {
+        return None;
+    }
+    Some((host, if path.is_empty() { "/" } else { path }, query))
+}
+
 /// The path of a URL (`event:page`), without query string or fragment. Accepts absolute
 /// URLs and bare paths; an unparsable value is kept as sent.
-pub fn url_path(url: &str) -> String {
+pub fn url_path(url: &str) -> Cow<'_, str> {
+    if let Some((_, path, _)) = split_plain_url(url) {
+        return Cow::Borrowed(path);
+    }
     if let Ok(u) = url::Url::parse(url) {
         if u.cannot_be_a_base() {
-            return url.to_string();
+            return Cow::Borrowed(url);
         }
-        return u.path().to_string();
+        return Cow::Owned(u.path().to_string());
     }
     let end = url.find(['?', '#']).unwrap_or(url.len());
     let p = &url[..end];
     if p.is_empty() {
-        "/".into()
+        Cow::Borrowed("/")
     } else {
-        p.to_string()
+        Cow::Borrowed(p)
     }
 }
 
 /// Lower-cased host of a URL without a leading `www.`.
-pub fn url_host(url: &str) -> Option<String> {
+pub fn url_host(url: &str) -> Option<Cow<'_, str>> {
+    if let Some((host, _, _)) = split_plain_url(url) {
+        let host = host.strip_prefix("www.").unwrap_or(host);
+        return Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let h = host.to_ascii_lowercase();
+            Cow::Owned(h.strip_prefix("www.").map(str::to_string).unwrap_or(h))
+        } else {
+            Cow::Borrowed(host)
+        });
+    }
     let u = url::Url::parse(url).ok()?;
     let h = u.host_str()?.to_ascii_lowercase();
-    Some(h.strip_prefix("www.").map(str::to_string).unwrap_or(h))
+    Some(Cow::Owned(
+        h.strip_prefix("www.").map(str::to_string).unwrap_or(h),
+    ))
 }
 
-/// Value of a query parameter of a URL.
-pub fn url_query_param(url: &str, key: &str) -> Option<String> {
+/// Value of a query parameter of a URL (form-decoded), if present and not empty.
+pub fn url_query_param<'a>(url: &'a str, key: &str) -> Option<Cow<'a, str>> {
+    if let Some((_, _, query)) = split_plain_url(url) {
+        let query = query?;
+        if !query.contains(key) {
+            return None;
+        }
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == key {
+                if v.is_empty() {
+                    return None;
+                }
+                if !v.contains(['%', '+']) {
+                    return Some(Cow::Borrowed(v));
+                }
+                break;
+            }
+        }
+    }
     let u = url::Url::parse(url).ok()?;
     u.query_pairs()
         .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
+        .map(|(_, v)| Cow::<str>::Owned(v.into_owned()))
         .filter(|v| !v.is_empty())
 }
 

@@ -11,12 +11,14 @@
 //! added. The result equals sessionising the same events sorted by time, as long as the
 //! visits it touches are still held (see `lateness_ms`).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 
 use chrono_tz::Tz;
 use footfall_event::{url_host, url_path, url_query_param, LoggedEvent, Millis};
 use footfall_store::rollup::local_time;
-use footfall_store::{Bucket, EventStats, LocalHour, PropertyRollup, Rollups, VisitStats};
+use footfall_store::{
+    Bucket, EventStats, IdMap, KeyMap, LocalHour, PropertyRollup, Rollups, VisitStats,
+};
 use serde::{Deserialize, Serialize};
 
 /// Source of visits without a referrer or campaign.
@@ -97,14 +99,14 @@ pub fn source_of(url: Option<&str>, referrer: Option<&str>) -> String {
     if let Some(u) = url {
         for k in ["utm_source", "ref", "source"] {
             if let Some(v) = url_query_param(u, k) {
-                return v;
+                return v.into_owned();
             }
         }
     }
     if let Some(r) = referrer {
         if let Some(rh) = url_host(r) {
-            if url.and_then(url_host).as_deref() != Some(rh.as_str()) {
-                return rh;
+            if url.and_then(url_host).as_deref() != Some(rh.as_ref()) {
+                return rh.into_owned();
             }
         }
     }
@@ -117,7 +119,39 @@ pub struct PartitionState {
     pub watermark: Millis,
     last_sweep: Millis,
     /// Visits per visitor (visitor ids already include the property), sorted by start.
-    pub visitors: HashMap<u64, Vec<Visit>>,
+    pub visitors: IdMap<Vec<Visit>>,
+    /// (receive time, visitor) of every touch, in arrival order: expiry pops from the
+    /// front instead of scanning every visitor. Rebuilt from `visitors` on load.
+    #[serde(skip)]
+    expiry: VecDeque<(Millis, u64)>,
+}
+
+impl PartitionState {
+    fn rebuild_expiry(&mut self) {
+        let mut all: Vec<(Millis, u64)> = self
+            .visitors
+            .iter()
+            .flat_map(|(id, vs)| vs.iter().map(move |v| (v.touched, *id)))
+            .collect();
+        all.sort_unstable();
+        self.expiry = all.into();
+    }
+
+    /// Forgets visits last touched before `horizon`.
+    fn expire(&mut self, horizon: Millis) {
+        while let Some(&(t, id)) = self.expiry.front() {
+            if t >= horizon {
+                break;
+            }
+            self.expiry.pop_front();
+            if let Some(vs) = self.visitors.get_mut(&id) {
+                vs.retain(|v| v.touched >= horizon);
+                if vs.is_empty() {
+                    self.visitors.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 /// The processor's state: one [`PartitionState`] per log partition.
@@ -138,7 +172,39 @@ impl SessionState {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(bytes)
+        let mut s: Self = postcard::from_bytes(bytes)?;
+        for p in &mut s.partitions {
+            p.rebuild_expiry();
+        }
+        Ok(s)
+    }
+
+    /// Approximate heap bytes of the state: hash tables, visit vectors and strings.
+    pub fn approx_heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let s = |x: &String| x.capacity();
+        self.partitions
+            .iter()
+            .map(|p| {
+                let table =
+                    p.visitors.capacity() * (size_of::<u64>() + size_of::<Vec<Visit>>() + 1);
+                let visits: usize = p
+                    .visitors
+                    .values()
+                    .map(|vs| {
+                        vs.capacity() * size_of::<Visit>()
+                            + vs.iter()
+                                .map(|v| {
+                                    v.entry.as_ref().map(|e| s(&e.1)).unwrap_or(0)
+                                        + v.exit.as_ref().map(|e| s(&e.1)).unwrap_or(0)
+                                        + s(&v.source.1)
+                                })
+                                .sum::<usize>()
+                    })
+                    .sum();
+                table + visits
+            })
+            .sum()
     }
 
     pub fn open_visits(&self) -> usize {
@@ -155,7 +221,7 @@ fn add_event(b: &mut EventStats, pageview: bool, visitor: u64) {
     b.visitors.insert(visitor);
 }
 
-fn stats_entry<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
+fn stats_entry<'a, V: Default>(map: &'a mut KeyMap<V>, key: &str) -> &'a mut V {
     // Avoid allocating a key for the common case of an existing entry.
     if !map.contains_key(key) {
         map.insert(key.to_string(), V::default());
@@ -176,13 +242,7 @@ fn apply_visit(v: &mut VisitStats, visit: &Visit, sign: i64, visitor: u64) {
     }
 }
 
-fn apply_keyed(
-    map: &mut HashMap<String, VisitStats>,
-    key: &str,
-    visit: &Visit,
-    sign: i64,
-    visitor: u64,
-) {
+fn apply_keyed(map: &mut KeyMap<VisitStats>, key: &str, visit: &Visit, sign: i64, visitor: u64) {
     let e = stats_entry(map, key);
     apply_visit(e, visit, sign, visitor);
     if e.is_zero() {
@@ -219,6 +279,7 @@ impl SessionState {
         ps.watermark = ps.watermark.max(ev.received_at);
         let pageview = ev.is_pageview();
         let page = ev.url.as_deref().map(url_path);
+        let page = page.as_deref();
         let prop = rollups.property_mut(&ev.property);
 
         // Event-level statistics, by the event's own local time.
@@ -240,8 +301,8 @@ impl SessionState {
             pageviews: pageview as u32,
             events: 1,
             interactive_custom: (!pageview && ev.interactive) as u32,
-            entry: page.clone().filter(|_| pageview).map(|p| (t, p)),
-            exit: page.filter(|_| pageview).map(|p| (t, p)),
+            entry: page.filter(|_| pageview).map(|p| (t, p.to_string())),
+            exit: page.filter(|_| pageview).map(|p| (t, p.to_string())),
             source: (t, source_of(ev.url.as_deref(), ev.referrer.as_deref())),
             touched: ev.received_at,
             bucket: LocalHour(0),
@@ -263,15 +324,12 @@ impl SessionState {
         contribute(prop, &merged, 1, ev.visitor);
         let pos = visits.partition_point(|v| v.start < merged.start);
         visits.insert(pos, merged);
+        ps.expiry.push_back((ev.received_at, ev.visitor));
 
         // Forget visits no late event may touch any more (once a minute of watermark).
         if ps.watermark - ps.last_sweep > 60_000 {
             ps.last_sweep = ps.watermark;
-            let horizon = ps.watermark - rules.lateness_ms - gap;
-            ps.visitors.retain(|_, vs| {
-                vs.retain(|v| v.touched >= horizon);
-                !vs.is_empty()
-            });
+            ps.expire(ps.watermark - rules.lateness_ms - gap);
         }
     }
 }

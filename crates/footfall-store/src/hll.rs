@@ -5,8 +5,9 @@
 //! bucket: we need control of its memory (a sorted `Vec<u64>` while small), of its
 //! serialisation (it is part of checkpoints) and of merge cost.
 //!
-//! - Exact mode keeps the distinct 64-bit hashes, sorted, up to [`EXACT_LIMIT`]; its
-//!   estimate is the exact count (of distinct hashes; 64-bit collisions are negligible).
+//! - Exact mode keeps the distinct 64-bit hashes in a hash set, up to [`EXACT_LIMIT`];
+//!   its estimate is the exact count (of distinct hashes; 64-bit collisions are
+//!   negligible).
 //! - Dense mode keeps 2^14 one-byte registers and estimates with Ertl's improved
 //!   estimator ("New cardinality estimation algorithms for HyperLogLog sketches", 2017),
 //!   which needs no empirical bias tables and is accurate over the whole range
@@ -14,6 +15,8 @@
 //! - Merging is union; it is associative, commutative and idempotent.
 
 use serde::{Deserialize, Serialize};
+
+use crate::maps::{IdMap, IdSet};
 
 pub const PRECISION: u32 = 14;
 const M: usize = 1 << PRECISION;
@@ -23,13 +26,13 @@ pub const EXACT_LIMIT: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hll {
-    Exact(Vec<u64>),
+    Exact(IdSet),
     Dense(Vec<u8>),
 }
 
 impl Default for Hll {
     fn default() -> Self {
-        Hll::Exact(Vec::new())
+        Hll::Exact(IdSet::default())
     }
 }
 
@@ -60,11 +63,8 @@ impl Hll {
     pub fn insert(&mut self, hash: u64) {
         match self {
             Hll::Exact(v) => {
-                if let Err(pos) = v.binary_search(&hash) {
-                    v.insert(pos, hash);
-                    if v.len() > EXACT_LIMIT {
-                        self.densify();
-                    }
+                if v.insert(hash) && v.len() > EXACT_LIMIT {
+                    self.densify();
                 }
             }
             Hll::Dense(r) => {
@@ -91,28 +91,7 @@ impl Hll {
         match (&mut *self, other) {
             (_, Hll::Exact(o)) if o.is_empty() => {}
             (Hll::Exact(a), Hll::Exact(b)) => {
-                let mut out = Vec::with_capacity(a.len() + b.len());
-                let (mut i, mut j) = (0, 0);
-                while i < a.len() && j < b.len() {
-                    match a[i].cmp(&b[j]) {
-                        std::cmp::Ordering::Less => {
-                            out.push(a[i]);
-                            i += 1
-                        }
-                        std::cmp::Ordering::Greater => {
-                            out.push(b[j]);
-                            j += 1
-                        }
-                        std::cmp::Ordering::Equal => {
-                            out.push(a[i]);
-                            i += 1;
-                            j += 1
-                        }
-                    }
-                }
-                out.extend_from_slice(&a[i..]);
-                out.extend_from_slice(&b[j..]);
-                *a = out;
+                a.extend(b.iter().copied());
                 if a.len() > EXACT_LIMIT {
                     self.densify();
                 }
@@ -151,7 +130,7 @@ impl Hll {
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         match self {
-            Hll::Exact(v) => v.capacity() * 8,
+            Hll::Exact(v) => v.capacity() * 9,
             Hll::Dense(r) => r.capacity(),
         }
     }
@@ -273,28 +252,25 @@ mod tests {
 /// counted under its old value as well (documented in docs/METRICS.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CountingHll {
-    Exact(Vec<(u64, u32)>),
+    Exact(IdMap<u32>),
     Dense(Hll),
 }
 
 impl Default for CountingHll {
     fn default() -> Self {
-        CountingHll::Exact(Vec::new())
+        CountingHll::Exact(IdMap::default())
     }
 }
 
 impl CountingHll {
     pub fn insert(&mut self, hash: u64) {
         match self {
-            CountingHll::Exact(v) => match v.binary_search_by_key(&hash, |e| e.0) {
-                Ok(i) => v[i].1 += 1,
-                Err(i) => {
-                    v.insert(i, (hash, 1));
-                    if v.len() > EXACT_LIMIT {
-                        self.densify();
-                    }
+            CountingHll::Exact(v) => {
+                *v.entry(hash).or_insert(0) += 1;
+                if v.len() > EXACT_LIMIT {
+                    self.densify();
                 }
-            },
+            }
             CountingHll::Dense(h) => h.insert(hash),
         }
     }
@@ -302,10 +278,10 @@ impl CountingHll {
     /// Undoes one `insert` of `hash` (exact mode only).
     pub fn remove(&mut self, hash: u64) {
         if let CountingHll::Exact(v) = self {
-            if let Ok(i) = v.binary_search_by_key(&hash, |e| e.0) {
-                v[i].1 -= 1;
-                if v[i].1 == 0 {
-                    v.remove(i);
+            if let Some(c) = v.get_mut(&hash) {
+                *c -= 1;
+                if *c == 0 {
+                    v.remove(&hash);
                 }
             }
         }
@@ -314,7 +290,7 @@ impl CountingHll {
     fn densify(&mut self) {
         if let CountingHll::Exact(v) = self {
             let mut h = Hll::Dense(vec![0; M]);
-            for (x, _) in v.iter() {
+            for x in v.keys() {
                 h.insert(*x);
             }
             *self = CountingHll::Dense(h);
@@ -324,19 +300,16 @@ impl CountingHll {
     pub fn merge(&mut self, other: &CountingHll) {
         match (&mut *self, other) {
             (CountingHll::Exact(a), CountingHll::Exact(b)) => {
-                for &(h, c) in b {
-                    match a.binary_search_by_key(&h, |e| e.0) {
-                        Ok(i) => a[i].1 += c,
-                        Err(i) => a.insert(i, (h, c)),
-                    }
+                for (h, c) in b {
+                    *a.entry(*h).or_insert(0) += c;
                 }
                 if a.len() > EXACT_LIMIT {
                     self.densify();
                 }
             }
             (CountingHll::Dense(a), CountingHll::Exact(b)) => {
-                for &(h, _) in b {
-                    a.insert(h);
+                for h in b.keys() {
+                    a.insert(*h);
                 }
             }
             (CountingHll::Exact(_), CountingHll::Dense(_)) => {

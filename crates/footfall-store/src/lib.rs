@@ -8,10 +8,12 @@
 //! log or know how events are sessionised.
 
 pub mod hll;
+pub mod maps;
 pub mod rollup;
 mod snapshot;
 
 pub use hll::{CountingHll, Hll};
+pub use maps::{IdMap, IdSet, KeyMap};
 pub use rollup::{
     Bucket, EventStats, LocalDay, LocalHour, MinuteStats, PropertyRollup, Rollups, VisitStats,
 };

@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::maps::KeyMap;
+
 use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use serde::{Deserialize, Serialize};
 
@@ -71,13 +73,13 @@ pub struct Bucket {
     pub events: EventStats,
     pub visits: VisitStats,
     /// By `event:page` (URL path), events that carried a URL.
-    pub pages: HashMap<String, EventStats>,
+    pub pages: KeyMap<EventStats>,
     /// By `event:name`.
-    pub names: HashMap<String, EventStats>,
+    pub names: KeyMap<EventStats>,
     /// By `visit:source`, visits that started in this bucket.
-    pub sources: HashMap<String, VisitStats>,
+    pub sources: KeyMap<VisitStats>,
     /// By `visit:entry_page`, visits with at least one page view.
-    pub entry_pages: HashMap<String, VisitStats>,
+    pub entry_pages: KeyMap<VisitStats>,
 }
 
 /// Statistics of one UTC minute, for realtime views.

@@ -1,0 +1,229 @@
+//! `footfall-bench`: the measurement commands scripts/bench.sh runs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use footfall_bench::{generate, DataSpec};
+use footfall_event::LoggedEvent;
+use footfall_log::{partition_for, EventLog, FileLog, FileLogOptions};
+use footfall_processor::{Processor, ProcessorOptions, ProcessorStats, PropertySettings};
+use footfall_store::{RollupStore, SnapshotStore};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, clap::Args)]
+struct DataArgs {
+    /// Tracking id the events belong to.
+    #[arg(long, default_value = "FF-BENCH000")]
+    property: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// End of the period, RFC 3339 (default: now).
+    #[arg(long)]
+    end: Option<String>,
+}
+
+impl DataArgs {
+    fn spec(&self) -> anyhow::Result<DataSpec> {
+        let end_ms = match &self.end {
+            Some(e) => chrono::DateTime::parse_from_rfc3339(e)?.timestamp_millis(),
+            None => chrono::Utc::now().timestamp_millis(),
+        };
+        Ok(DataSpec {
+            property: self.property.clone(),
+            events: self.events,
+            days: self.days,
+            end_ms,
+            seed: self.seed,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Processing throughput from a pre-filled log, without HTTP, against a decode-only
+    /// pass over the same log as the baseline.
+    Process {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Time zone of the property.
+        #[arg(long, default_value = "Asia/Kolkata")]
+        timezone: String,
+    },
+    /// Appends the data set to the log of a data directory, as the collector would.
+    Fill {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
+    /// Writes the data set as CSV (ts_ms, visitor, name, page, source) for other engines.
+    Csv {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Process {
+            data,
+            partitions,
+            timezone,
+        } => process(&data, partitions, &timezone),
+        Cmd::Fill {
+            data,
+            data_dir,
+            partitions,
+        } => {
+            let log = FileLog::open(
+                data_dir.join("log"),
+                FileLogOptions {
+                    partitions,
+                    ..Default::default()
+                },
+            )?;
+            let n = fill(&log, &data.spec()?)?;
+            eprintln!("appended {n} events");
+            Ok(())
+        }
+        Cmd::Csv { data, out } => {
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
+            writeln!(w, "ts_ms,visitor,name,page,source")?;
+            generate(&data.spec()?, |events| {
+                for e in events {
+                    let page = footfall_event::url_path(e.url.as_deref().unwrap_or("/"));
+                    let source = footfall_processor::sessions::source_of(
+                        e.url.as_deref(),
+                        e.referrer.as_deref(),
+                    );
+                    writeln!(
+                        w,
+                        "{},{},{},{},{}",
+                        e.timestamp, e.visitor, e.name, page, source
+                    )
+                    .unwrap();
+                }
+            });
+            w.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// Appends in batches of 10,000 (one fsync each), returning the count.
+fn fill(log: &FileLog, spec: &DataSpec) -> anyhow::Result<u64> {
+    let mut n = 0u64;
+    let mut err = None;
+    generate(spec, |events| {
+        for chunk in events.chunks(10_000) {
+            let recs: Vec<(u32, Vec<u8>)> = chunk
+                .iter()
+                .map(|e| (partition_for(e.visitor, log.partitions()), e.encode()))
+                .collect();
+            n += recs.len() as u64;
+            let (tx, rx) = std::sync::mpsc::channel();
+            log.append(recs, Box::new(move |r| tx.send(r).unwrap()));
+            if let Err(e) = rx.recv().unwrap() {
+                err = Some(e);
+            }
+        }
+    });
+    match err {
+        Some(e) => Err(e.into()),
+        None => Ok(n),
+    }
+}
+
+fn process(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = Arc::new(FileLog::open(
+        dir.path().join("log"),
+        FileLogOptions {
+            partitions,
+            ..Default::default()
+        },
+    )?);
+    let spec = data.spec()?;
+    let t = Instant::now();
+    let n = fill(&log, &spec)?;
+    let fill_s = t.elapsed().as_secs_f64();
+
+    // Baseline: read and decode every record, nothing else.
+    let t = Instant::now();
+    let mut decoded = 0u64;
+    for p in 0..partitions {
+        let mut at = log.start_offset(p);
+        loop {
+            let recs = log.read(p, at, 1 << 20)?;
+            if recs.is_empty() {
+                break;
+            }
+            for r in &recs {
+                std::hint::black_box(LoggedEvent::decode(&r.payload)?);
+                decoded += 1;
+                at = r.next;
+            }
+        }
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(decoded == n, "decoded {decoded} of {n}");
+
+    let tz: chrono_tz::Tz = timezone.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store: Arc<dyn RollupStore> = Arc::new(SnapshotStore::open(dir.path().join("rollups"))?);
+    let stats = Arc::new(ProcessorStats::new(partitions));
+    let mut processor = Processor::new(
+        log.clone(),
+        store.clone(),
+        Arc::new(move |_: &str| PropertySettings { tz, gap_ms: None }),
+        ProcessorOptions::default(),
+        stats,
+    )
+    .context("processor")?;
+    let t = Instant::now();
+    processor.catch_up()?;
+    let process_s = t.elapsed().as_secs_f64();
+    let open_visits = processor.state().open_visits();
+    let state_bytes = processor.state().approx_heap_bytes();
+    let t = Instant::now();
+    processor.checkpoint()?;
+    let checkpoint_s = t.elapsed().as_secs_f64();
+    let log_bytes = log.retained_bytes();
+    let out = json!({
+        "events": n,
+        "partitions": partitions,
+        "fill_seconds": fill_s,
+        "decode_only_seconds": decode_s,
+        "decode_only_events_per_second": n as f64 / decode_s,
+        "process_seconds": process_s,
+        "process_events_per_second": n as f64 / process_s,
+        "ratio_to_decode_only": decode_s / process_s,
+        "open_visits": open_visits,
+        "state_bytes_per_open_visit": state_bytes as f64 / open_visits.max(1) as f64,
+        "checkpoint_seconds": checkpoint_s,
+        "checkpoint_bytes": store.checkpoint_bytes(),
+        "log_bytes_per_event": log_bytes as f64 / n as f64,
+        "rollup_checkpoint_bytes_per_event": store.checkpoint_bytes() as f64 / n as f64,
+    });
+    println!("{out}");
+    Ok(())
+}
