@@ -159,42 +159,45 @@ impl Processor {
         if batches.is_empty() {
             return Ok(0);
         }
-        let mut consumed = 0;
-        let mut decoded = Vec::new();
-        for (p, recs) in batches {
-            for r in recs {
-                consumed += 1;
-                self.offsets[p] = r.next;
-                match LoggedEvent::decode(&r.payload) {
-                    Ok(e) => decoded.push((p, e)),
-                    Err(err) => {
-                        tracing::error!(partition = p, offset = r.offset, error = %err, "undecodable log record skipped");
-                        self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+        let consumed: usize = batches.iter().map(|(_, r)| r.len()).sum();
+        for (p, recs) in &batches {
+            self.offsets[*p] = recs.last().map(|r| r.next).unwrap_or(self.offsets[*p]);
         }
         let defaults = self.opts.rules;
         let settings = &self.settings;
         let state = &mut self.state;
+        let stats = &self.stats;
         let mut last: Option<(String, PropertySettings)> = None;
         let mut last_received = 0;
+        let mut applied = 0u64;
+        // Decoding inside the update avoids holding a second copy of every event.
         self.store.update(&mut |rollups| {
-            for (p, e) in &decoded {
-                let s = match &last {
-                    Some((id, s)) if *id == e.property => *s,
-                    _ => {
-                        let s = settings(&e.property);
-                        last = Some((e.property.clone(), s));
-                        s
-                    }
-                };
-                let rules = SessionRules {
-                    gap_ms: s.gap_ms.unwrap_or(defaults.gap_ms),
-                    ..defaults
-                };
-                state.apply(*p, e, &s.tz, &rules, rollups);
-                last_received = last_received.max(e.received_at);
+            for (p, recs) in &batches {
+                for r in recs {
+                    let e = match LoggedEvent::decode(&r.payload) {
+                        Ok(e) => e,
+                        Err(err) => {
+                            tracing::error!(partition = p, offset = r.offset, error = %err, "undecodable log record skipped");
+                            stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
+                    let s = match &last {
+                        Some((id, s)) if *id == e.property => *s,
+                        _ => {
+                            let s = settings(&e.property);
+                            last = Some((e.property.clone(), s));
+                            s
+                        }
+                    };
+                    let rules = SessionRules {
+                        gap_ms: s.gap_ms.unwrap_or(defaults.gap_ms),
+                        ..defaults
+                    };
+                    state.apply(*p, &e, &s.tz, &rules, rollups);
+                    last_received = last_received.max(e.received_at);
+                    applied += 1;
+                }
             }
         });
         self.dirty = true;
@@ -203,7 +206,7 @@ impl Processor {
         }
         self.stats
             .events_processed
-            .fetch_add(decoded.len() as u64, Ordering::Relaxed);
+            .fetch_add(applied, Ordering::Relaxed);
         self.stats
             .last_received_at
             .fetch_max(last_received, Ordering::Relaxed);

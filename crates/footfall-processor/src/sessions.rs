@@ -137,6 +137,14 @@ impl PartitionState {
         self.expiry = all.into();
     }
 
+    /// Forgets visits no late event may touch any more (once a minute of watermark).
+    fn maybe_expire(&mut self, rules: &SessionRules) {
+        if self.watermark - self.last_sweep > 60_000 {
+            self.last_sweep = self.watermark;
+            self.expire(self.watermark - rules.lateness_ms - rules.gap_ms);
+        }
+    }
+
     /// Forgets visits last touched before `horizon`.
     fn expire(&mut self, horizon: Millis) {
         while let Some(&(t, id)) = self.expiry.front() {
@@ -222,11 +230,40 @@ fn add_event(b: &mut EventStats, pageview: bool, visitor: u64) {
 }
 
 fn stats_entry<'a, V: Default>(map: &'a mut KeyMap<V>, key: &str) -> &'a mut V {
-    // Avoid allocating a key for the common case of an existing entry.
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), V::default());
+    // Looks up by &str; the key is allocated only for a new entry.
+    map.entry_ref(key).or_default()
+}
+
+/// The change of a visit's counters when an event extends it in place (same start
+/// bucket, source and entry page, so the same groups and the same visitor).
+#[derive(Clone, Copy)]
+struct VisitDelta {
+    bounces: i64,
+    duration_ms: i64,
+    pageviews: i64,
+    events: i64,
+}
+
+fn apply_delta(v: &mut VisitStats, d: VisitDelta) {
+    v.bounces += d.bounces;
+    v.duration_ms += d.duration_ms;
+    v.pageviews += d.pageviews;
+    v.events += d.events;
+}
+
+fn contribute_delta(prop: &mut PropertyRollup, visit: &Visit, d: VisitDelta) {
+    let hour = prop.hours.entry(visit.bucket).or_default();
+    delta_bucket(hour, visit, d);
+    let day = prop.days.entry(visit.bucket.day()).or_default();
+    delta_bucket(day, visit, d);
+}
+
+fn delta_bucket(b: &mut Bucket, visit: &Visit, d: VisitDelta) {
+    apply_delta(&mut b.visits, d);
+    apply_delta(stats_entry(&mut b.sources, &visit.source.1), d);
+    if let Some((_, page)) = &visit.entry {
+        apply_delta(stats_entry(&mut b.entry_pages, page), d);
     }
-    map.get_mut(key).unwrap()
 }
 
 fn apply_visit(v: &mut VisitStats, visit: &Visit, sign: i64, visitor: u64) {
@@ -295,6 +332,47 @@ impl SessionState {
 
         // Visit-level statistics.
         let t = ev.timestamp;
+        let gap = rules.gap_ms;
+        let visits = ps.visitors.entry(ev.visitor).or_default();
+        let touching = |v: &Visit| t - v.end < gap && v.start - t < gap;
+        let first = visits.iter().position(touching);
+        let count = first.map_or(0, |i| visits[i..].iter().take_while(|v| touching(v)).count());
+        // Fast path: the event extends one visit without moving its start, source or
+        // entry page; only counters change, by a delta.
+        if let (Some(i), 1) = (first, count) {
+            let v = &mut visits[i];
+            let entry_kept = !pageview
+                || v.entry.as_ref().is_some_and(|(et, _)| *et <= t);
+            if t >= v.start && entry_kept {
+                let was_bounce = v.is_bounce() as i64;
+                let old_duration = v.end - v.start;
+                v.end = v.end.max(t);
+                v.pageviews += pageview as u32;
+                v.events += 1;
+                v.interactive_custom += (!pageview && ev.interactive) as u32;
+                v.touched = v.touched.max(ev.received_at);
+                if pageview {
+                    if let (Some(p), Some(exit)) = (page, v.exit.as_mut()) {
+                        if t >= exit.0 {
+                            exit.0 = t;
+                            exit.1.clear();
+                            exit.1.push_str(p);
+                        }
+                    }
+                }
+                let d = VisitDelta {
+                    bounces: v.is_bounce() as i64 - was_bounce,
+                    duration_ms: (v.end - v.start) - old_duration,
+                    pageviews: pageview as i64,
+                    events: 1,
+                };
+                contribute_delta(prop, v, d);
+                ps.expiry.push_back((ev.received_at, ev.visitor));
+                ps.maybe_expire(rules);
+                return;
+            }
+        }
+        // General path: retract every visit the event touches, merge, add the result.
         let mut merged = Visit {
             start: t,
             end: t,
@@ -307,17 +385,10 @@ impl SessionState {
             touched: ev.received_at,
             bucket: LocalHour(0),
         };
-        let visits = ps.visitors.entry(ev.visitor).or_default();
-        let gap = rules.gap_ms;
-        let mut i = 0;
-        while i < visits.len() {
-            let v = &visits[i];
-            if t - v.end < gap && v.start - t < gap {
-                let old = visits.remove(i);
+        if let Some(i) = first {
+            for old in visits.drain(i..i + count).collect::<Vec<_>>() {
                 contribute(prop, &old, -1, ev.visitor);
                 merged = old.merge(merged);
-            } else {
-                i += 1;
             }
         }
         merged.bucket = LocalHour::from_naive(local_time(tz, merged.start));
@@ -325,12 +396,7 @@ impl SessionState {
         let pos = visits.partition_point(|v| v.start < merged.start);
         visits.insert(pos, merged);
         ps.expiry.push_back((ev.received_at, ev.visitor));
-
-        // Forget visits no late event may touch any more (once a minute of watermark).
-        if ps.watermark - ps.last_sweep > 60_000 {
-            ps.last_sweep = ps.watermark;
-            ps.expire(ps.watermark - rules.lateness_ms - gap);
-        }
+        ps.maybe_expire(rules);
     }
 }
 

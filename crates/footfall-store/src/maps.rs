@@ -8,8 +8,9 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// Map keyed by user-controlled strings.
-pub type KeyMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+/// Map keyed by user-controlled strings (hashbrown for `entry_ref`: look up by `&str`
+/// and allocate the key only when inserting).
+pub type KeyMap<V> = hashbrown::HashMap<String, V, foldhash::fast::RandomState>;
 
 /// Pass-through hasher for keys that are already uniformly distributed 64-bit hashes.
 #[derive(Default, Clone, Copy)]

@@ -6,7 +6,7 @@
 //! Visit-level counters are signed because the processor retracts a visit's old
 //! contribution when a later or late event changes it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::maps::KeyMap;
 
@@ -107,7 +107,7 @@ pub struct PropertyRollup {
 /// All rollups, by tracking id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rollups {
-    pub properties: HashMap<String, PropertyRollup>,
+    pub properties: KeyMap<PropertyRollup>,
 }
 
 /// A local calendar day: days since 1970-01-01 in the property's zone.
