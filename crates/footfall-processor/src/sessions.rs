@@ -252,10 +252,9 @@ fn apply_delta(v: &mut VisitStats, d: VisitDelta) {
 }
 
 fn contribute_delta(prop: &mut PropertyRollup, visit: &Visit, d: VisitDelta) {
-    let hour = prop.hours.entry(visit.bucket).or_default();
-    delta_bucket(hour, visit, d);
-    let day = prop.days.entry(visit.bucket.day()).or_default();
-    delta_bucket(day, visit, d);
+    for b in prop.hour_and_day_mut(visit.bucket) {
+        delta_bucket(b, visit, d);
+    }
 }
 
 fn delta_bucket(b: &mut Bucket, visit: &Visit, d: VisitDelta) {
@@ -288,10 +287,9 @@ fn apply_keyed(map: &mut KeyMap<VisitStats>, key: &str, visit: &Visit, sign: i64
 }
 
 fn contribute(prop: &mut PropertyRollup, visit: &Visit, sign: i64, visitor: u64) {
-    let hour = prop.hours.entry(visit.bucket).or_default();
-    contribute_bucket(hour, visit, sign, visitor);
-    let day = prop.days.entry(visit.bucket.day()).or_default();
-    contribute_bucket(day, visit, sign, visitor);
+    for b in prop.hour_and_day_mut(visit.bucket) {
+        contribute_bucket(b, visit, sign, visitor);
+    }
 }
 
 fn contribute_bucket(b: &mut Bucket, visit: &Visit, sign: i64, visitor: u64) {
@@ -322,7 +320,7 @@ impl SessionState {
         // Event-level statistics, by the event's own local time.
         prop.count_minute(ev.timestamp, pageview, ev.visitor);
         let local = local_time(tz, ev.timestamp);
-        for b in prop.buckets_mut(local) {
+        for b in prop.hour_and_day_mut(LocalHour::from_naive(local)) {
             add_event(&mut b.events, pageview, ev.visitor);
             if let Some(p) = &page {
                 add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
@@ -336,13 +334,14 @@ impl SessionState {
         let visits = ps.visitors.entry(ev.visitor).or_default();
         let touching = |v: &Visit| t - v.end < gap && v.start - t < gap;
         let first = visits.iter().position(touching);
-        let count = first.map_or(0, |i| visits[i..].iter().take_while(|v| touching(v)).count());
+        let count = first.map_or(0, |i| {
+            visits[i..].iter().take_while(|v| touching(v)).count()
+        });
         // Fast path: the event extends one visit without moving its start, source or
         // entry page; only counters change, by a delta.
         if let (Some(i), 1) = (first, count) {
             let v = &mut visits[i];
-            let entry_kept = !pageview
-                || v.entry.as_ref().is_some_and(|(et, _)| *et <= t);
+            let entry_kept = !pageview || v.entry.as_ref().is_some_and(|(et, _)| *et <= t);
             if t >= v.start && entry_kept {
                 let was_bounce = v.is_bounce() as i64;
                 let old_duration = v.end - v.start;

@@ -6,7 +6,7 @@
 //! Visit-level counters are signed because the processor retracts a visit's old
 //! contribution when a later or late event changes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::maps::KeyMap;
 
@@ -102,6 +102,9 @@ pub struct PropertyRollup {
     pub days: BTreeMap<LocalDay, Bucket>,
     /// Keyed by minutes since the epoch (UTC), the last [`REALTIME_MINUTES`] only.
     pub minutes: BTreeMap<i64, MinuteStats>,
+    /// Local days whose buckets changed since the last checkpoint.
+    #[serde(skip)]
+    pub dirty_days: BTreeSet<LocalDay>,
 }
 
 /// All rollups, by tracking id.
@@ -184,9 +187,10 @@ impl PropertyRollup {
         m.visitors.insert(visitor);
     }
 
-    /// The hour and day buckets of a local time.
-    pub fn buckets_mut(&mut self, t: NaiveDateTime) -> [&mut Bucket; 2] {
-        let h = LocalHour::from_naive(t);
+    /// The hour bucket and its day bucket, marked as changed. Every write to buckets
+    /// goes through here so checkpoints can write only what changed.
+    pub fn hour_and_day_mut(&mut self, h: LocalHour) -> [&mut Bucket; 2] {
+        self.dirty_days.insert(h.day());
         let hour = self.hours.entry(h).or_default();
         let day = self.days.entry(h.day()).or_default();
         [hour, day]
