@@ -79,6 +79,22 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         partitions: u32,
     },
+    /// Times the dashboard query set through /api/v2/query and prints the answers.
+    Queries {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        key: String,
+        /// Local dates, inclusive.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 50)]
+        iterations: usize,
+    },
     /// Writes the data set as CSV (ts_ms, visitor, name, page, source) for other engines.
     Csv {
         #[command(flatten)]
@@ -111,6 +127,14 @@ fn main() -> anyhow::Result<()> {
             eprintln!("appended {n} events");
             Ok(())
         }
+        Cmd::Queries {
+            url,
+            site,
+            key,
+            from,
+            to,
+            iterations,
+        } => queries(&url, &site, &key, &from, &to, iterations),
         Cmd::Csv { data, out } => {
             let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
             writeln!(w, "ts_ms,visitor,name,page,source")?;
@@ -231,4 +255,102 @@ fn process(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<(
     });
     println!("{out}");
     Ok(())
+}
+
+/// The dashboard: totals, a daily series, top pages, top sources.
+pub fn dashboard(site: &str, from: &str, to: &str) -> Vec<(&'static str, serde_json::Value)> {
+    let range = json!([from, to]);
+    vec![
+        (
+            "aggregate",
+            json!({"site_id": site, "date_range": range,
+            "metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
+        ),
+        (
+            "timeseries",
+            json!({"site_id": site, "date_range": range,
+            "metrics": ["visitors", "pageviews"], "dimensions": ["time:day"]}),
+        ),
+        (
+            "top_pages",
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "pageviews"],
+            "dimensions": ["event:page"], "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+        ),
+        (
+            "top_sources",
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "visits"],
+            "dimensions": ["visit:source"], "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+        ),
+    ]
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+fn queries(
+    url: &str,
+    site: &str,
+    key: &str,
+    from: &str,
+    to: &str,
+    iterations: usize,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let set = dashboard(site, from, to);
+        let endpoint = format!("{}/api/v2/query", url.trim_end_matches('/'));
+        let mut answers = serde_json::Map::new();
+        let mut per: Vec<Vec<f64>> = vec![Vec::new(); set.len()];
+        let mut totals = Vec::new();
+        // One warm-up round, then timed rounds.
+        for round in 0..=iterations {
+            let t_set = Instant::now();
+            for (i, (name, q)) in set.iter().enumerate() {
+                let t = Instant::now();
+                let r = client
+                    .post(&endpoint)
+                    .bearer_auth(key)
+                    .json(q)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "{name}: HTTP {}", r.status());
+                let v: serde_json::Value = r.json().await?;
+                if round > 0 {
+                    per[i].push(t.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    answers.insert(name.to_string(), v["results"].clone());
+                }
+            }
+            if round > 0 {
+                totals.push(t_set.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let mut per_query = serde_json::Map::new();
+        for (i, (name, _)) in set.iter().enumerate() {
+            per_query.insert(
+                name.to_string(),
+                json!({"p50_ms": pct(&mut per[i], 0.5), "p99_ms": pct(&mut per[i], 0.99)}),
+            );
+        }
+        println!(
+            "{}",
+            json!({
+                "iterations": iterations,
+                "set_p50_ms": pct(&mut totals, 0.5),
+                "set_p99_ms": pct(&mut totals, 0.99),
+                "per_query": per_query,
+                "answers": answers,
+            })
+        );
+        Ok(())
+    })
 }

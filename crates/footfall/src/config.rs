@@ -68,7 +68,9 @@ impl Default for ServerConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            partitions: 4,
+            // Each partition costs one fsync per group commit; two measured 398k events/s
+            // batched against 475k for one and 270k for four (BENCHMARKS.md).
+            partitions: 2,
             segment_bytes: 64 * 1024 * 1024,
             retention_hours: 168,
             retention_bytes: 8 * 1024 * 1024 * 1024,

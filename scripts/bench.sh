@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Footfall's benchmarks, end to end: builds release binaries, generates data, runs every
+# benchmark with its baseline in the same run, and writes the results.
+#
+#   scripts/bench.sh           full run (~20-30 min): writes BENCHMARKS.md and
+#                              target/bench/results-full.json
+#   scripts/bench.sh --quick   small sizes (~2-3 min after the build), for CI: writes
+#                              target/bench/BENCHMARKS-quick.md and results-quick.json
+#
+# Load comes from separate processes on this machine over loopback (footfall loadgen,
+# wrk), every run bounded in time.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+mode=full
+[ "${1:-}" = "--quick" ] && mode=quick
+
+work="$root/target/bench/work-$mode"
+rm -rf "$work"
+mkdir -p "$work"
+F="$root/target/release/footfall"
+B="$root/target/release/footfall-bench"
+
+echo "== build (release)"
+cargo build --release --locked -q -p footfall -p footfall-bench
+venv=$(scripts/bench-deps.sh | tail -n 1)
+PY="$venv/bin/python"
+
+if [ "$mode" = quick ]; then
+  PROC_EVENTS=200000; DUR=3; QUERY_SIZES="100000"; ITER=10; CMP_ITER=1; SCALE=0
+else
+  PROC_EVENTS=5000000; DUR=10; QUERY_SIZES="1000000 10000000"; ITER=100; CMP_ITER=3; SCALE=1
+fi
+TZ_NAME=Asia/Kolkata
+OFFSET_MIN=330
+
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_server DIR PORT [CPUS] -> sets SERVER_PID
+start_server() {
+  local dir=$1 port=$2 cpus=${3:-}
+  local cmd=("$F" --data-dir "$dir" serve --listen "127.0.0.1:$port")
+  if [ -n "$cpus" ]; then cmd=(taskset -c "$cpus" "${cmd[@]}"); fi
+  FOOTFALL_LOG=warn "${cmd[@]}" > "$dir.serve.log" 2>&1 &
+  SERVER_PID=$!
+  pids+=("$SERVER_PID")
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "server did not start" >&2; cat "$dir.serve.log" >&2; return 1
+}
+stop_server() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
+peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+wait_caught_up() {
+  local port=$1
+  for _ in $(seq 1 6000); do
+    curl -sf "http://127.0.0.1:$port/metrics" | grep -qx 'footfall_processor_lag_bytes 0' && return 0
+    sleep 0.1
+  done
+  echo "processor did not catch up" >&2; return 1
+}
+new_site() { # DIR -> "TRACKING_ID READ_KEY"
+  local tid key
+  tid=$("$F" --data-dir "$1" property create --name Bench --timezone "$TZ_NAME")
+  key=$("$F" --data-dir "$1" key create --property "$tid" --scope read)
+  echo "$tid $key"
+}
+
+echo "== processing (pre-filled log, no HTTP; baseline: decode-only pass)"
+"$B" process --events "$PROC_EVENTS" > "$work/process.json"
+if [ "$SCALE" = 1 ]; then
+  taskset -c 0 "$B" process --events "$PROC_EVENTS" > "$work/process-1core.json"
+fi
+
+echo "== nginx baseline server"
+mkdir -p "$work/nginx/logs"
+NGINX_PORT=$(free_port)
+cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_buffer_size 2m;
+  client_max_body_size 2m;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { return 204; }
+  }
+}
+NGINX
+/usr/sbin/nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
+sleep 0.5
+
+run_ingest() { # NAME URL SITE CPUS(server) -> loadgen json
+  local name=$1 url=$2 site=$3 extra=${4:-}
+  "$F" loadgen --url "$url" --property "$site" --rate 2000000 --duration "$DUR" --batch 100 \
+    --concurrency 8 --json $extra > "$work/$name.json"
+}
+
+echo "== ingest, batched (100 events/request; baseline: nginx 204, same load)"
+mkdir -p "$work/ingest"; read -r SITE READ <<<"$(new_site "$work/ingest")"
+PORT=$(free_port); start_server "$work/ingest" "$PORT"
+run_ingest ingest "http://127.0.0.1:$PORT" "$SITE"
+echo "$(peak_rss_kb "$SERVER_PID")" > "$work/ingest.rss"
+INGEST_RATE=$("$PY" -c "import json; print(int(json.load(open('$work/ingest.json'))['events_per_second']))")
+echo "== freshness at half the measured ingest rate ($((INGEST_RATE / 2)) events/s)"
+"$F" loadgen --url "http://127.0.0.1:$PORT" --property "$SITE" --rate $((INGEST_RATE / 2)) \
+  --duration "$DUR" --batch 100 --concurrency 8 --probe-key "$READ" --json > "$work/freshness.json"
+stop_server
+run_ingest ingest-nginx "http://127.0.0.1:$NGINX_PORT" "$SITE" --any-2xx
+du -sb "$work/ingest/log" | cut -f1 > "$work/ingest.logbytes"
+
+if [ "$SCALE" = 1 ]; then
+  echo "== ingest on one core (server pinned to CPU 0, load on CPU 1)"
+  mkdir -p "$work/ingest1"; read -r SITE1 _ <<<"$(new_site "$work/ingest1")"
+  PORT=$(free_port); start_server "$work/ingest1" "$PORT" 0
+  taskset -c 1 "$F" loadgen --url "http://127.0.0.1:$PORT" --property "$SITE1" --rate 2000000 \
+    --duration "$DUR" --batch 100 --concurrency 8 --json > "$work/ingest-1core.json"
+  stop_server
+fi
+
+echo "== ingest, beacon (one event/request; baseline: nginx 204, same wrk load)"
+cat > "$work/beacon.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "text/plain"
+wrk.body = '{"tracking_id":"$SITE","name":"pageview","url":"https://shop.example/","referrer":"https://www.google.com/"}'
+LUA
+mkdir -p "$work/beacon"; read -r BSITE _ <<<"$(new_site "$work/beacon")"
+sed -i "s/$SITE/$BSITE/" "$work/beacon.lua"
+PORT=$(free_port); start_server "$work/beacon" "$PORT"
+wrk -t2 -c64 -d"${DUR}s" -s "$work/beacon.lua" "http://127.0.0.1:$PORT/api/v1/events" > "$work/beacon-footfall.txt"
+stop_server
+wrk -t2 -c64 -d"${DUR}s" -s "$work/beacon.lua" "http://127.0.0.1:$NGINX_PORT/api/v1/events" > "$work/beacon-nginx.txt"
+
+echo "== dashboard queries (and DuckDB / chDB on the same events as Parquet)"
+TODAY=$(python3 -c "import datetime as d; print((d.datetime.now(d.timezone.utc)+d.timedelta(minutes=$OFFSET_MIN)).date())")
+FROM=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$TODAY')-d.timedelta(days=29))")
+END=$(python3 -c "import datetime as d; print(d.datetime.now(d.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+for N in $QUERY_SIZES; do
+  dir="$work/q$N"; mkdir -p "$dir"
+  read -r QSITE QKEY <<<"$(new_site "$dir")"
+  "$B" fill --data-dir "$dir" --property "$QSITE" --events "$N" --days 30 --end "$END" --partitions 2
+  PORT=$(free_port)
+  t0=$(date +%s.%N)
+  start_server "$dir" "$PORT"
+  wait_caught_up "$PORT"
+  t1=$(date +%s.%N)
+  python3 -c "print($t1 - $t0)" > "$dir.catchup_seconds"
+  "$B" queries --url "http://127.0.0.1:$PORT" --site "$QSITE" --key "$QKEY" --from "$FROM" --to "$TODAY" \
+    --iterations "$ITER" > "$work/queries-$N.json"
+  echo "$(peak_rss_kb "$SERVER_PID")" > "$work/queries-$N.rss"
+  stop_server
+  du -sb "$dir/log" | cut -f1 > "$work/queries-$N.logbytes"
+  du -sb "$dir/rollups" | cut -f1 > "$work/queries-$N.rollupbytes"
+  "$B" csv --property "$QSITE" --events "$N" --days 30 --end "$END" --out "$dir/events.csv"
+  "$PY" benches/compare.py --csv "$dir/events.csv" --from "$FROM" --to "$TODAY" \
+    --offset-minutes "$OFFSET_MIN" --iterations "$CMP_ITER" > "$work/compare-$N.json"
+  rm -f "$dir/events.csv"
+done
+
+echo "== report"
+"$PY" benches/report.py --work "$work" --mode "$mode" --sizes "$QUERY_SIZES" \
+  --command "scripts/bench.sh$([ "$mode" = quick ] && echo ' --quick')"
