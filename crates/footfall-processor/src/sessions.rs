@@ -53,10 +53,10 @@ pub struct Visit {
     /// Custom (non-pageview) events marked interactive.
     pub interactive_custom: u32,
     /// Time and path of the first and last page views.
-    pub entry: Option<(Millis, String)>,
-    pub exit: Option<(Millis, String)>,
+    pub entry: Option<(Millis, Box<str>)>,
+    pub exit: Option<(Millis, Box<str>)>,
     /// Time of the earliest event and the source it carried.
-    pub source: (Millis, String),
+    pub source: (Millis, Box<str>),
     /// Latest receive time of the visit's events: visits are forgotten a lateness bound
     /// after they were last touched, so back-filled history sessionises like live data.
     pub touched: Millis,
@@ -120,8 +120,10 @@ pub struct PartitionState {
     last_sweep: Millis,
     /// Visits per visitor (visitor ids already include the property), sorted by start.
     pub visitors: IdMap<Vec<Visit>>,
-    /// (receive time, visitor) of every touch, in arrival order: expiry pops from the
-    /// front instead of scanning every visitor. Rebuilt from `visitors` on load.
+    /// (receive time, visitor) entries, roughly in arrival order, at least one per
+    /// visitor with visits: expiry pops from the front instead of scanning every
+    /// visitor. An entry is added when a visit is created or merged (not on every event);
+    /// a popped visitor that still has visits is queued again. Rebuilt on load.
     #[serde(skip)]
     expiry: VecDeque<(Millis, u64)>,
 }
@@ -131,7 +133,7 @@ impl PartitionState {
         let mut all: Vec<(Millis, u64)> = self
             .visitors
             .iter()
-            .flat_map(|(id, vs)| vs.iter().map(move |v| (v.touched, *id)))
+            .map(|(id, vs)| (vs.iter().map(|v| v.touched).min().unwrap_or(0), *id))
             .collect();
         all.sort_unstable();
         self.expiry = all.into();
@@ -156,6 +158,10 @@ impl PartitionState {
                 vs.retain(|v| v.touched >= horizon);
                 if vs.is_empty() {
                     self.visitors.remove(&id);
+                } else {
+                    let next = vs.iter().map(|v| v.touched).min().unwrap_or(horizon);
+                    vs.shrink_to_fit();
+                    self.expiry.push_back((next, id));
                 }
             }
         }
@@ -190,7 +196,7 @@ impl SessionState {
     /// Approximate heap bytes of the state: hash tables, visit vectors and strings.
     pub fn approx_heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        let s = |x: &String| x.capacity();
+        let s = |x: &str| x.len();
         self.partitions
             .iter()
             .map(|p| {
@@ -210,7 +216,7 @@ impl SessionState {
                                 .sum::<usize>()
                     })
                     .sum();
-                table + visits
+                table + visits + p.expiry.capacity() * size_of::<(Millis, u64)>()
             })
             .sum()
     }
@@ -331,7 +337,10 @@ impl SessionState {
         // Visit-level statistics.
         let t = ev.timestamp;
         let gap = rules.gap_ms;
-        let visits = ps.visitors.entry(ev.visitor).or_default();
+        let visits = ps
+            .visitors
+            .entry(ev.visitor)
+            .or_insert_with(|| Vec::with_capacity(1));
         let touching = |v: &Visit| t - v.end < gap && v.start - t < gap;
         let first = visits.iter().position(touching);
         let count = first.map_or(0, |i| {
@@ -354,8 +363,9 @@ impl SessionState {
                     if let (Some(p), Some(exit)) = (page, v.exit.as_mut()) {
                         if t >= exit.0 {
                             exit.0 = t;
-                            exit.1.clear();
-                            exit.1.push_str(p);
+                            if *exit.1 != *p {
+                                exit.1 = p.into();
+                            }
                         }
                     }
                 }
@@ -366,7 +376,6 @@ impl SessionState {
                     events: 1,
                 };
                 contribute_delta(prop, v, d);
-                ps.expiry.push_back((ev.received_at, ev.visitor));
                 ps.maybe_expire(rules);
                 return;
             }
@@ -378,9 +387,9 @@ impl SessionState {
             pageviews: pageview as u32,
             events: 1,
             interactive_custom: (!pageview && ev.interactive) as u32,
-            entry: page.filter(|_| pageview).map(|p| (t, p.to_string())),
-            exit: page.filter(|_| pageview).map(|p| (t, p.to_string())),
-            source: (t, source_of(ev.url.as_deref(), ev.referrer.as_deref())),
+            entry: page.filter(|_| pageview).map(|p| (t, p.into())),
+            exit: page.filter(|_| pageview).map(|p| (t, p.into())),
+            source: (t, source_of(ev.url.as_deref(), ev.referrer.as_deref()).into()),
             touched: ev.received_at,
             bucket: LocalHour(0),
         };
@@ -393,6 +402,7 @@ impl SessionState {
         merged.bucket = LocalHour::from_naive(local_time(tz, merged.start));
         contribute(prop, &merged, 1, ev.visitor);
         let pos = visits.partition_point(|v| v.start < merged.start);
+        visits.reserve_exact(1); // most visitors hold one or two visits: no slack
         visits.insert(pos, merged);
         ps.expiry.push_back((ev.received_at, ev.visitor));
         ps.maybe_expire(rules);
