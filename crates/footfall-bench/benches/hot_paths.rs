@@ -121,7 +121,7 @@ fn rollup(c: &mut Criterion) {
                 for e in &evs {
                     s.apply(
                         (e.visitor % 4) as usize,
-                        e,
+                        &e.view(),
                         &tz,
                         &SessionRules::default(),
                         &mut r,
@@ -145,7 +145,7 @@ fn query(c: &mut Criterion) {
         for e in &evs {
             s.apply(
                 (e.visitor % 4) as usize,
-                e,
+                &e.view(),
                 &tz,
                 &SessionRules::default(),
                 r,

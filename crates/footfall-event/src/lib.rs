@@ -97,6 +97,100 @@ impl LoggedEvent {
     }
 }
 
+/// A borrowed view of a log record, decoded without allocating for the common event.
+/// Its fields mirror [`LoggedEvent`] in order (the record format is positional).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EventView<'a> {
+    #[serde(borrow)]
+    pub property: &'a str,
+    pub received_at: Millis,
+    pub timestamp: Millis,
+    pub visitor: u64,
+    #[serde(borrow)]
+    pub name: &'a str,
+    #[serde(borrow)]
+    pub url: Option<&'a str>,
+    #[serde(borrow)]
+    pub referrer: Option<&'a str>,
+    #[serde(borrow)]
+    pub title: Option<&'a str>,
+    #[serde(borrow)]
+    pub props: BTreeMap<&'a str, PropValueView<'a>>,
+    #[serde(borrow)]
+    pub revenue: Option<RevenueView<'a>>,
+    pub interactive: bool,
+    #[serde(borrow)]
+    pub user_agent: Option<&'a str>,
+    #[serde(borrow)]
+    pub ip_prefix: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub enum PropValueView<'a> {
+    #[serde(borrow)]
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RevenueView<'a> {
+    pub amount: f64,
+    #[serde(borrow)]
+    pub currency: &'a str,
+}
+
+impl<'a> EventView<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        match bytes.first() {
+            Some(&RECORD_VERSION) => {
+                postcard::from_bytes(&bytes[1..]).map_err(|e| DecodeError::Corrupt(e.to_string()))
+            }
+            Some(v) => Err(DecodeError::UnknownVersion(*v)),
+            None => Err(DecodeError::Corrupt("empty record".into())),
+        }
+    }
+
+    pub fn is_pageview(&self) -> bool {
+        self.name == PAGEVIEW
+    }
+}
+
+impl LoggedEvent {
+    /// A borrowed view of this event (as the processor sees records).
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            property: &self.property,
+            received_at: self.received_at,
+            timestamp: self.timestamp,
+            visitor: self.visitor,
+            name: &self.name,
+            url: self.url.as_deref(),
+            referrer: self.referrer.as_deref(),
+            title: self.title.as_deref(),
+            props: self
+                .props
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        PropValue::Str(s) => PropValueView::Str(s),
+                        PropValue::Num(n) => PropValueView::Num(*n),
+                        PropValue::Bool(b) => PropValueView::Bool(*b),
+                    };
+                    (k.as_str(), v)
+                })
+                .collect(),
+            revenue: self.revenue.as_ref().map(|r| RevenueView {
+                amount: r.amount,
+                currency: &r.currency,
+            }),
+            interactive: self.interactive,
+            user_agent: self.user_agent.as_deref(),
+            ip_prefix: self.ip_prefix.as_deref(),
+        }
+    }
+}
+
 /// The event name of a page view.
 pub const PAGEVIEW: &str = "pageview";
 
@@ -116,33 +210,47 @@ fn split_plain_url(url: &str) -> Option<(&str, &str, Option<&str>)> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))?;
-    let auth_end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
-    let authority = &rest[..auth_end];
-    if authority.contains('@') || authority.starts_with('[') {
+    let b = rest.as_bytes();
+    // Host: [A-Za-z0-9.-]+ then an optional :port, ending at / ? # or the end.
+    let mut i = 0;
+    while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] == b'.') {
+        i += 1;
+    }
+    if i == 0 {
         return None;
     }
-    let host = authority.split(':').next().unwrap_or("");
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return None;
+    let host = &rest[..i];
+    if i < b.len() && b[i] == b':' {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
     }
-    let after = &rest[auth_end..];
-    let after = after.split('#').next().unwrap_or("");
-    let (path, query) = match after.find('?') {
-        Some(i) => (&after[..i], Some(&after[i + 1..])),
-        None => (after, None),
+    if i < b.len() && !matches!(b[i], b'/' | b'?' | b'#') {
+        return None; // userinfo, backslashes, brackets and other rarities
+    }
+    // Path: URL-safe bytes without dot segments or escaped dots.
+    let path_start = i;
+    let mut prev = b'/';
+    while i < b.len() && !matches!(b[i], b'?' | b'#') {
+        let c = b[i];
+        let safe = c.is_ascii_alphanumeric() || b"-_~/!$&'()*+,;=:@".contains(&c);
+        if !(safe
+            || (c == b'.' && prev != b'/')
+            || (c == b'%' && !rest[i..].starts_with("%2e") && !rest[i..].starts_with("%2E")))
+        {
+            return None;
+        }
+        prev = c;
+        i += 1;
+    }
+    let path = &rest[path_start..i];
+    let query = if i < b.len() && b[i] == b'?' {
+        let q = &rest[i + 1..];
+        Some(q.split('#').next().unwrap_or(""))
+    } else {
+        None
     };
-    let safe = |b: u8| b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@%".contains(&b);
-    if !path.bytes().all(safe)
-        || path.contains("/.")
-        || path.contains("%2e")
-        || path.contains("%2E")
-    {
-        return None;
-    }
     Some((host, if path.is_empty() { "/" } else { path }, query))
 }
 
@@ -237,10 +345,36 @@ mod tests {
             ip_prefix: Some("1.2.3.0".into()),
         };
         assert_eq!(LoggedEvent::decode(&e.encode()).unwrap(), e);
+        let bytes = e.encode();
+        assert_eq!(EventView::decode(&bytes).unwrap(), e.view());
         assert!(matches!(
             LoggedEvent::decode(&[9, 1]),
             Err(DecodeError::UnknownVersion(9))
         ));
+    }
+
+    /// The fast path must agree with the full WHATWG parser wherever it answers.
+    #[test]
+    fn fast_path_agrees_with_the_url_crate() {
+        let parts = [
+            "a", ".", "..", "%2e", "%2E", "x.y", "~u", "@", "a b", "ü", "", ";p=1", "%41",
+        ];
+        let hosts = ["a.com", "WWW.A.com", "a.com:8080", "u@a.com", "a_b.com"];
+        for h in hosts {
+            for x in parts {
+                for y in parts {
+                    for tail in ["", "?q=1", "#f", "/"] {
+                        let u = format!("https://{h}/{x}/{y}{tail}");
+                        if let Ok(parsed) = url::Url::parse(&u) {
+                            assert_eq!(url_path(&u), parsed.path(), "{u}");
+                            let host = parsed.host_str().unwrap().to_ascii_lowercase();
+                            let host = host.strip_prefix("www.").unwrap_or(&host).to_string();
+                            assert_eq!(url_host(&u).unwrap(), host, "{u}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

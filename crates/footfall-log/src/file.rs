@@ -402,9 +402,10 @@ impl EventLog for FileLog {
         };
         file.seek(SeekFrom::Start(from - seg.base))?;
         let window = ((seg_end - from) as usize).min(max_bytes.max(HEADER));
-        let mut data = vec![0u8; window];
-        file.read_exact(&mut data)?;
-        let mut out = Vec::new();
+        let mut data = Vec::with_capacity(window);
+        (&mut file).take(window as u64).read_to_end(&mut data)?;
+        // Frame boundaries first; the payloads become slices of one shared buffer.
+        let mut spans = Vec::new();
         let mut pos = 0usize;
         loop {
             if pos + HEADER > data.len() {
@@ -417,11 +418,13 @@ impl EventLog for FileLog {
                 return Err(Error::Corrupt { partition, offset });
             }
             if pos + HEADER + len > data.len() {
-                if out.is_empty() && offset + (HEADER + len) as u64 <= seg_end {
+                if spans.is_empty() && offset + (HEADER + len) as u64 <= seg_end {
                     // A single record larger than max_bytes: read it whole.
-                    let mut rest = vec![0u8; pos + HEADER + len - data.len()];
-                    file.read_exact(&mut rest)?;
-                    data.extend_from_slice(&rest);
+                    let missing = pos + HEADER + len - data.len();
+                    (&mut file).take(missing as u64).read_to_end(&mut data)?;
+                    if data.len() < pos + HEADER + len {
+                        return Err(Error::Corrupt { partition, offset });
+                    }
                 } else {
                     break;
                 }
@@ -430,13 +433,18 @@ impl EventLog for FileLog {
             if crc32fast::hash(payload) != crc {
                 return Err(Error::Corrupt { partition, offset });
             }
+            spans.push((offset, pos + HEADER, len));
             pos += HEADER + len;
-            out.push(Record {
-                offset,
-                next: from + pos as u64,
-                payload: payload.to_vec(),
-            });
         }
+        let buf = bytes::Bytes::from(data);
+        let out = spans
+            .into_iter()
+            .map(|(offset, start, len)| Record {
+                offset,
+                next: offset + (HEADER + len) as u64,
+                payload: buf.slice(start..start + len),
+            })
+            .collect();
         Ok(out)
     }
 
@@ -522,7 +530,7 @@ mod tests {
             }
             for r in recs {
                 at = r.next;
-                out.push(r.payload);
+                out.push(r.payload.to_vec());
             }
         }
     }

@@ -49,7 +49,8 @@ pub struct Record {
     pub offset: Offset,
     /// Offset of the record that follows this one.
     pub next: Offset,
-    pub payload: Vec<u8>,
+    /// A slice of the buffer the batch was read into (no copy per record).
+    pub payload: bytes::Bytes,
 }
 
 /// Called once when an append has become durable (or has failed).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
-use footfall_event::LoggedEvent;
+use footfall_event::EventView;
 use footfall_log::EventLog;
 use footfall_store::RollupStore;
 
@@ -174,7 +174,7 @@ impl Processor {
         self.store.update(&mut |rollups| {
             for (p, recs) in &batches {
                 for r in recs {
-                    let e = match LoggedEvent::decode(&r.payload) {
+                    let e = match EventView::decode(&r.payload) {
                         Ok(e) => e,
                         Err(err) => {
                             tracing::error!(partition = p, offset = r.offset, error = %err, "undecodable log record skipped");
@@ -185,8 +185,8 @@ impl Processor {
                     let s = match &last {
                         Some((id, s)) if *id == e.property => *s,
                         _ => {
-                            let s = settings(&e.property);
-                            last = Some((e.property.clone(), s));
+                            let s = settings(e.property);
+                            last = Some((e.property.to_string(), s));
                             s
                         }
                     };

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 
 use chrono_tz::Tz;
-use footfall_event::{url_host, url_path, url_query_param, LoggedEvent, Millis};
+use footfall_event::{url_host, url_path, url_query_param, EventView, Millis};
 use footfall_store::rollup::local_time;
 use footfall_store::{
     Bucket, EventStats, IdMap, KeyMap, LocalHour, PropertyRollup, Rollups, VisitStats,
@@ -311,7 +311,7 @@ impl SessionState {
     pub fn apply(
         &mut self,
         partition: usize,
-        ev: &LoggedEvent,
+        ev: &EventView<'_>,
         tz: &Tz,
         rules: &SessionRules,
         rollups: &mut Rollups,
@@ -319,9 +319,9 @@ impl SessionState {
         let ps = &mut self.partitions[partition];
         ps.watermark = ps.watermark.max(ev.received_at);
         let pageview = ev.is_pageview();
-        let page = ev.url.as_deref().map(url_path);
+        let page = ev.url.map(url_path);
         let page = page.as_deref();
-        let prop = rollups.property_mut(&ev.property);
+        let prop = rollups.property_mut(ev.property);
 
         // Event-level statistics, by the event's own local time.
         prop.count_minute(ev.timestamp, pageview, ev.visitor);
@@ -331,7 +331,7 @@ impl SessionState {
             if let Some(p) = &page {
                 add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
             }
-            add_event(stats_entry(&mut b.names, &ev.name), pageview, ev.visitor);
+            add_event(stats_entry(&mut b.names, ev.name), pageview, ev.visitor);
         }
 
         // Visit-level statistics.
@@ -389,7 +389,7 @@ impl SessionState {
             interactive_custom: (!pageview && ev.interactive) as u32,
             entry: page.filter(|_| pageview).map(|p| (t, p.into())),
             exit: page.filter(|_| pageview).map(|p| (t, p.into())),
-            source: (t, source_of(ev.url.as_deref(), ev.referrer.as_deref()).into()),
+            source: (t, source_of(ev.url, ev.referrer).into()),
             touched: ev.received_at,
             bucket: LocalHour(0),
         };

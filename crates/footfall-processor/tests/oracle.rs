@@ -180,7 +180,7 @@ fn run_case(case: &Case) {
                 ip_prefix: None,
             };
             let p = (visitor % partitions as u64) as usize;
-            state.apply(p, &logged, &tz, &rules, rollups);
+            state.apply(p, &logged.view(), &tz, &rules, rollups);
         }
     });
     let from = local(&tz, case.events.iter().map(|e| e.ts).min().unwrap()).date();

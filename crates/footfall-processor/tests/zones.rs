@@ -60,7 +60,7 @@ impl Harness {
         let (tz, rules) = (self.tz, SessionRules::default());
         let state = &mut self.state;
         self.store
-            .update(&mut |r| state.apply(0, &e, &tz, &rules, r));
+            .update(&mut |r| state.apply(0, &e.view(), &tz, &rules, r));
     }
 
     fn query(&self, metrics: Value, dims: Value, range: Value) -> Value {
