@@ -1,0 +1,370 @@
+//! The raw archive: every accepted event, as received (before enrichment, address
+//! already truncated), in Avro object container files on object storage — the source of
+//! truth that reprocessing rebuilds from.
+//!
+//! - [`Archive`] reads and writes archive files through `object_store` (a local
+//!   directory by default, any S3-compatible store by URL).
+//! - [`Archiver`] is a log consumer that seals batches of the log into files laid out by
+//!   property, UTC date and hour of the event time:
+//!   `events/property=FF-…/date=2026-11-26/hour=09/part-<partition>-<first offset>.avro`.
+//!
+//! Exactly once: a batch `[from, to)` of a partition is first recorded as *pending* in
+//! the archiver's state file, then its files are written (names depend only on the
+//! partition and `from`, so a redo overwrites the same names with the same events), then
+//! the state commits `to`. After a crash the pending batch is redone before anything
+//! else. A file is never changed after its batch committed. This crate never writes to
+//! the log and never interprets events beyond grouping them.
+
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Timelike};
+use footfall_event::LoggedEvent;
+use footfall_log::EventLog;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+pub use schema::{ArchivedEvent, SCHEMA_JSON, SCHEMA_VERSION};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("invalid archive location `{0}`: {1}")]
+    Location(String, String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("log: {0}")]
+    Log(#[from] footfall_log::Error),
+    #[error("avro: {0}")]
+    Avro(String),
+    #[error("archiver state: {0}")]
+    State(String),
+}
+
+/// One archive file, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FileInfo {
+    pub property: String,
+    pub date: NaiveDate,
+    pub hour: u32,
+    pub partition: u32,
+    pub first_offset: u64,
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Archive files on an object store.
+#[derive(Clone)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+impl Archive {
+    /// A local directory (created if missing).
+    pub fn local(dir: impl AsRef<FsPath>) -> Result<Self> {
+        fs::create_dir_all(dir.as_ref())?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.as_ref())?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: Path::default(),
+        })
+    }
+
+    /// `file:///abs/dir` or `s3://bucket/prefix`; `options` are object_store options
+    /// (e.g. `aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_allow_http`), with
+    /// the usual `AWS_*` environment variables as defaults.
+    pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::Location(url.into(), e.to_string()))?;
+        if parsed.scheme() == "file" {
+            return Self::local(parsed.path());
+        }
+        let mut opts: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        opts.extend(options.iter().cloned());
+        let (store, prefix) = object_store::parse_url_opts(&parsed, opts)
+            .map_err(|e| Error::Location(url.into(), e.to_string()))?;
+        Ok(Self {
+            store: Arc::from(store),
+            prefix,
+        })
+    }
+
+    fn key(&self, rel: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// Relative file name of a batch's group.
+    pub fn file_name(property: &str, date: NaiveDate, hour: u32, partition: u32, from: u64) -> String {
+        format!(
+            "events/property={property}/date={date}/hour={hour:02}/part-{partition:04}-{from:020}.avro"
+        )
+    }
+
+    /// Writes one file atomically (a put is all-or-nothing on every object store).
+    pub async fn write_file(&self, rel: &str, events: &[ArchivedEvent]) -> Result<u64> {
+        let data = schema::encode(events)?;
+        let n = data.len() as u64;
+        self.store
+            .put(&self.key(rel), PutPayload::from(data))
+            .await?;
+        Ok(n)
+    }
+
+    pub async fn read_file(&self, rel_or_full: &str) -> Result<Vec<ArchivedEvent>> {
+        let path = if rel_or_full.starts_with(self.prefix.as_ref()) && !self.prefix.as_ref().is_empty() {
+            Path::from(rel_or_full)
+        } else {
+            self.key(rel_or_full)
+        };
+        let bytes = self.store.get(&path).await?.bytes().await?;
+        schema::decode(&bytes)
+    }
+
+    /// Files of `property` (or all) whose UTC date lies in `[from, to]` (or all dates).
+    pub async fn list(
+        &self,
+        property: Option<&str>,
+        dates: Option<(NaiveDate, NaiveDate)>,
+    ) -> Result<Vec<FileInfo>> {
+        let base = match property {
+            Some(p) => self.key(&format!("events/property={p}")),
+            None => self.key("events"),
+        };
+        let metas: Vec<_> = self.store.list(Some(&base)).try_collect().await?;
+        let mut out = Vec::new();
+        for m in metas {
+            let full = m.location.to_string();
+            let rel = full
+                .strip_prefix(self.prefix.as_ref())
+                .unwrap_or(&full)
+                .trim_start_matches('/')
+                .to_string();
+            let Some(info) = parse_name(&rel, m.size) else {
+                continue; // not an archive file (e.g. an upload in progress elsewhere)
+            };
+            if let Some((a, b)) = dates {
+                if info.date < a || info.date > b {
+                    continue;
+                }
+            }
+            out.push(FileInfo { path: rel, ..info });
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn parse_name(rel: &str, bytes: u64) -> Option<FileInfo> {
+    let mut it = rel.split('/');
+    if it.next()? != "events" {
+        return None;
+    }
+    let property = it.next()?.strip_prefix("property=")?.to_string();
+    let date = NaiveDate::parse_from_str(it.next()?.strip_prefix("date=")?, "%Y-%m-%d").ok()?;
+    let hour = it.next()?.strip_prefix("hour=")?.parse().ok()?;
+    let file = it.next()?.strip_prefix("part-")?.strip_suffix(".avro")?;
+    let (p, off) = file.split_once('-')?;
+    Some(FileInfo {
+        property,
+        date,
+        hour,
+        partition: p.parse().ok()?,
+        first_offset: off.parse().ok()?,
+        path: rel.to_string(),
+        bytes,
+    })
+}
+
+/// The archiver's durable position.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ArchiverState {
+    /// Per partition: records below this offset are archived.
+    pub offsets: Vec<u64>,
+    /// Per partition: a batch `[from, to)` being written.
+    pub pending: Vec<Option<(u64, u64)>>,
+}
+
+/// What one `seal` did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SealReport {
+    pub events: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Seals the log into archive files.
+pub struct Archiver {
+    archive: Archive,
+    log: Arc<dyn EventLog>,
+    state_path: PathBuf,
+    state: ArchiverState,
+    /// Upper bound of log bytes per partition per batch (memory bound).
+    pub batch_bytes: usize,
+}
+
+fn save_state(path: &FsPath, state: &ArchiverState) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(state).map_err(|e| Error::State(e.to_string()))?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Archiver {
+    /// Opens with the state in `state_dir` (created on first use).
+    pub fn open(archive: Archive, log: Arc<dyn EventLog>, state_dir: impl AsRef<FsPath>) -> Result<Self> {
+        fs::create_dir_all(state_dir.as_ref())?;
+        let state_path = state_dir.as_ref().join("archiver.json");
+        let n = log.partitions() as usize;
+        let state = match fs::read(&state_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::State(e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ArchiverState {
+                offsets: (0..n as u32).map(|p| log.start_offset(p)).collect(),
+                pending: vec![None; n],
+            },
+            Err(e) => return Err(e.into()),
+        };
+        if state.offsets.len() != n {
+            return Err(Error::State(format!(
+                "state has {} partitions, the log {n}",
+                state.offsets.len()
+            )));
+        }
+        Ok(Self {
+            archive,
+            log,
+            state_path,
+            state,
+            batch_bytes: 32 * 1024 * 1024,
+        })
+    }
+
+    /// Offsets below which everything is archived (safe for log retention).
+    pub fn offsets(&self) -> Vec<u64> {
+        self.state.offsets.clone()
+    }
+
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// Reads `[from, to)` of a partition (or up to `batch_bytes` from `from` when `to`
+    /// is None), grouped by file. Returns the groups and the end offset.
+    fn read_batch(
+        &self,
+        partition: u32,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<(BTreeMap<String, Vec<ArchivedEvent>>, u64, u64)> {
+        let limit = to.unwrap_or(u64::MAX);
+        let mut at = from;
+        let mut read = 0usize;
+        let mut groups: BTreeMap<String, Vec<ArchivedEvent>> = BTreeMap::new();
+        let mut n = 0;
+        while at < limit && (to.is_some() || read < self.batch_bytes) {
+            let recs = self.log.read(partition, at, 4 * 1024 * 1024)?;
+            if recs.is_empty() {
+                break;
+            }
+            for r in recs {
+                if r.offset >= limit {
+                    break;
+                }
+                read += r.payload.len();
+                at = r.next;
+                let e = match LoggedEvent::decode(&r.payload) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        tracing::error!(partition, offset = r.offset, error = %err, "undecodable record not archived");
+                        continue;
+                    }
+                };
+                let t = DateTime::from_timestamp_millis(e.timestamp).unwrap_or_default();
+                let name = Archive::file_name(&e.property, t.date_naive(), t.hour(), partition, from);
+                groups
+                    .entry(name)
+                    .or_default()
+                    .push(ArchivedEvent::from_logged(&e, partition, r.offset));
+                n += 1;
+                if to.is_none() && read >= self.batch_bytes {
+                    break;
+                }
+            }
+        }
+        Ok((groups, at, n))
+    }
+
+    async fn write_groups(&self, groups: &BTreeMap<String, Vec<ArchivedEvent>>) -> Result<(u64, u64)> {
+        let mut bytes = 0;
+        for (name, events) in groups {
+            bytes += self.archive.write_file(name, events).await?;
+        }
+        Ok((groups.len() as u64, bytes))
+    }
+
+    /// Archives everything durable in the log now, batch by batch; returns what it did.
+    pub async fn seal(&mut self) -> Result<SealReport> {
+        let mut report = SealReport::default();
+        // Redo a batch a crash interrupted: same range, same names.
+        for p in 0..self.state.pending.len() {
+            if let Some((from, to)) = self.state.pending[p] {
+                let (groups, _, n) = self.read_batch(p as u32, from, Some(to))?;
+                let (files, bytes) = self.write_groups(&groups).await?;
+                self.state.offsets[p] = to;
+                self.state.pending[p] = None;
+                save_state(&self.state_path, &self.state)?;
+                report.events += n;
+                report.files += files;
+                report.bytes += bytes;
+            }
+        }
+        loop {
+            let mut progressed = false;
+            for p in 0..self.state.offsets.len() {
+                let from = self.state.offsets[p];
+                if self.log.end_offset(p as u32) <= from {
+                    continue;
+                }
+                let (groups, to, n) = self.read_batch(p as u32, from, None)?;
+                if to == from {
+                    continue;
+                }
+                self.state.pending[p] = Some((from, to));
+                save_state(&self.state_path, &self.state)?;
+                let (files, bytes) = self.write_groups(&groups).await?;
+                self.state.offsets[p] = to;
+                self.state.pending[p] = None;
+                save_state(&self.state_path, &self.state)?;
+                report.events += n;
+                report.files += files;
+                report.bytes += bytes;
+                progressed = true;
+            }
+            if !progressed {
+                return Ok(report);
+            }
+        }
+    }
+}
