@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# The project's test command (README): the whole suite, in the order that finds
-# breakage fastest. Installs and starts what the tests need.
+# The project's test command (README). Installs what the tests need (a Python venv with
+# fastavro and moto's S3 server, from PyPI), then runs the whole suite.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+venv="$root/target/test-venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import fastavro, moto" 2>/dev/null || [ ! -x "$venv/bin/moto_server" ]; then
+  echo "test.sh: installing fastavro and moto[server] into $venv"
+  "$venv/bin/pip" install -q "fastavro==1.*" "moto[server]==5.*"
+fi
+export FOOTFALL_TEST_PYTHON="$venv/bin/python"
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked

@@ -112,7 +112,13 @@ impl Archive {
     }
 
     /// Relative file name of a batch's group.
-    pub fn file_name(property: &str, date: NaiveDate, hour: u32, partition: u32, from: u64) -> String {
+    pub fn file_name(
+        property: &str,
+        date: NaiveDate,
+        hour: u32,
+        partition: u32,
+        from: u64,
+    ) -> String {
         format!(
             "events/property={property}/date={date}/hour={hour:02}/part-{partition:04}-{from:020}.avro"
         )
@@ -129,11 +135,12 @@ impl Archive {
     }
 
     pub async fn read_file(&self, rel_or_full: &str) -> Result<Vec<ArchivedEvent>> {
-        let path = if rel_or_full.starts_with(self.prefix.as_ref()) && !self.prefix.as_ref().is_empty() {
-            Path::from(rel_or_full)
-        } else {
-            self.key(rel_or_full)
-        };
+        let path =
+            if rel_or_full.starts_with(self.prefix.as_ref()) && !self.prefix.as_ref().is_empty() {
+                Path::from(rel_or_full)
+            } else {
+                self.key(rel_or_full)
+            };
         let bytes = self.store.get(&path).await?.bytes().await?;
         schema::decode(&bytes)
     }
@@ -234,7 +241,11 @@ fn save_state(path: &FsPath, state: &ArchiverState) -> Result<()> {
 
 impl Archiver {
     /// Opens with the state in `state_dir` (created on first use).
-    pub fn open(archive: Archive, log: Arc<dyn EventLog>, state_dir: impl AsRef<FsPath>) -> Result<Self> {
+    pub fn open(
+        archive: Archive,
+        log: Arc<dyn EventLog>,
+        state_dir: impl AsRef<FsPath>,
+    ) -> Result<Self> {
         fs::create_dir_all(state_dir.as_ref())?;
         let state_path = state_dir.as_ref().join("archiver.json");
         let n = log.partitions() as usize;
@@ -302,7 +313,8 @@ impl Archiver {
                     }
                 };
                 let t = DateTime::from_timestamp_millis(e.timestamp).unwrap_or_default();
-                let name = Archive::file_name(&e.property, t.date_naive(), t.hour(), partition, from);
+                let name =
+                    Archive::file_name(&e.property, t.date_naive(), t.hour(), partition, from);
                 groups
                     .entry(name)
                     .or_default()
@@ -316,7 +328,10 @@ impl Archiver {
         Ok((groups, at, n))
     }
 
-    async fn write_groups(&self, groups: &BTreeMap<String, Vec<ArchivedEvent>>) -> Result<(u64, u64)> {
+    async fn write_groups(
+        &self,
+        groups: &BTreeMap<String, Vec<ArchivedEvent>>,
+    ) -> Result<(u64, u64)> {
         let mut bytes = 0;
         for (name, events) in groups {
             bytes += self.archive.write_file(name, events).await?;

@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use footfall_event::{LoggedEvent, PropValue, Revenue};
 use serde::{Deserialize, Serialize};
-use serde_avro_fast::object_container_file_encoding::{Compression, CompressionLevel, Reader, WriterBuilder};
+use serde_avro_fast::object_container_file_encoding::{
+    Compression, CompressionLevel, Reader, WriterBuilder,
+};
 use serde_avro_fast::ser::SerializerConfig;
 use serde_avro_fast::Schema;
 
@@ -103,14 +105,26 @@ impl ArchivedEvent {
                 .iter()
                 .map(|(k, v)| {
                     let p = match v {
-                        PropValue::Str(s) => ArchivedProp { string: Some(s.clone()), ..Default::default() },
-                        PropValue::Num(n) => ArchivedProp { number: Some(*n), ..Default::default() },
-                        PropValue::Bool(b) => ArchivedProp { boolean: Some(*b), ..Default::default() },
+                        PropValue::Str(s) => ArchivedProp {
+                            string: Some(s.clone()),
+                            ..Default::default()
+                        },
+                        PropValue::Num(n) => ArchivedProp {
+                            number: Some(*n),
+                            ..Default::default()
+                        },
+                        PropValue::Bool(b) => ArchivedProp {
+                            boolean: Some(*b),
+                            ..Default::default()
+                        },
                     };
                     (k.clone(), p)
                 })
                 .collect(),
-            revenue: e.revenue.as_ref().map(|r| ArchivedRevenue { amount: r.amount, currency: r.currency.clone() }),
+            revenue: e.revenue.as_ref().map(|r| ArchivedRevenue {
+                amount: r.amount,
+                currency: r.currency.clone(),
+            }),
             interactive: e.interactive,
             user_agent: e.user_agent.clone(),
             ip_prefix: e.ip_prefix.clone(),
@@ -144,7 +158,10 @@ impl ArchivedEvent {
                     Some((k.clone(), pv))
                 })
                 .collect(),
-            revenue: self.revenue.as_ref().map(|r| Revenue { amount: r.amount, currency: r.currency.clone() }),
+            revenue: self.revenue.as_ref().map(|r| Revenue {
+                amount: r.amount,
+                currency: r.currency.clone(),
+            }),
             interactive: self.interactive,
             user_agent: self.user_agent.clone(),
             ip_prefix: self.ip_prefix.clone(),
@@ -156,10 +173,13 @@ impl ArchivedEvent {
 pub fn encode(events: &[ArchivedEvent]) -> Result<Vec<u8>> {
     let mut config = SerializerConfig::new(schema());
     let mut w = WriterBuilder::new(&mut config)
-        .compression(Compression::Deflate { level: CompressionLevel::new(6) })
+        .compression(Compression::Deflate {
+            level: CompressionLevel::new(6),
+        })
         .build(Vec::new())
         .map_err(|e| Error::Avro(e.to_string()))?;
-    w.serialize_all(events.iter()).map_err(|e| Error::Avro(e.to_string()))?;
+    w.serialize_all(events.iter())
+        .map_err(|e| Error::Avro(e.to_string()))?;
     w.into_inner().map_err(|e| Error::Avro(e.to_string()))
 }
 
@@ -185,8 +205,16 @@ mod tests {
             url: Some("https://a.example/x".into()),
             referrer: None,
             title: Some("T".into()),
-            props: [("plan".to_string(), PropValue::Str("pro".into())), ("n".to_string(), PropValue::Num(2.0)), ("b".to_string(), PropValue::Bool(true))].into(),
-            revenue: Some(Revenue { amount: 12.5, currency: "INR".into() }),
+            props: [
+                ("plan".to_string(), PropValue::Str("pro".into())),
+                ("n".to_string(), PropValue::Num(2.0)),
+                ("b".to_string(), PropValue::Bool(true)),
+            ]
+            .into(),
+            revenue: Some(Revenue {
+                amount: 12.5,
+                currency: "INR".into(),
+            }),
             interactive: false,
             user_agent: Some("ua".into()),
             ip_prefix: Some("203.0.113.0".into()),

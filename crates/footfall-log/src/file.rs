@@ -28,6 +28,9 @@ pub struct FileLogOptions {
     pub max_record_bytes: usize,
     /// Skip fsync (tests of logic only; never in production).
     pub fsync: bool,
+    /// Open for reading only (e.g. `footfall archive verify` beside a running server):
+    /// nothing is truncated or written; the readable end is the valid prefix at open.
+    pub read_only: bool,
 }
 
 impl Default for FileLogOptions {
@@ -37,6 +40,7 @@ impl Default for FileLogOptions {
             segment_bytes: 64 * 1024 * 1024,
             max_record_bytes: 1024 * 1024,
             fsync: true,
+            read_only: false,
         }
     }
 }
@@ -109,8 +113,22 @@ impl FileLog {
         let mut files = Vec::new();
         for p in 0..opts.partitions {
             let pdir = dir.join(format!("p{p:04}"));
-            fs::create_dir_all(&pdir)?;
-            let mut segs: Vec<Segment> = fs::read_dir(&pdir)?
+            if !opts.read_only {
+                fs::create_dir_all(&pdir)?;
+            }
+            let entries = match fs::read_dir(&pdir) {
+                Ok(e) => e,
+                Err(e) if opts.read_only && e.kind() == std::io::ErrorKind::NotFound => {
+                    all_segments.push(vec![Segment {
+                        base: 0,
+                        path: segment_path(&dir, p, 0),
+                    }]);
+                    ends.push(0);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut segs: Vec<Segment> = entries
                 .filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let name = e.file_name().into_string().ok()?;
@@ -122,6 +140,14 @@ impl FileLog {
                 })
                 .collect();
             segs.sort_by_key(|s| s.base);
+            if segs.is_empty() && opts.read_only {
+                all_segments.push(vec![Segment {
+                    base: 0,
+                    path: segment_path(&dir, p, 0),
+                }]);
+                ends.push(0);
+                continue;
+            }
             if segs.is_empty() {
                 let path = segment_path(&dir, p, 0);
                 File::create(&path)?.sync_all()?;
@@ -130,6 +156,11 @@ impl FileLog {
             }
             let last = segs.last().unwrap().clone();
             let valid = valid_prefix(&last.path, opts.max_record_bytes)?;
+            if opts.read_only {
+                ends.push(last.base + valid);
+                all_segments.push(segs);
+                continue;
+            }
             let file = OpenOptions::new().read(true).write(true).open(&last.path)?;
             if file.metadata()?.len() != valid {
                 tracing::warn!(
@@ -154,6 +185,14 @@ impl FileLog {
             generation: Mutex::new(0),
             appended: Condvar::new(),
         });
+        if opts.read_only {
+            return Ok(Self {
+                shared,
+                opts,
+                tx: Mutex::new(None),
+                writer: Mutex::new(None),
+            });
+        }
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
         let writer_opts = opts.clone();

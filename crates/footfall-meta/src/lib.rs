@@ -74,19 +74,26 @@ pub enum Scope {
     Write,
     /// Queries.
     Read,
+    /// Operations on the whole installation (reprocessing); property `*`.
+    Admin,
 }
+
+/// The property of admin keys: all of them.
+pub const ALL_PROPERTIES: &str = "*";
 
 impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Write => "write",
             Scope::Read => "read",
+            Scope::Admin => "admin",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "write" => Some(Scope::Write),
             "read" => Some(Scope::Read),
+            "admin" => Some(Scope::Admin),
             _ => None,
         }
     }
@@ -182,7 +189,7 @@ impl SqliteMeta {
             CREATE TABLE IF NOT EXISTS api_keys (
                 key_hash TEXT PRIMARY KEY,
                 key_id TEXT NOT NULL,
-                tracking_id TEXT NOT NULL REFERENCES properties(tracking_id),
+                tracking_id TEXT NOT NULL,
                 scope TEXT NOT NULL,
                 created_at TEXT NOT NULL
             );
@@ -301,12 +308,19 @@ impl MetaStore for SqliteMeta {
     }
 
     fn create_key(&self, tracking_id: &str, scope: Scope) -> Result<(String, KeyGrant)> {
-        if self.property(tracking_id)?.is_none() {
+        if scope == Scope::Admin {
+            if tracking_id != ALL_PROPERTIES {
+                return Err(Error::Invalid(
+                    "admin keys cover all properties (`*`)".into(),
+                ));
+            }
+        } else if self.property(tracking_id)?.is_none() {
             return Err(Error::NoSuchProperty(tracking_id.into()));
         }
         let prefix = match scope {
             Scope::Write => "ffw_",
             Scope::Read => "ffr_",
+            Scope::Admin => "ffa_",
         };
         let key = format!("{prefix}{}", random_string(KEY_ALPHABET, 32));
         let grant = KeyGrant {

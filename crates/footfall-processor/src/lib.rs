@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono_tz::Tz;
 use footfall_event::EventView;
 use footfall_log::EventLog;
-use footfall_store::RollupStore;
+use footfall_store::{LocalDay, LocalHour, RollupStore, Rollups};
 
 pub use sessions::{SessionRules, SessionState, Visit};
 
@@ -91,7 +91,51 @@ impl ProcessorStats {
     }
 }
 
+/// A range rebuilt from the archive, handed to the processor to swap in (see
+/// docs/ARCHIVE.md). The processor first catches up to `archived`, then replays the
+/// log records of the property from `archived` to its own position into the rebuild,
+/// then replaces the range's buckets in one store update.
+pub struct Install {
+    pub property: String,
+    /// Inclusive local days of the range.
+    pub days: (LocalDay, LocalDay),
+    pub settings: PropertySettings,
+    pub state: SessionState,
+    pub rollups: Rollups,
+    /// Per partition: every record below this offset is in the rebuild.
+    pub archived: Vec<u64>,
+    pub done: std::sync::mpsc::Sender<std::result::Result<InstallReport, String>>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct InstallReport {
+    /// Log records of the property replayed into the rebuild after the archive point.
+    pub replayed_from_log: u64,
+    pub days_replaced: u32,
+}
+
+/// Sessionises `events` (in log order per partition) into a fresh state and rollups:
+/// the same code path as live processing, for reprocessing from the archive.
+pub fn rebuild<'a>(
+    events: impl Iterator<Item = (usize, &'a footfall_event::LoggedEvent)>,
+    partitions: usize,
+    settings: PropertySettings,
+    defaults: SessionRules,
+) -> (SessionState, Rollups) {
+    let mut state = SessionState::new(partitions);
+    let mut rollups = Rollups::default();
+    let rules = SessionRules {
+        gap_ms: settings.gap_ms.unwrap_or(defaults.gap_ms),
+        ..defaults
+    };
+    for (p, e) in events {
+        state.apply(p, &e.view(), &settings.tz, &rules, &mut rollups);
+    }
+    (state, rollups)
+}
+
 pub struct Processor {
+    installs: Option<std::sync::mpsc::Receiver<Install>>,
     log: Arc<dyn EventLog>,
     store: Arc<dyn RollupStore>,
     settings: SettingsResolver,
@@ -132,6 +176,7 @@ impl Processor {
             stats.checkpointed[p].store(*o, Ordering::SeqCst);
         }
         Ok(Self {
+            installs: None,
             log,
             store,
             settings,
@@ -232,6 +277,101 @@ impl Processor {
         Ok(())
     }
 
+    /// Accepts rebuilt ranges to swap in between steps.
+    pub fn set_install_channel(&mut self, rx: std::sync::mpsc::Receiver<Install>) {
+        self.installs = Some(rx);
+    }
+
+    fn install(&mut self, mut job: Install) -> Result<InstallReport> {
+        // 1. Reflect at least everything the rebuild saw, so nothing is counted twice.
+        while self
+            .offsets
+            .iter()
+            .zip(&job.archived)
+            .any(|(live, archived)| live < archived)
+        {
+            if self.step()? == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // 2. Records of the property after the archive point are in the live state
+        // already; replay them into the rebuild too.
+        let mut report = InstallReport::default();
+        let rules = SessionRules {
+            gap_ms: job.settings.gap_ms.unwrap_or(self.opts.rules.gap_ms),
+            ..self.opts.rules
+        };
+        for p in 0..self.log.partitions() {
+            let (mut at, until) = (job.archived[p as usize], self.offsets[p as usize]);
+            while at < until {
+                let recs = self.log.read(p, at, self.opts.read_batch_bytes)?;
+                if recs.is_empty() {
+                    break;
+                }
+                for r in recs {
+                    if r.offset >= until {
+                        break;
+                    }
+                    at = r.next;
+                    if let Ok(e) = EventView::decode(&r.payload) {
+                        if e.property == job.property {
+                            job.state.apply(
+                                p as usize,
+                                &e,
+                                &job.settings.tz,
+                                &rules,
+                                &mut job.rollups,
+                            );
+                            report.replayed_from_log += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // 3. One update: readers see the old range or the new one, never a mix.
+        let (d1, d2) = job.days;
+        let fresh = job
+            .rollups
+            .properties
+            .remove(&job.property)
+            .unwrap_or_default();
+        self.store.update(&mut |r| {
+            let live = r.property_mut(&job.property);
+            let (h1, h2) = (
+                LocalHour(d1.0 as i64 * 24),
+                LocalHour((d2.0 as i64 + 1) * 24),
+            );
+            live.hours.retain(|h, _| *h < h1 || *h >= h2);
+            live.days.retain(|d, _| *d < d1 || *d > d2);
+            for (h, b) in fresh.hours.range(h1..h2) {
+                live.hours.insert(*h, b.clone());
+            }
+            for (d, b) in fresh.days.range(d1..=d2) {
+                live.days.insert(*d, b.clone());
+            }
+            for d in d1.0..=d2.0 {
+                live.dirty_days.insert(LocalDay(d));
+            }
+        });
+        report.days_replaced = (d2.0 - d1.0 + 1) as u32;
+        self.dirty = true;
+        Ok(report)
+    }
+
+    fn serve_installs(&mut self) -> Result<()> {
+        let jobs: Vec<Install> = match &self.installs {
+            Some(rx) => rx.try_iter().collect(),
+            None => return Ok(()),
+        };
+        for job in jobs {
+            let done = job.done.clone();
+            let r = self.install(job);
+            let _ = done.send(r.as_ref().map(|r| r.clone()).map_err(|e| e.to_string()));
+            r?;
+        }
+        Ok(())
+    }
+
     /// Processes until everything durable in the log now is reflected.
     pub fn catch_up(&mut self) -> Result<()> {
         while self.step()? > 0 {}
@@ -247,6 +387,7 @@ impl Processor {
                 self.checkpoint()?;
                 return Ok(());
             }
+            self.serve_installs()?;
             let n = self.step()?;
             if self.dirty && self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval {
                 self.checkpoint()?;

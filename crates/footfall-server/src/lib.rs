@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod error;
 pub mod metrics;
+pub mod reprocess;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +63,8 @@ pub struct AppState {
     pub rules: IngestRules,
     /// Cleared when shutdown starts: new ingestion gets 503.
     pub accepting: AtomicBool,
+    /// Reprocessing (absent when the server runs without an archive).
+    pub reprocessor: Option<Arc<reprocess::Reprocessor>>,
 }
 
 type AppRef = Arc<AppState>;
@@ -81,6 +84,8 @@ pub fn app(state: AppRef) -> Router {
         .route("/api/v2/query", post(query))
         .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
         .route("/api/v1/stats/realtime", get(realtime_report))
+        .route("/api/v1/admin/reprocess", post(reprocess_start))
+        .route("/api/v1/admin/reprocess/{id}", get(reprocess_status))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -397,6 +402,68 @@ async fn query(
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(Json(result).into_response())
+}
+
+fn authorise_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let key = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("missing `Authorization: Bearer <admin key>` header")
+    })?;
+    match app.cache.key(key).map_err(internal)? {
+        Some(g) if g.scope == Scope::Admin => Ok(()),
+        Some(_) => Err(ApiError::forbidden("this needs an admin key")),
+        None => Err(ApiError::unauthorized("unknown API key")),
+    }
+}
+
+fn reprocessor(app: &AppState) -> Result<&Arc<reprocess::Reprocessor>, ApiError> {
+    app.reprocessor.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_available",
+            "this server has no archive",
+        )
+    })
+}
+
+async fn reprocess_start(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorise_admin(&app, &headers)?;
+    let r = reprocessor(&app)?;
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: reprocess::ReprocessRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    if req.property.is_some() == req.all {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "give exactly one of `property` or `all: true`",
+        ));
+    }
+    if let Some(p) = &req.property {
+        if app.cache.property(p).map_err(internal)?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_property",
+                format!("no property `{p}`"),
+            ));
+        }
+    }
+    let id = r.start(req);
+    Ok((StatusCode::ACCEPTED, Json(json!({"job": id}))).into_response())
+}
+
+async fn reprocess_status(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Result<Response, ApiError> {
+    authorise_admin(&app, &headers)?;
+    let s = reprocessor(&app)?
+        .status(id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job"))?;
+    Ok(Json(s).into_response())
 }
 
 async fn readyz(State(app): State<AppRef>) -> Response {

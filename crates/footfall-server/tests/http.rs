@@ -64,6 +64,7 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
         processor: stats,
         rules: IngestRules::default(),
         accepting: AtomicBool::new(true),
+        reprocessor: None,
     });
     let router = app(state).layer(MockConnectInfo(SocketAddr::from((
         [198, 51, 100, 7],

@@ -14,6 +14,76 @@ pub struct Config {
     pub log: LogConfig,
     pub processor: ProcessorConfig,
     pub ingest: IngestConfig,
+    pub archive: ArchiveConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Where archive files go: empty for `<data_dir>/archive`, `file:///abs/path`, or
+    /// `s3://bucket/prefix` (any S3-compatible store).
+    pub url: String,
+    /// How often the log is sealed into archive files: `5m`, `30s`, `500ms`, …
+    pub seal_interval: String,
+    /// S3 options; the usual `AWS_*` environment variables apply too.
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    /// Not printed by `footfall config`.
+    pub s3_secret_access_key: String,
+    /// Allow plain HTTP endpoints (local test servers).
+    pub s3_allow_http: bool,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            seal_interval: "5m".into(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            s3_allow_http: false,
+        }
+    }
+}
+
+impl ArchiveConfig {
+    /// object_store options for S3 URLs.
+    pub fn s3_options(&self) -> Vec<(String, String)> {
+        let mut o = Vec::new();
+        let mut add = |k: &str, v: &str| {
+            if !v.is_empty() {
+                o.push((k.to_string(), v.to_string()));
+            }
+        };
+        add("aws_endpoint", &self.s3_endpoint);
+        add("aws_region", &self.s3_region);
+        add("aws_access_key_id", &self.s3_access_key_id);
+        add("aws_secret_access_key", &self.s3_secret_access_key);
+        if self.s3_allow_http {
+            o.push(("aws_allow_http".into(), "true".into()));
+        }
+        o
+    }
+}
+
+/// Parses `250ms`, `5s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{s}` is not a duration like 5s or 5m"))?;
+    Ok(match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" | "" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        "h" => std::time::Duration::from_secs(n * 3600),
+        _ => bail!("`{s}`: unknown unit (use ms, s, m or h)"),
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +276,13 @@ impl Config {
         }
         if self.ingest.max_events_per_request == 0 || self.ingest.max_body_bytes < 1024 {
             bail!("ingest limits are too small");
+        }
+        let seal = parse_duration(&self.archive.seal_interval)
+            .map_err(|e| anyhow::anyhow!("archive.seal_interval: {e}"))?;
+        if seal < std::time::Duration::from_millis(100)
+            || seal > std::time::Duration::from_secs(300)
+        {
+            bail!("archive.seal_interval must be between 100ms and 5m");
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The `footfall` binary: command line, configuration, and the one place that chooses
 //! implementations for every seam (log, rollup store, metadata store, clock).
 
+mod admin;
 mod config;
 mod loadgen;
 
@@ -63,6 +64,17 @@ enum Command {
     Key(KeyCmd),
     /// Send realistic synthetic traffic to a server.
     Loadgen(loadgen::LoadgenArgs),
+    /// Rebuild derived data for a date range from the archive (on a running server).
+    Reprocess(admin::ReprocessArgs),
+    /// Inspect the raw archive.
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Per hour: files, events, and whether the archive matches what the log acknowledged.
+    Verify(admin::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -111,7 +123,8 @@ enum KeyCmd {
 
 #[derive(Args)]
 struct KeyCreate {
-    #[arg(long)]
+    /// The property (admin keys: omit, they cover all properties).
+    #[arg(long, default_value = "*")]
     property: String,
     /// `write` for server-side ingestion, `read` for queries.
     #[arg(long)]
@@ -137,9 +150,15 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { .. } => serve(cfg),
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&cfg)?);
+            let mut shown = cfg.clone();
+            if !shown.archive.s3_secret_access_key.is_empty() {
+                shown.archive.s3_secret_access_key = "<redacted>".into();
+            }
+            print!("{}", toml::to_string_pretty(&shown)?);
             Ok(())
         }
+        Command::Reprocess(r) => admin::reprocess(&cfg, r),
+        Command::Archive(ArchiveCmd::Verify(v)) => admin::verify(&cfg, v),
         Command::Property(p) => property_cmd(&cfg, p),
         Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),
         Command::Loadgen(_) => unreachable!(),
@@ -209,7 +228,7 @@ fn property_cmd(cfg: &Config, cmd: PropertyCmd) -> anyhow::Result<()> {
 fn key_cmd(cfg: &Config, k: KeyCreate) -> anyhow::Result<()> {
     let meta = open_meta(cfg)?;
     let Some(scope) = Scope::parse(&k.scope) else {
-        bail!("--scope must be `read` or `write`");
+        bail!("--scope must be `read`, `write` or `admin`");
     };
     let (key, grant) = meta.create_key(&k.property, scope)?;
     if k.json {
@@ -260,6 +279,13 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 .map(|m| m as i64 * 60_000),
         }
     });
+    let settings_for_reprocess = settings.clone();
+    let store_for_reprocess = store.clone();
+    let meta_for_reprocess = meta.clone();
+    let rules_for_reprocess = SessionRules {
+        gap_ms: cfg.processor.session_gap_minutes as i64 * 60_000,
+        lateness_ms: cfg.processor.lateness_hours as i64 * 3_600_000,
+    };
     let processor = Processor::new(
         log.clone(),
         store.clone(),
@@ -274,6 +300,16 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         },
         stats.clone(),
     )?;
+    let (install_tx, install_rx) = std::sync::mpsc::channel();
+    let mut processor = processor;
+    processor.set_install_channel(install_rx);
+    let archive = admin::open_archive(&cfg)?;
+    let mut archiver =
+        footfall_archive::Archiver::open(archive.clone(), log.clone(), data.join("archive-state"))?;
+    let archived = Arc::new(std::sync::Mutex::new(archiver.offsets()));
+    let seal_interval = config::parse_duration(&cfg.archive.seal_interval)?;
+    let (seal_tx, mut seal_rx) =
+        tokio::sync::mpsc::channel::<footfall_server::reprocess::SealRequest>(16);
     let stop = Arc::new(AtomicBool::new(false));
     let processor_thread = {
         let stop = stop.clone();
@@ -302,6 +338,21 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         processor: stats.clone(),
         rules,
         accepting: AtomicBool::new(true),
+        reprocessor: Some(Arc::new(footfall_server::reprocess::Reprocessor::new(
+            archive,
+            seal_tx,
+            install_tx,
+            settings_for_reprocess,
+            store_for_reprocess,
+            log.partitions() as usize,
+            rules_for_reprocess,
+            Arc::new(move || {
+                meta_for_reprocess
+                    .properties()
+                    .map(|ps| ps.into_iter().map(|p| p.tracking_id).collect())
+                    .unwrap_or_default()
+            }),
+        ))),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -326,8 +377,39 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 let _ = tokio::task::spawn_blocking(move || c.refresh()).await;
             }
         });
-        // Retention: only segments the processor has checkpointed past are removed.
-        let (ret_log, ret_stats) = (log.clone(), stats.clone());
+        // The archiver seals the log every interval, and at once when reprocessing asks.
+        let archived_w = archived.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut waiting = Vec::new();
+                tokio::select! {
+                    _ = tokio::time::sleep(seal_interval) => {}
+                    Some(req) = seal_rx.recv() => waiting.push(req),
+                }
+                while let Ok(req) = seal_rx.try_recv() {
+                    waiting.push(req);
+                }
+                let r = archiver.seal().await;
+                match &r {
+                    Ok(rep) if rep.events > 0 => {
+                        tracing::debug!(events = rep.events, files = rep.files, "archive sealed")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "archive seal failed; will retry"),
+                }
+                *archived_w.lock().unwrap() = archiver.offsets();
+                for w in waiting {
+                    let _ = w.send(
+                        r.as_ref()
+                            .map(|_| archiver.offsets())
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+        });
+        // Retention: only segments both the processor has checkpointed past and the
+        // archiver has sealed are removed.
+        let (ret_log, ret_stats, ret_archived) = (log.clone(), stats.clone(), archived.clone());
         let (max_age, max_bytes) = (
             Duration::from_secs(cfg.log.retention_hours * 3600),
             cfg.log.retention_bytes,
@@ -336,7 +418,13 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             let mut t = tokio::time::interval(Duration::from_secs(60));
             loop {
                 t.tick().await;
-                let safe = ret_stats.checkpointed_offsets();
+                let archived = ret_archived.lock().unwrap().clone();
+                let safe: Vec<u64> = ret_stats
+                    .checkpointed_offsets()
+                    .into_iter()
+                    .zip(archived)
+                    .map(|(a, b)| a.min(b))
+                    .collect();
                 if let Err(e) = ret_log.enforce_retention(&safe, max_age, max_bytes) {
                     tracing::warn!(error = %e, "log retention failed");
                 }

@@ -1,0 +1,268 @@
+//! Reprocessing jobs: rebuild a property's derived data for a local date range from the
+//! archive with today's code and settings, then have the processor swap it in
+//! atomically. Jobs run in the background; their progress is polled over HTTP.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{NaiveDate, TimeZone};
+use footfall_archive::Archive;
+use footfall_event::LoggedEvent;
+use footfall_processor::{
+    Install, InstallReport, PropertySettings, SessionRules, SettingsResolver,
+};
+use footfall_store::{LocalDay, RollupStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+/// Events are read this far beyond each edge of the range so that visits crossing the
+/// edges are sessionised whole (a visit longer than this is cut at the margin).
+pub const EDGE_MARGIN_MS: i64 = 12 * 3_600_000;
+
+/// Asks the archiver to seal everything durable now; answers the archived offsets.
+pub type SealRequest = oneshot::Sender<Result<Vec<u64>, String>>;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReprocessRequest {
+    #[serde(default)]
+    pub property: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct JobStatus {
+    pub id: u64,
+    pub state: String,
+    pub phase: String,
+    pub property: Option<String>,
+    pub events_read: u64,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub events_per_second: f64,
+    pub eta_seconds: Option<f64>,
+    pub elapsed_seconds: f64,
+    pub error: Option<String>,
+    pub result: Vec<Value>,
+}
+
+pub struct Reprocessor {
+    pub archive: Archive,
+    pub seal: mpsc::Sender<SealRequest>,
+    pub installs: Mutex<std::sync::mpsc::Sender<Install>>,
+    pub settings: SettingsResolver,
+    pub store: Arc<dyn RollupStore>,
+    pub partitions: usize,
+    pub rules: SessionRules,
+    pub properties: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    jobs: Mutex<HashMap<u64, Arc<Mutex<JobStatus>>>>,
+    next: AtomicU64,
+}
+
+impl Reprocessor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        archive: Archive,
+        seal: mpsc::Sender<SealRequest>,
+        installs: std::sync::mpsc::Sender<Install>,
+        settings: SettingsResolver,
+        store: Arc<dyn RollupStore>,
+        partitions: usize,
+        rules: SessionRules,
+        properties: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    ) -> Self {
+        Self {
+            archive,
+            seal,
+            installs: Mutex::new(installs),
+            settings,
+            store,
+            partitions,
+            rules,
+            properties,
+            jobs: Mutex::default(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn status(&self, id: u64) -> Option<JobStatus> {
+        let j = self.jobs.lock().unwrap().get(&id).cloned()?;
+        let s = j.lock().unwrap().clone();
+        Some(s)
+    }
+
+    /// Starts a job; returns its id.
+    pub fn start(self: &Arc<Self>, req: ReprocessRequest) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let status = Arc::new(Mutex::new(JobStatus {
+            id,
+            state: "running".into(),
+            phase: "starting".into(),
+            ..Default::default()
+        }));
+        self.jobs.lock().unwrap().insert(id, status.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = me.run(&req, &status, started).await;
+            let mut s = status.lock().unwrap();
+            s.elapsed_seconds = started.elapsed().as_secs_f64();
+            match r {
+                Ok(()) => {
+                    s.state = "done".into();
+                    s.phase = "done".into();
+                    s.eta_seconds = Some(0.0);
+                }
+                Err(e) => {
+                    tracing::error!(job = id, error = %e, "reprocess failed; old data keeps serving");
+                    s.state = "failed".into();
+                    s.error = Some(e);
+                }
+            }
+        });
+        id
+    }
+
+    async fn run(
+        &self,
+        req: &ReprocessRequest,
+        status: &Mutex<JobStatus>,
+        started: Instant,
+    ) -> Result<(), String> {
+        if req.to < req.from {
+            return Err("`to` is before `from`".into());
+        }
+        let set_phase = |p: &str| status.lock().unwrap().phase = p.to_string();
+        set_phase("sealing the archive");
+        let (tx, rx) = oneshot::channel();
+        self.seal
+            .send(tx)
+            .await
+            .map_err(|_| "archiver stopped".to_string())?;
+        let archived = rx.await.map_err(|_| "archiver stopped".to_string())??;
+        let properties = match (&req.property, req.all) {
+            (Some(p), false) => vec![p.clone()],
+            (None, true) => (self.properties)(),
+            _ => return Err("give exactly one of `property` or `all`".into()),
+        };
+        for property in properties {
+            status.lock().unwrap().property = Some(property.clone());
+            let settings = (self.settings)(&property);
+            let tz = settings.tz;
+            let local_start = |d: NaiveDate| {
+                tz.from_local_datetime(&d.and_hms_opt(0, 0, 0).unwrap())
+                    .earliest()
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or_else(|| d.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis())
+            };
+            let lo = local_start(req.from) - EDGE_MARGIN_MS;
+            let hi = local_start(req.to.succ_opt().unwrap()) + EDGE_MARGIN_MS;
+            let utc_day = |ms: i64| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .unwrap()
+                    .date_naive()
+            };
+            set_phase("listing archive files");
+            let files = self
+                .archive
+                .list(Some(&property), Some((utc_day(lo), utc_day(hi))))
+                .await
+                .map_err(|e| e.to_string())?;
+            status.lock().unwrap().bytes_total += files.iter().map(|f| f.bytes).sum::<u64>();
+            set_phase("reading the archive");
+            let mut events: Vec<(u32, u64, LoggedEvent)> = Vec::new();
+            for f in &files {
+                let batch = self
+                    .archive
+                    .read_file(&f.path)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut s = status.lock().unwrap();
+                s.bytes_read += f.bytes;
+                s.events_read += batch.len() as u64;
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                s.events_per_second = s.events_read as f64 / secs;
+                let rate = s.bytes_read as f64 / secs;
+                s.eta_seconds = Some((s.bytes_total - s.bytes_read) as f64 / rate.max(1.0));
+                drop(s);
+                for a in batch {
+                    if a.timestamp >= lo && a.timestamp < hi {
+                        events.push((a.log_partition as u32, a.log_offset as u64, a.to_logged()));
+                    }
+                }
+            }
+            set_phase("sessionising and rolling up");
+            let (partitions, rules) = (self.partitions, self.rules);
+            let n_events = events.len();
+            let (state, rollups) = tokio::task::spawn_blocking(move || {
+                // Log order per partition: the same order live processing saw.
+                events.sort_by_key(|(p, o, _)| (*p, *o));
+                footfall_processor::rebuild(
+                    events.iter().map(|(p, _, e)| (*p as usize, e)),
+                    partitions,
+                    settings,
+                    rules,
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let (d1, d2) = (LocalDay::from_date(req.from), LocalDay::from_date(req.to));
+            let sum = |p: Option<&footfall_store::PropertyRollup>| {
+                let mut t = (0u64, 0u64, 0i64);
+                if let Some(p) = p {
+                    for (_, b) in p.days.range(d1..=d2) {
+                        t.0 += b.events.events;
+                        t.1 += b.events.pageviews;
+                        t.2 += b.visits.visits;
+                    }
+                }
+                t
+            };
+            let new = sum(rollups.properties.get(&property));
+            let mut old = (0, 0, 0);
+            self.store.read(&property, &mut |p| old = sum(p));
+            let mut entry = json!({
+                "property": property, "from": req.from, "to": req.to, "events_in_window": n_events,
+                "before": {"events": old.0, "pageviews": old.1, "visits": old.2},
+                "rebuilt_from_archive": {"events": new.0, "pageviews": new.1, "visits": new.2},
+                "dry_run": req.dry_run,
+            });
+            if !req.dry_run {
+                set_phase("swapping in the rebuilt range");
+                let (done_tx, done_rx) = std::sync::mpsc::channel();
+                let job = Install {
+                    property: property.clone(),
+                    days: (d1, d2),
+                    settings: PropertySettings {
+                        tz,
+                        gap_ms: settings.gap_ms,
+                    },
+                    state,
+                    rollups,
+                    archived: archived.clone(),
+                    done: done_tx,
+                };
+                self.installs
+                    .lock()
+                    .unwrap()
+                    .send(job)
+                    .map_err(|_| "processor stopped".to_string())?;
+                let report: InstallReport = tokio::task::spawn_blocking(move || done_rx.recv())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|_| "processor stopped".to_string())??;
+                entry["installed"] = json!(report);
+            }
+            status.lock().unwrap().result.push(entry);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,294 @@
+//! `footfall reprocess` and `footfall archive verify`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono::{NaiveDate, Timelike};
+use clap::Args;
+use footfall_archive::{Archive, ArchiverState};
+use footfall_event::LoggedEvent;
+use footfall_log::{EventLog, FileLog, FileLogOptions};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+
+/// The archive the configuration names (local directory by default).
+pub fn open_archive(cfg: &Config) -> anyhow::Result<Archive> {
+    let a = &cfg.archive;
+    Ok(if a.url.is_empty() {
+        Archive::local(cfg.server.data_dir.join("archive"))?
+    } else {
+        Archive::from_url(&a.url, &a.s3_options())?
+    })
+}
+
+#[derive(Args)]
+pub struct ReprocessArgs {
+    /// The property to rebuild.
+    #[arg(long, conflicts_with = "all")]
+    property: Option<String>,
+    /// Rebuild every property.
+    #[arg(long)]
+    all: bool,
+    /// First local date (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    from: NaiveDate,
+    /// Last local date, inclusive.
+    #[arg(long)]
+    to: NaiveDate,
+    /// Rebuild and report what would change, without swapping it in.
+    #[arg(long)]
+    dry_run: bool,
+    /// Server URL (default: http:// + server.listen).
+    #[arg(long)]
+    url: Option<String>,
+    /// Admin key (default: $FOOTFALL_ADMIN_KEY).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+fn bar(done: f64, width: usize) -> String {
+    let filled = ((done.clamp(0.0, 1.0)) * width as f64).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+pub fn reprocess(cfg: &Config, a: ReprocessArgs) -> anyhow::Result<()> {
+    if a.property.is_none() && !a.all {
+        bail!("give --property ID or --all");
+    }
+    let url = a
+        .url
+        .unwrap_or_else(|| format!("http://{}", cfg.server.listen))
+        .trim_end_matches('/')
+        .to_string();
+    let key = a
+        .key
+        .or_else(|| std::env::var("FOOTFALL_ADMIN_KEY").ok())
+        .context(
+        "an admin key is needed: --key or FOOTFALL_ADMIN_KEY (footfall key create --scope admin)",
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let body = json!({"property": a.property, "all": a.all, "from": a.from, "to": a.to, "dry_run": a.dry_run});
+        let r = client
+            .post(format!("{url}/api/v1/admin/reprocess"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("is `footfall serve` running at {url}?"))?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        if !status.is_success() {
+            bail!("server refused: {v}");
+        }
+        let id = v["job"].as_u64().context("no job id")?;
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let s: Value = client
+                .get(format!("{url}/api/v1/admin/reprocess/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let total = s["bytes_total"].as_f64().unwrap_or(0.0);
+            let frac = if total > 0.0 { s["bytes_read"].as_f64().unwrap_or(0.0) / total } else { 0.0 };
+            let line = format!(
+                "{} {:>5.1}% {} events read, {:.0} events/s, ETA {:.0} s  {}",
+                bar(frac, 30),
+                frac * 100.0,
+                s["events_read"],
+                s["events_per_second"].as_f64().unwrap_or(0.0),
+                s["eta_seconds"].as_f64().unwrap_or(0.0),
+                s["phase"].as_str().unwrap_or("")
+            );
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else {
+                eprintln!("{line}");
+            }
+            match s["state"].as_str() {
+                Some("done") => {
+                    if tty {
+                        eprintln!();
+                    }
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                    return Ok(());
+                }
+                Some("failed") => {
+                    if tty {
+                        eprintln!();
+                    }
+                    bail!("reprocess failed (the old data keeps serving): {}", s["error"]);
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    property: Option<String>,
+    /// First UTC date (YYYY-MM-DD) of the archive layout.
+    #[arg(long, requires = "to")]
+    from: Option<NaiveDate>,
+    #[arg(long, requires = "from")]
+    to: Option<NaiveDate>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Default, serde::Serialize)]
+struct Hour {
+    files: u64,
+    events: u64,
+    duplicates: u64,
+    log_events: Option<u64>,
+    status: &'static str,
+}
+
+/// Compares the archive with the log it was sealed from: per (property, UTC date, hour),
+/// the events in archive files against the log's records below the archiver's committed
+/// offsets, and no (partition, offset) archived twice. Safe beside a running server (the
+/// log is opened read-only).
+pub fn verify(cfg: &Config, a: VerifyArgs) -> anyhow::Result<()> {
+    let archive = open_archive(cfg)?;
+    let dates = a.from.zip(a.to);
+    let state: Option<ArchiverState> =
+        std::fs::read(cfg.server.data_dir.join("archive-state/archiver.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut hours: BTreeMap<(String, NaiveDate, u32), Hour> = BTreeMap::new();
+    rt.block_on(async {
+        let files = archive.list(a.property.as_deref(), dates).await?;
+        let mut seen = HashSet::new();
+        for f in files {
+            let events = archive.read_file(&f.path).await?;
+            let h = hours
+                .entry((f.property.clone(), f.date, f.hour))
+                .or_default();
+            h.files += 1;
+            for e in events {
+                if !seen.insert((e.log_partition, e.log_offset)) {
+                    h.duplicates += 1;
+                }
+                h.events += 1;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    // The log's side, where the log still holds everything the archive covers.
+    let log_dir = cfg.server.data_dir.join("log");
+    let mut log_complete = false;
+    if let (Some(state), true) = (&state, log_dir.exists()) {
+        let log = FileLog::open(
+            &log_dir,
+            FileLogOptions {
+                partitions: state.offsets.len() as u32,
+                read_only: true,
+                ..Default::default()
+            },
+        )?;
+        log_complete = (0..log.partitions()).all(|p| log.start_offset(p) == 0);
+        if log_complete {
+            for h in hours.values_mut() {
+                h.log_events = Some(0);
+            }
+            for p in 0..log.partitions() {
+                let (mut at, until) = (0, state.offsets[p as usize]);
+                while at < until {
+                    let recs = log.read(p, at, 4 << 20)?;
+                    if recs.is_empty() {
+                        break;
+                    }
+                    for r in recs {
+                        if r.offset >= until {
+                            break;
+                        }
+                        at = r.next;
+                        let Ok(e) = LoggedEvent::decode(&r.payload) else {
+                            continue;
+                        };
+                        if a.property.as_deref().is_some_and(|p| p != e.property) {
+                            continue;
+                        }
+                        let t = chrono::DateTime::from_timestamp_millis(e.timestamp)
+                            .unwrap_or_default();
+                        if dates.is_some_and(|(f, to)| t.date_naive() < f || t.date_naive() > to) {
+                            continue;
+                        }
+                        let h = hours
+                            .entry((e.property.clone(), t.date_naive(), t.hour()))
+                            .or_default();
+                        *h.log_events.get_or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut all_ok = true;
+    for h in hours.values_mut() {
+        h.status = match h.log_events {
+            _ if h.duplicates > 0 => "duplicates",
+            Some(n) if n == h.events => "ok",
+            Some(_) => "mismatch",
+            None => "log_pruned",
+        };
+        all_ok &= h.status == "ok" || h.status == "log_pruned";
+    }
+    if a.json {
+        let rows: Vec<Value> = hours
+            .iter()
+            .map(|((p, d, hr), h)| {
+                json!({"property": p, "date": d, "hour": hr, "files": h.files, "events": h.events,
+                "duplicates": h.duplicates, "log_events": h.log_events, "status": h.status})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"ok": all_ok, "log_complete": log_complete, "hours": rows})
+        );
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "property\tdate\thour\tfiles\tevents\tlog_events\tstatus"
+        )?;
+        for ((p, d, hr), h) in &hours {
+            let le = h
+                .log_events
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into());
+            writeln!(
+                out,
+                "{p}\t{d}\t{hr:02}\t{}\t{}\t{le}\t{}",
+                h.files, h.events, h.status
+            )?;
+        }
+        writeln!(
+            out,
+            "{}",
+            if all_ok {
+                "archive OK"
+            } else {
+                "archive MISMATCH"
+            }
+        )?;
+    }
+    if !all_ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
