@@ -145,6 +145,66 @@ impl Archive {
         schema::decode(&bytes)
     }
 
+    /// Reads and decodes `files` with up to `parallel` decodes at once, keeping events
+    /// whose event time passes `keep`; returns them per log partition in log order, the
+    /// order live processing saw them. `progress(bytes, events)` is called per file.
+    pub async fn read_for_rebuild(
+        &self,
+        files: &[FileInfo],
+        partitions: usize,
+        parallel: usize,
+        keep: impl Fn(i64) -> bool + Send + Sync + Copy + 'static,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Vec<Vec<LoggedEvent>>> {
+        use futures::StreamExt;
+        let mut out: Vec<Vec<(u64, LoggedEvent)>> = vec![Vec::new(); partitions];
+        let mut stream = futures::stream::iter(files.iter().cloned())
+            .map(|f| {
+                let me = self.clone();
+                async move {
+                    let path = me.key(&f.path);
+                    let bytes = me.store.get(&path).await?.bytes().await?;
+                    tokio::task::spawn_blocking(move || {
+                        let events = schema::decode(&bytes)?;
+                        Ok::<_, Error>((
+                            f.bytes,
+                            events.len() as u64,
+                            events
+                                .into_iter()
+                                .filter(|a| keep(a.timestamp))
+                                .map(|a| {
+                                    (
+                                        a.log_partition as usize,
+                                        a.log_offset as u64,
+                                        a.into_logged(),
+                                    )
+                                })
+                                .collect::<Vec<_>>(),
+                        ))
+                    })
+                    .await
+                    .map_err(|e| Error::Avro(e.to_string()))?
+                }
+            })
+            .buffer_unordered(parallel.max(1));
+        while let Some(r) = stream.next().await {
+            let (bytes, n, events) = r?;
+            for (p, o, e) in events {
+                if p < partitions {
+                    out[p].push((o, e));
+                }
+            }
+            progress(bytes, n);
+        }
+        Ok(out
+            .into_iter()
+            .map(|mut v| {
+                v.sort_by_key(|(o, _)| *o);
+                v.into_iter().map(|(_, e)| e).collect()
+            })
+            .collect())
+    }
+
     /// Files of `property` (or all) whose UTC date lies in `[from, to]` (or all dates).
     pub async fn list(
         &self,

@@ -133,6 +133,40 @@ impl ArchivedEvent {
         }
     }
 
+    /// Back to the log's event type, moving the strings.
+    pub fn into_logged(self) -> LoggedEvent {
+        LoggedEvent {
+            property: self.property,
+            received_at: self.received_at,
+            timestamp: self.timestamp,
+            visitor: self.visitor as u64,
+            name: self.name,
+            url: self.url,
+            referrer: self.referrer,
+            title: self.title,
+            props: self
+                .props
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let pv = match (v.string, v.number, v.boolean) {
+                        (Some(s), _, _) => PropValue::Str(s),
+                        (None, Some(n), _) => PropValue::Num(n),
+                        (None, None, Some(b)) => PropValue::Bool(b),
+                        _ => return None,
+                    };
+                    Some((k, pv))
+                })
+                .collect(),
+            revenue: self.revenue.map(|r| Revenue {
+                amount: r.amount,
+                currency: r.currency,
+            }),
+            interactive: self.interactive,
+            user_agent: self.user_agent,
+            ip_prefix: self.ip_prefix,
+        }
+    }
+
     /// Back to the log's event type (what the processor consumes).
     pub fn to_logged(&self) -> LoggedEvent {
         LoggedEvent {

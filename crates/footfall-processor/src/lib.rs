@@ -134,6 +134,39 @@ pub fn rebuild<'a>(
     (state, rollups)
 }
 
+/// [`rebuild`] with one thread per log partition (a partition's state depends only on
+/// its own records), the partial rollups merged at the end. `by_partition[p]` holds
+/// partition `p`'s events in log order.
+pub fn rebuild_parallel(
+    by_partition: Vec<Vec<footfall_event::LoggedEvent>>,
+    settings: PropertySettings,
+    defaults: SessionRules,
+) -> (SessionState, Rollups) {
+    let n = by_partition.len();
+    let parts: Vec<(SessionState, Rollups)> = std::thread::scope(|s| {
+        let handles: Vec<_> = by_partition
+            .iter()
+            .enumerate()
+            .map(|(p, events)| {
+                s.spawn(move || rebuild(events.iter().map(|e| (p, e)), n, settings, defaults))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rebuild thread"))
+            .collect()
+    });
+    let mut state = SessionState::new(n);
+    let mut rollups = Rollups::default();
+    for (p, (mut s, r)) in parts.into_iter().enumerate() {
+        state.partitions[p] = std::mem::take(&mut s.partitions[p]);
+        for (id, pr) in r.properties {
+            rollups.property_mut(&id).merge(&pr);
+        }
+    }
+    (state, rollups)
+}
+
 pub struct Processor {
     installs: Option<std::sync::mpsc::Receiver<Install>>,
     log: Arc<dyn EventLog>,

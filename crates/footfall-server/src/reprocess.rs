@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use chrono::{NaiveDate, TimeZone};
 use footfall_archive::Archive;
-use footfall_event::LoggedEvent;
 use footfall_processor::{
     Install, InstallReport, PropertySettings, SessionRules, SettingsResolver,
 };
@@ -178,39 +177,32 @@ impl Reprocessor {
                 .map_err(|e| e.to_string())?;
             status.lock().unwrap().bytes_total += files.iter().map(|f| f.bytes).sum::<u64>();
             set_phase("reading the archive");
-            let mut events: Vec<(u32, u64, LoggedEvent)> = Vec::new();
-            for f in &files {
-                let batch = self
-                    .archive
-                    .read_file(&f.path)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut s = status.lock().unwrap();
-                s.bytes_read += f.bytes;
-                s.events_read += batch.len() as u64;
-                let secs = started.elapsed().as_secs_f64().max(1e-3);
-                s.events_per_second = s.events_read as f64 / secs;
-                let rate = s.bytes_read as f64 / secs;
-                s.eta_seconds = Some((s.bytes_total - s.bytes_read) as f64 / rate.max(1.0));
-                drop(s);
-                for a in batch {
-                    if a.timestamp >= lo && a.timestamp < hi {
-                        events.push((a.log_partition as u32, a.log_offset as u64, a.to_logged()));
-                    }
-                }
-            }
-            set_phase("sessionising and rolling up");
-            let (partitions, rules) = (self.partitions, self.rules);
-            let n_events = events.len();
-            let (state, rollups) = tokio::task::spawn_blocking(move || {
-                // Log order per partition: the same order live processing saw.
-                events.sort_by_key(|(p, o, _)| (*p, *o));
-                footfall_processor::rebuild(
-                    events.iter().map(|(p, _, e)| (*p as usize, e)),
-                    partitions,
-                    settings,
-                    rules,
+            let by_partition = self
+                .archive
+                .read_for_rebuild(
+                    &files,
+                    self.partitions,
+                    2,
+                    move |ts| ts >= lo && ts < hi,
+                    |bytes, n| {
+                        let mut s = status.lock().unwrap();
+                        s.bytes_read += bytes;
+                        s.events_read += n;
+                        let secs = started.elapsed().as_secs_f64().max(1e-3);
+                        s.events_per_second = s.events_read as f64 / secs;
+                        let rate = s.bytes_read as f64 / secs;
+                        s.eta_seconds =
+                            Some(s.bytes_total.saturating_sub(s.bytes_read) as f64 / rate.max(1.0));
+                    },
                 )
+                .await
+                .map_err(|e| e.to_string())?;
+            let n_events: usize = by_partition.iter().map(Vec::len).sum();
+            set_phase("sessionising and rolling up");
+            let rules = self.rules;
+            // One thread per partition, in log order: the order live processing saw.
+            let (state, rollups) = tokio::task::spawn_blocking(move || {
+                footfall_processor::rebuild_parallel(by_partition, settings, rules)
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -82,6 +82,45 @@ pub struct Bucket {
     pub entry_pages: KeyMap<VisitStats>,
 }
 
+impl Bucket {
+    /// Adds `o` into `self` (groups built from disjoint sets of visitors or events).
+    pub fn merge(&mut self, o: &Bucket) {
+        self.events.merge(&o.events);
+        self.visits.merge(&o.visits);
+        for (k, v) in &o.pages {
+            self.pages.entry_ref(k.as_str()).or_default().merge(v);
+        }
+        for (k, v) in &o.names {
+            self.names.entry_ref(k.as_str()).or_default().merge(v);
+        }
+        for (k, v) in &o.sources {
+            self.sources.entry_ref(k.as_str()).or_default().merge(v);
+        }
+        for (k, v) in &o.entry_pages {
+            self.entry_pages.entry_ref(k.as_str()).or_default().merge(v);
+        }
+    }
+}
+
+impl PropertyRollup {
+    /// Adds another rollup of the same property into this one.
+    pub fn merge(&mut self, o: &PropertyRollup) {
+        for (h, b) in &o.hours {
+            self.hours.entry(*h).or_default().merge(b);
+        }
+        for (d, b) in &o.days {
+            self.days.entry(*d).or_default().merge(b);
+            self.dirty_days.insert(*d);
+        }
+        for (m, s) in &o.minutes {
+            let e = self.minutes.entry(*m).or_default();
+            e.pageviews += s.pageviews;
+            e.events += s.events;
+            e.visitors.merge(&s.visitors);
+        }
+    }
+}
+
 /// Statistics of one UTC minute, for realtime views.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MinuteStats {

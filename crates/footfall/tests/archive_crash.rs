@@ -18,15 +18,25 @@ const ENV: [(&str, &str); 2] = [
 
 fn verify(dir: &std::path::Path) -> Value {
     let out = Command::new(BIN)
-        .args(["--data-dir", dir.to_str().unwrap(), "archive", "verify", "--json"])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "archive",
+            "verify",
+            "--json",
+        ])
         .output()
         .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_archiving_and_reprocessing() {
-    let kills: usize = std::env::var("FOOTFALL_TEST_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let kills: usize = std::env::var("FOOTFALL_TEST_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
     let site = create_site(dir.path(), "UTC"); // wrong zone, fixed by reprocessing below
     let admin = cli(dir.path(), &["key", "create", "--scope", "admin"]);
@@ -39,7 +49,10 @@ async fn kill_9_during_archiving_and_reprocessing() {
         max_visits_per_visitor: 2,
         host: "shop.example".into(),
     });
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let chunks: Vec<&[footfall_testkit::OEvent]> = events.chunks(40).collect();
     let mut next = 0;
@@ -51,7 +64,12 @@ async fn kill_9_during_archiving_and_reprocessing() {
         let deadline = Instant::now() + Duration::from_millis(rng.random_range(100..600));
         while next < chunks.len() && Instant::now() < deadline {
             let body: Vec<Value> = chunks[next].iter().map(|e| to_json(&site, e)).collect();
-            let r = client.post(format!("{}/api/v1/events", server.url)).bearer_auth(&site.write_key).json(&body).send().await;
+            let r = client
+                .post(format!("{}/api/v1/events", server.url))
+                .bearer_auth(&site.write_key)
+                .json(&body)
+                .send()
+                .await;
             if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
                 acked[next] = true;
             }
@@ -60,12 +78,21 @@ async fn kill_9_during_archiving_and_reprocessing() {
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
         server.kill9();
-        eprintln!("archiving round {round}: killed with {next} of {} batches sent", chunks.len());
+        eprintln!(
+            "archiving round {round}: killed with {next} of {} batches sent",
+            chunks.len()
+        );
     }
     let mut server = Server::start(dir.path(), &ENV);
     while next < chunks.len() {
         let body: Vec<Value> = chunks[next].iter().map(|e| to_json(&site, e)).collect();
-        let r = client.post(format!("{}/api/v1/events", server.url)).bearer_auth(&site.write_key).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{}/api/v1/events", server.url))
+            .bearer_auth(&site.write_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 202);
         acked[next] = true;
         next += 1;
@@ -75,21 +102,59 @@ async fn kill_9_during_archiving_and_reprocessing() {
     let v = verify(dir.path());
     assert_eq!(v["log_complete"], true);
     assert_eq!(v["ok"], true, "archive does not match the log: {v}");
-    let archived: u64 = v["hours"].as_array().unwrap().iter().map(|h| h["events"].as_u64().unwrap()).sum();
-    let acked_events: usize = chunks.iter().zip(&acked).filter(|(_, a)| **a).map(|(c, _)| c.len()).sum();
-    assert!(archived as usize >= acked_events, "archived {archived} < acknowledged {acked_events}");
+    let archived: u64 = v["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["events"].as_u64().unwrap())
+        .sum();
+    let acked_events: usize = chunks
+        .iter()
+        .zip(&acked)
+        .filter(|(_, a)| **a)
+        .map(|(c, _)| c.len())
+        .sum();
+    assert!(
+        archived as usize >= acked_events,
+        "archived {archived} < acknowledged {acked_events}"
+    );
     assert!(archived as usize <= events.len());
 
     // Reprocessing under fire: kill the server while a reprocess runs; the old data
     // keeps serving after restart; running it again completes and is exact.
-    cli(dir.path(), &["property", "update", &site.tracking_id, "--timezone", "Asia/Kolkata"]);
+    cli(
+        dir.path(),
+        &[
+            "property",
+            "update",
+            &site.tracking_id,
+            "--timezone",
+            "Asia/Kolkata",
+        ],
+    );
     let ist: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
-    let from = footfall_testkit::local(&chrono_tz::UTC, events.iter().map(|e| e.ts).min().unwrap()).date() - chrono::Duration::days(1);
-    let to = footfall_testkit::local(&ist, events.iter().map(|e| e.ts).max().unwrap()).date() + chrono::Duration::days(1);
+    let from = footfall_testkit::local(&chrono_tz::UTC, events.iter().map(|e| e.ts).min().unwrap())
+        .date()
+        - chrono::Duration::days(1);
+    let to = footfall_testkit::local(&ist, events.iter().map(|e| e.ts).max().unwrap()).date()
+        + chrono::Duration::days(1);
     let reprocess = |url: &str| {
         Command::new(BIN)
-            .args(["--data-dir", dir.path().to_str().unwrap(), "reprocess", "--property", &site.tracking_id,
-                   "--from", &from.to_string(), "--to", &to.to_string(), "--url", url, "--key", &admin])
+            .args([
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "reprocess",
+                "--property",
+                &site.tracking_id,
+                "--from",
+                &from.to_string(),
+                "--to",
+                &to.to_string(),
+                "--url",
+                url,
+                "--key",
+                &admin,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -106,7 +171,13 @@ async fn kill_9_during_archiving_and_reprocessing() {
     let server = Server::start(dir.path(), &ENV);
     // Whatever state it reopened in, it serves.
     let range = json!([from.to_string(), to.to_string()]);
-    query(&client, &server.url, &site, json!({"site_id": site.tracking_id, "metrics": ["events"], "date_range": range})).await;
+    query(
+        &client,
+        &server.url,
+        &site,
+        json!({"site_id": site.tracking_id, "metrics": ["events"], "date_range": range}),
+    )
+    .await;
     let out = reprocess(&server.url).wait_with_output().unwrap();
     assert!(out.status.success(), "the rerun must complete");
 
@@ -116,15 +187,32 @@ async fn kill_9_during_archiving_and_reprocessing() {
         // whose append succeeded is wholly present, and verify showed the archive equals
         // the log; unacknowledged batches may or may not be there.
         let mut total_events = 0u64;
-        let v = query(&client, &server.url, &site, json!({"site_id": site.tracking_id, "metrics": ["events"], "date_range": range})).await;
+        let v = query(
+            &client,
+            &server.url,
+            &site,
+            json!({"site_id": site.tracking_id, "metrics": ["events"], "date_range": range}),
+        )
+        .await;
         total_events += v["results"][0]["metrics"][0].as_u64().unwrap();
-        assert_eq!(total_events, archived, "rollups count each archived event once");
-        chunks.iter().zip(&acked).filter(|(_, a)| **a).flat_map(|(c, _)| c.iter().cloned()).collect()
+        assert_eq!(
+            total_events, archived,
+            "rollups count each archived event once"
+        );
+        chunks
+            .iter()
+            .zip(&acked)
+            .filter(|(_, a)| **a)
+            .flat_map(|(c, _)| c.iter().cloned())
+            .collect()
     };
     if archived as usize == kept.len() {
         let r = report(&kept, ist, 30 * 60_000, from, to);
         check_against_oracle(&client, &server.url, &site, &r, from, to).await;
     } else {
-        eprintln!("{} unacknowledged events were kept; totals checked, per-metric oracle skipped", archived as usize - kept.len());
+        eprintln!(
+            "{} unacknowledged events were kept; totals checked, per-metric oracle skipped",
+            archived as usize - kept.len()
+        );
     }
 }
