@@ -27,9 +27,9 @@ venv=$(scripts/bench-deps.sh | tail -n 1)
 PY="$venv/bin/python"
 
 if [ "$mode" = quick ]; then
-  PROC_EVENTS=200000; DUR=3; QUERY_SIZES="100000"; ITER=10; CMP_ITER=1; SCALE=0
+  PROC_EVENTS=200000; REPROC_EVENTS=100000; DUR=3; QUERY_SIZES="100000"; ITER=10; CMP_ITER=1; SCALE=0
 else
-  PROC_EVENTS=5000000; DUR=10; QUERY_SIZES="1000000 10000000"; ITER=100; CMP_ITER=3; SCALE=1
+  PROC_EVENTS=5000000; REPROC_EVENTS=3000000; DUR=10; QUERY_SIZES="1000000 10000000"; ITER=100; CMP_ITER=3; SCALE=1
 fi
 TZ_NAME=Asia/Kolkata
 OFFSET_MIN=330
@@ -79,6 +79,9 @@ echo "== processing (pre-filled log, no HTTP; baseline: decode-only pass)"
 if [ "$SCALE" = 1 ]; then
   taskset -c 0 "$B" process --events "$PROC_EVENTS" > "$work/process-1core.json"
 fi
+
+echo "== reprocessing (read the Avro archive back and rebuild rollups; baseline: processing above)"
+"$B" reprocess --events "$REPROC_EVENTS" > "$work/reprocess.json"
 
 echo "== nginx baseline server"
 mkdir -p "$work/nginx/logs"

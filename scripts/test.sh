@@ -16,4 +16,11 @@ fi
 export FOOTFALL_TEST_PYTHON="$venv/bin/python"
 
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked
+set +e
+cargo test --workspace --locked 2>&1 | tee target/test-output.log
+status=${PIPESTATUS[0]}
+set -e
+# One plain closing line over all test binaries.
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' \
+  target/test-output.log | tee target/test-summary.txt
+exit "$status"
