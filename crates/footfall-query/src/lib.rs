@@ -357,62 +357,66 @@ pub fn execute(
     });
     let (from, to) = resolve_date_range(&req.date_range, today, earliest)?;
 
-    let mut groups: HashMap<(Option<i64>, Option<String>), Acc> = HashMap::new();
-    let mut accumulate = |time_key: Option<i64>, b: &Bucket| {
-        let Some(dim) = map_dim else {
-            let acc = groups.entry((time_key, None)).or_default();
-            acc.events.merge(&b.events);
-            acc.visits.merge(&b.visits);
-            return;
-        };
-        let keep = |k: &str| filters.iter().all(|(_, p)| p.matches(k));
-        let group_key = |k: &str| (time_key, key_dim.map(|_| k.to_string()));
-        match dim {
-            KeyDim::Page | KeyDim::Name => {
-                let map = if dim == KeyDim::Page {
-                    &b.pages
-                } else {
-                    &b.names
-                };
-                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                    groups.entry(group_key(k)).or_default().events.merge(s);
-                }
-            }
-            KeyDim::Source | KeyDim::EntryPage => {
-                let map = if dim == KeyDim::Source {
-                    &b.sources
-                } else {
-                    &b.entry_pages
-                };
-                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                    groups.entry(group_key(k)).or_default().visits.merge(s);
-                }
-            }
-        }
-    };
+    struct Row {
+        time: Option<i64>,
+        key: Option<String>,
+        metrics: Vec<Value>,
+    }
+    let mut rows: Vec<Row> = Vec::new();
     store.read(&req.site_id, &mut |p| {
         let Some(p) = p else { return };
+        // Groups borrow their keys from the buckets; a key is copied once per result row.
+        let mut groups: HashMap<(Option<i64>, Option<&str>), Acc, foldhash::fast::RandomState> =
+            HashMap::default();
+        // The buckets of the range, with the time group each falls in.
+        let mut buckets: Vec<(Option<i64>, &Bucket)> = Vec::new();
         if time_dim == Some(TimeDim::Hour) {
             let lo = LocalHour(LocalDay::from_date(from).0 as i64 * 24);
             let hi = LocalHour((LocalDay::from_date(to).0 as i64 + 1) * 24);
-            for (h, b) in p.hours.range(lo..hi) {
-                accumulate(Some(h.0), b);
-            }
+            buckets.extend(p.hours.range(lo..hi).map(|(h, b)| (Some(h.0), b)));
         } else {
-            for (d, b) in p
-                .days
-                .range(LocalDay::from_date(from)..=LocalDay::from_date(to))
-            {
+            for (d, b) in p.days.range(LocalDay::from_date(from)..=LocalDay::from_date(to)) {
                 let key = match time_dim {
                     Some(TimeDim::Day) => Some(d.0 as i64),
-                    Some(TimeDim::Month) => {
-                        Some(LocalDay::from_date(month_start(d.date())).0 as i64)
-                    }
+                    Some(TimeDim::Month) => Some(LocalDay::from_date(month_start(d.date())).0 as i64),
                     _ => None,
                 };
-                accumulate(key, b);
+                buckets.push((key, b));
             }
         }
+        let keep = |k: &str| filters.iter().all(|(_, p)| p.matches(k));
+        for (time_key, b) in buckets {
+            match map_dim {
+                None => {
+                    let acc = groups.entry((time_key, None)).or_default();
+                    acc.events.merge(&b.events);
+                    acc.visits.merge(&b.visits);
+                }
+                Some(dim @ (KeyDim::Page | KeyDim::Name)) => {
+                    let map = if dim == KeyDim::Page { &b.pages } else { &b.names };
+                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                        let key = (time_key, key_dim.map(|_| k.as_str()));
+                        groups.entry(key).or_default().events.merge(s);
+                    }
+                }
+                Some(dim) => {
+                    let map = if dim == KeyDim::Source { &b.sources } else { &b.entry_pages };
+                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                        let key = (time_key, key_dim.map(|_| k.as_str()));
+                        groups.entry(key).or_default().visits.merge(s);
+                    }
+                }
+            }
+        }
+        rows = groups
+            .into_iter()
+            .filter(|(_, acc)| acc.events.events > 0 || acc.visits.visits > 0)
+            .map(|((t, k), acc)| Row {
+                time: t,
+                key: k.map(str::to_string),
+                metrics: metrics.iter().map(|m| metric_value(*m, &acc, visit_family)).collect(),
+            })
+            .collect();
     });
 
     let time_label = |k: i64| -> String {
@@ -421,41 +425,11 @@ pub fn execute(
             _ => LocalDay(k as i32).date().format("%Y-%m-%d").to_string(),
         }
     };
-    struct Row {
-        time: Option<i64>,
-        key: Option<String>,
-        dims: Vec<Value>,
-        metrics: Vec<Value>,
-    }
-    let mut rows: Vec<Row> = groups
-        .into_iter()
-        .filter(|(_, acc)| acc.events.events > 0 || acc.visits.visits > 0)
-        .map(|((t, k), acc)| {
-            let mut dims = Vec::new();
-            for d in &req.dimensions {
-                if d.starts_with("time:") {
-                    dims.push(json!(time_label(t.unwrap())));
-                } else {
-                    dims.push(json!(k.clone().unwrap()));
-                }
-            }
-            Row {
-                time: t,
-                key: k,
-                dims,
-                metrics: metrics
-                    .iter()
-                    .map(|m| metric_value(*m, &acc, visit_family))
-                    .collect(),
-            }
-        })
-        .collect();
     if req.dimensions.is_empty() && rows.is_empty() {
         let acc = Acc::default();
         rows.push(Row {
             time: None,
             key: None,
-            dims: vec![],
             metrics: metrics
                 .iter()
                 .map(|m| metric_value(*m, &acc, visit_family))
@@ -532,7 +506,20 @@ pub fn execute(
         .into_iter()
         .skip(pagination.offset)
         .take(pagination.limit)
-        .map(|r| json!({"dimensions": r.dims, "metrics": r.metrics}))
+        .map(|r| {
+            let dims: Vec<Value> = req
+                .dimensions
+                .iter()
+                .map(|d| {
+                    if d.starts_with("time:") {
+                        json!(time_label(r.time.unwrap_or(0)))
+                    } else {
+                        json!(r.key.clone().unwrap_or_default())
+                    }
+                })
+                .collect();
+            json!({"dimensions": dims, "metrics": r.metrics})
+        })
         .collect();
 
     let start = tz
