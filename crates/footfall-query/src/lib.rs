@@ -246,6 +246,102 @@ fn metric_value(m: Metric, acc: &Acc, visit_family: bool) -> Value {
     }
 }
 
+/// The `n` groups of `dim` with the most visitors over `buckets`, with their statistics.
+///
+/// Counters are summed for every group, but unique-visitor sketches — the expensive part —
+/// are merged only for groups in decreasing order of an upper bound (the sum of their
+/// per-bucket visitor counts, which no union can exceed; unbounded for a group with a
+/// dense sketch, whose estimate is costly — those few are always merged), stopping once
+/// the bound falls below the n-th best union found. Equal bounds are still examined, so
+/// ties resolve as in the full computation.
+fn top_by_visitors<'a>(
+    buckets: &[(Option<i64>, &'a Bucket)],
+    dim: KeyDim,
+    n: usize,
+    keep: &dyn Fn(&str) -> bool,
+) -> Vec<(&'a str, Acc)> {
+    struct Group<'a> {
+        bound: u64,
+        acc: Acc,
+        events: Vec<&'a EventStats>,
+        visits: Vec<&'a VisitStats>,
+    }
+    let mut groups: HashMap<&'a str, Group<'a>, foldhash::fast::RandomState> = HashMap::default();
+    let new_group = || Group {
+        bound: 0,
+        acc: Acc::default(),
+        events: Vec::new(),
+        visits: Vec::new(),
+    };
+    for (_, b) in buckets {
+        match dim {
+            KeyDim::Page | KeyDim::Name => {
+                let map = if dim == KeyDim::Page {
+                    &b.pages
+                } else {
+                    &b.names
+                };
+                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                    let g = groups.entry(k.as_str()).or_insert_with(new_group);
+                    g.bound = g
+                        .bound
+                        .saturating_add(s.visitors.exact_count().unwrap_or(u64::MAX));
+                    g.acc.events.pageviews += s.pageviews;
+                    g.acc.events.events += s.events;
+                    g.events.push(s);
+                }
+            }
+            KeyDim::Source | KeyDim::EntryPage => {
+                let map = if dim == KeyDim::Source {
+                    &b.sources
+                } else {
+                    &b.entry_pages
+                };
+                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                    let g = groups.entry(k.as_str()).or_insert_with(new_group);
+                    g.bound = g
+                        .bound
+                        .saturating_add(s.visitors.exact_count().unwrap_or(u64::MAX));
+                    let v = &mut g.acc.visits;
+                    v.visits += s.visits;
+                    v.bounces += s.bounces;
+                    v.duration_ms += s.duration_ms;
+                    v.pageviews += s.pageviews;
+                    v.events += s.events;
+                    g.visits.push(s);
+                }
+            }
+        }
+    }
+    let mut order: Vec<(&'a str, Group<'a>)> = groups.into_iter().collect();
+    order.sort_by(|a, b| b.1.bound.cmp(&a.1.bound).then_with(|| a.0.cmp(b.0)));
+    let mut best: Vec<(u64, &'a str, Acc)> = Vec::new();
+    for (k, mut g) in order {
+        if best.len() >= n && g.bound < best[n - 1].0 {
+            break;
+        }
+        for s in &g.events {
+            g.acc.events.visitors.merge(&s.visitors);
+        }
+        for s in &g.visits {
+            g.acc.visits.visitors.merge(&s.visitors);
+        }
+        let visitors = if g.visits.is_empty() {
+            g.acc.events.visitors.count()
+        } else {
+            g.acc.visits.visitors.count()
+        };
+        best.push((visitors, k, g.acc));
+        best.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        if best.len() > n {
+            // Keep ties with the n-th so the final ordering can break them by key.
+            let cut = best[n - 1].0;
+            best.retain(|(v, _, _)| *v >= cut);
+        }
+    }
+    best.into_iter().map(|(_, k, acc)| (k, acc)).collect()
+}
+
 fn parse_filter(f: &Value) -> Result<(KeyDim, Predicate), QueryError> {
     let a = f
         .as_array()
@@ -362,81 +458,6 @@ pub fn execute(
         key: Option<String>,
         metrics: Vec<Value>,
     }
-    let mut rows: Vec<Row> = Vec::new();
-    store.read(&req.site_id, &mut |p| {
-        let Some(p) = p else { return };
-        // Groups borrow their keys from the buckets; a key is copied once per result row.
-        let mut groups: HashMap<(Option<i64>, Option<&str>), Acc, foldhash::fast::RandomState> =
-            HashMap::default();
-        // The buckets of the range, with the time group each falls in.
-        let mut buckets: Vec<(Option<i64>, &Bucket)> = Vec::new();
-        if time_dim == Some(TimeDim::Hour) {
-            let lo = LocalHour(LocalDay::from_date(from).0 as i64 * 24);
-            let hi = LocalHour((LocalDay::from_date(to).0 as i64 + 1) * 24);
-            buckets.extend(p.hours.range(lo..hi).map(|(h, b)| (Some(h.0), b)));
-        } else {
-            for (d, b) in p.days.range(LocalDay::from_date(from)..=LocalDay::from_date(to)) {
-                let key = match time_dim {
-                    Some(TimeDim::Day) => Some(d.0 as i64),
-                    Some(TimeDim::Month) => Some(LocalDay::from_date(month_start(d.date())).0 as i64),
-                    _ => None,
-                };
-                buckets.push((key, b));
-            }
-        }
-        let keep = |k: &str| filters.iter().all(|(_, p)| p.matches(k));
-        for (time_key, b) in buckets {
-            match map_dim {
-                None => {
-                    let acc = groups.entry((time_key, None)).or_default();
-                    acc.events.merge(&b.events);
-                    acc.visits.merge(&b.visits);
-                }
-                Some(dim @ (KeyDim::Page | KeyDim::Name)) => {
-                    let map = if dim == KeyDim::Page { &b.pages } else { &b.names };
-                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                        let key = (time_key, key_dim.map(|_| k.as_str()));
-                        groups.entry(key).or_default().events.merge(s);
-                    }
-                }
-                Some(dim) => {
-                    let map = if dim == KeyDim::Source { &b.sources } else { &b.entry_pages };
-                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                        let key = (time_key, key_dim.map(|_| k.as_str()));
-                        groups.entry(key).or_default().visits.merge(s);
-                    }
-                }
-            }
-        }
-        rows = groups
-            .into_iter()
-            .filter(|(_, acc)| acc.events.events > 0 || acc.visits.visits > 0)
-            .map(|((t, k), acc)| Row {
-                time: t,
-                key: k.map(str::to_string),
-                metrics: metrics.iter().map(|m| metric_value(*m, &acc, visit_family)).collect(),
-            })
-            .collect();
-    });
-
-    let time_label = |k: i64| -> String {
-        match time_dim {
-            Some(TimeDim::Hour) => LocalHour(k).naive().format("%Y-%m-%d %H:%M:%S").to_string(),
-            _ => LocalDay(k as i32).date().format("%Y-%m-%d").to_string(),
-        }
-    };
-    if req.dimensions.is_empty() && rows.is_empty() {
-        let acc = Acc::default();
-        rows.push(Row {
-            time: None,
-            key: None,
-            metrics: metrics
-                .iter()
-                .map(|m| metric_value(*m, &acc, visit_family))
-                .collect(),
-        });
-    }
-
     // Ordering: explicit order_by, then time ascending, then first metric descending,
     // then dimension values, so results are deterministic.
     let order: Vec<(String, bool)> = match &req.order_by {
@@ -464,6 +485,127 @@ pub fn execute(
             o
         }
     };
+    let pagination = req.pagination.clone().unwrap_or(Pagination {
+        limit: default_limit(),
+        offset: 0,
+    });
+    let include = req.include.clone().unwrap_or_default();
+    // Top-N by visitors over a breakdown: unique counts are only merged for the groups
+    // that can still reach the top (see `top_by_visitors`); the answer is the same.
+    let top_n = (time_dim.is_none()
+        && key_dim.is_some()
+        && key_dim == map_dim
+        && !include.total_rows
+        && order
+            .first()
+            .is_some_and(|(k, desc)| k == "visitors" && *desc))
+    .then(|| pagination.offset.saturating_add(pagination.limit))
+    .filter(|n| *n <= 1000);
+    let mut rows: Vec<Row> = Vec::new();
+    store.read(&req.site_id, &mut |p| {
+        let Some(p) = p else { return };
+        // Groups borrow their keys from the buckets; a key is copied once per result row.
+        let mut groups: HashMap<(Option<i64>, Option<&str>), Acc, foldhash::fast::RandomState> =
+            HashMap::default();
+        // The buckets of the range, with the time group each falls in.
+        let mut buckets: Vec<(Option<i64>, &Bucket)> = Vec::new();
+        if time_dim == Some(TimeDim::Hour) {
+            let lo = LocalHour(LocalDay::from_date(from).0 as i64 * 24);
+            let hi = LocalHour((LocalDay::from_date(to).0 as i64 + 1) * 24);
+            buckets.extend(p.hours.range(lo..hi).map(|(h, b)| (Some(h.0), b)));
+        } else {
+            for (d, b) in p
+                .days
+                .range(LocalDay::from_date(from)..=LocalDay::from_date(to))
+            {
+                let key = match time_dim {
+                    Some(TimeDim::Day) => Some(d.0 as i64),
+                    Some(TimeDim::Month) => {
+                        Some(LocalDay::from_date(month_start(d.date())).0 as i64)
+                    }
+                    _ => None,
+                };
+                buckets.push((key, b));
+            }
+        }
+        let keep = |k: &str| filters.iter().all(|(_, p)| p.matches(k));
+        if let (Some(n), Some(dim)) = (top_n, key_dim) {
+            rows = top_by_visitors(&buckets, dim, n, &keep)
+                .into_iter()
+                .map(|(k, acc)| Row {
+                    time: None,
+                    key: Some(k.to_string()),
+                    metrics: metrics
+                        .iter()
+                        .map(|m| metric_value(*m, &acc, visit_family))
+                        .collect(),
+                })
+                .collect();
+            return;
+        }
+        for (time_key, b) in buckets {
+            match map_dim {
+                None => {
+                    let acc = groups.entry((time_key, None)).or_default();
+                    acc.events.merge(&b.events);
+                    acc.visits.merge(&b.visits);
+                }
+                Some(dim @ (KeyDim::Page | KeyDim::Name)) => {
+                    let map = if dim == KeyDim::Page {
+                        &b.pages
+                    } else {
+                        &b.names
+                    };
+                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                        let key = (time_key, key_dim.map(|_| k.as_str()));
+                        groups.entry(key).or_default().events.merge(s);
+                    }
+                }
+                Some(dim) => {
+                    let map = if dim == KeyDim::Source {
+                        &b.sources
+                    } else {
+                        &b.entry_pages
+                    };
+                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
+                        let key = (time_key, key_dim.map(|_| k.as_str()));
+                        groups.entry(key).or_default().visits.merge(s);
+                    }
+                }
+            }
+        }
+        rows = groups
+            .into_iter()
+            .filter(|(_, acc)| acc.events.events > 0 || acc.visits.visits > 0)
+            .map(|((t, k), acc)| Row {
+                time: t,
+                key: k.map(str::to_string),
+                metrics: metrics
+                    .iter()
+                    .map(|m| metric_value(*m, &acc, visit_family))
+                    .collect(),
+            })
+            .collect();
+    });
+
+    let time_label = |k: i64| -> String {
+        match time_dim {
+            Some(TimeDim::Hour) => LocalHour(k).naive().format("%Y-%m-%d %H:%M:%S").to_string(),
+            _ => LocalDay(k as i32).date().format("%Y-%m-%d").to_string(),
+        }
+    };
+    if req.dimensions.is_empty() && rows.is_empty() {
+        let acc = Acc::default();
+        rows.push(Row {
+            time: None,
+            key: None,
+            metrics: metrics
+                .iter()
+                .map(|m| metric_value(*m, &acc, visit_family))
+                .collect(),
+        });
+    }
+
     type RowCmp = Box<dyn Fn(&Row, &Row) -> std::cmp::Ordering>;
     let mut sorters: Vec<(RowCmp, bool)> = Vec::new();
     for (k, desc) in order {
@@ -498,10 +640,6 @@ pub fn execute(
         a.time.cmp(&b.time).then_with(|| a.key.cmp(&b.key))
     });
     let total_rows = rows.len();
-    let pagination = req.pagination.clone().unwrap_or(Pagination {
-        limit: default_limit(),
-        offset: 0,
-    });
     let results: Vec<Value> = rows
         .into_iter()
         .skip(pagination.offset)
@@ -529,7 +667,6 @@ pub fn execute(
         .from_local_datetime(&to.and_hms_opt(23, 59, 59).unwrap())
         .latest();
     let mut meta = serde_json::Map::new();
-    let include = req.include.clone().unwrap_or_default();
     if include.total_rows {
         meta.insert("total_rows".into(), json!(total_rows));
     }

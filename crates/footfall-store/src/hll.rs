@@ -127,6 +127,14 @@ impl Hll {
         matches!(self, Hll::Exact(v) if v.is_empty())
     }
 
+    /// The exact count while exact, else `None` (estimating takes a register scan).
+    pub fn exact_count(&self) -> Option<u64> {
+        match self {
+            Hll::Exact(v) => Some(v.len() as u64),
+            Hll::Dense(_) => None,
+        }
+    }
+
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         match self {
@@ -329,6 +337,14 @@ impl CountingHll {
 
     pub fn is_empty(&self) -> bool {
         matches!(self, CountingHll::Exact(v) if v.is_empty())
+    }
+
+    /// The exact count while exact, else `None`.
+    pub fn exact_count(&self) -> Option<u64> {
+        match self {
+            CountingHll::Exact(v) => Some(v.len() as u64),
+            CountingHll::Dense(_) => None,
+        }
     }
 }
 

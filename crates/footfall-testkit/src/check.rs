@@ -214,4 +214,33 @@ pub fn check_report(
         .map(|(_, s)| s.pageviews)
         .sum();
     assert_eq!(total, want, "filtered pageviews");
+
+    // A short top list by visitors (answered without merging every group's sketch) is
+    // the head of the full list (answered by merging all of them).
+    for dim in [
+        "event:page",
+        "event:name",
+        "visit:source",
+        "visit:entry_page",
+    ] {
+        let metrics = if dim.starts_with("event:") {
+            json!(["visitors", "pageviews", "events"])
+        } else {
+            json!(["visitors", "visits", "bounce_rate"])
+        };
+        let mut q = json!({"site_id": site_id, "metrics": metrics, "date_range": range, "dimensions": [dim],
+            "order_by": [["visitors", "desc"]], "pagination": {"limit": 3}});
+        let short = query(q.clone());
+        q["pagination"] = json!({"limit": 1_000_000});
+        q["include"] = json!({"total_rows": true});
+        let full = query(q);
+        let head: Vec<Value> = full["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(3)
+            .cloned()
+            .collect();
+        assert_eq!(short["results"], json!(head), "top 3 by visitors of {dim}");
+    }
 }
