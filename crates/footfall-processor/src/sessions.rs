@@ -52,8 +52,10 @@ pub struct Visit {
     pub events: u32,
     /// Custom (non-pageview) events marked interactive.
     pub interactive_custom: u32,
-    /// Time and path of the first and last page views.
+    /// Time and path of the first page view.
     pub entry: Option<(Millis, Box<str>)>,
+    /// Time and path of the last page view when it is not the first; `None` means the
+    /// exit is the entry (saves a string for the many single-page visits).
     pub exit: Option<(Millis, Box<str>)>,
     /// Time of the earliest event and the source it carried.
     pub source: (Millis, Box<str>),
@@ -62,12 +64,26 @@ pub struct Visit {
     pub touched: Millis,
     /// Local start hour the visit's contribution was added under (kept so retraction
     /// hits the same bucket even if the property's zone changed meanwhile).
-    pub bucket: LocalHour,
+    /// As a [`LocalHour`] number; 32 bits reach the year 246,000 and keep the struct
+    /// at 112 bytes.
+    pub bucket: i32,
 }
 
 impl Visit {
     pub fn is_bounce(&self) -> bool {
         self.pageviews == 1 && self.interactive_custom == 0
+    }
+
+    pub fn bucket(&self) -> LocalHour {
+        LocalHour(self.bucket as i64)
+    }
+
+    /// The last page view (time, path).
+    pub fn exit_page(&self) -> Option<(Millis, &str)> {
+        self.exit
+            .as_ref()
+            .or(self.entry.as_ref())
+            .map(|(t, p)| (*t, &**p))
     }
 
     fn merge(mut self, o: Visit) -> Visit {
@@ -77,14 +93,17 @@ impl Visit {
         self.events += o.events;
         self.interactive_custom += o.interactive_custom;
         self.touched = self.touched.max(o.touched);
+        let self_exit = self.exit.take().or_else(|| self.entry.clone());
+        let o_exit = o.exit.or_else(|| o.entry.clone());
         self.entry = match (self.entry, o.entry) {
             (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
             (a, b) => a.or(b),
         };
-        self.exit = match (self.exit, o.exit) {
+        let exit = match (self_exit, o_exit) {
             (Some(a), Some(b)) => Some(if b.0 >= a.0 { b } else { a }),
             (a, b) => a.or(b),
         };
+        self.exit = exit.filter(|e| self.entry.as_ref() != Some(e));
         if o.source.0 < self.source.0 {
             self.source = o.source;
         }
@@ -258,7 +277,7 @@ fn apply_delta(v: &mut VisitStats, d: VisitDelta) {
 }
 
 fn contribute_delta(prop: &mut PropertyRollup, visit: &Visit, d: VisitDelta) {
-    for b in prop.hour_and_day_mut(visit.bucket) {
+    for b in prop.hour_and_day_mut(visit.bucket()) {
         delta_bucket(b, visit, d);
     }
 }
@@ -293,7 +312,7 @@ fn apply_keyed(map: &mut KeyMap<VisitStats>, key: &str, visit: &Visit, sign: i64
 }
 
 fn contribute(prop: &mut PropertyRollup, visit: &Visit, sign: i64, visitor: u64) {
-    for b in prop.hour_and_day_mut(visit.bucket) {
+    for b in prop.hour_and_day_mut(visit.bucket()) {
         contribute_bucket(b, visit, sign, visitor);
     }
 }
@@ -360,11 +379,16 @@ impl SessionState {
                 v.interactive_custom += (!pageview && ev.interactive) as u32;
                 v.touched = v.touched.max(ev.received_at);
                 if pageview {
-                    if let (Some(p), Some(exit)) = (page, v.exit.as_mut()) {
-                        if t >= exit.0 {
-                            exit.0 = t;
-                            if *exit.1 != *p {
-                                exit.1 = p.into();
+                    if let (Some(p), Some((last, _))) = (page, v.exit_page()) {
+                        if t >= last {
+                            match v.exit.as_mut() {
+                                Some(exit) => {
+                                    exit.0 = t;
+                                    if *exit.1 != *p {
+                                        exit.1 = p.into();
+                                    }
+                                }
+                                None => v.exit = Some((t, p.into())),
                             }
                         }
                     }
@@ -388,10 +412,10 @@ impl SessionState {
             events: 1,
             interactive_custom: (!pageview && ev.interactive) as u32,
             entry: page.filter(|_| pageview).map(|p| (t, p.into())),
-            exit: page.filter(|_| pageview).map(|p| (t, p.into())),
+            exit: None,
             source: (t, source_of(ev.url, ev.referrer).into()),
             touched: ev.received_at,
-            bucket: LocalHour(0),
+            bucket: 0,
         };
         if let Some(i) = first {
             for old in visits.drain(i..i + count).collect::<Vec<_>>() {
@@ -399,7 +423,7 @@ impl SessionState {
                 merged = old.merge(merged);
             }
         }
-        merged.bucket = LocalHour::from_naive(local_time(tz, merged.start));
+        merged.bucket = LocalHour::from_naive(local_time(tz, merged.start)).0 as i32;
         contribute(prop, &merged, 1, ev.visitor);
         let pos = visits.partition_point(|v| v.start < merged.start);
         visits.reserve_exact(1); // most visitors hold one or two visits: no slack
@@ -412,6 +436,11 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visit_summary_stays_small() {
+        assert_eq!(std::mem::size_of::<Visit>(), 112);
+    }
 
     #[test]
     fn sources() {
