@@ -155,9 +155,14 @@ impl Archive {
         parallel: usize,
         keep: impl Fn(i64) -> bool + Send + Sync + Copy + 'static,
         mut progress: impl FnMut(u64, u64),
-    ) -> Result<Vec<Vec<LoggedEvent>>> {
+    ) -> Result<Vec<Vec<schema::ProcessingEvent>>> {
         use futures::StreamExt;
-        let mut out: Vec<Vec<(u64, LoggedEvent)>> = vec![Vec::new(); partitions];
+        // Sized up front from the files' bytes (archived events take ~20-25 bytes each):
+        // growing vectors of hundreds of MB costs copies and fresh zeroed pages.
+        let total: u64 = files.iter().map(|f| f.bytes).sum();
+        let per = (total / 20) as usize / partitions.max(1) + 1024;
+        let mut out: Vec<Vec<schema::ProcessingEvent>> =
+            (0..partitions).map(|_| Vec::with_capacity(per)).collect();
         let mut stream = futures::stream::iter(files.iter().cloned())
             .map(|f| {
                 let me = self.clone();
@@ -165,22 +170,11 @@ impl Archive {
                     let path = me.key(&f.path);
                     let bytes = me.store.get(&path).await?.bytes().await?;
                     tokio::task::spawn_blocking(move || {
-                        let events = schema::decode(&bytes)?;
-                        Ok::<_, Error>((
-                            f.bytes,
-                            events.len() as u64,
-                            events
-                                .into_iter()
-                                .filter(|a| keep(a.timestamp))
-                                .map(|a| {
-                                    (
-                                        a.log_partition as usize,
-                                        a.log_offset as u64,
-                                        a.into_logged(),
-                                    )
-                                })
-                                .collect::<Vec<_>>(),
-                        ))
+                        let events = schema::decode_for_processing(&bytes)?;
+                        let n = events.len() as u64;
+                        let kept: Vec<_> =
+                            events.into_iter().filter(|a| keep(a.timestamp)).collect();
+                        Ok::<_, Error>((f.bytes, n, kept))
                     })
                     .await
                     .map_err(|e| Error::Avro(e.to_string()))?
@@ -189,20 +183,17 @@ impl Archive {
             .buffer_unordered(parallel.max(1));
         while let Some(r) = stream.next().await {
             let (bytes, n, events) = r?;
-            for (p, o, e) in events {
-                if p < partitions {
-                    out[p].push((o, e));
+            for e in events {
+                if let Some(v) = out.get_mut(e.log_partition as usize) {
+                    v.push(e);
                 }
             }
             progress(bytes, n);
         }
-        Ok(out
-            .into_iter()
-            .map(|mut v| {
-                v.sort_by_key(|(o, _)| *o);
-                v.into_iter().map(|(_, e)| e).collect()
-            })
-            .collect())
+        for v in &mut out {
+            v.sort_unstable_by_key(|e| e.log_offset);
+        }
+        Ok(out)
     }
 
     /// Files of `property` (or all) whose UTC date lies in `[from, to]` (or all dates).

@@ -191,6 +191,17 @@ impl LoggedEvent {
     }
 }
 
+/// Anything the processor can read as an [`EventView`].
+pub trait AsEventView {
+    fn as_view(&self) -> EventView<'_>;
+}
+
+impl AsEventView for LoggedEvent {
+    fn as_view(&self) -> EventView<'_> {
+        self.view()
+    }
+}
+
 /// The event name of a page view.
 pub const PAGEVIEW: &str = "pageview";
 

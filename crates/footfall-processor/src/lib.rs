@@ -116,8 +116,8 @@ pub struct InstallReport {
 
 /// Sessionises `events` (in log order per partition) into a fresh state and rollups:
 /// the same code path as live processing, for reprocessing from the archive.
-pub fn rebuild<'a>(
-    events: impl Iterator<Item = (usize, &'a footfall_event::LoggedEvent)>,
+pub fn rebuild<'a, E: footfall_event::AsEventView + 'a>(
+    events: impl Iterator<Item = (usize, &'a E)>,
     partitions: usize,
     settings: PropertySettings,
     defaults: SessionRules,
@@ -129,7 +129,7 @@ pub fn rebuild<'a>(
         ..defaults
     };
     for (p, e) in events {
-        state.apply(p, &e.view(), &settings.tz, &rules, &mut rollups);
+        state.apply(p, &e.as_view(), &settings.tz, &rules, &mut rollups);
     }
     (state, rollups)
 }
@@ -137,8 +137,8 @@ pub fn rebuild<'a>(
 /// [`rebuild`] with one thread per log partition (a partition's state depends only on
 /// its own records), the partial rollups merged at the end. `by_partition[p]` holds
 /// partition `p`'s events in log order.
-pub fn rebuild_parallel(
-    by_partition: Vec<Vec<footfall_event::LoggedEvent>>,
+pub fn rebuild_parallel<E: footfall_event::AsEventView + Sync>(
+    by_partition: Vec<Vec<E>>,
     settings: PropertySettings,
     defaults: SessionRules,
 ) -> (SessionState, Rollups) {
