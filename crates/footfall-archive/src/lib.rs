@@ -379,15 +379,24 @@ impl Archiver {
         Ok((groups, at, n))
     }
 
-    async fn write_groups(
-        &self,
+    /// Writes a pending batch's files, then commits its end offset.
+    async fn write_and_commit(
+        &mut self,
+        partition: usize,
+        to: u64,
         groups: &BTreeMap<String, Vec<ArchivedEvent>>,
-    ) -> Result<(u64, u64)> {
-        let mut bytes = 0;
-        for (name, events) in groups {
-            bytes += self.archive.write_file(name, events).await?;
+        events: u64,
+        report: &mut SealReport,
+    ) -> Result<()> {
+        for (name, batch) in groups {
+            report.bytes += self.archive.write_file(name, batch).await?;
         }
-        Ok((groups.len() as u64, bytes))
+        self.state.offsets[partition] = to;
+        self.state.pending[partition] = None;
+        save_state(&self.state_path, &self.state)?;
+        report.events += events;
+        report.files += groups.len() as u64;
+        Ok(())
     }
 
     /// Archives everything durable in the log now, batch by batch; returns what it did.
@@ -397,13 +406,8 @@ impl Archiver {
         for p in 0..self.state.pending.len() {
             if let Some((from, to)) = self.state.pending[p] {
                 let (groups, _, n) = self.read_batch(p as u32, from, Some(to))?;
-                let (files, bytes) = self.write_groups(&groups).await?;
-                self.state.offsets[p] = to;
-                self.state.pending[p] = None;
-                save_state(&self.state_path, &self.state)?;
-                report.events += n;
-                report.files += files;
-                report.bytes += bytes;
+                self.write_and_commit(p, to, &groups, n, &mut report)
+                    .await?;
             }
         }
         loop {
@@ -419,13 +423,8 @@ impl Archiver {
                 }
                 self.state.pending[p] = Some((from, to));
                 save_state(&self.state_path, &self.state)?;
-                let (files, bytes) = self.write_groups(&groups).await?;
-                self.state.offsets[p] = to;
-                self.state.pending[p] = None;
-                save_state(&self.state_path, &self.state)?;
-                report.events += n;
-                report.files += files;
-                report.bytes += bytes;
+                self.write_and_commit(p, to, &groups, n, &mut report)
+                    .await?;
                 progressed = true;
             }
             if !progressed {

@@ -166,41 +166,6 @@ impl ArchivedEvent {
             ip_prefix: self.ip_prefix,
         }
     }
-
-    /// Back to the log's event type (what the processor consumes).
-    pub fn to_logged(&self) -> LoggedEvent {
-        LoggedEvent {
-            property: self.property.clone(),
-            received_at: self.received_at,
-            timestamp: self.timestamp,
-            visitor: self.visitor as u64,
-            name: self.name.clone(),
-            url: self.url.clone(),
-            referrer: self.referrer.clone(),
-            title: self.title.clone(),
-            props: self
-                .props
-                .iter()
-                .filter_map(|(k, v)| {
-                    let pv = if let Some(s) = &v.string {
-                        PropValue::Str(s.clone())
-                    } else if let Some(n) = v.number {
-                        PropValue::Num(n)
-                    } else {
-                        PropValue::Bool(v.boolean?)
-                    };
-                    Some((k.clone(), pv))
-                })
-                .collect(),
-            revenue: self.revenue.as_ref().map(|r| Revenue {
-                amount: r.amount,
-                currency: r.currency.clone(),
-            }),
-            interactive: self.interactive,
-            user_agent: self.user_agent.clone(),
-            ip_prefix: self.ip_prefix.clone(),
-        }
-    }
 }
 
 /// The fields of an archived event that processing reads (the rest are skipped while
@@ -301,7 +266,7 @@ mod tests {
         let bytes = encode(std::slice::from_ref(&a)).unwrap();
         let back = decode(&bytes).unwrap();
         assert_eq!(back, vec![a]);
-        assert_eq!(back[0].to_logged(), e);
+        assert_eq!(back[0].clone().into_logged(), e);
         let lite = decode_for_processing(&bytes).unwrap();
         use footfall_event::AsEventView;
         let (v, w) = (lite[0].as_view(), e.view());
