@@ -399,8 +399,11 @@ impl Processor {
         for job in jobs {
             let done = job.done.clone();
             let r = self.install(job);
-            let _ = done.send(r.as_ref().map(|r| r.clone()).map_err(|e| e.to_string()));
-            r?;
+            if let Err(e) = &r {
+                // The swap is one update at the very end: on failure the old data serves.
+                tracing::error!(error = %e, "installing a rebuilt range failed");
+            }
+            let _ = done.send(r.map_err(|e| e.to_string()));
         }
         Ok(())
     }

@@ -351,6 +351,8 @@ async fn probe_freshness(
             .map(|r| r.status().as_u16() == 202)
             .unwrap_or(false);
         if !ok {
+            not_visible += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
         let acked = Instant::now();
