@@ -129,6 +129,16 @@ pub trait MetaStore: Send + Sync + 'static {
     /// before `day - 1` are deleted, so address-derived ids cannot be recomputed later.
     fn daily_salt(&self, day: i64) -> Result<[u8; 16]>;
     fn change_counter(&self) -> Result<u64>;
+    /// Lines of an imported file (by content fingerprint) already acknowledged for a
+    /// property, and whether the import completed.
+    fn import_progress(&self, property: &str, fingerprint: &str) -> Result<Option<(u64, bool)>>;
+    fn record_import(
+        &self,
+        property: &str,
+        fingerprint: &str,
+        lines_done: u64,
+        complete: bool,
+    ) -> Result<()>;
 }
 
 /// SQLite implementation of [`MetaStore`].
@@ -196,6 +206,14 @@ impl SqliteMeta {
             CREATE TABLE IF NOT EXISTS secrets (
                 name TEXT PRIMARY KEY,
                 value BLOB NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS imports (
+                tracking_id TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                lines_done INTEGER NOT NULL,
+                complete INTEGER NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (tracking_id, fingerprint)
             );
             CREATE TABLE IF NOT EXISTS salts (
                 day INTEGER PRIMARY KEY,
@@ -387,6 +405,34 @@ impl MetaStore for SqliteMeta {
         )?;
         v.try_into()
             .map_err(|_| Error::Invalid("stored salt has the wrong length".into()))
+    }
+
+    fn import_progress(&self, property: &str, fingerprint: &str) -> Result<Option<(u64, bool)>> {
+        Ok(self
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT lines_done, complete FROM imports WHERE tracking_id = ?1 AND fingerprint = ?2",
+                params![property, fingerprint],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? != 0)),
+            )
+            .optional()?)
+    }
+
+    fn record_import(
+        &self,
+        property: &str,
+        fingerprint: &str,
+        lines_done: u64,
+        complete: bool,
+    ) -> Result<()> {
+        self.conn.lock().unwrap().execute(
+            "INSERT INTO imports (tracking_id, fingerprint, lines_done, complete, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tracking_id, fingerprint) DO UPDATE SET lines_done = ?3, complete = ?4, updated_at = ?5",
+            params![property, fingerprint, lines_done as i64, complete as i64, now_text()],
+        )?;
+        Ok(())
     }
 
     fn change_counter(&self) -> Result<u64> {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod import;
 mod loadgen;
 
 // mimalloc: the processor and collector allocate many small strings per event; it
@@ -69,6 +70,15 @@ enum Command {
     /// Inspect the raw archive.
     #[command(subcommand)]
     Archive(ArchiveCmd),
+    /// Import historical data.
+    #[command(subcommand)]
+    Import(ImportCmd),
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// Page views from a web server access log (sent to the running server).
+    AccessLog(import::AccessLogArgs),
 }
 
 #[derive(Subcommand)]
@@ -159,6 +169,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Reprocess(r) => admin::reprocess(&cfg, r),
         Command::Archive(ArchiveCmd::Verify(v)) => admin::verify(&cfg, v),
+        Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
         Command::Property(p) => property_cmd(&cfg, p),
         Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),
         Command::Loadgen(_) => unreachable!(),
