@@ -11,6 +11,8 @@ pub struct MetaCache {
     properties: RwLock<HashMap<String, Option<Arc<Property>>>>,
     keys: RwLock<HashMap<String, Option<KeyGrant>>>,
     salt: Mutex<Option<(i64, [u8; 16])>>,
+    /// Allowed domain → properties, built on first use after each change.
+    domains: RwLock<Option<HashMap<String, Vec<String>>>>,
     secret: [u8; 16],
     seen_change: Mutex<u64>,
 }
@@ -24,6 +26,7 @@ impl MetaCache {
             properties: RwLock::default(),
             keys: RwLock::default(),
             salt: Mutex::new(None),
+            domains: RwLock::new(None),
             secret,
             seen_change: Mutex::new(seen),
         })
@@ -60,6 +63,22 @@ impl MetaCache {
         Ok(g)
     }
 
+    /// Properties that list `domain` (lower-case, without `www.`) among their domains.
+    pub fn properties_for_domain(&self, domain: &str) -> footfall_meta::Result<Vec<String>> {
+        if let Some(m) = self.domains.read().unwrap().as_ref() {
+            return Ok(m.get(domain).cloned().unwrap_or_default());
+        }
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for p in self.meta.properties()? {
+            for d in &p.domains {
+                m.entry(d.clone()).or_default().push(p.tracking_id.clone());
+            }
+        }
+        let out = m.get(domain).cloned().unwrap_or_default();
+        *self.domains.write().unwrap() = Some(m);
+        Ok(out)
+    }
+
     /// The salt for a UTC day number.
     pub fn salt(&self, day: i64) -> footfall_meta::Result<[u8; 16]> {
         let mut s = self.salt.lock().unwrap();
@@ -83,6 +102,7 @@ impl MetaCache {
         *seen = c;
         self.properties.write().unwrap().clear();
         self.keys.write().unwrap().clear();
+        *self.domains.write().unwrap() = None;
         Ok(true)
     }
 }

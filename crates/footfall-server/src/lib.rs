@@ -40,6 +40,8 @@ pub struct IngestRules {
     pub max_past_ms: i64,
     /// Timestamps further than this in the future are clamped to the receive time.
     pub max_future_ms: i64,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for IngestRules {
@@ -48,6 +50,10 @@ impl Default for IngestRules {
             limits: Limits::default(),
             max_past_ms: 72 * 3600 * 1000,
             max_future_ms: 60 * 1000,
+            trusted_proxies: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
         }
     }
 }
@@ -78,6 +84,7 @@ pub fn app(state: AppRef) -> Router {
         .max_age(std::time::Duration::from_secs(86400));
     let ingest = Router::new()
         .route("/api/v1/events", post(ingest_native))
+        .route("/api/event", post(ingest_plausible))
         .layer(cors);
     Router::new()
         .merge(ingest)
@@ -162,6 +169,7 @@ async fn ingest_native(
         .salt(now.div_euclid(86_400_000))
         .map_err(internal)?;
     let secret = *app.cache.secret();
+    let client = client_ip(peer.ip(), &headers, &app.rules.trusted_proxies);
     let mut rejected = Vec::new();
     let mut records = Vec::with_capacity(values.len());
     let partitions = app.log.partitions();
@@ -171,10 +179,11 @@ async fn ingest_native(
             v,
             grant.as_ref(),
             now,
-            peer.ip(),
+            client,
             &header_ua,
             &salt,
             &secret,
+            true,
         ) {
             Ok(e) => records.push((partition_for(e.visitor, partitions), e.encode())),
             Err(r) => {
@@ -198,29 +207,7 @@ async fn ingest_native(
         return Err(ApiError::new(status, code, first).with("rejected", json!(rejected)));
     }
     let n = records.len();
-    let started = Instant::now();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    app.log.append(
-        records,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
-    match rx.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "append failed; refusing events");
-            app.metrics.reject("storage_unavailable");
-            return Err(ApiError::unavailable(format!(
-                "events were not stored: {e}"
-            )));
-        }
-        Err(_) => return Err(ApiError::unavailable("log writer stopped")),
-    }
-    app.metrics
-        .append_seconds
-        .observe(started.elapsed().as_secs_f64());
-    app.metrics.accepted.inc_by(n as u64);
+    append_durable(&app, records).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"accepted": n, "rejected": rejected})),
@@ -239,6 +226,7 @@ fn admit(
     header_ua: &Option<String>,
     salt: &[u8; 16],
     secret: &[u8; 16],
+    check_url_host: bool,
 ) -> Result<LoggedEvent, Rejection> {
     let e = native::parse_event(v, &app.rules.limits)?;
     let property = app
@@ -270,7 +258,7 @@ fn admit(
             "timestamps older than 72 hours need a write key",
         ));
     }
-    if !server_side && !property.domains.is_empty() {
+    if check_url_host && !server_side && !property.domains.is_empty() {
         if let Some(host) = e.url.as_deref().and_then(footfall_event::url_host) {
             if !property.allows_host(&host) {
                 return Err(Rejection::new(
@@ -509,4 +497,189 @@ async fn metrics_text(State(app): State<AppRef>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// The client address: the peer's, or — when the peer is a trusted proxy — the first
+/// address of `X-Forwarded-For` (else the `for=` of `Forwarded`).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let xff = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    let forwarded = || -> Option<IpAddr> {
+        let v = headers.get("forwarded")?.to_str().ok()?;
+        let f = v
+            .split([';', ','])
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix("for=").or_else(|| p.strip_prefix("For=")))?;
+        let f = f.trim_matches('"');
+        let f = match f.strip_prefix('[') {
+            Some(x) => x.split(']').next().unwrap_or(x),
+            None => f,
+        };
+        f.parse()
+            .ok()
+            .or_else(|| f.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
+    };
+    xff.or_else(forwarded).unwrap_or(peer)
+}
+
+/// Appends records and waits until they are durable; a failure is a 503.
+async fn append_durable(app: &AppState, records: Vec<(u32, Vec<u8>)>) -> Result<(), ApiError> {
+    let n = records.len();
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.log.append(
+        records,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    match rx.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "append failed; refusing events");
+            app.metrics.reject("storage_unavailable");
+            return Err(ApiError::unavailable(format!(
+                "events were not stored: {e}"
+            )));
+        }
+        Err(_) => return Err(ApiError::unavailable("log writer stopped")),
+    }
+    app.metrics
+        .append_seconds
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics.accepted.inc_by(n as u64);
+    Ok(())
+}
+
+fn plausible_error(status: StatusCode, field: &str, msg: &str) -> Response {
+    (status, Json(json!({"errors": {field: [msg]}}))).into_response()
+}
+
+/// Plausible's Events API (`POST /api/event`): `n`/`name`, `u`/`url`, `d`/`domain`
+/// (comma-separated; each names the properties listing that domain), `r`/`referrer`,
+/// `p`/`props` (an object or a JSON string), `$`/`revenue`, `i`/`interactive`.
+/// Answers 202 `ok` once durable, else Plausible's `{"errors": {...}}` shape.
+async fn ingest_plausible(
+    State(app): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match plausible_inner(&app, peer, &headers, body).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn plausible_inner(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Response> {
+    let bad = |field: &str, msg: &str| plausible_error(StatusCode::BAD_REQUEST, field, msg);
+    if !app.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("server is shutting down").into_response());
+    }
+    let bytes = read_body(body, app.rules.limits.max_body_bytes)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| bad("request", &format!("invalid JSON: {e}")))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("request", "must be a JSON object"))?;
+    let get = |short: &str, long: &str| {
+        o.get(long)
+            .or_else(|| o.get(short))
+            .filter(|x| !x.is_null())
+    };
+    let name = get("n", "name")
+        .and_then(|x| x.as_str())
+        .ok_or_else(|| bad("name", "can't be blank"))?;
+    let url = get("u", "url")
+        .and_then(|x| x.as_str())
+        .ok_or_else(|| bad("url", "can't be blank"))?;
+    let domains = get("d", "domain")
+        .and_then(|x| x.as_str())
+        .ok_or_else(|| bad("domain", "can't be blank"))?;
+    let mut event = json!({"name": name, "url": url});
+    match get("p", "props") {
+        Some(serde_json::Value::String(s)) => {
+            event["props"] =
+                serde_json::from_str(s).map_err(|_| bad("props", "is not valid JSON"))?;
+        }
+        Some(p) => event["props"] = p.clone(),
+        None => {}
+    }
+    if let Some(r) = get("$", "revenue") {
+        let amount = match &r["amount"] {
+            serde_json::Value::String(s) => s.parse::<f64>().ok().map(|a| json!(a)),
+            x => Some(x.clone()),
+        };
+        event["revenue"] = json!({"amount": amount, "currency": r["currency"]});
+    }
+    if let Some(r) = get("r", "referrer") {
+        event["referrer"] = r.clone();
+    }
+    if let Some(i) = get("i", "interactive") {
+        event["interactive"] = i.clone();
+    }
+    let now = app.clock.now_millis();
+    let ip = client_ip(peer.ip(), headers, &app.rules.trusted_proxies);
+    let header_ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let meta_err = |e: footfall_meta::Error| internal(e).into_response();
+    let salt = app
+        .cache
+        .salt(now.div_euclid(86_400_000))
+        .map_err(meta_err)?;
+    let secret = *app.cache.secret();
+    let (mut records, mut problems, mut matched) = (Vec::new(), Vec::new(), false);
+    for d in domains.split(',') {
+        let d = d.trim().to_ascii_lowercase();
+        let d = d.strip_prefix("www.").unwrap_or(&d);
+        for property in app.cache.properties_for_domain(d).map_err(meta_err)? {
+            matched = true;
+            let mut e = event.clone();
+            e["tracking_id"] = json!(property);
+            // The `d` parameter named this property by one of its domains; like
+            // Plausible, the page's own host is not checked (one event may go to several).
+            match admit(app, &e, None, now, ip, &header_ua, &salt, &secret, false) {
+                Ok(ev) => {
+                    records.push((partition_for(ev.visitor, app.log.partitions()), ev.encode()))
+                }
+                Err(r) => {
+                    app.metrics.reject(r.code);
+                    problems.push(format!("{property}: {} ({})", r.message, r.code));
+                }
+            }
+        }
+    }
+    if !matched {
+        app.metrics.reject("unknown_domain");
+        return Err(plausible_error(
+            StatusCode::NOT_FOUND,
+            "domain",
+            "no site has this domain",
+        ));
+    }
+    if records.is_empty() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": {"event": problems}})),
+        )
+            .into_response());
+    }
+    append_durable(app, records)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok((StatusCode::ACCEPTED, "ok").into_response())
 }

@@ -529,3 +529,115 @@ async fn realtime_visitors_last_5_and_30_minutes() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn plausible_events_api() {
+    let h = harness();
+    let a = h
+        .meta
+        .create_property("A", "UTC", &["shop.example".into()])
+        .unwrap()
+        .tracking_id;
+    let b = h
+        .meta
+        .create_property("B", "UTC", &["blog.example".into()])
+        .unwrap()
+        .tracking_id;
+    let (ra, _) = h.meta.create_key(&a, Scope::Read).unwrap();
+    let (rb, _) = h.meta.create_key(&b, Scope::Read).unwrap();
+    // Plausible's tracker sends text/plain; short field names; two domains at once.
+    let body = json!({"n": "pageview", "u": "https://shop.example/pricing?x=1", "d": "shop.example,www.blog.example",
+        "r": "https://www.google.com/", "p": "{\"plan\":\"pro\"}"});
+    let (s, _, _) = h
+        .send(
+            "POST",
+            "/api/event",
+            &[
+                ("content-type", "text/plain"),
+                ("user-agent", "Mozilla/5.0"),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let custom = json!({"name": "Purchase", "url": "https://shop.example/checkout", "domain": "shop.example",
+        "revenue": {"amount": "12.50", "currency": "INR"}, "props": {"items": 2}});
+    let (s, _, _) = h
+        .send(
+            "POST",
+            "/api/event",
+            &[],
+            serde_json::to_vec(&custom).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let q = |site: &str| json!({"site_id": site, "metrics": ["pageviews", "events"], "date_range": "7d", "dimensions": ["event:page"]});
+    let (_, v) = h.query(&ra, q(&a)).await;
+    assert_eq!(
+        v["results"],
+        json!([
+            {"dimensions": ["/pricing"], "metrics": [1, 1]},
+            {"dimensions": ["/checkout"], "metrics": [0, 1]},
+        ])
+    );
+    let (_, v) = h.query(&rb, q(&b)).await;
+    assert_eq!(
+        v["results"][0]["metrics"],
+        json!([1, 1]),
+        "the event went to both domains' properties"
+    );
+    // Plausible's error shape.
+    let (s, v, _) = h
+        .send(
+            "POST",
+            "/api/event",
+            &[],
+            br#"{"n":"pageview","u":"https://x.example/"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["errors"]["domain"][0], "can't be blank");
+    let (s, v, _) = h
+        .send(
+            "POST",
+            "/api/event",
+            &[],
+            br#"{"n":"pageview","u":"https://x.example/","d":"nobody.example"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["errors"]["domain"].is_array());
+    let (s, _, _) = h
+        .send("POST", "/api/event", &[], b"{not json".to_vec())
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn client_address_behind_trusted_proxies_only() {
+    use axum::http::HeaderMap;
+    let mut h = HeaderMap::new();
+    h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
+    let trusted = vec!["127.0.0.1".parse().unwrap()];
+    let proxy: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let stranger: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    assert_eq!(
+        footfall_server::client_ip(proxy, &h, &trusted).to_string(),
+        "203.0.113.7"
+    );
+    assert_eq!(
+        footfall_server::client_ip(stranger, &h, &trusted),
+        stranger,
+        "untrusted peers cannot choose an address"
+    );
+    let mut f = HeaderMap::new();
+    f.insert(
+        "forwarded",
+        "for=\"[2001:db8::1]:4711\";proto=https".parse().unwrap(),
+    );
+    assert_eq!(
+        footfall_server::client_ip(proxy, &f, &trusted).to_string(),
+        "2001:db8::1"
+    );
+}

@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Seconds allowed for draining, flushing and checkpointing on SIGTERM/SIGINT.
     pub shutdown_timeout_secs: u64,
+    /// Peers (reverse proxies) whose `X-Forwarded-For` / `Forwarded` headers give the
+    /// client address; from any other peer those headers are ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             data_dir: "./footfall-data".into(),
             shutdown_timeout_secs: 10,
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
         }
     }
 }
@@ -261,6 +265,11 @@ impl Config {
                 "server.listen `{}` is not an address:port",
                 self.server.listen
             );
+        }
+        for p in &self.server.trusted_proxies {
+            if p.parse::<std::net::IpAddr>().is_err() {
+                bail!("server.trusted_proxies: `{p}` is not an IP address");
+            }
         }
         if !(1..=1024).contains(&self.log.partitions) {
             bail!("log.partitions must be between 1 and 1024");

@@ -340,6 +340,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     rules.limits.max_events = cfg.ingest.max_events_per_request;
     rules.max_past_ms = cfg.ingest.max_past_hours as i64 * 3_600_000;
     rules.max_future_ms = cfg.ingest.max_future_seconds as i64 * 1000;
+    rules.trusted_proxies = cfg
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
     let state = Arc::new(AppState {
         log: log.clone(),
         store,
