@@ -105,6 +105,33 @@ pub trait EventLog: Send + Sync + 'static {
     fn retained_bytes(&self) -> u64;
 }
 
+/// Calls `f` for every durable record of `partition` with `from <= offset < until`, in
+/// order, reading `batch_bytes` at a time.
+pub fn for_each_record(
+    log: &dyn EventLog,
+    partition: u32,
+    from: Offset,
+    until: Offset,
+    batch_bytes: usize,
+    mut f: impl FnMut(&Record),
+) -> Result<()> {
+    let mut at = from;
+    while at < until {
+        let recs = log.read(partition, at, batch_bytes)?;
+        if recs.is_empty() {
+            break;
+        }
+        for r in &recs {
+            if r.offset >= until {
+                return Ok(());
+            }
+            at = r.next;
+            f(r);
+        }
+    }
+    Ok(())
+}
+
 /// Stable partition choice: records of one key always go to the same partition.
 pub fn partition_for(key: u64, partitions: u32) -> u32 {
     // Fibonacci hashing spreads keys that differ only in high or low bits.

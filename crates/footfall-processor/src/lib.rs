@@ -335,17 +335,14 @@ impl Processor {
             ..self.opts.rules
         };
         for p in 0..self.log.partitions() {
-            let (mut at, until) = (job.archived[p as usize], self.offsets[p as usize]);
-            while at < until {
-                let recs = self.log.read(p, at, self.opts.read_batch_bytes)?;
-                if recs.is_empty() {
-                    break;
-                }
-                for r in recs {
-                    if r.offset >= until {
-                        break;
-                    }
-                    at = r.next;
+            let (from, until) = (job.archived[p as usize], self.offsets[p as usize]);
+            footfall_log::for_each_record(
+                self.log.as_ref(),
+                p,
+                from,
+                until,
+                self.opts.read_batch_bytes,
+                |r| {
                     if let Ok(e) = EventView::decode(&r.payload) {
                         if e.property == job.property {
                             job.state.apply(
@@ -358,8 +355,8 @@ impl Processor {
                             report.replayed_from_log += 1;
                         }
                     }
-                }
-            }
+                },
+            )?;
         }
         // 3. One update: readers see the old range or the new one, never a mix.
         let (d1, d2) = job.days;

@@ -207,34 +207,30 @@ pub fn verify(cfg: &Config, a: VerifyArgs) -> anyhow::Result<()> {
                 h.log_events = Some(0);
             }
             for p in 0..log.partitions() {
-                let (mut at, until) = (0, state.offsets[p as usize]);
-                while at < until {
-                    let recs = log.read(p, at, 4 << 20)?;
-                    if recs.is_empty() {
-                        break;
-                    }
-                    for r in recs {
-                        if r.offset >= until {
-                            break;
-                        }
-                        at = r.next;
+                footfall_log::for_each_record(
+                    &log,
+                    p,
+                    0,
+                    state.offsets[p as usize],
+                    4 << 20,
+                    |r| {
                         let Ok(e) = LoggedEvent::decode(&r.payload) else {
-                            continue;
+                            return;
                         };
                         if a.property.as_deref().is_some_and(|p| p != e.property) {
-                            continue;
+                            return;
                         }
                         let t = chrono::DateTime::from_timestamp_millis(e.timestamp)
                             .unwrap_or_default();
                         if dates.is_some_and(|(f, to)| t.date_naive() < f || t.date_naive() > to) {
-                            continue;
+                            return;
                         }
                         let h = hours
                             .entry((e.property.clone(), t.date_naive(), t.hour()))
                             .or_default();
                         *h.log_events.get_or_insert(0) += 1;
-                    }
-                }
+                    },
+                )?;
             }
         }
     }

@@ -30,19 +30,7 @@ fn python() -> Option<String> {
     }
 }
 
-async fn send(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> u64 {
-    let r = client
-        .post(format!("{url}/api/v1/events"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    r.json::<Value>().await.unwrap()["accepted"]
-        .as_u64()
-        .unwrap()
-}
+use common::post_events as send;
 
 fn archive_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     fn walk(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

@@ -81,14 +81,7 @@ async fn visit_over_local_midnight_belongs_to_its_start_day() {
         "url": format!("https://shop.example{page}"), "timestamp": start + min * 60_000})
     };
     let body = json!([mk(0, "/a"), mk(12, "/b"), mk(25, "/c")]);
-    let r = client
-        .post(format!("{}/api/v1/events", server.url))
-        .bearer_auth(&site.write_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    post_events(&client, &server.url, &site.write_key, &body).await;
     let range = json!(["2026-11-20", "2026-11-21"]);
     wait_for_events(&client, &server.url, &site, range.clone(), 3).await;
     let v = query(
@@ -207,14 +200,7 @@ async fn cli_changes_reach_a_running_server() {
         {"tracking_id": site.tracking_id, "name": "pageview", "client_id": "x", "url": "https://a.example/", "timestamp": t0},
         {"tracking_id": site.tracking_id, "name": "pageview", "client_id": "x", "url": "https://a.example/", "timestamp": t0 + 15 * 60_000},
     ]);
-    let r = client
-        .post(format!("{}/api/v1/events", server.url))
-        .bearer_auth(&fresh_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    post_events(&client, &server.url, &fresh_key, &body).await;
     let range = json!(["2026-11-20", "2026-11-21"]);
     wait_for_events(&client, &server.url, &site, range.clone(), 2).await;
     let v = query(

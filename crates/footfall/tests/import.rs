@@ -128,17 +128,7 @@ async fn apache_log_import_matches_an_independent_count() {
         "date_range": range, "dimensions": ["time:day"]}),
     )
     .await;
-    let got: BTreeMap<String, u64> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["dimensions"][0].as_str().unwrap().to_string(),
-                r["metrics"][0].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let got = counts_by_dimension(&v);
     assert_eq!(got, days, "page views per day");
     let v = query(
         &client,
@@ -148,17 +138,7 @@ async fn apache_log_import_matches_an_independent_count() {
         "date_range": range, "dimensions": ["event:page"], "pagination": {"limit": 1_000_000}}),
     )
     .await;
-    let got: BTreeMap<String, u64> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["dimensions"][0].as_str().unwrap().to_string(),
-                r["metrics"][0].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let got = counts_by_dimension(&v);
     assert_eq!(got, paths, "page views per path");
     eprintln!(
         "{} page views over {} days and {} paths match",

@@ -206,3 +206,33 @@ pub async fn check_against_oracle(
         footfall_testkit::check::check_report(&mut run, &site.tracking_id, r, from, to);
     });
 }
+
+/// Posts events with a write key; asserts 202 and returns the number accepted.
+pub async fn post_events(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> u64 {
+    let r = client
+        .post(format!("{url}/api/v1/events"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    r.json::<Value>().await.unwrap()["accepted"]
+        .as_u64()
+        .unwrap()
+}
+
+/// A one-dimension, one-metric result as a map.
+pub fn counts_by_dimension(v: &Value) -> std::collections::BTreeMap<String, u64> {
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dimensions"][0].as_str().unwrap().to_string(),
+                r["metrics"][0].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
