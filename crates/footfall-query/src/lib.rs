@@ -315,7 +315,9 @@ fn top_by_visitors<'a>(
     }
     let mut order: Vec<(&'a str, Group<'a>)> = groups.into_iter().collect();
     order.sort_by(|a, b| b.1.bound.cmp(&a.1.bound).then_with(|| a.0.cmp(b.0)));
-    let mut best: Vec<(u64, &'a str, Acc)> = Vec::new();
+    // The n best so far, in result order: visitors descending, then key ascending (the
+    // query's own tie-break), so cutting at n keeps exactly the rows it would return.
+    let mut best: Vec<(u64, &'a str, Acc)> = Vec::with_capacity(n + 1);
     for (k, mut g) in order {
         if best.len() >= n && g.bound < best[n - 1].0 {
             break;
@@ -331,12 +333,12 @@ fn top_by_visitors<'a>(
         } else {
             g.acc.visits.visitors.count()
         };
-        best.push((visitors, k, g.acc));
-        best.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        if best.len() > n {
-            // Keep ties with the n-th so the final ordering can break them by key.
-            let cut = best[n - 1].0;
-            best.retain(|(v, _, _)| *v >= cut);
+        let pos = best.partition_point(|(v, key, _)| {
+            (*v, std::cmp::Reverse(*key)) > (visitors, std::cmp::Reverse(k))
+        });
+        if pos < n {
+            best.insert(pos, (visitors, k, g.acc));
+            best.truncate(n);
         }
     }
     best.into_iter().map(|(_, k, acc)| (k, acc)).collect()
@@ -500,7 +502,7 @@ pub fn execute(
             .first()
             .is_some_and(|(k, desc)| k == "visitors" && *desc))
     .then(|| pagination.offset.saturating_add(pagination.limit))
-    .filter(|n| *n <= 1000);
+    .filter(|n| (1..=1000).contains(n));
     let mut rows: Vec<Row> = Vec::new();
     store.read(&req.site_id, &mut |p| {
         let Some(p) = p else { return };

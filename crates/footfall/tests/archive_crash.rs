@@ -50,7 +50,7 @@ async fn kill_9_during_archiving_and_reprocessing() {
         host: "shop.example".into(),
     });
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);

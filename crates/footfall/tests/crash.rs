@@ -73,7 +73,7 @@ async fn kill_9_loses_nothing_acknowledged_and_counts_once() {
         ("FOOTFALL_LOG__PARTITIONS", "3"),
     ];
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     for round in 0..kills {
