@@ -198,15 +198,21 @@ fn fill(log: &FileLog, spec: &DataSpec) -> anyhow::Result<u64> {
     }
 }
 
-fn process(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<()> {
+/// A fresh log in a temporary directory (kept alive by the returned guard).
+fn temp_log(partitions: u32) -> anyhow::Result<(tempfile::TempDir, Arc<FileLog>)> {
     let dir = tempfile::tempdir()?;
-    let log = Arc::new(FileLog::open(
+    let log = FileLog::open(
         dir.path().join("log"),
         FileLogOptions {
             partitions,
             ..Default::default()
         },
-    )?);
+    )?;
+    Ok((dir, Arc::new(log)))
+}
+
+fn process(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<()> {
+    let (dir, log) = temp_log(partitions)?;
     let spec = data.spec()?;
     let t = Instant::now();
     let n = fill(&log, &spec)?;
@@ -371,14 +377,7 @@ fn queries(
 }
 
 fn reprocess(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let log = Arc::new(FileLog::open(
-        dir.path().join("log"),
-        FileLogOptions {
-            partitions,
-            ..Default::default()
-        },
-    )?);
+    let (dir, log) = temp_log(partitions)?;
     let spec = data.spec()?;
     let n = fill(&log, &spec)?;
     let archive = footfall_archive::Archive::local(dir.path().join("archive"))?;

@@ -86,14 +86,7 @@ async fn kill_9_during_archiving_and_reprocessing() {
     let mut server = Server::start(dir.path(), &ENV);
     while next < chunks.len() {
         let body: Vec<Value> = chunks[next].iter().map(|e| to_json(&site, e)).collect();
-        let r = client
-            .post(format!("{}/api/v1/events", server.url))
-            .bearer_auth(&site.write_key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
+        post_events(&client, &server.url, &site.write_key, &json!(body)).await;
         acked[next] = true;
         next += 1;
     }

@@ -142,14 +142,7 @@ async fn kill_9_loses_nothing_acknowledged_and_counts_once() {
             .iter()
             .map(|e| to_json(&site, e))
             .collect();
-        let r = client
-            .post(format!("{}/api/v1/events", server.url))
-            .bearer_auth(&site.write_key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
+        post_events(&client, &server.url, &site.write_key, &json!(body)).await;
         outcomes.lock().unwrap()[b] = Outcome::Acked;
     }
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -31,16 +31,8 @@ async fn generated_traffic_matches_the_oracle() {
     // Shuffled-order batches of up to 500 events with the write key (timestamps are days old).
     for chunk in events.chunks(500) {
         let body: Vec<Value> = chunk.iter().map(|e| to_json(&site, e)).collect();
-        let r = client
-            .post(format!("{}/api/v1/events", server.url))
-            .bearer_auth(&site.write_key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        let v: Value = r.json().await.unwrap();
-        assert_eq!(v["accepted"], json!(chunk.len()), "{v}");
+        let accepted = post_events(&client, &server.url, &site.write_key, &json!(body)).await;
+        assert_eq!(accepted, chunk.len() as u64);
     }
     let tz: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
     let from = footfall_testkit::local(&tz, spec.start_ms).date() - chrono::Duration::days(1);

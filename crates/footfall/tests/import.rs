@@ -20,8 +20,6 @@ fn shared_log() -> Option<PathBuf> {
             .ok()
             .map(PathBuf::from),
         Some(manifest.join("../../../shared/data")),
-        Some(manifest.join("../../shared/data")),
-        Some(PathBuf::from("/work/shared/data")),
     ];
     for c in candidates.into_iter().flatten() {
         if c.join(rel).exists() {
