@@ -22,6 +22,7 @@ F="$root/target/release/footfall"
 B="$root/target/release/footfall-bench"
 
 echo "== build (release)"
+scripts/fetch-rules.sh
 cargo build --release --locked -q -p footfall -p footfall-bench
 venv=$(scripts/bench-deps.sh | tail -n 1)
 PY="$venv/bin/python"

@@ -20,14 +20,18 @@ import re, sys
 text = open("README.md").read()
 blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
 setup, walk = blocks[0], blocks[1]
-open(sys.argv[1] + "/serve.sh", "w").write(setup.splitlines()[0].split("#")[0] + "\n")
+lines = [l.split("#")[0] for l in setup.splitlines()]
+i = next(i for i, l in enumerate(lines) if " serve" in l)
+open(sys.argv[1] + "/pre.sh", "w").write("set -e\n" + "\n".join(lines[:i]) + "\n")
+open(sys.argv[1] + "/serve.sh", "w").write(lines[i] + "\n")
 open(sys.argv[1] + "/walk.sh", "w").write(walk)
 PY
+bash "$work/pre.sh"
 cargo build --release --locked -q
 port_busy() { (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; }
 if port_busy; then echo "readme-check: port 8080 is busy" >&2; exit 1; fi
 mkdir -p "$work/run"
-cp -r Cargo.toml Cargo.lock crates "$work/run/"
+cp -r Cargo.toml Cargo.lock crates scripts "$work/run/"
 ln -s "$root/target" "$work/run/target"
 cd "$work/run"
 bash "$work/serve.sh" > "$work/serve.log" 2>&1 &

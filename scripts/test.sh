@@ -5,6 +5,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+scripts/fetch-rules.sh
+
 venv="$root/target/test-venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"

@@ -11,18 +11,20 @@
 //! added. The result equals sessionising the same events sorted by time, as long as the
 //! visits it touches are still held (see `lateness_ms`).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use chrono_tz::Tz;
-use footfall_event::{url_host, url_path, url_query_param, EventView, Millis};
+use footfall_enrich::{attribution, UaCache};
+use footfall_event::{url_path, EventView, Millis, PropValueView};
 use footfall_store::rollup::local_time;
 use footfall_store::{
-    Bucket, EventStats, IdMap, KeyMap, LocalHour, PropertyRollup, Rollups, VisitStats,
+    Bucket, EventStats, IdMap, KeyMap, LocalHour, PropertyRollup, Rollups, VisitKey, VisitStats,
+    SEP,
 };
 use serde::{Deserialize, Serialize};
 
-/// Source of visits without a referrer or campaign.
-pub const DIRECT: &str = "Direct / None";
+pub use footfall_enrich::DIRECT;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionRules {
@@ -57,8 +59,10 @@ pub struct Visit {
     /// Time and path of the last page view when it is not the first; `None` means the
     /// exit is the entry (saves a string for the many single-page visits).
     pub exit: Option<(Millis, Box<str>)>,
-    /// Time of the earliest event and the source it carried.
-    pub source: (Millis, Box<str>),
+    /// Time of the earliest event and the visit's attributes taken from it (a
+    /// [`VisitKey`]: source, referrer, channel, UTM tags, browser, OS, device, geo),
+    /// shared between the visits that have the same ones.
+    pub source: (Millis, Arc<str>),
     /// Latest receive time of the visit's events: visits are forgotten a lateness bound
     /// after they were last touched, so back-filled history sessionises like live data.
     pub touched: Millis,
@@ -70,6 +74,11 @@ pub struct Visit {
 }
 
 impl Visit {
+    /// `visit:source`, the first attribute of the key.
+    pub fn source_name(&self) -> &str {
+        VisitKey::field(&self.source.1, 0)
+    }
+
     pub fn is_bounce(&self) -> bool {
         self.pageviews == 1 && self.interactive_custom == 0
     }
@@ -115,21 +124,41 @@ impl Visit {
 /// `source`), else the referrer's host without `www.` unless it is the page's own host,
 /// else [`DIRECT`].
 pub fn source_of(url: Option<&str>, referrer: Option<&str>) -> String {
-    if let Some(u) = url {
-        for k in ["utm_source", "ref", "source"] {
-            if let Some(v) = url_query_param(u, k) {
-                return v.into_owned();
-            }
-        }
+    attribution(url, referrer).source
+}
+
+fn intern(keys: &mut HashSet<Arc<str>>, key: String) -> Arc<str> {
+    if let Some(k) = keys.get(key.as_str()) {
+        return k.clone();
     }
-    if let Some(r) = referrer {
-        if let Some(rh) = url_host(r) {
-            if url.and_then(url_host).as_deref() != Some(rh.as_ref()) {
-                return rh.into_owned();
-            }
-        }
-    }
-    DIRECT.to_string()
+    let k: Arc<str> = key.into();
+    keys.insert(k.clone());
+    k
+}
+
+/// The [`VisitKey`] of a visit whose first event is `ev`.
+fn visit_key(ev: &EventView<'_>, ua: &footfall_enrich::UaInfo) -> String {
+    let a = attribution(ev.url, ev.referrer);
+    let geo = footfall_enrich::global().geo(ev.ip_prefix);
+    let [us, um, uc, uo, ut] = &a.utm;
+    VisitKey::join([
+        a.source.as_str(),
+        a.referrer.as_str(),
+        a.channel,
+        us,
+        um,
+        uc,
+        uo,
+        ut,
+        ua.browser.as_str(),
+        ua.browser_version.as_str(),
+        ua.os.as_str(),
+        ua.os_version.as_str(),
+        ua.device,
+        geo.country.as_str(),
+        geo.region.as_str(),
+        geo.city.as_str(),
+    ])
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -145,10 +174,28 @@ pub struct PartitionState {
     /// a popped visitor that still has visits is queued again. Rebuilt on load.
     #[serde(skip)]
     expiry: VecDeque<(Millis, u64)>,
+    /// Parsed user agents (a memo; not state).
+    #[serde(skip)]
+    ua: UaCache,
+    /// Visit keys shared by open visits; entries no visit holds are dropped at sweeps.
+    #[serde(skip)]
+    keys: HashSet<Arc<str>>,
 }
 
 impl PartitionState {
     fn rebuild_expiry(&mut self) {
+        let mut keys = std::mem::take(&mut self.keys);
+        for vs in self.visitors.values_mut() {
+            for v in vs {
+                match keys.get(&v.source.1) {
+                    Some(k) => v.source.1 = k.clone(),
+                    None => {
+                        keys.insert(v.source.1.clone());
+                    }
+                }
+            }
+        }
+        self.keys = keys;
         let mut all: Vec<(Millis, u64)> = self
             .visitors
             .iter()
@@ -163,6 +210,7 @@ impl PartitionState {
         if self.watermark - self.last_sweep > 60_000 {
             self.last_sweep = self.watermark;
             self.expire(self.watermark - rules.lateness_ms - rules.gap_ms);
+            self.keys.retain(|k| Arc::strong_count(k) > 1);
         }
     }
 
@@ -230,12 +278,13 @@ impl SessionState {
                                 .map(|v| {
                                     v.entry.as_ref().map(|e| s(&e.1)).unwrap_or(0)
                                         + v.exit.as_ref().map(|e| s(&e.1)).unwrap_or(0)
-                                        + s(&v.source.1)
                                 })
                                 .sum::<usize>()
                     })
                     .sum();
-                table + visits + p.expiry.capacity() * size_of::<(Millis, u64)>()
+                // Shared visit keys: each string once, plus its Arc header and slot.
+                let keys: usize = p.keys.iter().map(|k| k.len() + 16 + 17).sum();
+                table + visits + keys + p.expiry.capacity() * size_of::<(Millis, u64)>()
             })
             .sum()
     }
@@ -284,7 +333,8 @@ fn contribute_delta(prop: &mut PropertyRollup, visit: &Visit, d: VisitDelta) {
 
 fn delta_bucket(b: &mut Bucket, visit: &Visit, d: VisitDelta) {
     apply_delta(&mut b.visits, d);
-    apply_delta(stats_entry(&mut b.sources, &visit.source.1), d);
+    apply_delta(stats_entry(&mut b.sources, visit.source_name()), d);
+    apply_delta(stats_entry(&mut b.visit_keys, &visit.source.1), d);
     if let Some((_, page)) = &visit.entry {
         apply_delta(stats_entry(&mut b.entry_pages, page), d);
     }
@@ -319,7 +369,8 @@ fn contribute(prop: &mut PropertyRollup, visit: &Visit, sign: i64, visitor: u64)
 
 fn contribute_bucket(b: &mut Bucket, visit: &Visit, sign: i64, visitor: u64) {
     apply_visit(&mut b.visits, visit, sign, visitor);
-    apply_keyed(&mut b.sources, &visit.source.1, visit, sign, visitor);
+    apply_keyed(&mut b.sources, visit.source_name(), visit, sign, visitor);
+    apply_keyed(&mut b.visit_keys, &visit.source.1, visit, sign, visitor);
     if let Some((_, page)) = &visit.entry {
         apply_keyed(&mut b.entry_pages, page, visit, sign, visitor);
     }
@@ -337,20 +388,44 @@ impl SessionState {
     ) {
         let ps = &mut self.partitions[partition];
         ps.watermark = ps.watermark.max(ev.received_at);
+        let prop = rollups.property_mut(ev.property);
+        let local = local_time(tz, ev.timestamp);
+        let ua = ps.ua.get(ev.user_agent);
+        // Bots stay in the log and archive but out of every statistic; only counted.
+        if let Some(reason) = ua.bot {
+            for b in prop.hour_and_day_mut(LocalHour::from_naive(local)) {
+                *stats_entry(&mut b.filtered, &format!("bot:{reason}")) += 1;
+            }
+            return;
+        }
         let pageview = ev.is_pageview();
         let page = ev.url.map(url_path);
         let page = page.as_deref();
-        let prop = rollups.property_mut(ev.property);
 
         // Event-level statistics, by the event's own local time.
         prop.count_minute(ev.timestamp, pageview, ev.visitor);
-        let local = local_time(tz, ev.timestamp);
+        let mut prop_key = String::new();
         for b in prop.hour_and_day_mut(LocalHour::from_naive(local)) {
             add_event(&mut b.events, pageview, ev.visitor);
             if let Some(p) = &page {
                 add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
             }
             add_event(stats_entry(&mut b.names, ev.name), pageview, ev.visitor);
+            for (k, v) in &ev.props {
+                prop_key.clear();
+                prop_key.push_str(k);
+                prop_key.push(SEP);
+                match v {
+                    PropValueView::Str(s) => prop_key.push_str(s),
+                    PropValueView::Num(n) => prop_key.push_str(&n.to_string()),
+                    PropValueView::Bool(x) => prop_key.push_str(if *x { "true" } else { "false" }),
+                }
+                add_event(stats_entry(&mut b.props, &prop_key), pageview, ev.visitor);
+            }
+            if let Some(r) = &ev.revenue {
+                let key = format!("{}{SEP}{}", ev.name, r.currency);
+                *stats_entry(&mut b.revenue, &key) += (r.amount * 1e6).round() as i64;
+            }
         }
 
         // Visit-level statistics.
@@ -413,7 +488,7 @@ impl SessionState {
             interactive_custom: (!pageview && ev.interactive) as u32,
             entry: page.filter(|_| pageview).map(|p| (t, p.into())),
             exit: None,
-            source: (t, source_of(ev.url, ev.referrer).into()),
+            source: (t, intern(&mut ps.keys, visit_key(ev, &ua))),
             touched: ev.received_at,
             bucket: 0,
         };

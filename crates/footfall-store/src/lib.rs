@@ -15,7 +15,8 @@ mod snapshot;
 pub use hll::{CountingHll, Hll};
 pub use maps::{IdMap, IdSet, KeyMap};
 pub use rollup::{
-    Bucket, EventStats, LocalDay, LocalHour, MinuteStats, PropertyRollup, Rollups, VisitStats,
+    Bucket, EventStats, LocalDay, LocalHour, MinuteStats, PropertyRollup, Rollups, VisitKey,
+    VisitStats, SEP, VISIT_FIELDS,
 };
 pub use snapshot::SnapshotStore;
 

@@ -80,6 +80,16 @@ pub struct Bucket {
     pub sources: KeyMap<VisitStats>,
     /// By `visit:entry_page`, visits with at least one page view.
     pub entry_pages: KeyMap<VisitStats>,
+    /// By the visit's whole attribute tuple ([`VisitKey`]): every other `visit:*`
+    /// dimension, and combinations of them, are answered by grouping these entries.
+    pub visit_keys: KeyMap<VisitStats>,
+    /// By `event:props:<key>`: entries keyed `key \x1f value`.
+    pub props: KeyMap<EventStats>,
+    /// Revenue in millionths of the currency unit, keyed `event name \x1f currency`
+    /// (integers, so sums are exact and independent of order).
+    pub revenue: KeyMap<i64>,
+    /// Events kept out of the statistics, by reason (`bot:crawler-pattern`, …).
+    pub filtered: KeyMap<u64>,
 }
 
 impl Bucket {
@@ -98,6 +108,18 @@ impl Bucket {
         }
         for (k, v) in &o.entry_pages {
             self.entry_pages.entry_ref(k.as_str()).or_default().merge(v);
+        }
+        for (k, v) in &o.visit_keys {
+            self.visit_keys.entry_ref(k.as_str()).or_default().merge(v);
+        }
+        for (k, v) in &o.props {
+            self.props.entry_ref(k.as_str()).or_default().merge(v);
+        }
+        for (k, v) in &o.revenue {
+            *self.revenue.entry_ref(k.as_str()).or_default() += v;
+        }
+        for (k, v) in &o.filtered {
+            *self.filtered.entry_ref(k.as_str()).or_default() += v;
         }
     }
 }
@@ -118,6 +140,58 @@ impl PropertyRollup {
             e.events += s.events;
             e.visitors.merge(&s.visitors);
         }
+    }
+}
+
+/// Separator of the parts of composite keys (`visit_keys`, `props`, `revenue`); a
+/// control character that the collectors strip from values.
+pub const SEP: char = '\u{1f}';
+
+/// The attributes a visit is grouped by, in the order they are joined into a
+/// `visit_keys` key. Each is taken from the visit's first event.
+pub const VISIT_FIELDS: [&str; 16] = [
+    "visit:source",
+    "visit:referrer",
+    "visit:channel",
+    "visit:utm_source",
+    "visit:utm_medium",
+    "visit:utm_campaign",
+    "visit:utm_content",
+    "visit:utm_term",
+    "visit:browser",
+    "visit:browser_version",
+    "visit:os",
+    "visit:os_version",
+    "visit:device",
+    "visit:country",
+    "visit:region",
+    "visit:city",
+];
+
+/// A `visit_keys` key: the [`VISIT_FIELDS`] values joined by [`SEP`].
+pub struct VisitKey;
+
+impl VisitKey {
+    /// Joins field values (in [`VISIT_FIELDS`] order), replacing any separator inside
+    /// them.
+    pub fn join<'a>(fields: impl IntoIterator<Item = &'a str>) -> String {
+        let mut out = String::with_capacity(96);
+        for (i, f) in fields.into_iter().enumerate() {
+            if i > 0 {
+                out.push(SEP);
+            }
+            if f.contains(SEP) {
+                out.push_str(&f.replace(SEP, " "));
+            } else {
+                out.push_str(f);
+            }
+        }
+        out
+    }
+
+    /// The value of field `i` of a joined key.
+    pub fn field(key: &str, i: usize) -> &str {
+        key.split(SEP).nth(i).unwrap_or("")
     }
 }
 

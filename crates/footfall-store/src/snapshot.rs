@@ -31,8 +31,8 @@ use crate::{
     Bucket, Checkpoint, Error, LocalDay, LocalHour, PropertyRollup, Result, RollupStore, Rollups,
 };
 
-const MANIFEST_MAGIC: &[u8; 8] = b"FFMANI01";
-const DAY_MAGIC: &[u8; 8] = b"FFDAY001";
+const MANIFEST_MAGIC: &[u8; 8] = b"FFMANI02";
+const DAY_MAGIC: &[u8; 8] = b"FFDAY002";
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {

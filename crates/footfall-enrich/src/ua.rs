@@ -1,0 +1,248 @@
+//! User agents: browser, OS and device type by the uap-core rules; bots by the crawler
+//! patterns of `crawler-user-agents` and uap-core's `Spider` device family.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::UNKNOWN;
+
+/// What a user agent says about the visitor's software and device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UaInfo {
+    pub browser: String,
+    /// Major.minor, or empty.
+    pub browser_version: String,
+    pub os: String,
+    /// Major.minor, or empty.
+    pub os_version: String,
+    /// `Desktop`, `Mobile`, `Tablet`, `TV`, `Bot` or `Other`.
+    pub device: &'static str,
+    /// Why this user agent is a bot, if it is one.
+    pub bot: Option<&'static str>,
+}
+
+impl UaInfo {
+    /// The answer for an event without a user agent (server-side protocols).
+    pub fn absent() -> Self {
+        UaInfo {
+            browser: UNKNOWN.into(),
+            browser_version: String::new(),
+            os: UNKNOWN.into(),
+            os_version: String::new(),
+            device: "Other",
+            bot: None,
+        }
+    }
+}
+
+fn extractor() -> &'static ua_parser::Extractor<'static> {
+    static EX: OnceLock<ua_parser::Extractor<'static>> = OnceLock::new();
+    EX.get_or_init(|| {
+        let yaml = include_str!(concat!(env!("OUT_DIR"), "/regexes.yaml"));
+        let regexes: ua_parser::Regexes<'static> =
+            serde_yaml::from_str(yaml).expect("embedded uap-core rules parse");
+        ua_parser::Extractor::try_from(regexes).expect("embedded uap-core rules compile")
+    })
+}
+
+#[derive(Deserialize)]
+struct CrawlerEntry {
+    pattern: String,
+}
+
+/// All crawler patterns as one alternation: one pass of the lazy DFA per user agent,
+/// instead of 1,500 separate regexes.
+fn crawlers() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        let json = include_str!(concat!(env!("OUT_DIR"), "/crawler-user-agents.json"));
+        let entries: Vec<CrawlerEntry> =
+            serde_json::from_str(json).expect("embedded crawler patterns parse");
+        // The list is written for JavaScript regexes; keep the (few) patterns Rust's
+        // engine reads differently out rather than fail: each is checked on its own.
+        let ok: Vec<String> = entries
+            .iter()
+            .filter(|e| Regex::new(&e.pattern).is_ok())
+            .map(|e| format!("(?:{})", e.pattern))
+            .collect();
+        regex::RegexBuilder::new(&ok.join("|"))
+            .size_limit(64 << 20)
+            .dfa_size_limit(64 << 20)
+            .build()
+            .expect("crawler alternation compiles")
+    })
+}
+
+/// Why `ua` is a bot (`crawler-pattern`, `spider-device`), or `None` for a browser.
+pub fn bot_reason(ua: &str) -> Option<&'static str> {
+    if crawlers().is_match(ua) {
+        return Some("crawler-pattern");
+    }
+    if extractor()
+        .dev
+        .extract(ua)
+        .is_some_and(|d| d.device == "Spider")
+    {
+        return Some("spider-device");
+    }
+    None
+}
+
+fn version(major: Option<&str>, minor: Option<&str>) -> String {
+    match (major, minor) {
+        (Some(a), Some(b)) if !b.is_empty() => format!("{a}.{b}"),
+        (Some(a), _) => a.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Parses one user agent. Costs tens of microseconds: callers cache by string
+/// ([`UaCache`]).
+pub fn parse_user_agent(ua: &str) -> UaInfo {
+    if ua.trim().is_empty() {
+        return UaInfo::absent();
+    }
+    let ex = extractor();
+    let (b, os, dev) = ex.extract(ua);
+    let (browser, browser_version) = match b {
+        Some(b) => (b.family.to_string(), version(b.major, b.minor)),
+        None => ("Other".into(), String::new()),
+    };
+    let (os_name, os_version) = match os {
+        Some(o) => (
+            o.os.to_string(),
+            version(o.major.as_deref(), o.minor.as_deref()),
+        ),
+        None => ("Other".into(), String::new()),
+    };
+    let device_family = dev.map(|d| d.device.to_string()).unwrap_or_default();
+    let bot = bot_reason(ua);
+    let device = if bot.is_some() {
+        "Bot"
+    } else {
+        device_type(ua, &device_family, &os_name)
+    };
+    UaInfo {
+        browser,
+        browser_version,
+        os: os_name,
+        os_version,
+        device,
+        bot,
+    }
+}
+
+/// Device type from the uap-core device family, the OS and a few well-known tokens.
+fn device_type(ua: &str, family: &str, os: &str) -> &'static str {
+    let tablet_family = family == "iPad"
+        || family.contains("Tablet")
+        || family.starts_with("Kindle")
+        || family.contains("Galaxy Tab");
+    if tablet_family || ua.contains("Tablet") {
+        return "Tablet";
+    }
+    if ua.contains("SmartTV") || ua.contains("SMART-TV") || family.contains("TV") {
+        return "TV";
+    }
+    // Android without "Mobile" is a tablet by Google's own convention.
+    if os == "Android" && !ua.contains("Mobile") {
+        return "Tablet";
+    }
+    if ua.contains("Mobi")
+        || matches!(os, "iOS" | "Android" | "Windows Phone" | "BlackBerry OS")
+        || family == "iPhone"
+        || family.contains("Smartphone")
+        || family.contains("Feature Phone")
+    {
+        return "Mobile";
+    }
+    if matches!(
+        os,
+        "Windows" | "Mac OS X" | "Linux" | "Ubuntu" | "Chrome OS" | "Fedora" | "FreeBSD"
+    ) {
+        return "Desktop";
+    }
+    "Other"
+}
+
+/// Memoises [`parse_user_agent`] by user-agent string. A few thousand distinct user
+/// agents cover nearly all traffic; past `capacity` the cache starts over rather than
+/// track recency.
+pub struct UaCache {
+    map: HashMap<Box<str>, Arc<UaInfo>>,
+    capacity: usize,
+}
+
+impl Clone for UaCache {
+    /// A clone starts empty: the cache is only a memo of a pure function.
+    fn clone(&self) -> Self {
+        Self::with_capacity(self.capacity)
+    }
+}
+
+impl std::fmt::Debug for UaCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UaCache({} entries)", self.map.len())
+    }
+}
+
+impl Default for UaCache {
+    fn default() -> Self {
+        Self::with_capacity(20_000)
+    }
+}
+
+impl UaCache {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn get(&mut self, ua: Option<&str>) -> Arc<UaInfo> {
+        static ABSENT: OnceLock<Arc<UaInfo>> = OnceLock::new();
+        let Some(ua) = ua else {
+            return ABSENT.get_or_init(|| Arc::new(UaInfo::absent())).clone();
+        };
+        if let Some(i) = self.map.get(ua) {
+            return i.clone();
+        }
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        let info = Arc::new(parse_user_agent(ua));
+        self.map.insert(ua.into(), info.clone());
+        info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_browsers() {
+        let i = parse_user_agent("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36");
+        assert_eq!(
+            (i.browser.as_str(), i.os.as_str(), i.device),
+            ("Chrome", "Windows", "Desktop")
+        );
+        assert_eq!(i.browser_version, "120.0");
+        let i = parse_user_agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1");
+        assert_eq!(
+            (i.browser.as_str(), i.os.as_str(), i.device),
+            ("Mobile Safari", "iOS", "Mobile")
+        );
+        let i = parse_user_agent("Mozilla/5.0 (iPad; CPU OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Mobile/15E148 Safari/604.1");
+        assert_eq!(i.device, "Tablet");
+        let i = parse_user_agent(
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        );
+        assert_eq!((i.device, i.bot), ("Bot", Some("crawler-pattern")));
+        assert_eq!(UaCache::default().get(None).browser, UNKNOWN);
+    }
+}
