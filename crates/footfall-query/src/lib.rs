@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use chrono::{Datelike, Duration, NaiveDate, TimeZone};
 use chrono_tz::Tz;
 use footfall_store::rollup::{local_time, month_start};
-use footfall_store::{Bucket, EventStats, LocalDay, LocalHour, RollupStore, VisitStats};
+use footfall_store::{
+    Bucket, EventStats, LocalDay, LocalHour, RollupStore, VisitKey, VisitStats, SEP, VISIT_FIELDS,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -71,6 +73,7 @@ enum Metric {
     ViewsPerVisit,
     BounceRate,
     VisitDuration,
+    TotalRevenue,
 }
 
 impl Metric {
@@ -83,8 +86,9 @@ impl Metric {
             "views_per_visit" => Metric::ViewsPerVisit,
             "bounce_rate" => Metric::BounceRate,
             "visit_duration" => Metric::VisitDuration,
+            "total_revenue" => Metric::TotalRevenue,
             _ => return bad(format!(
-                "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration"
+                "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, total_revenue"
             )),
         })
     }
@@ -103,27 +107,86 @@ enum TimeDim {
     Month,
 }
 
-/// A breakdown dimension that lives in one map of a bucket.
+/// A breakdown dimension, answered from one map of a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyDim {
     Page,
     Name,
     Source,
     EntryPage,
+    /// Field `i` of the visit keys ([`VISIT_FIELDS`]); `visit:source` is `Visit(0)` when
+    /// it is combined with another visit attribute.
+    Visit(usize),
+    /// `event:props:<key>`; the key is held beside the dimension (one per query).
+    Prop,
 }
 
+const SUPPORTED_DIMS: &str = "time:hour, time:day, time:month, event:page, event:name, event:props:<key>, visit:entry_page, visit:source, visit:referrer, visit:channel, visit:utm_source, visit:utm_medium, visit:utm_campaign, visit:utm_content, visit:utm_term, visit:browser, visit:browser_version, visit:os, visit:os_version, visit:device, visit:country, visit:region, visit:city";
+
 impl KeyDim {
-    fn parse(s: &str) -> Option<Self> {
+    /// The dimension and, for `event:props:<key>`, its property key.
+    fn parse(s: &str) -> Option<(Self, Option<String>)> {
         Some(match s {
-            "event:page" => KeyDim::Page,
-            "event:name" => KeyDim::Name,
-            "visit:source" => KeyDim::Source,
-            "visit:entry_page" => KeyDim::EntryPage,
-            _ => return None,
+            "event:page" => (KeyDim::Page, None),
+            "event:name" => (KeyDim::Name, None),
+            "visit:source" => (KeyDim::Source, None),
+            "visit:entry_page" => (KeyDim::EntryPage, None),
+            _ => {
+                if let Some(k) = s.strip_prefix("event:props:").filter(|k| !k.is_empty()) {
+                    return Some((KeyDim::Prop, Some(k.to_string())));
+                }
+                let i = VISIT_FIELDS.iter().position(|f| *f == s)?;
+                (KeyDim::Visit(i), None)
+            }
         })
     }
     fn is_event_level(self) -> bool {
-        matches!(self, KeyDim::Page | KeyDim::Name)
+        matches!(self, KeyDim::Page | KeyDim::Name | KeyDim::Prop)
+    }
+    /// Its field in the visit keys, for the dimensions answerable from them.
+    fn visit_field(self) -> Option<usize> {
+        match self {
+            KeyDim::Source => Some(0),
+            KeyDim::Visit(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a bucket's map: event-level or visit-level statistics.
+enum Stat<'a> {
+    Ev(&'a EventStats),
+    Vi(&'a VisitStats),
+}
+
+/// Calls `f(group, full_key, stats)` for each entry of `b`'s map for `dim`. `group` is
+/// the dimension's value; `full_key` is the map key (the whole visit key for
+/// [`KeyDim::Visit`]), which filters read.
+fn for_each_entry<'a>(
+    b: &'a Bucket,
+    dim: KeyDim,
+    prop: &str,
+    f: &mut dyn FnMut(&'a str, &'a str, Stat<'a>),
+) {
+    match dim {
+        KeyDim::Page => b.pages.iter().for_each(|(k, s)| f(k, k, Stat::Ev(s))),
+        KeyDim::Name => b.names.iter().for_each(|(k, s)| f(k, k, Stat::Ev(s))),
+        KeyDim::Source => b.sources.iter().for_each(|(k, s)| f(k, k, Stat::Vi(s))),
+        KeyDim::EntryPage => b.entry_pages.iter().for_each(|(k, s)| f(k, k, Stat::Vi(s))),
+        KeyDim::Visit(i) => b
+            .visit_keys
+            .iter()
+            .for_each(|(k, s)| f(VisitKey::field(k, i), k, Stat::Vi(s))),
+        KeyDim::Prop => {
+            for (k, s) in &b.props {
+                if let Some(v) = k
+                    .strip_prefix(prop)
+                    .and_then(|r| r.strip_prefix(SEP))
+                {
+                    f(v, k, Stat::Ev(s));
+                }
+            }
+        }
     }
 }
 
@@ -149,6 +212,17 @@ impl Predicate {
 struct Acc {
     events: EventStats,
     visits: VisitStats,
+    /// Millionths of a unit, by currency.
+    revenue: std::collections::BTreeMap<String, i64>,
+}
+
+impl Acc {
+    fn add(&mut self, s: Stat<'_>) {
+        match s {
+            Stat::Ev(e) => self.events.merge(e),
+            Stat::Vi(v) => self.visits.merge(v),
+        }
+    }
 }
 
 /// The local date range a `date_range` value stands for, relative to `today`.
@@ -243,6 +317,12 @@ fn metric_value(m: Metric, acc: &Acc, visit_family: bool) -> Value {
         Metric::ViewsPerVisit => json!(round_to(rate(v.pageviews, v.visits), 2)),
         Metric::BounceRate => json!(round_to(100.0 * rate(v.bounces, v.visits), 0) as i64),
         Metric::VisitDuration => json!(round_to(rate(v.duration_ms, v.visits) / 1000.0, 0) as i64),
+        Metric::TotalRevenue => Value::Object(
+            acc.revenue
+                .iter()
+                .map(|(c, m)| (c.clone(), json!(round_to(*m as f64 / 1e6, 6))))
+                .collect(),
+        ),
     }
 }
 
@@ -257,8 +337,9 @@ fn metric_value(m: Metric, acc: &Acc, visit_family: bool) -> Value {
 fn top_by_visitors<'a>(
     buckets: &[(Option<i64>, &'a Bucket)],
     dim: KeyDim,
+    prop: &str,
     n: usize,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &dyn Fn(&str, &str) -> bool,
 ) -> Vec<(&'a str, Acc)> {
     struct Group<'a> {
         bound: u64,
@@ -274,15 +355,13 @@ fn top_by_visitors<'a>(
         visits: Vec::new(),
     };
     for (_, b) in buckets {
-        match dim {
-            KeyDim::Page | KeyDim::Name => {
-                let map = if dim == KeyDim::Page {
-                    &b.pages
-                } else {
-                    &b.names
-                };
-                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                    let g = groups.entry(k.as_str()).or_insert_with(new_group);
+        for_each_entry(b, dim, prop, &mut |k, full, st| {
+            if !keep(k, full) {
+                return;
+            }
+            let g = groups.entry(k).or_insert_with(new_group);
+            match st {
+                Stat::Ev(s) => {
                     g.bound = g
                         .bound
                         .saturating_add(s.visitors.exact_count().unwrap_or(u64::MAX));
@@ -290,15 +369,7 @@ fn top_by_visitors<'a>(
                     g.acc.events.events += s.events;
                     g.events.push(s);
                 }
-            }
-            KeyDim::Source | KeyDim::EntryPage => {
-                let map = if dim == KeyDim::Source {
-                    &b.sources
-                } else {
-                    &b.entry_pages
-                };
-                for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                    let g = groups.entry(k.as_str()).or_insert_with(new_group);
+                Stat::Vi(s) => {
                     g.bound = g
                         .bound
                         .saturating_add(s.visitors.exact_count().unwrap_or(u64::MAX));
@@ -311,7 +382,7 @@ fn top_by_visitors<'a>(
                     g.visits.push(s);
                 }
             }
-        }
+        });
     }
     let mut order: Vec<(&'a str, Group<'a>)> = groups.into_iter().collect();
     order.sort_by(|a, b| b.1.bound.cmp(&a.1.bound).then_with(|| a.0.cmp(b.0)));
@@ -344,7 +415,7 @@ fn top_by_visitors<'a>(
     best.into_iter().map(|(_, k, acc)| (k, acc)).collect()
 }
 
-fn parse_filter(f: &Value) -> Result<(KeyDim, Predicate), QueryError> {
+fn parse_filter(f: &Value) -> Result<((KeyDim, Option<String>), Predicate), QueryError> {
     let a = f
         .as_array()
         .filter(|a| a.len() == 3)
@@ -353,7 +424,8 @@ fn parse_filter(f: &Value) -> Result<(KeyDim, Predicate), QueryError> {
     let dim_name = a[1].as_str().unwrap_or("");
     let dim = KeyDim::parse(dim_name).ok_or_else(|| {
         QueryError(format!(
-            "filtering on `{dim_name}` is not supported; supported: event:page, event:name, visit:source, visit:entry_page"
+            "filtering on `{dim_name}` is not supported; supported: {}",
+            &SUPPORTED_DIMS[SUPPORTED_DIMS.find("event:").unwrap_or(0)..]
         ))
     })?;
     let values: Vec<String> = a[2]
@@ -396,6 +468,20 @@ pub fn execute(
         .collect::<Result<_, _>>()?;
     let mut time_dim = None;
     let mut key_dim = None;
+    // The property key of an `event:props:<key>` dimension or filter.
+    let mut prop_key: Option<String> = None;
+    let mut set_prop = |k: Option<String>| -> Result<(), QueryError> {
+        match (k, &prop_key) {
+            (Some(k), Some(p)) if k != *p => {
+                bad("a query may use one event:props key at a time")
+            }
+            (Some(k), _) => {
+                prop_key = Some(k);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    };
     for d in &req.dimensions {
         match d.as_str() {
             "time:hour" | "time:day" | "time:month" => {
@@ -409,35 +495,62 @@ pub fn execute(
                 });
             }
             other => match KeyDim::parse(other) {
-                Some(k) if key_dim.is_none() => key_dim = Some(k),
+                Some((k, p)) if key_dim.is_none() => {
+                    set_prop(p)?;
+                    key_dim = Some(k)
+                }
                 Some(_) => return bad("breaking down by two non-time dimensions at once is not supported"),
                 None => return bad(format!(
-                    "dimension `{other}` is not supported; supported: time:hour, time:day, time:month, event:page, event:name, visit:source, visit:entry_page"
+                    "dimension `{other}` is not supported; supported: {SUPPORTED_DIMS}"
                 )),
             },
         }
     }
-    let filters: Vec<(KeyDim, Predicate)> = req
-        .filters
-        .iter()
-        .map(parse_filter)
-        .collect::<Result<_, _>>()?;
+    let mut filters: Vec<(KeyDim, Predicate)> = Vec::new();
+    for f in &req.filters {
+        let ((d, p), pred) = parse_filter(f)?;
+        set_prop(p)?;
+        filters.push((d, pred));
+    }
+    let prop_key = prop_key.unwrap_or_default();
+    // Visit attributes combine freely: they are all fields of the visit keys.
+    let visit_combo = {
+        let mut ds: Vec<KeyDim> = filters.iter().map(|(d, _)| *d).collect();
+        ds.extend(key_dim);
+        ds.dedup();
+        ds.len() > 1
+            && ds.iter().all(|d| d.visit_field().is_some())
+            && ds.iter().any(|d| *d != ds[0])
+    };
+    let key_dim = match key_dim {
+        Some(d) if visit_combo => Some(KeyDim::Visit(d.visit_field().unwrap())),
+        k => k,
+    };
     // Which bucket map answers the query: the breakdown's, else the filters'.
     let mut map_dim = key_dim;
     for (d, _) in &filters {
+        let d = if visit_combo {
+            KeyDim::Visit(d.visit_field().unwrap())
+        } else {
+            *d
+        };
         match map_dim {
-            None => map_dim = Some(*d),
-            Some(m) if m == *d => {}
+            None => map_dim = Some(d),
+            Some(m) if m == d || visit_combo => {}
             Some(m) => {
                 return bad(format!(
                     "combining {} with a filter on {} is not supported (rollups hold one dimension at a time)",
                     dim_name(m),
-                    dim_name(*d)
+                    dim_name(d)
                 ))
             }
         }
     }
     let visit_family = map_dim.map(|d| !d.is_event_level()).unwrap_or(false);
+    let revenue = metrics.contains(&Metric::TotalRevenue);
+    if revenue && map_dim.is_some_and(|d| d != KeyDim::Name) {
+        return bad("metric `total_revenue` is supported with time dimensions and event:name (as a dimension or filter)");
+    }
     if let Some(d) = map_dim.filter(|d| d.is_event_level()) {
         if let Some(m) = metrics.iter().find(|m| m.is_visit_level()) {
             return bad(format!(
@@ -530,9 +643,15 @@ pub fn execute(
                 buckets.push((key, b));
             }
         }
-        let keep = |k: &str| filters.iter().all(|(_, p)| p.matches(k));
-        if let (Some(n), Some(dim)) = (top_n, key_dim) {
-            rows = top_by_visitors(&buckets, dim, n, &keep)
+        // Filters read the group value, or in visit-key mode their own field of the key.
+        let keep = |k: &str, full: &str| {
+            filters.iter().all(|(d, p)| match (visit_combo, d.visit_field()) {
+                (true, Some(i)) => p.matches(VisitKey::field(full, i)),
+                _ => p.matches(k),
+            })
+        };
+        if let (Some(n), Some(dim)) = (top_n.filter(|_| !revenue), key_dim) {
+            rows = top_by_visitors(&buckets, dim, &prop_key, n, &keep)
                 .into_iter()
                 .map(|(k, acc)| Row {
                     time: None,
@@ -552,33 +671,33 @@ pub fn execute(
                     acc.events.merge(&b.events);
                     acc.visits.merge(&b.visits);
                 }
-                Some(dim @ (KeyDim::Page | KeyDim::Name)) => {
-                    let map = if dim == KeyDim::Page {
-                        &b.pages
-                    } else {
-                        &b.names
-                    };
-                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                        let key = (time_key, key_dim.map(|_| k.as_str()));
-                        groups.entry(key).or_default().events.merge(s);
+                Some(dim) => for_each_entry(b, dim, &prop_key, &mut |k, full, st| {
+                    if keep(k, full) {
+                        groups
+                            .entry((time_key, key_dim.map(|_| k)))
+                            .or_default()
+                            .add(st);
                     }
-                }
-                Some(dim) => {
-                    let map = if dim == KeyDim::Source {
-                        &b.sources
-                    } else {
-                        &b.entry_pages
-                    };
-                    for (k, s) in map.iter().filter(|(k, _)| keep(k)) {
-                        let key = (time_key, key_dim.map(|_| k.as_str()));
-                        groups.entry(key).or_default().visits.merge(s);
+                }),
+            }
+            if revenue {
+                for (k, m) in &b.revenue {
+                    let (name, currency) = k.split_once(SEP).unwrap_or((k, ""));
+                    if map_dim.is_some() && !keep(name, name) {
+                        continue;
                     }
+                    let acc = groups
+                        .entry((time_key, key_dim.map(|_| name)))
+                        .or_default();
+                    *acc.revenue.entry(currency.to_string()).or_default() += m;
                 }
             }
         }
         rows = groups
             .into_iter()
-            .filter(|(_, acc)| acc.events.events > 0 || acc.visits.visits > 0)
+            .filter(|(_, acc)| {
+                acc.events.events > 0 || acc.visits.visits > 0 || !acc.revenue.is_empty()
+            })
             .map(|((t, k), acc)| Row {
                 time: t,
                 key: k.map(str::to_string),
@@ -698,6 +817,8 @@ fn dim_name(d: KeyDim) -> &'static str {
         KeyDim::Name => "event:name",
         KeyDim::Source => "visit:source",
         KeyDim::EntryPage => "visit:entry_page",
+        KeyDim::Visit(i) => VISIT_FIELDS[i],
+        KeyDim::Prop => "event:props",
     }
 }
 
