@@ -179,10 +179,7 @@ fn for_each_entry<'a>(
             .for_each(|(k, s)| f(VisitKey::field(k, i), k, Stat::Vi(s))),
         KeyDim::Prop => {
             for (k, s) in &b.props {
-                if let Some(v) = k
-                    .strip_prefix(prop)
-                    .and_then(|r| r.strip_prefix(SEP))
-                {
+                if let Some(v) = k.strip_prefix(prop).and_then(|r| r.strip_prefix(SEP)) {
                     f(v, k, Stat::Ev(s));
                 }
             }
@@ -472,9 +469,7 @@ pub fn execute(
     let mut prop_key: Option<String> = None;
     let mut set_prop = |k: Option<String>| -> Result<(), QueryError> {
         match (k, &prop_key) {
-            (Some(k), Some(p)) if k != *p => {
-                bad("a query may use one event:props key at a time")
-            }
+            (Some(k), Some(p)) if k != *p => bad("a query may use one event:props key at a time"),
             (Some(k), _) => {
                 prop_key = Some(k);
                 Ok(())
@@ -499,10 +494,14 @@ pub fn execute(
                     set_prop(p)?;
                     key_dim = Some(k)
                 }
-                Some(_) => return bad("breaking down by two non-time dimensions at once is not supported"),
-                None => return bad(format!(
-                    "dimension `{other}` is not supported; supported: {SUPPORTED_DIMS}"
-                )),
+                Some(_) => {
+                    return bad("breaking down by two non-time dimensions at once is not supported")
+                }
+                None => {
+                    return bad(format!(
+                        "dimension `{other}` is not supported; supported: {SUPPORTED_DIMS}"
+                    ))
+                }
             },
         }
     }
@@ -645,10 +644,12 @@ pub fn execute(
         }
         // Filters read the group value, or in visit-key mode their own field of the key.
         let keep = |k: &str, full: &str| {
-            filters.iter().all(|(d, p)| match (visit_combo, d.visit_field()) {
-                (true, Some(i)) => p.matches(VisitKey::field(full, i)),
-                _ => p.matches(k),
-            })
+            filters
+                .iter()
+                .all(|(d, p)| match (visit_combo, d.visit_field()) {
+                    (true, Some(i)) => p.matches(VisitKey::field(full, i)),
+                    _ => p.matches(k),
+                })
         };
         if let (Some(n), Some(dim)) = (top_n.filter(|_| !revenue), key_dim) {
             rows = top_by_visitors(&buckets, dim, &prop_key, n, &keep)
@@ -686,9 +687,7 @@ pub fn execute(
                     if map_dim.is_some() && !keep(name, name) {
                         continue;
                     }
-                    let acc = groups
-                        .entry((time_key, key_dim.map(|_| name)))
-                        .or_default();
+                    let acc = groups.entry((time_key, key_dim.map(|_| name))).or_default();
                     *acc.revenue.entry(currency.to_string()).or_default() += m;
                 }
             }

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod error;
 pub mod metrics;
+pub mod protocols;
 pub mod reprocess;
 
 use std::net::{IpAddr, SocketAddr};
@@ -71,6 +72,8 @@ pub struct AppState {
     pub accepting: AtomicBool,
     /// Reprocessing (absent when the server runs without an archive).
     pub reprocessor: Option<Arc<reprocess::Reprocessor>>,
+    /// Segment `messageId`s recently kept, to recognise retries.
+    pub message_ids: protocols::MessageIds,
 }
 
 type AppRef = Arc<AppState>;
@@ -85,6 +88,13 @@ pub fn app(state: AppRef) -> Router {
     let ingest = Router::new()
         .route("/api/v1/events", post(ingest_native))
         .route("/api/event", post(ingest_plausible))
+        .route("/mp/collect", post(protocols::ga4_collect))
+        .route("/debug/mp/collect", post(protocols::ga4_debug))
+        .route(
+            "/g/collect",
+            get(protocols::gtag_collect).post(protocols::gtag_collect),
+        )
+        .route("/v1/{kind}", post(protocols::segment))
         .layer(cors);
     Router::new()
         .merge(ingest)

@@ -64,6 +64,7 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
         processor: stats,
         rules: IngestRules::default(),
         accepting: AtomicBool::new(true),
+        message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         reprocessor: None,
     });
     let router = app(state).layer(MockConnectInfo(SocketAddr::from((

@@ -355,6 +355,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         processor: stats.clone(),
         rules,
         accepting: AtomicBool::new(true),
+        message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         reprocessor: Some(Arc::new(footfall_server::reprocess::Reprocessor::new(
             archive,
             seal_tx,
