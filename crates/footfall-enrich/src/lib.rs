@@ -20,7 +20,8 @@ pub use geo::{Geo, GeoDb};
 pub use ua::{bot_reason, parse_user_agent, UaCache, UaInfo};
 
 /// The rule set versions embedded in this build.
-pub const RULES: &str = "uap-core 0.18.0, crawler-user-agents 1.60.0, referer-parser 0.4.1";
+pub const RULES: &str =
+    "uap-core (PyPI ua-parser-builtins 202610), crawler-user-agents 1.60.0, referer-parser 0.4.1";
 
 /// Process-wide enrichment settings, set once at start-up (the geo database). Before
 /// [`configure`] is called (tests, tools), there is no geo database and countries are

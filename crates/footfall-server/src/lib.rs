@@ -7,6 +7,7 @@ pub mod error;
 pub mod metrics;
 pub mod protocols;
 pub mod reprocess;
+pub mod tracker;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +75,8 @@ pub struct AppState {
     pub reprocessor: Option<Arc<reprocess::Reprocessor>>,
     /// Segment `messageId`s recently kept, to recognise retries.
     pub message_ids: protocols::MessageIds,
+    /// Another path the tracker script is served under (empty: only `/footfall.js`).
+    pub tracker_path: String,
 }
 
 type AppRef = Arc<AppState>;
@@ -96,7 +99,12 @@ pub fn app(state: AppRef) -> Router {
         )
         .route("/v1/{kind}", post(protocols::segment))
         .layer(cors);
-    Router::new()
+    let tracker_path = state.tracker_path.clone();
+    let mut router = Router::new().route("/footfall.js", get(tracker::script));
+    if !tracker_path.is_empty() {
+        router = router.route(&tracker_path, get(tracker::script));
+    }
+    router
         .merge(ingest)
         .route("/api/v2/query", post(query))
         .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))

@@ -65,6 +65,7 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
         rules: IngestRules::default(),
         accepting: AtomicBool::new(true),
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
+        tracker_path: String::new(),
         reprocessor: None,
     });
     let router = app(state).layer(MockConnectInfo(SocketAddr::from((
@@ -364,11 +365,19 @@ async fn unsupported_queries_say_what_is_unsupported() {
             "combining",
         ),
         (
+            json!({"site_id": tid, "metrics": ["total_revenue"], "date_range": "7d", "dimensions": ["visit:country"]}),
+            "total_revenue",
+        ),
+        (
+            json!({"site_id": tid, "metrics": ["visitors"], "date_range": "7d", "dimensions": ["event:props:a"], "filters": [["is", "event:props:b", ["x"]]]}),
+            "one event:props key",
+        ),
+        (
             json!({"site_id": tid, "metrics": ["visits"], "date_range": "fortnight"}),
             "unsupported date_range",
         ),
         (
-            json!({"site_id": tid, "metrics": ["visits"], "date_range": "7d", "dimensions": ["visit:country"]}),
+            json!({"site_id": tid, "metrics": ["visits"], "date_range": "7d", "dimensions": ["visit:planet"]}),
             "not supported",
         ),
         (

@@ -15,6 +15,26 @@ pub struct Config {
     pub processor: ProcessorConfig,
     pub ingest: IngestConfig,
     pub archive: ArchiveConfig,
+    pub enrich: EnrichConfig,
+    pub tracker: TrackerConfig,
+}
+
+/// Enrichment in the processor (user agents, bots and channels need no settings: their
+/// rules are built in).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichConfig {
+    /// A MaxMind-format (`.mmdb`) country or city database; empty: countries `(unknown)`.
+    pub geoip_path: String,
+}
+
+/// The browser tracker script.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    /// Another path the script is served under besides `/footfall.js` (ad blockers block
+    /// well-known names), e.g. `/assets/app-4f2a.js`.
+    pub script_path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +305,10 @@ impl Config {
         }
         if self.ingest.max_events_per_request == 0 || self.ingest.max_body_bytes < 1024 {
             bail!("ingest limits are too small");
+        }
+        let sp = &self.tracker.script_path;
+        if !sp.is_empty() && (!sp.starts_with('/') || sp.starts_with("/api/") || sp.len() < 2) {
+            bail!("tracker.script_path must be an absolute path such as /js/a.js, outside /api/");
         }
         let seal = parse_duration(&self.archive.seal_interval)
             .map_err(|e| anyhow::anyhow!("archive.seal_interval: {e}"))?;

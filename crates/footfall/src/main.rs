@@ -263,6 +263,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .init();
     let data = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let geo = (!cfg.enrich.geoip_path.is_empty()).then(|| PathBuf::from(&cfg.enrich.geoip_path));
+    footfall_enrich::configure(geo.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
 
     // The one place implementations are chosen.
     let meta: Arc<dyn MetaStore> = Arc::new(open_meta(&cfg)?);
@@ -356,6 +358,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         rules,
         accepting: AtomicBool::new(true),
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
+        tracker_path: cfg.tracker.script_path.clone(),
         reprocessor: Some(Arc::new(footfall_server::reprocess::Reprocessor::new(
             archive,
             seal_tx,
