@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A real desktop Chrome user agent: headless Chromium says `HeadlessChrome`, which the
 /// bot rules rightly filter out.
