@@ -821,6 +821,41 @@ fn dim_name(d: KeyDim) -> &'static str {
     }
 }
 
+/// Events kept out of the statistics (bots), by reason, over a date range of the
+/// property's local days: `{"filtered": {"bot:crawler-pattern": 12, …}, "total": 12}`.
+pub fn filtered(
+    store: &dyn RollupStore,
+    site_id: &str,
+    date_range: &Value,
+    tz: Tz,
+    now_ms: i64,
+) -> Result<Value, QueryError> {
+    let today = local_time(&tz, now_ms).date();
+    let mut earliest = None;
+    store.read(site_id, &mut |p| {
+        earliest = p.and_then(|p| p.days.keys().next().map(|d| d.date()));
+    });
+    let (from, to) = resolve_date_range(date_range, today, earliest)?;
+    let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
+    store.read(site_id, &mut |p| {
+        let Some(p) = p else { return };
+        for (_, b) in p
+            .days
+            .range(LocalDay::from_date(from)..=LocalDay::from_date(to))
+        {
+            for (k, n) in &b.filtered {
+                *by_reason.entry(k.clone()).or_default() += n;
+            }
+        }
+    });
+    let total: u64 = by_reason.values().sum();
+    Ok(json!({
+        "filtered": by_reason,
+        "total": total,
+        "date_range": [from.to_string(), to.to_string()],
+    }))
+}
+
 /// Realtime figures of a property at wall-clock time `now_ms`, from per-minute
 /// statistics: a window of N minutes is the minute buckets from `floor(now) − N + 1`
 /// to `floor(now)` (the current, partial minute included).

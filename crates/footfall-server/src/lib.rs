@@ -109,6 +109,7 @@ pub fn app(state: AppRef) -> Router {
         .route("/api/v2/query", post(query))
         .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
         .route("/api/v1/stats/realtime", get(realtime_report))
+        .route("/api/v1/stats/filtered", get(filtered_report))
         .route("/api/v1/admin/reprocess", post(reprocess_start))
         .route("/api/v1/admin/reprocess/{id}", get(reprocess_status))
         .route("/healthz", get(|| async { "ok" }))
@@ -376,6 +377,45 @@ async fn realtime_report(
     .into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct FilteredParams {
+    site_id: String,
+    #[serde(default = "default_range")]
+    date_range: String,
+}
+
+fn default_range() -> String {
+    "30d".into()
+}
+
+/// Events kept out of the statistics (bots), by reason: `GET
+/// /api/v1/stats/filtered?site_id=…&date_range=7d` (a named range or `FROM,TO`).
+async fn filtered_report(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    axum::extract::Query(p): axum::extract::Query<FilteredParams>,
+) -> Result<Response, ApiError> {
+    authorise_read(&app, &headers, &p.site_id)?;
+    let property = app
+        .cache
+        .property(&p.site_id)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
+    let range = match p.date_range.split_once(',') {
+        Some((a, b)) => json!([a, b]),
+        None => json!(p.date_range),
+    };
+    let v = footfall_query::filtered(
+        app.store.as_ref(),
+        &p.site_id,
+        &range,
+        property.tz(),
+        app.clock.now_millis(),
+    )
+    .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+    Ok(Json(v).into_response())
+}
+
 async fn query(
     State(app): State<AppRef>,
     headers: HeaderMap,
@@ -575,6 +615,27 @@ async fn append_durable(app: &AppState, records: Vec<(u32, Vec<u8>)>) -> Result<
     Ok(())
 }
 
+/// `https://x.com/app?q=1#/settings/a` → `https://x.com/app/settings/a?q=1`.
+fn hash_route_url(url: &str) -> String {
+    let Some((base, frag)) = url.split_once('#') else {
+        return url.to_string();
+    };
+    let route = frag.trim_start_matches('/');
+    if route.is_empty() {
+        return base.to_string();
+    }
+    let (path, query) = match base.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (base, None),
+    };
+    let mut out = format!("{}/{route}", path.trim_end_matches('/'));
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 fn plausible_error(status: StatusCode, field: &str, msg: &str) -> Response {
     (status, Json(json!({"errors": {field: [msg]}}))).into_response()
 }
@@ -626,6 +687,15 @@ async fn plausible_inner(
     let domains = get("d", "domain")
         .and_then(|x| x.as_str())
         .ok_or_else(|| bad("domain", "can't be blank"))?;
+    // Hash-based routing (`h`): the route in the fragment is part of the page, joined to
+    // the path as the tracker's `data-hash` does (`/app#/settings` → `/app/settings`).
+    let hash_routing = get("h", "hashMode")
+        .is_some_and(|h| h.as_bool().unwrap_or(false) || h.as_i64().unwrap_or(0) != 0);
+    let url = if hash_routing {
+        hash_route_url(url)
+    } else {
+        url.to_string()
+    };
     let mut event = json!({"name": name, "url": url});
     match get("p", "props") {
         Some(serde_json::Value::String(s)) => {
