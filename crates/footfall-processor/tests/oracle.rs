@@ -74,11 +74,12 @@ fn step_strategy() -> impl Strategy<Value = i64> {
     ]
 }
 
-const REFERRERS: [Option<(&str, &str)>; 4] = [
+/// Referrer, expected source and channel (by the rules of docs/METRICS.md).
+const REFERRERS: [Option<(&str, &str, &str)>; 4] = [
     None,
-    Some(("https://www.google.com/", "google.com")),
-    Some(("https://t.co/x", "t.co")),
-    Some(("https://shop.example/self", "Direct / None")),
+    Some(("https://www.google.com/", "google.com", "Organic Search")),
+    Some(("https://t.co/x", "t.co", "Organic Social")),
+    Some(("https://shop.example/self", "Direct / None", "Direct")),
 ];
 
 /// Per event: (time step, kind, page, referrer).
@@ -112,6 +113,7 @@ fn build(base: i64, visitors: &[(i64, Steps)]) -> Vec<OEvent> {
                 referrer: r.map(|x| x.0.to_string()),
                 page: Some(page),
                 source: r.map(|x| x.1).unwrap_or("Direct / None").to_string(),
+                channel: r.map(|x| x.2).unwrap_or("Direct").to_string(),
                 interactive,
             };
             last = Some(e.clone());

@@ -187,6 +187,26 @@ pub fn check_report(
             "source {k}"
         );
     }
+    // Per channel (from the visit keys).
+    let v = query(q(
+        json!(["visitors", "visits", "bounce_rate", "visit_duration"]),
+        json!(["visit:channel"]),
+    ));
+    let got = rows_by_dim(&v);
+    assert_eq!(got.len(), r.channels.len(), "channels: {v}");
+    for (k, s) in &r.channels {
+        let m = &got[k];
+        assert_visitors(&m[0], s.visit_visitors.len(), &format!("channel {k}"));
+        assert_eq!(
+            (&m[1], &m[2], &m[3]),
+            (
+                &json!(s.visits),
+                &json!(s.bounce_rate()),
+                &json!(s.visit_duration())
+            ),
+            "channel {k}"
+        );
+    }
     let v = query(q(
         json!(["visits", "bounce_rate"]),
         json!(["visit:entry_page"]),

@@ -25,9 +25,11 @@ pub struct OEvent {
     /// What is sent: the full URL and referrer.
     pub url: Option<String>,
     pub referrer: Option<String>,
-    /// Expected `event:page` (URL path) and `visit:source` of this event.
+    /// Expected `event:page` (URL path), `visit:source` and `visit:channel` of this event
+    /// (written by hand from the rules of docs/METRICS.md, not computed by product code).
     pub page: Option<String>,
     pub source: String,
+    pub channel: String,
     pub interactive: bool,
 }
 
@@ -89,6 +91,7 @@ pub struct OVisit {
     pub interactive_custom: i64,
     pub entry_page: Option<String>,
     pub source: String,
+    pub channel: String,
 }
 
 impl OVisit {
@@ -124,6 +127,7 @@ pub fn visits(events: &[OEvent], gap_ms: i64) -> Vec<OVisit> {
                     .count() as i64,
                 entry_page: pvs.first().and_then(|e| e.page.clone()),
                 source: cur[0].source.clone(),
+                channel: cur[0].channel.clone(),
             });
             cur.clear();
         };
@@ -157,6 +161,7 @@ pub struct Report {
     pub pages: BTreeMap<String, Stats>,
     pub names: BTreeMap<String, Stats>,
     pub sources: BTreeMap<String, Stats>,
+    pub channels: BTreeMap<String, Stats>,
     pub entry_pages: BTreeMap<String, Stats>,
 }
 
@@ -199,6 +204,7 @@ pub fn report(events: &[OEvent], tz: Tz, gap_ms: i64, from: NaiveDate, to: Naive
         count_visit(r.days.entry(t.date()).or_default(), &v);
         count_visit(r.hours.entry(hour_of(t)).or_default(), &v);
         count_visit(r.sources.entry(v.source.clone()).or_default(), &v);
+        count_visit(r.channels.entry(v.channel.clone()).or_default(), &v);
         if let Some(p) = &v.entry_page {
             count_visit(r.entry_pages.entry(p.clone()).or_default(), &v);
         }
@@ -218,15 +224,53 @@ pub struct GenSpec {
     pub host: String,
 }
 
-const REFERRERS: &[(Option<&str>, &str)] = &[
-    (None, "Direct / None"),
-    (None, "Direct / None"),
-    (Some("https://www.google.com/search?q=x"), "google.com"),
-    (Some("https://duckduckgo.com/"), "duckduckgo.com"),
-    (Some("https://t.co/abc"), "t.co"),
+/// Referrer, campaign tags of the landing URL, expected source and channel.
+type Acquisition = (
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const REFERRERS: &[Acquisition] = &[
+    (None, "", "Direct / None", "Direct"),
+    (None, "", "Direct / None", "Direct"),
+    (
+        Some("https://www.google.com/search?q=x"),
+        "",
+        "google.com",
+        "Organic Search",
+    ),
+    (
+        Some("https://duckduckgo.com/"),
+        "",
+        "duckduckgo.com",
+        "Organic Search",
+    ),
+    (Some("https://t.co/abc"), "", "t.co", "Organic Social"),
     (
         Some("https://news.ycombinator.com/item?id=1"),
+        "",
         "news.ycombinator.com",
+        "Organic Social",
+    ),
+    (
+        Some("https://blog.example.net/post?id=1"),
+        "",
+        "blog.example.net",
+        "Referral",
+    ),
+    (
+        None,
+        "&utm_source=newsletter&utm_medium=email",
+        "newsletter",
+        "Email",
+    ),
+    (
+        Some("https://www.google.com/"),
+        "&gclid=Cj0KCQ",
+        "google.com",
+        "Paid Search",
     ),
 ];
 
@@ -241,7 +285,7 @@ pub fn generate(spec: &GenSpec) -> Vec<OEvent> {
         let mut t = spec.start_ms + rng.random_range(0..spec.span_ms.max(1));
         let n_visits = 1 + rng.random_range(0..spec.max_visits_per_visitor.max(1));
         for _ in 0..n_visits {
-            let (referrer, source) = REFERRERS[rng.random_range(0..REFERRERS.len())];
+            let (referrer, tags, source, channel) = REFERRERS[rng.random_range(0..REFERRERS.len())];
             let n = if rng.random_bool(0.4) {
                 1
             } else {
@@ -261,7 +305,11 @@ pub fn generate(spec: &GenSpec) -> Vec<OEvent> {
                     } else {
                         "pageview".into()
                     },
-                    url: Some(format!("https://{}{page}?x={i}", spec.host)),
+                    url: Some(format!(
+                        "https://{}{page}?x={i}{}",
+                        spec.host,
+                        if i == 0 { tags } else { "" }
+                    )),
                     referrer: if i == 0 {
                         referrer.map(String::from)
                     } else {
@@ -274,6 +322,7 @@ pub fn generate(spec: &GenSpec) -> Vec<OEvent> {
                     } else {
                         "Direct / None".into()
                     },
+                    channel: if i == 0 { channel } else { "Direct" }.into(),
                     interactive: !(custom && rng.random_bool(0.5)),
                 });
                 // Within a visit: up to just under 30 minutes, edge cases included.
@@ -306,6 +355,7 @@ mod tests {
             referrer: None,
             page: Some(page.into()),
             source: "Direct / None".into(),
+            channel: "Direct".into(),
             interactive: true,
         }
     }
