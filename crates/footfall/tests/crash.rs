@@ -53,7 +53,15 @@ async fn kill_9_loses_nothing_acknowledged_and_counts_once() {
     // A unique page per event tells, after the fact, exactly which events were counted.
     for (i, e) in events.iter_mut().enumerate() {
         e.page = Some(format!("/e{i}"));
-        e.url = Some(format!("https://shop.example/e{i}"));
+        // Keep the query string: its campaign tags decide source and channel.
+        let query = e
+            .url
+            .as_deref()
+            .and_then(|u| u.find('?').map(|q| u[q..].to_string()));
+        e.url = Some(format!(
+            "https://shop.example/e{i}{}",
+            query.unwrap_or_default()
+        ));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut batches: Vec<std::ops::Range<usize>> = Vec::new();
