@@ -115,7 +115,14 @@ fn parse_clf(line: &str, combined: bool) -> Option<Request> {
             .unwrap_or("");
         if let Some((r, more)) = quoted(after) {
             referrer = dash_none(&r);
-            if let Some((ua, _)) = quoted(more) {
+            // The last field of a truncated line may lack its closing quote: the rest of
+            // the line is still the user agent (a crawler's, in the wild).
+            let ua = quoted(more).map(|(ua, _)| ua).or_else(|| {
+                more.trim_start()
+                    .strip_prefix('"')
+                    .map(|s| s.trim_end().to_string())
+            });
+            if let Some(ua) = ua {
                 user_agent = dash_none(&ua);
             }
         }
@@ -234,6 +241,12 @@ mod tests {
         );
         assert_eq!(r.time_ms, 1_431_857_103_000);
         assert_eq!(page_view(&r), Ok(()));
+        let truncated = r#"46.118.127.106 - - [20/May/2015:12:05:17 +0000] "GET /a.py HTTP/1.1" 200 235 "-" "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html"#;
+        let r = parse_line(truncated, Format::Combined, &mut None).unwrap();
+        assert_eq!(
+            r.user_agent.as_deref(),
+            Some("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html")
+        );
         let asset =
             r#"1.2.3.4 - - [17/May/2015:10:05:03 +0000] "GET /a/b.PNG HTTP/1.1" 200 1 "-" "-""#;
         assert_eq!(
