@@ -34,13 +34,14 @@ fn shared_log() -> Option<PathBuf> {
 /// The independent count: split on quotes, keep GET 2xx requests whose last path segment
 /// has no asset extension (the rule in docs/API.md), group by UTC day and by path.
 /// Also returns the user agent of each page view, for the bot check below.
-fn expected(
-    text: &str,
-) -> (
+/// Page views per day and per path, and (day, path, user agent) of each page view.
+type Expected = (
     BTreeMap<String, u64>,
     BTreeMap<String, u64>,
     Vec<(String, String, String)>,
-) {
+);
+
+fn expected(text: &str) -> Expected {
     const ASSET: &[&str] = &[
         "css", "js", "mjs", "map", "png", "jpg", "jpeg", "gif", "svg", "ico", "webp", "avif",
         "bmp", "tif", "tiff", "woff", "woff2", "ttf", "otf", "eot", "mp3", "mp4", "webm", "ogg",
