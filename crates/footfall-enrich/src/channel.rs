@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use footfall_event::{url_host, url_query_param};
+use footfall_event::url_host;
 use serde::Deserialize;
 
 /// `visit:source` and `visit:referrer` of visits without a referrer or campaign.
@@ -112,24 +112,59 @@ const PAID_SEARCH_CLICK_IDS: [&str; 5] = ["gclid", "gbraid", "wbraid", "msclkid"
 const PAID_SOCIAL_CLICK_IDS: [&str; 6] =
     ["fbclid", "ttclid", "twclid", "li_fat_id", "epik", "ScCid"];
 
+/// Query parameters the rules read, from one pass over the URL's query string.
+#[derive(Default)]
+struct Params {
+    utm: [String; 5],
+    /// `ref`, then `source`: campaign sources other tools use.
+    other_source: [String; 2],
+    search_click: bool,
+    social_click: bool,
+}
+
+fn params(url: Option<&str>) -> Params {
+    let mut p = Params::default();
+    let Some(q) = url
+        .and_then(|u| u.split_once('?'))
+        .map(|(_, q)| q.split('#').next().unwrap_or(""))
+    else {
+        return p;
+    };
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        if v.is_empty() {
+            continue;
+        }
+        if let Some(i) = UTM_KEYS.iter().position(|u| *u == k) {
+            if p.utm[i].is_empty() {
+                p.utm[i] = v.into_owned();
+            }
+        } else if k == "ref" || k == "source" {
+            let i = (k == "source") as usize;
+            if p.other_source[i].is_empty() {
+                p.other_source[i] = v.into_owned();
+            }
+        } else if PAID_SEARCH_CLICK_IDS.contains(&k.as_ref()) {
+            p.search_click = true;
+        } else if PAID_SOCIAL_CLICK_IDS.contains(&k.as_ref()) {
+            p.social_click = true;
+        }
+    }
+    p
+}
+
 /// The acquisition of a visit whose first event had `url` and `referrer`.
 pub fn attribution(url: Option<&str>, referrer: Option<&str>) -> Attribution {
-    let param = |k: &str| {
-        url.and_then(|u| url_query_param(u, k))
-            .map(|v| v.into_owned())
-            .unwrap_or_default()
-    };
-    let utm = UTM_KEYS.map(param);
+    let p = params(url);
+    let utm = p.utm;
     let own_host = url.and_then(url_host);
     let ext_ref =
         referrer.filter(|r| url_host(r).is_some_and(|rh| Some(rh.as_ref()) != own_host.as_deref()));
     let ref_host = ext_ref.and_then(url_host).map(|h| h.into_owned());
 
     let mut source = String::new();
-    for k in ["utm_source", "ref", "source"] {
-        let v = param(k);
+    for v in [&utm[0], &p.other_source[0], &p.other_source[1]] {
         if !v.is_empty() {
-            source = v;
+            source = v.clone();
             break;
         }
     }
@@ -151,13 +186,12 @@ pub fn attribution(url: Option<&str>, referrer: Option<&str>) -> Attribution {
                 .flatten()
         });
     let source_medium = tag_medium.or(known_ref);
-    let has = |ids: &[&str]| ids.iter().any(|k| !param(k).is_empty());
     let channel = channel(
         &utm[1].to_ascii_lowercase(),
         &utm[2].to_ascii_lowercase(),
         source_medium,
-        has(&PAID_SEARCH_CLICK_IDS),
-        has(&PAID_SOCIAL_CLICK_IDS),
+        p.search_click,
+        p.social_click,
         ext_ref.is_some(),
         source != DIRECT,
     );

@@ -172,7 +172,7 @@ fn device_type(ua: &str, family: &str, os: &str) -> &'static str {
 /// agents cover nearly all traffic; past `capacity` the cache starts over rather than
 /// track recency.
 pub struct UaCache {
-    map: HashMap<Box<str>, Arc<UaInfo>>,
+    map: HashMap<Box<str>, Arc<UaInfo>, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
@@ -198,7 +198,7 @@ impl Default for UaCache {
 impl UaCache {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
             capacity,
         }
     }
