@@ -982,3 +982,58 @@ pub(crate) async fn segment(
     }
     Ok(Json(out).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn segment_corrects_client_clock_skew() {
+        let received = ms("2026-11-26T12:00:10Z");
+        // The client's clock is 1 hour fast: it stamped the event 5 s before sending.
+        let m =
+            json!({"originalTimestamp": "2026-11-26T13:00:00Z", "sentAt": "2026-11-26T13:00:05Z"});
+        assert_eq!(
+            segment_timestamp(&m, None, received),
+            Some(ms("2026-11-26T12:00:05Z"))
+        );
+        // A batch-level sentAt applies to messages without their own.
+        let m = json!({"originalTimestamp": "2026-11-26T13:00:00Z"});
+        let sent = Some(ms("2026-11-26T13:00:05Z"));
+        assert_eq!(
+            segment_timestamp(&m, sent, received),
+            Some(ms("2026-11-26T12:00:05Z"))
+        );
+        // An explicit timestamp is taken as it is.
+        let m = json!({"timestamp": "2026-11-20T08:00:00Z", "originalTimestamp": "2026-11-26T13:00:00Z"});
+        assert_eq!(
+            segment_timestamp(&m, sent, received),
+            Some(ms("2026-11-20T08:00:00Z"))
+        );
+        assert_eq!(segment_timestamp(&json!({}), sent, received), None);
+    }
+
+    #[test]
+    fn gtag_hit_mapping() {
+        let p: HashMap<String, String> = query_map(
+            "v=2&tid=FF-1&cid=1.2&en=purchase&dl=https%3A%2F%2Fa.example%2Fx&epn.value=12.5&cu=EUR&ep.coupon=X",
+        );
+        let e = gtag_event(&p).unwrap();
+        assert_eq!(e["name"], "purchase");
+        assert_eq!(e["revenue"], json!({"amount": 12.5, "currency": "EUR"}));
+        assert_eq!(e["props"], json!({"coupon": "X"}));
+        assert_eq!(e["client_id"], "1.2");
+        let p = query_map("v=2&tid=FF-1&cid=1&dl=https%3A%2F%2Fa.example%2F");
+        assert_eq!(gtag_event(&p).unwrap()["name"], "pageview");
+        assert_eq!(
+            gtag_event(&query_map("v=2&cid=1")).unwrap_err().code,
+            "missing_tracking_id"
+        );
+    }
+}
