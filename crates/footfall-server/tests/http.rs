@@ -277,6 +277,29 @@ async fn text_plain_bodies_cors_and_write_keys() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(headers["access-control-allow-origin"], "*");
+    // Every browser-facing protocol answers preflights too.
+    for path in [
+        "/api/event",
+        "/g/collect",
+        "/v1/t",
+        "/v1/batch",
+        "/mp/collect",
+    ] {
+        let (s, _, headers) = h
+            .send(
+                "OPTIONS",
+                path,
+                &[
+                    ("origin", "https://shop.example"),
+                    ("access-control-request-method", "POST"),
+                    ("access-control-request-headers", "content-type"),
+                ],
+                vec![],
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!(headers["access-control-allow-origin"], "*", "{path}");
+    }
     // Browser events from a foreign domain are refused; server-side with a key may backdate.
     let (s, v) = h
         .ingest(
