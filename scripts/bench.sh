@@ -6,6 +6,9 @@
 #                              target/bench/results-full.json
 #   scripts/bench.sh --quick   small sizes (~2-3 min after the build), for CI: writes
 #                              target/bench/BENCHMARKS-quick.md and results-quick.json
+#   scripts/bench.sh --scale N the dashboard query set alone at N events over 30 days
+#                              (fill, catch-up, queries, memory, disk; no comparisons),
+#                              for the scale row: writes target/bench/scale-N.json
 #
 # Load comes from separate processes on this machine over loopback (footfall loadgen,
 # wrk), every run bounded in time.
@@ -14,6 +17,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 mode=full
 [ "${1:-}" = "--quick" ] && mode=quick
+if [ "${1:-}" = "--scale" ]; then
+  mode=scale
+  SCALE_N=${2:?"--scale needs a number of events"}
+fi
 
 work="$root/target/bench/work-$mode"
 rm -rf "$work"
@@ -74,6 +81,41 @@ new_site() { # DIR -> "TRACKING_ID READ_KEY"
   key=$("$F" --data-dir "$1" key create --property "$tid" --scope read)
   echo "$tid $key"
 }
+
+if [ "$mode" = scale ]; then
+  N=$SCALE_N; dir="$work/q$N"; mkdir -p "$dir"
+  TODAY=$(python3 -c "import datetime as d; print((d.datetime.now(d.timezone.utc)+d.timedelta(minutes=$OFFSET_MIN)).date())")
+  FROM=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$TODAY')-d.timedelta(days=29))")
+  END=$(python3 -c "import datetime as d; print(d.datetime.now(d.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+  read -r QSITE QKEY <<<"$(new_site "$dir")"
+  echo "== fill $N events over 30 days"
+  t0=$(date +%s.%N)
+  "$B" fill --data-dir "$dir" --property "$QSITE" --events "$N" --days 30 --end "$END" --partitions 2
+  t1=$(date +%s.%N)
+  echo "== catch up and query"
+  PORT=$(free_port)
+  start_server "$dir" "$PORT"
+  wait_caught_up "$PORT"
+  t2=$(date +%s.%N)
+  "$B" queries --url "http://127.0.0.1:$PORT" --site "$QSITE" --key "$QKEY" --from "$FROM" --to "$TODAY" \
+    --iterations 100 > "$work/queries-$N.json"
+  RSS=$(peak_rss_kb "$SERVER_PID")
+  stop_server
+  LOGB=$(du -sb "$dir/log" | cut -f1); ROLLB=$(du -sb "$dir/rollups" | cut -f1)
+  "$PY" - "$work/queries-$N.json" "$N" "$t0" "$t1" "$t2" "$RSS" "$LOGB" "$ROLLB" > "$root/target/bench/scale-$N.json" <<'PY'
+import json, sys
+q = json.load(open(sys.argv[1]))
+n, t0, t1, t2, rss, logb, rollb = sys.argv[2:]
+n = int(n)
+print(json.dumps({"events": n, "fill_seconds": float(t1) - float(t0),
+                  "catchup_seconds": float(t2) - float(t1), "peak_rss_mib": int(rss) / 1024,
+                  "log_bytes_per_event": int(logb) / n, "rollup_bytes_per_event": int(rollb) / n,
+                  "queries": q}, indent=1))
+PY
+  cat "$root/target/bench/scale-$N.json"
+  rm -rf "$dir"
+  exit 0
+fi
 
 echo "== processing (pre-filled log, no HTTP; baseline: decode-only pass)"
 "$B" process --events "$PROC_EVENTS" > "$work/process.json"
