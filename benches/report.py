@@ -101,7 +101,11 @@ def main():
     a = ap.parse_args()
     w = a.work
     sizes = [int(s) for s in a.sizes.split()]
-    res = {"mode": a.mode, "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    # The run's time is when its work directory was last written (so re-rendering the
+    # report later, e.g. after editing NOTES.md, keeps the time of the measurements).
+    when = max(os.path.getmtime(os.path.join(a.work, f)) for f in os.listdir(a.work))
+    res = {"mode": a.mode,
+           "when": dt.datetime.fromtimestamp(when, dt.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine(), "command": a.command}
 
     proc = load(f"{w}/process.json", {})

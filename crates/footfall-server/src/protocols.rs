@@ -218,7 +218,6 @@ fn ga4_translate(
                     "VALUE_INVALID",
                     format!("api_secret does not belong to measurement_id {m}"),
                 ));
-                let _ = g;
                 None
             }
             _ => {
@@ -268,7 +267,6 @@ fn ga4_translate(
     if client_id.is_none_or(str::is_empty) {
         msgs.push(vmsg("client_id", "VALUE_REQUIRED", "client_id is required"));
     }
-    let user_id = root.get("user_id").and_then(Value::as_str);
     if let Some(up) = root.get("user_properties").and_then(Value::as_object) {
         if up.len() > GA4_MAX_USER_PROPS {
             msgs.push(vmsg(
@@ -402,9 +400,6 @@ fn ga4_translate(
             "client_id": client_id,
             "props": props,
         });
-        if client_id.is_none() {
-            ev["user_id"] = json!(user_id);
-        }
         for (field, param) in [
             ("url", "page_location"),
             ("referrer", "page_referrer"),
