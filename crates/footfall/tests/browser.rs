@@ -1,7 +1,8 @@
 //! Browser clients in a real headless Chromium (Debian's `chromium`), against the real
 //! server, checked through the query API:
 //! - Footfall's own tracker, served under a configured path: a page view, an SPA
-//!   navigation (history API) and a custom event with props and revenue;
+//!   navigation (history API), a custom event with props and revenue, and a file
+//!   download;
 //! - Plausible's published tracker (npm `@plausible-analytics/tracker` 0.4.6) on
 //!   `/api/event`;
 //! - a published gtag-protocol client (npm `@minimal-analytics/ga4` 1.8.7) on `/g/collect`.
@@ -173,12 +174,13 @@ async fn tracker_and_published_browser_clients_in_headless_chromium() {
         format!(
             r#"<!doctype html><html><head><title>Footfall shop</title>
 <script>window.footfall = window.footfall || function () {{ (window.footfall.q = window.footfall.q || []).push(arguments) }};</script>
-<script defer data-site="{tid}" data-api="{api}/api/v1/events" src="{api}/js/app-4f2a.js"></script>
-</head><body><p>shop</p><script>
+<script defer data-site="{tid}" data-api="{api}/api/v1/events" data-file-downloads src="{api}/js/app-4f2a.js"></script>
+</head><body><p>shop</p><a id="dl" href="/files/price-list.pdf" download>price list</a><script>
 window.addEventListener('load', function () {{
   setTimeout(function () {{
     history.pushState({{}}, '', '/spa/checkout');
     footfall('Signup', {{props: {{plan: 'pro'}}, revenue: {{amount: 10.5, currency: 'EUR'}}}});
+    document.getElementById('dl').click();
   }}, 300);
 }});
 </script></body></html>"#,
@@ -220,7 +222,13 @@ setTimeout(function () {{ window.track({{ type: 'sign_up', event: {{ 'ep.method'
             &format!("{origin}/ff.html?utm_source=chromium&utm_medium=email"),
             &profiles.path().join("ff"),
         );
-        wait(&c, &server, &ff, &[("pageview", 2), ("Signup", 1)]).await;
+        wait(
+            &c,
+            &server,
+            &ff,
+            &[("pageview", 2), ("Signup", 1), ("File Download", 1)],
+        )
+        .await;
     }
     {
         let _b = chromium(&format!("{origin}/pl.html"), &profiles.path().join("pl"));
@@ -246,7 +254,12 @@ setTimeout(function () {{ window.track({{ type: 'sign_up', event: {{ 'ep.method'
     );
     assert_eq!(
         counts(&c, &server, &ff, "events", "event:name").await,
-        m(&[("pageview", 2), ("Signup", 1)])
+        m(&[("pageview", 2), ("Signup", 1), ("File Download", 1)])
+    );
+    let url = format!("{origin}/files/price-list.pdf");
+    assert_eq!(
+        counts(&c, &server, &ff, "events", "event:props:url").await,
+        m(&[(url.as_str(), 1)])
     );
     assert_eq!(
         counts(&c, &server, &ff, "events", "event:props:plan").await,
