@@ -15,21 +15,6 @@ use common::*;
 use footfall_testkit::{generate, report, GenSpec};
 use serde_json::{json, Value};
 
-fn python() -> Option<String> {
-    match std::env::var("FOOTFALL_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            if std::env::var("CI").is_ok() {
-                panic!("FOOTFALL_TEST_PYTHON is not set under CI: run the suite through scripts/test.sh");
-            }
-            eprintln!(
-                "\n*** SKIPPED: FOOTFALL_TEST_PYTHON is not set (scripts/test.sh sets it) ***\n"
-            );
-            None
-        }
-    }
-}
-
 use common::post_events as send;
 
 fn archive_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -254,7 +239,7 @@ async fn archive_files_are_read_by_fastavro_and_verify() {
         "{v}"
     );
 
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let files = archive_files(dir.path());
     let script = r#"
 import json, sys, fastavro
@@ -299,7 +284,7 @@ print(json.dumps({"n": len(rows), "first": {k: (v.isoformat() if hasattr(v, "iso
 /// The archive on a real S3-compatible server (moto's server mode from PyPI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_on_an_s3_compatible_server() {
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

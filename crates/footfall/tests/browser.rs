@@ -241,12 +241,7 @@ setTimeout(function () {{ window.track({{ type: 'sign_up', event: {{ 'ep.method'
     // Late beacons from the pages have had time to land.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let m = |pairs: &[(&str, u64)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
+    let m = map_of;
     // Footfall's tracker: page view, SPA navigation, custom event with props and revenue.
     assert_eq!(
         counts(&c, &server, &ff, "pageviews", "event:page").await,

@@ -15,21 +15,6 @@ use std::process::Command;
 use common::*;
 use serde_json::{json, Value};
 
-fn python() -> Option<String> {
-    match std::env::var("FOOTFALL_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            if std::env::var("CI").is_ok() {
-                panic!("FOOTFALL_TEST_PYTHON is not set under CI: run the suite through scripts/test.sh");
-            }
-            eprintln!(
-                "\n*** SKIPPED: FOOTFALL_TEST_PYTHON is not set (scripts/test.sh sets it) ***\n"
-            );
-            None
-        }
-    }
-}
-
 /// Drives both Python libraries; prints one JSON line with what they reported.
 const CLIENTS_PY: &str = r#"
 import json, sys
@@ -91,7 +76,7 @@ fn rows(v: &Value) -> Vec<(String, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_ga4_and_segment_clients_reach_the_query_api() {
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let site = create_site(dir.path(), "UTC");
     let server = Server::start(dir.path(), &[]);

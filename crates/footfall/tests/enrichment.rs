@@ -10,21 +10,6 @@ use std::process::Command;
 use common::*;
 use serde_json::{json, Value};
 
-fn python() -> Option<String> {
-    match std::env::var("FOOTFALL_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            if std::env::var("CI").is_ok() {
-                panic!("FOOTFALL_TEST_PYTHON is not set under CI: run the suite through scripts/test.sh");
-            }
-            eprintln!(
-                "\n*** SKIPPED: FOOTFALL_TEST_PYTHON is not set (scripts/test.sh sets it) ***\n"
-            );
-            None
-        }
-    }
-}
-
 /// A GeoIP2-City-shaped network and a DB-IP-shaped (flat `country_code`) one.
 const MMDB_PY: &str = r#"
 import sys
@@ -47,7 +32,7 @@ const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.goo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn geo_devices_channels_and_bots() {
-    let Some(py) = python() else { return };
+    let Some(py) = test_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("geo.mmdb");
     let out = Command::new(&py)
@@ -134,12 +119,7 @@ async fn geo_devices_channels_and_bots() {
             counts_by_dimension(&v)
         }
     };
-    let m = |pairs: &[(&str, u64)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
+    let m = map_of;
     assert_eq!(
         by("visit:country", json!([])).await,
         m(&[("DE", 1), ("JP", 2), ("(unknown)", 1)])
@@ -197,15 +177,6 @@ async fn geo_devices_channels_and_bots() {
     );
 
     // …and counted, by reason.
-    let r = c
-        .get(format!(
-            "{}/api/v1/stats/filtered?site_id={}&date_range=day",
-            server.url, site.tracking_id
-        ))
-        .bearer_auth(&site.read_key)
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
+    let v = filtered(&c, &server.url, &site, "day").await;
     assert_eq!(v["filtered"], json!({"bot:crawler-pattern": 2}), "{v}");
 }

@@ -96,18 +96,7 @@ fn expected(text: &str) -> Expected {
 /// crawler-user-agents patterns, and the Python uap-core parser's `Spider` device
 /// (PyPI ua-parser). Returns the set of bot user agents among `uas`.
 fn bots(uas: &[&str]) -> Option<std::collections::BTreeSet<String>> {
-    let py = match std::env::var("FOOTFALL_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => p,
-        _ => {
-            if std::env::var("CI").is_ok() {
-                panic!("FOOTFALL_TEST_PYTHON is not set under CI: run the suite through scripts/test.sh");
-            }
-            eprintln!(
-                "\n*** SKIPPED: FOOTFALL_TEST_PYTHON is not set (scripts/test.sh sets it) ***\n"
-            );
-            return None;
-        }
-    };
+    let py = test_python()?;
     let rules = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/rules/crawler-user-agents.json");
     let script = r#"
@@ -239,16 +228,7 @@ async fn apache_log_import_matches_an_independent_count() {
     .await;
     let got = counts_by_dimension(&v);
     assert_eq!(got, paths, "page views per path");
-    let r = client
-        .get(format!(
-            "{}/api/v1/stats/filtered?site_id={}&date_range=2015-05-16,2015-05-21",
-            server.url, site.tracking_id
-        ))
-        .bearer_auth(&site.read_key)
-        .send()
-        .await
-        .unwrap();
-    let filtered: Value = r.json().await.unwrap();
+    let filtered = filtered(&client, &server.url, &site, "2015-05-16,2015-05-21").await;
     assert_eq!(filtered["total"], json!(imported - total), "{filtered}");
     eprintln!(
         "{imported} page views imported; {} by bots filtered ({}); {} page views over {} days and {} paths match",

@@ -236,3 +236,42 @@ pub fn counts_by_dimension(v: &Value) -> std::collections::BTreeMap<String, u64>
         })
         .collect()
 }
+
+/// The Python interpreter with the test packages (scripts/test.sh installs them and sets
+/// FOOTFALL_TEST_PYTHON). Absent: the caller skips, loudly — except under CI, where a
+/// missing interpreter is a failure.
+pub fn test_python() -> Option<String> {
+    match std::env::var("FOOTFALL_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            if std::env::var("CI").is_ok() {
+                panic!("FOOTFALL_TEST_PYTHON is not set under CI: run the suite through scripts/test.sh");
+            }
+            eprintln!(
+                "\n*** SKIPPED: FOOTFALL_TEST_PYTHON is not set (scripts/test.sh sets it) ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// `GET /api/v1/stats/filtered` for `site` over `date_range` (`day`, `FROM,TO`, …).
+pub async fn filtered(client: &reqwest::Client, url: &str, site: &Site, date_range: &str) -> Value {
+    client
+        .get(format!(
+            "{url}/api/v1/stats/filtered?site_id={}&date_range={date_range}",
+            site.tracking_id
+        ))
+        .bearer_auth(&site.read_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Expected one-dimension counts, in the shape of [`counts_by_dimension`].
+pub fn map_of(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
