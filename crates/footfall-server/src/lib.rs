@@ -149,9 +149,7 @@ async fn ingest_native(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !app.accepting.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("server is shutting down"));
-    }
+    check_accepting(&app)?;
     let limits = &app.rules.limits;
     let bytes = read_body(body, limits.max_body_bytes)
         .await
@@ -178,52 +176,17 @@ async fn ingest_native(
             None => return Err(ApiError::unauthorized("unknown API key")),
         },
     };
-    let now = app.clock.now_millis();
-    let header_ua = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let salt = app
-        .cache
-        .salt(now.div_euclid(86_400_000))
-        .map_err(internal)?;
-    let secret = *app.cache.secret();
-    let client = client_ip(peer.ip(), &headers, &app.rules.trusted_proxies);
-    let mut rejected = Vec::new();
-    let mut records = Vec::with_capacity(values.len());
-    let partitions = app.log.partitions();
-    for (i, v) in values.iter().enumerate() {
-        match admit(
-            &app,
-            v,
-            grant.as_ref(),
-            now,
-            client,
-            &header_ua,
-            &salt,
-            &secret,
-            true,
-        ) {
-            Ok(e) => records.push((partition_for(e.visitor, partitions), e.encode())),
-            Err(r) => {
-                app.metrics.reject(r.code);
-                rejected.push(json!({"index": i, "code": r.code, "message": r.message}));
-            }
-        }
-    }
+    let sender = Sender {
+        grant: grant.as_ref(),
+        peer,
+        headers: &headers,
+        header_ua: true,
+        check_url_host: true,
+    };
+    let (records, bad) = admit_all(&app, &values, &sender)?;
+    let rejected: Vec<serde_json::Value> = bad.iter().map(|(i, r)| rejection_json(*i, r)).collect();
     if records.is_empty() {
-        let all_unknown = rejected.iter().all(|r| r["code"] == "unknown_tracking_id");
-        let (status, code) = if all_unknown {
-            (StatusCode::NOT_FOUND, "unknown_tracking_id")
-        } else {
-            (StatusCode::BAD_REQUEST, "no_valid_events")
-        };
-        let first = rejected
-            .first()
-            .and_then(|r| r["message"].as_str())
-            .unwrap_or("no events")
-            .to_string();
-        return Err(ApiError::new(status, code, first).with("rejected", json!(rejected)));
+        return Err(no_valid_events(rejected));
     }
     let n = records.len();
     append_durable(&app, records).await?;
@@ -232,6 +195,99 @@ async fn ingest_native(
         Json(json!({"accepted": n, "rejected": rejected})),
     )
         .into_response())
+}
+
+/// Ingestion is refused (503) once shutdown has started.
+fn check_accepting(app: &AppState) -> Result<(), ApiError> {
+    if app.accepting.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable("server is shutting down"))
+    }
+}
+
+/// Who sent a request, and what admission may take from it.
+pub(crate) struct Sender<'a> {
+    /// The write key's grant (server-side senders), if any.
+    pub grant: Option<&'a footfall_meta::KeyGrant>,
+    pub peer: SocketAddr,
+    pub headers: &'a HeaderMap,
+    /// Take the user agent from the request (browser protocols), or only from the payload
+    /// (server protocols, whose HTTP client is not the visitor).
+    pub header_ua: bool,
+    /// Check browser events' page host against the property's domains.
+    pub check_url_host: bool,
+}
+
+/// Records ready to append and, per input index, the events refused.
+pub(crate) type Admitted = (Vec<(u32, Vec<u8>)>, Vec<(usize, Rejection)>);
+
+/// Admits native event objects (every protocol translates into them); refusals are
+/// counted in the metrics.
+pub(crate) fn admit_all(
+    app: &AppState,
+    events: &[serde_json::Value],
+    s: &Sender<'_>,
+) -> Result<Admitted, ApiError> {
+    let now = app.clock.now_millis();
+    let salt = app
+        .cache
+        .salt(now.div_euclid(86_400_000))
+        .map_err(internal)?;
+    let secret = *app.cache.secret();
+    let ip = client_ip(s.peer.ip(), s.headers, &app.rules.trusted_proxies);
+    let ua = if s.header_ua {
+        s.headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    } else {
+        None
+    };
+    let (mut ok, mut bad) = (Vec::with_capacity(events.len()), Vec::new());
+    let partitions = app.log.partitions();
+    for (i, e) in events.iter().enumerate() {
+        match admit(
+            app,
+            e,
+            s.grant,
+            now,
+            ip,
+            &ua,
+            &salt,
+            &secret,
+            s.check_url_host,
+        ) {
+            Ok(ev) => ok.push((partition_for(ev.visitor, partitions), ev.encode())),
+            Err(r) => {
+                app.metrics.reject(r.code);
+                bad.push((i, r));
+            }
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// One refused item in the native `rejected` list.
+pub(crate) fn rejection_json(index: usize, r: &Rejection) -> serde_json::Value {
+    json!({"index": index, "code": r.code, "message": r.message})
+}
+
+/// The answer when no item of a request was admitted: 404 when every item named an
+/// unknown tracking id, else 400, with the per-item list.
+pub(crate) fn no_valid_events(rejected: Vec<serde_json::Value>) -> ApiError {
+    let all_unknown = rejected.iter().all(|r| r["code"] == "unknown_tracking_id");
+    let (status, code) = if all_unknown {
+        (StatusCode::NOT_FOUND, "unknown_tracking_id")
+    } else {
+        (StatusCode::BAD_REQUEST, "no_valid_events")
+    };
+    let first = rejected
+        .first()
+        .and_then(|r| r["message"].as_str())
+        .unwrap_or("no events")
+        .to_string();
+    ApiError::new(status, code, first).with("rejected", json!(rejected))
 }
 
 /// Turns one body item into a log record, or says why not.
@@ -662,9 +718,7 @@ async fn plausible_inner(
     body: Body,
 ) -> Result<Response, Response> {
     let bad = |field: &str, msg: &str| plausible_error(StatusCode::BAD_REQUEST, field, msg);
-    if !app.accepting.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("server is shutting down").into_response());
-    }
+    check_accepting(app).map_err(IntoResponse::into_response)?;
     let bytes = read_body(body, app.rules.limits.max_body_bytes)
         .await
         .map_err(IntoResponse::into_response)?;
@@ -718,39 +772,33 @@ async fn plausible_inner(
     if let Some(i) = get("i", "interactive") {
         event["interactive"] = i.clone();
     }
-    let now = app.clock.now_millis();
-    let ip = client_ip(peer.ip(), headers, &app.rules.trusted_proxies);
-    let header_ua = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
     let meta_err = |e: footfall_meta::Error| internal(e).into_response();
-    let salt = app
-        .cache
-        .salt(now.div_euclid(86_400_000))
-        .map_err(meta_err)?;
-    let secret = *app.cache.secret();
-    let (mut records, mut problems, mut matched) = (Vec::new(), Vec::new(), false);
+    let (mut properties, mut events) = (Vec::new(), Vec::new());
     for d in domains.split(',') {
         let d = d.trim().to_ascii_lowercase();
         let d = d.strip_prefix("www.").unwrap_or(&d);
         for property in app.cache.properties_for_domain(d).map_err(meta_err)? {
-            matched = true;
             let mut e = event.clone();
             e["tracking_id"] = json!(property);
-            // The `d` parameter named this property by one of its domains; like
-            // Plausible, the page's own host is not checked (one event may go to several).
-            match admit(app, &e, None, now, ip, &header_ua, &salt, &secret, false) {
-                Ok(ev) => {
-                    records.push((partition_for(ev.visitor, app.log.partitions()), ev.encode()))
-                }
-                Err(r) => {
-                    app.metrics.reject(r.code);
-                    problems.push(format!("{property}: {} ({})", r.message, r.code));
-                }
-            }
+            properties.push(property);
+            events.push(e);
         }
     }
+    let matched = !events.is_empty();
+    // The `d` parameter named each property by one of its domains; like Plausible, the
+    // page's own host is not checked (one event may go to several).
+    let sender = Sender {
+        grant: None,
+        peer,
+        headers,
+        header_ua: true,
+        check_url_host: false,
+    };
+    let (records, bad) = admit_all(app, &events, &sender).map_err(IntoResponse::into_response)?;
+    let problems: Vec<String> = bad
+        .iter()
+        .map(|(i, r)| format!("{}: {} ({})", properties[*i], r.message, r.code))
+        .collect();
     if !matched {
         app.metrics.reject("unknown_domain");
         return Err(plausible_error(

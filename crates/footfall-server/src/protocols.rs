@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use axum::body::{Body, Bytes};
@@ -16,78 +15,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use footfall_event::native::Rejection;
-use footfall_log::partition_for;
 use footfall_meta::{KeyGrant, Scope};
 use serde_json::{json, Map, Value};
 
-use crate::{admit, append_durable, client_ip, internal, read_body, ApiError, AppRef, AppState};
+use crate::{
+    admit_all, append_durable, check_accepting, internal, no_valid_events, read_body,
+    rejection_json, ApiError, AppRef, AppState, Sender,
+};
 
 /// Footfall's name for page views, whatever a protocol calls them.
 const PAGEVIEW: &str = footfall_event::PAGEVIEW;
-
-/// What admission needs besides the event: who sent it and from where.
-struct Sender<'a> {
-    grant: Option<&'a KeyGrant>,
-    peer: SocketAddr,
-    headers: &'a HeaderMap,
-    /// Take the user agent from the request (browser protocols) or only from the payload
-    /// (server protocols, whose HTTP client is not the visitor).
-    header_ua: bool,
-}
-
-/// Records ready to append and, per input index, the events refused.
-type Admitted = (Vec<(u32, Vec<u8>)>, Vec<(usize, Rejection)>);
-
-/// Admits native event objects; returns the records and, per input index, why not.
-fn admit_all(app: &AppState, events: &[Value], s: &Sender<'_>) -> Result<Admitted, ApiError> {
-    let now = app.clock.now_millis();
-    let salt = app
-        .cache
-        .salt(now.div_euclid(86_400_000))
-        .map_err(internal)?;
-    let secret = *app.cache.secret();
-    let ip = client_ip(s.peer.ip(), s.headers, &app.rules.trusted_proxies);
-    let ua = s
-        .header_ua
-        .then(|| {
-            s.headers
-                .get(header::USER_AGENT)?
-                .to_str()
-                .ok()
-                .map(String::from)
-        })
-        .flatten();
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    let partitions = app.log.partitions();
-    for (i, e) in events.iter().enumerate() {
-        match admit(
-            app,
-            e,
-            s.grant,
-            now,
-            ip,
-            &ua,
-            &salt,
-            &secret,
-            s.grant.is_none(),
-        ) {
-            Ok(ev) => ok.push((partition_for(ev.visitor, partitions), ev.encode())),
-            Err(r) => {
-                app.metrics.reject(r.code);
-                bad.push((i, r));
-            }
-        }
-    }
-    Ok((ok, bad))
-}
-
-fn check_accepting(app: &AppState) -> Result<(), ApiError> {
-    if app.accepting.load(Ordering::SeqCst) {
-        Ok(())
-    } else {
-        Err(ApiError::unavailable("server is shutting down"))
-    }
-}
 
 /// A scalar parameter as a prop value; objects and arrays (GA4 `items`) are not props.
 fn scalar(v: &Value) -> Option<Value> {
@@ -469,6 +406,7 @@ pub(crate) async fn ga4_collect(
             peer,
             headers: &headers,
             header_ua: false,
+            check_url_host: true,
         };
         let (records, _) = admit_all(&app, &events, &s)?;
         if !records.is_empty() {
@@ -588,7 +526,7 @@ pub(crate) async fn gtag_collect(
     for (i, h) in hits.iter().enumerate() {
         match gtag_event(h) {
             Ok(e) => events.push((i, e)),
-            Err(r) => rejected.push(json!({"index": i, "code": r.code, "message": r.message})),
+            Err(r) => rejected.push(rejection_json(i, &r)),
         }
     }
     let values: Vec<Value> = events.iter().map(|(_, e)| e.clone()).collect();
@@ -597,20 +535,14 @@ pub(crate) async fn gtag_collect(
         peer,
         headers: &headers,
         header_ua: true,
+        check_url_host: true,
     };
     let (records, bad) = admit_all(&app, &values, &s)?;
     for (i, r) in bad {
-        rejected.push(json!({"index": events[i].0, "code": r.code, "message": r.message}));
+        rejected.push(rejection_json(events[i].0, &r));
     }
     if records.is_empty() {
-        let unknown = rejected.iter().all(|r| r["code"] == "unknown_tracking_id");
-        let (status, code) = if unknown {
-            (StatusCode::NOT_FOUND, "unknown_tracking_id")
-        } else {
-            (StatusCode::BAD_REQUEST, "no_valid_events")
-        };
-        return Err(ApiError::new(status, code, "no valid hit in the request")
-            .with("rejected", json!(rejected)));
+        return Err(no_valid_events(rejected));
     }
     append_durable(&app, records).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -943,7 +875,7 @@ pub(crate) async fn segment(
             Ok(None) => {}
             Err(r) => {
                 app.metrics.reject(r.code);
-                rejected.push(json!({"index": i, "code": r.code, "message": r.message}));
+                rejected.push(rejection_json(i, &r));
             }
         }
     }
@@ -953,11 +885,12 @@ pub(crate) async fn segment(
         peer,
         headers: &headers,
         header_ua: false,
+        check_url_host: true,
     };
     let (records, bad) = admit_all(&app, &values, &s)?;
     let bad_idx: HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
     for (i, r) in bad {
-        rejected.push(json!({"index": events[i].0, "code": r.code, "message": r.message}));
+        rejected.push(rejection_json(events[i].0, &r));
     }
     if records.is_empty() && !rejected.is_empty() {
         return Err(segment_error(StatusCode::BAD_REQUEST, "no valid message")
