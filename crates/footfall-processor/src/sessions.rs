@@ -393,38 +393,45 @@ impl SessionState {
         let ua = ps.ua.get(ev.user_agent);
         // Bots stay in the log and archive but out of every statistic; only counted.
         if let Some(reason) = ua.bot {
+            let key = format!("bot:{reason}");
             for b in prop.hour_and_day_mut(LocalHour::from_naive(local)) {
-                *stats_entry(&mut b.filtered, &format!("bot:{reason}")) += 1;
+                *stats_entry(&mut b.filtered, &key) += 1;
             }
             return;
         }
         let pageview = ev.is_pageview();
         let page = ev.url.map(url_path);
         let page = page.as_deref();
+        // Composite keys are built once, for both the hour and the day bucket.
+        let prop_keys: Vec<String> = ev
+            .props
+            .iter()
+            .map(|(k, v)| match v {
+                PropValueView::Str(s) => format!("{k}{SEP}{s}"),
+                PropValueView::Num(n) => format!("{k}{SEP}{n}"),
+                PropValueView::Bool(x) => format!("{k}{SEP}{x}"),
+            })
+            .collect();
+        let revenue = ev.revenue.as_ref().map(|r| {
+            (
+                format!("{}{SEP}{}", ev.name, r.currency),
+                (r.amount * 1e6).round() as i64,
+            )
+        });
 
         // Event-level statistics, by the event's own local time.
         prop.count_minute(ev.timestamp, pageview, ev.visitor);
-        let mut prop_key = String::new();
         for b in prop.hour_and_day_mut(LocalHour::from_naive(local)) {
             add_event(&mut b.events, pageview, ev.visitor);
             if let Some(p) = &page {
                 add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
             }
             add_event(stats_entry(&mut b.names, ev.name), pageview, ev.visitor);
-            for (k, v) in &ev.props {
-                prop_key.clear();
-                prop_key.push_str(k);
-                prop_key.push(SEP);
-                match v {
-                    PropValueView::Str(s) => prop_key.push_str(s),
-                    PropValueView::Num(n) => prop_key.push_str(&n.to_string()),
-                    PropValueView::Bool(x) => prop_key.push_str(if *x { "true" } else { "false" }),
-                }
-                add_event(stats_entry(&mut b.props, &prop_key), pageview, ev.visitor);
+            for k in &prop_keys {
+                add_event(stats_entry(&mut b.props, k), pageview, ev.visitor);
             }
-            if let Some(r) = &ev.revenue {
-                let key = format!("{}{SEP}{}", ev.name, r.currency);
-                *stats_entry(&mut b.revenue, &key) += (r.amount * 1e6).round() as i64;
+            if let Some((key, micros)) = &revenue {
+                *stats_entry(&mut b.revenue, key) += micros;
             }
         }
 
