@@ -272,6 +272,23 @@ pub fn resolve_date_range(
     }
 }
 
+/// The local dates a `date_range` stands for in a property: "today" in its zone, and
+/// `all` from its first day with data.
+fn property_date_range(
+    store: &dyn RollupStore,
+    site_id: &str,
+    date_range: &Value,
+    tz: Tz,
+    now_ms: i64,
+) -> Result<(NaiveDate, NaiveDate), QueryError> {
+    let today = local_time(&tz, now_ms).date();
+    let mut earliest = None;
+    store.read(site_id, &mut |p| {
+        earliest = p.and_then(|p| p.days.keys().next().map(|d| d.date()));
+    });
+    resolve_date_range(date_range, today, earliest)
+}
+
 fn rate(num: i64, den: i64) -> f64 {
     if den <= 0 {
         0.0
@@ -560,12 +577,7 @@ pub fn execute(
         }
     }
 
-    let today = local_time(&tz, now_ms).date();
-    let mut earliest = None;
-    store.read(&req.site_id, &mut |p| {
-        earliest = p.and_then(|p| p.days.keys().next().map(|d| d.date()));
-    });
-    let (from, to) = resolve_date_range(&req.date_range, today, earliest)?;
+    let (from, to) = property_date_range(store, &req.site_id, &req.date_range, tz, now_ms)?;
 
     struct Row {
         time: Option<i64>,
@@ -830,12 +842,7 @@ pub fn filtered(
     tz: Tz,
     now_ms: i64,
 ) -> Result<Value, QueryError> {
-    let today = local_time(&tz, now_ms).date();
-    let mut earliest = None;
-    store.read(site_id, &mut |p| {
-        earliest = p.and_then(|p| p.days.keys().next().map(|d| d.date()));
-    });
-    let (from, to) = resolve_date_range(date_range, today, earliest)?;
+    let (from, to) = property_date_range(store, site_id, date_range, tz, now_ms)?;
     let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
     store.read(site_id, &mut |p| {
         let Some(p) = p else { return };
