@@ -236,12 +236,8 @@ fn channel(
             "Paid Other"
         };
     }
-    if campaign.contains("shop") || campaign.contains("shopping") {
-        return if medium.is_empty() && !has_referrer && !has_source {
-            "Direct"
-        } else {
-            "Organic Shopping"
-        };
+    if campaign.contains("shop") {
+        return "Organic Shopping";
     }
     match medium {
         "email" | "e-mail" | "e_mail" | "e mail" | "newsletter" => return "Email",
@@ -336,6 +332,10 @@ mod tests {
             "Affiliates"
         );
         assert_eq!(ch(&format!("{u}?utm_source=whatever"), None), "Unassigned");
+        assert_eq!(
+            ch(&format!("{u}?utm_campaign=summer-shop"), None),
+            "Organic Shopping"
+        );
         let a = attribution(
             Some("https://shop.example/?utm_source=nl&utm_medium=email&utm_campaign=bf&utm_content=hero&utm_term=shoes"),
             Some("https://WWW.Mail.Example.org/inbox/?id=1#x"),
