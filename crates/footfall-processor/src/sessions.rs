@@ -183,7 +183,9 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    fn rebuild_expiry(&mut self) {
+    /// Rebuilds what is not serialised after a load: visit keys shared again (decoding
+    /// gives every visit its own copy) and the expiry queue.
+    fn rebuild_indexes(&mut self) {
         let mut keys = std::mem::take(&mut self.keys);
         for vs in self.visitors.values_mut() {
             for v in vs {
@@ -255,7 +257,7 @@ impl SessionState {
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let mut s: Self = postcard::from_bytes(bytes)?;
         for p in &mut s.partitions {
-            p.rebuild_expiry();
+            p.rebuild_indexes();
         }
         Ok(s)
     }
