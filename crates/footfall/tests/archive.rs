@@ -253,17 +253,7 @@ for path in sys.argv[1:]:
 print(json.dumps({"n": len(rows), "first": {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in rows[0].items()},
                   "offsets": len({(x["log_partition"], x["log_offset"]) for x in rows})}))
 "#;
-    let out = Command::new(&py)
-        .arg("-c")
-        .arg(script)
-        .args(&files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new(&py).arg("-c").arg(script).args(&files));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["n"], 300);
     assert_eq!(v["offsets"], 300, "every record once");

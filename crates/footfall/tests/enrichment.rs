@@ -35,16 +35,7 @@ async fn geo_devices_channels_and_bots() {
     let Some(py) = test_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("geo.mmdb");
-    let out = Command::new(&py)
-        .args(["-c", MMDB_PY])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new(&py).args(["-c", MMDB_PY]).arg(&db));
     let site = create_site(dir.path(), "UTC");
     cli(
         dir.path(),

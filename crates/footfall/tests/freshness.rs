@@ -13,32 +13,24 @@ fn freshness_under_sustained_load() {
     let dir = tempfile::tempdir().unwrap();
     let site = create_site(dir.path(), "Asia/Kolkata");
     let server = Server::start(dir.path(), &[]);
-    let out = std::process::Command::new(BIN)
-        .args([
-            "loadgen",
-            "--url",
-            &server.url,
-            "--property",
-            &site.tracking_id,
-            "--rate",
-            "3000",
-            "--duration",
-            "6",
-            "--batch",
-            "20",
-            "--concurrency",
-            "8",
-            "--probe-key",
-            &site.read_key,
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(std::process::Command::new(BIN).args([
+        "loadgen",
+        "--url",
+        &server.url,
+        "--property",
+        &site.tracking_id,
+        "--rate",
+        "3000",
+        "--duration",
+        "6",
+        "--batch",
+        "20",
+        "--concurrency",
+        "8",
+        "--probe-key",
+        &site.read_key,
+        "--json",
+    ]));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("loadgen: {v}");
     let f = &v["freshness"];

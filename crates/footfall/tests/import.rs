@@ -141,28 +141,20 @@ async fn apache_log_import_matches_an_independent_count() {
     let site = create_site(dir.path(), "UTC");
     let server = Server::start(dir.path(), &[]);
     let import = || {
-        let out = std::process::Command::new(BIN)
-            .args([
-                "--data-dir",
-                dir.path().to_str().unwrap(),
-                "import",
-                "access-log",
-                log.to_str().unwrap(),
-                "--property",
-                &site.tracking_id,
-                "--url",
-                &server.url,
-                "--key",
-                &site.write_key,
-                "--json",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok(std::process::Command::new(BIN).args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "import",
+            "access-log",
+            log.to_str().unwrap(),
+            "--property",
+            &site.tracking_id,
+            "--url",
+            &server.url,
+            "--key",
+            &site.write_key,
+            "--json",
+        ]));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let first = import();

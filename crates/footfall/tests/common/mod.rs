@@ -275,3 +275,14 @@ pub async fn filtered(client: &reqwest::Client, url: &str, site: &Site, date_ran
 pub fn map_of(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
+
+/// Runs a command to completion and asserts it succeeded (its stderr is the message).
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
