@@ -168,9 +168,9 @@ impl ArchivedEvent {
     }
 }
 
-/// The fields of an archived event that processing reads (the rest are skipped while
-/// decoding, which makes rebuilds cheaper). When enrichment starts reading more fields
-/// (user agent, address), they are added here.
+/// The fields of an archived event that processing reads, enrichment included (the rest
+/// are skipped while decoding, which makes rebuilds cheaper). A field processing starts
+/// to read must be added here, or a reprocess would compute without it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ProcessingEvent {
     pub property: String,
@@ -180,7 +180,11 @@ pub struct ProcessingEvent {
     pub name: String,
     pub url: Option<String>,
     pub referrer: Option<String>,
+    pub props: BTreeMap<String, ArchivedProp>,
+    pub revenue: Option<ArchivedRevenue>,
     pub interactive: bool,
+    pub user_agent: Option<String>,
+    pub ip_prefix: Option<String>,
     pub log_partition: i32,
     pub log_offset: i64,
 }
@@ -196,11 +200,26 @@ impl footfall_event::AsEventView for ProcessingEvent {
             url: self.url.as_deref(),
             referrer: self.referrer.as_deref(),
             title: None,
-            props: Default::default(),
-            revenue: None,
+            props: self
+                .props
+                .iter()
+                .filter_map(|(k, v)| {
+                    let pv = match (&v.string, v.number, v.boolean) {
+                        (Some(s), _, _) => footfall_event::PropValueView::Str(s),
+                        (None, Some(n), _) => footfall_event::PropValueView::Num(n),
+                        (None, None, Some(b)) => footfall_event::PropValueView::Bool(b),
+                        _ => return None,
+                    };
+                    Some((k.as_str(), pv))
+                })
+                .collect(),
+            revenue: self.revenue.as_ref().map(|r| footfall_event::RevenueView {
+                amount: r.amount,
+                currency: &r.currency,
+            }),
             interactive: self.interactive,
-            user_agent: None,
-            ip_prefix: None,
+            user_agent: self.user_agent.as_deref(),
+            ip_prefix: self.ip_prefix.as_deref(),
         }
     }
 }
@@ -269,25 +288,13 @@ mod tests {
         assert_eq!(back[0].clone().into_logged(), e);
         let lite = decode_for_processing(&bytes).unwrap();
         use footfall_event::AsEventView;
-        let (v, w) = (lite[0].as_view(), e.view());
-        assert_eq!(
-            (
-                v.property,
-                v.timestamp,
-                v.visitor,
-                v.name,
-                v.url,
-                v.interactive
-            ),
-            (
-                w.property,
-                w.timestamp,
-                w.visitor,
-                w.name,
-                w.url,
-                w.interactive
-            )
-        );
+        // Everything processing reads (all but the title) survives the lighter decode:
+        // enrichment needs the user agent and address, rollups the props and revenue.
+        let w = footfall_event::EventView {
+            title: None,
+            ..e.view()
+        };
+        assert_eq!(lite[0].as_view(), w);
         assert_eq!((lite[0].log_partition, lite[0].log_offset), (3, 99));
     }
 }
