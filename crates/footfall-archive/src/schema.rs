@@ -1,8 +1,10 @@
 //! The archive's Avro schema (versioned; documented in docs/ARCHIVE.md) and the record
 //! type written with it. The schema is parsed once per process.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use footfall_event::{LoggedEvent, PropValue, Revenue};
 use serde::{Deserialize, Serialize};
@@ -183,8 +185,12 @@ pub struct ProcessingEvent {
     pub props: BTreeMap<String, ArchivedProp>,
     pub revenue: Option<ArchivedRevenue>,
     pub interactive: bool,
-    pub user_agent: Option<String>,
-    pub ip_prefix: Option<String>,
+    /// Shared per decoding thread: a few thousand distinct values cover millions of
+    /// events, so one allocation each instead of one per event.
+    #[serde(deserialize_with = "interned")]
+    pub user_agent: Option<Arc<str>>,
+    #[serde(deserialize_with = "interned")]
+    pub ip_prefix: Option<Arc<str>>,
     pub log_partition: i32,
     pub log_offset: i64,
 }
@@ -222,6 +228,58 @@ impl footfall_event::AsEventView for ProcessingEvent {
             ip_prefix: self.ip_prefix.as_deref(),
         }
     }
+}
+
+/// Deserialises an optional string as an `Arc<str>` shared with equal earlier values on
+/// this thread (the string is read without an intermediate allocation).
+fn interned<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Arc<str>>, D::Error> {
+    thread_local! {
+        static SEEN: RefCell<HashSet<Arc<str>, foldhash::fast::RandomState>> =
+            RefCell::new(HashSet::default());
+    }
+    struct Str;
+    impl serde::de::Visitor<'_> for Str {
+        type Value = Arc<str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Arc<str>, E> {
+            Ok(SEEN.with(|seen| {
+                let mut seen = seen.borrow_mut();
+                if let Some(a) = seen.get(v) {
+                    return a.clone();
+                }
+                if seen.len() >= 100_000 {
+                    seen.clear(); // unusually diverse values: start over rather than grow
+                }
+                let a: Arc<str> = v.into();
+                seen.insert(a.clone());
+                a
+            }))
+        }
+    }
+    struct Opt;
+    impl<'de> serde::de::Visitor<'de> for Opt {
+        type Value = Option<Arc<str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("null or a string")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(
+            self,
+            d: D2,
+        ) -> std::result::Result<Self::Value, D2::Error> {
+            d.deserialize_str(Str).map(Some)
+        }
+    }
+    d.deserialize_option(Opt)
 }
 
 pub fn decode_for_processing(bytes: &[u8]) -> Result<Vec<ProcessingEvent>> {
