@@ -15,6 +15,7 @@
 //! else. A file is never changed after its batch committed. This crate never writes to
 //! the log and never interprets events beyond grouping them.
 
+pub mod rebuild;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -145,9 +146,10 @@ impl Archive {
         schema::decode(&bytes)
     }
 
-    /// Reads and decodes `files` with up to `parallel` decodes at once, keeping events
-    /// whose event time passes `keep`; returns them per log partition in log order, the
-    /// order live processing saw them. `progress(bytes, events)` is called per file.
+    /// Reads and indexes `files` with up to `parallel` decodes at once, keeping events
+    /// whose event time passes `keep`; answers them per log partition in log order, the
+    /// order live processing saw them (see [`rebuild`]). `progress(bytes, events)` is
+    /// called per file.
     pub async fn read_for_rebuild(
         &self,
         files: &[FileInfo],
@@ -155,14 +157,9 @@ impl Archive {
         parallel: usize,
         keep: impl Fn(i64) -> bool + Send + Sync + Copy + 'static,
         mut progress: impl FnMut(u64, u64),
-    ) -> Result<Vec<Vec<schema::ProcessingEvent>>> {
+    ) -> Result<rebuild::RebuildInput> {
         use futures::StreamExt;
-        // Sized up front from the files' bytes (archived events take ~20-25 bytes each):
-        // growing vectors of hundreds of MB costs copies and fresh zeroed pages.
-        let total: u64 = files.iter().map(|f| f.bytes).sum();
-        let per = (total / 20) as usize / partitions.max(1) + 1024;
-        let mut out: Vec<Vec<schema::ProcessingEvent>> =
-            (0..partitions).map(|_| Vec::with_capacity(per)).collect();
+        let mut out = rebuild::RebuildInput::new(partitions);
         let mut stream = futures::stream::iter(files.iter().cloned())
             .map(|f| {
                 let me = self.clone();
@@ -170,11 +167,9 @@ impl Archive {
                     let path = me.key(&f.path);
                     let bytes = me.store.get(&path).await?.bytes().await?;
                     tokio::task::spawn_blocking(move || {
-                        let events = schema::decode_for_processing(&bytes)?;
-                        let n = events.len() as u64;
-                        let kept: Vec<_> =
-                            events.into_iter().filter(|a| keep(a.timestamp)).collect();
-                        Ok::<_, Error>((f.bytes, n, kept))
+                        let decoded = rebuild::decode_file(&bytes, keep)
+                            .map_err(|e| Error::Avro(format!("{}: {e}", f.path)))?;
+                        Ok::<_, Error>((f.bytes, decoded))
                     })
                     .await
                     .map_err(|e| Error::Avro(e.to_string()))?
@@ -182,17 +177,11 @@ impl Archive {
             })
             .buffer_unordered(parallel.max(1));
         while let Some(r) = stream.next().await {
-            let (bytes, n, events) = r?;
-            for e in events {
-                if let Some(v) = out.get_mut(e.log_partition as usize) {
-                    v.push(e);
-                }
-            }
-            progress(bytes, n);
+            let (bytes, decoded) = r?;
+            progress(bytes, decoded.total);
+            out.push(decoded);
         }
-        for v in &mut out {
-            v.sort_unstable_by_key(|e| e.log_offset);
-        }
+        out.sort();
         Ok(out)
     }
 

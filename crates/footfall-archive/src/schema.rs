@@ -1,10 +1,8 @@
 //! The archive's Avro schema (versioned; documented in docs/ARCHIVE.md) and the record
 //! type written with it. The schema is parsed once per process.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use footfall_event::{LoggedEvent, PropValue, Revenue};
 use serde::{Deserialize, Serialize};
@@ -16,7 +14,8 @@ use serde_avro_fast::Schema;
 
 use crate::{Error, Result};
 
-/// Bumped on any change to [`SCHEMA_JSON`]; also stored in each file's metadata.
+/// Bumped on any change to [`SCHEMA_JSON`]. Each file carries the schema itself in its
+/// header (`avro.schema`), by which the rebuild reader recognises version 1.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Avro schema of an archived event (version 1).
@@ -170,125 +169,6 @@ impl ArchivedEvent {
     }
 }
 
-/// The fields of an archived event that processing reads, enrichment included (the rest
-/// are skipped while decoding, which makes rebuilds cheaper). A field processing starts
-/// to read must be added here, or a reprocess would compute without it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ProcessingEvent {
-    pub property: String,
-    pub received_at: i64,
-    pub timestamp: i64,
-    pub visitor: i64,
-    pub name: String,
-    pub url: Option<String>,
-    pub referrer: Option<String>,
-    pub props: BTreeMap<String, ArchivedProp>,
-    pub revenue: Option<ArchivedRevenue>,
-    pub interactive: bool,
-    /// Shared per decoding thread: a few thousand distinct values cover millions of
-    /// events, so one allocation each instead of one per event.
-    #[serde(deserialize_with = "interned")]
-    pub user_agent: Option<Arc<str>>,
-    #[serde(deserialize_with = "interned")]
-    pub ip_prefix: Option<Arc<str>>,
-    pub log_partition: i32,
-    pub log_offset: i64,
-}
-
-impl footfall_event::AsEventView for ProcessingEvent {
-    fn as_view(&self) -> footfall_event::EventView<'_> {
-        footfall_event::EventView {
-            property: &self.property,
-            received_at: self.received_at,
-            timestamp: self.timestamp,
-            visitor: self.visitor as u64,
-            name: &self.name,
-            url: self.url.as_deref(),
-            referrer: self.referrer.as_deref(),
-            title: None,
-            props: self
-                .props
-                .iter()
-                .filter_map(|(k, v)| {
-                    let pv = match (&v.string, v.number, v.boolean) {
-                        (Some(s), _, _) => footfall_event::PropValueView::Str(s),
-                        (None, Some(n), _) => footfall_event::PropValueView::Num(n),
-                        (None, None, Some(b)) => footfall_event::PropValueView::Bool(b),
-                        _ => return None,
-                    };
-                    Some((k.as_str(), pv))
-                })
-                .collect(),
-            revenue: self.revenue.as_ref().map(|r| footfall_event::RevenueView {
-                amount: r.amount,
-                currency: &r.currency,
-            }),
-            interactive: self.interactive,
-            user_agent: self.user_agent.as_deref(),
-            ip_prefix: self.ip_prefix.as_deref(),
-        }
-    }
-}
-
-/// Deserialises an optional string as an `Arc<str>` shared with equal earlier values on
-/// this thread (the string is read without an intermediate allocation).
-fn interned<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Arc<str>>, D::Error> {
-    thread_local! {
-        static SEEN: RefCell<HashSet<Arc<str>, foldhash::fast::RandomState>> =
-            RefCell::new(HashSet::default());
-    }
-    struct Str;
-    impl serde::de::Visitor<'_> for Str {
-        type Value = Arc<str>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a string")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Arc<str>, E> {
-            Ok(SEEN.with(|seen| {
-                let mut seen = seen.borrow_mut();
-                if let Some(a) = seen.get(v) {
-                    return a.clone();
-                }
-                if seen.len() >= 100_000 {
-                    seen.clear(); // unusually diverse values: start over rather than grow
-                }
-                let a: Arc<str> = v.into();
-                seen.insert(a.clone());
-                a
-            }))
-        }
-    }
-    struct Opt;
-    impl<'de> serde::de::Visitor<'de> for Opt {
-        type Value = Option<Arc<str>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("null or a string")
-        }
-        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D2: serde::Deserializer<'de>>(
-            self,
-            d: D2,
-        ) -> std::result::Result<Self::Value, D2::Error> {
-            d.deserialize_str(Str).map(Some)
-        }
-    }
-    d.deserialize_option(Opt)
-}
-
-pub fn decode_for_processing(bytes: &[u8]) -> Result<Vec<ProcessingEvent>> {
-    let mut r = Reader::from_slice(bytes).map_err(|e| Error::Avro(e.to_string()))?;
-    r.deserialize::<ProcessingEvent>()
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Avro(e.to_string()))
-}
-
 /// An Avro object container file (schema embedded, deflate-compressed blocks).
 pub fn encode(events: &[ArchivedEvent]) -> Result<Vec<u8>> {
     let mut config = SerializerConfig::new(schema());
@@ -344,15 +224,5 @@ mod tests {
         let back = decode(&bytes).unwrap();
         assert_eq!(back, vec![a]);
         assert_eq!(back[0].clone().into_logged(), e);
-        let lite = decode_for_processing(&bytes).unwrap();
-        use footfall_event::AsEventView;
-        // Everything processing reads (all but the title) survives the lighter decode:
-        // enrichment needs the user agent and address, rollups the props and revenue.
-        let w = footfall_event::EventView {
-            title: None,
-            ..e.view()
-        };
-        assert_eq!(lite[0].as_view(), w);
-        assert_eq!((lite[0].log_partition, lite[0].log_offset), (3, 99));
     }
 }

@@ -392,13 +392,14 @@ fn reprocess(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result
     let tz: chrono_tz::Tz = timezone.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = Instant::now();
     let files = rt.block_on(archive.list(Some(&spec.property), None))?;
-    let by_partition =
+    let input =
         rt.block_on(archive.read_for_rebuild(&files, partitions as usize, 2, |_| true, |_, _| {}))?;
     let read_s = t.elapsed().as_secs_f64();
-    let read_events: usize = by_partition.iter().map(Vec::len).sum();
+    let read_events = input.len();
     let t2 = Instant::now();
     let (_state, rollups) = footfall_processor::rebuild_parallel(
-        by_partition,
+        input.partitions(),
+        |p, f| input.for_each(p, f),
         PropertySettings { tz, gap_ms: None },
         footfall_processor::SessionRules::default(),
     );

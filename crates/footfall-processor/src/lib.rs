@@ -114,11 +114,13 @@ pub struct InstallReport {
     pub days_replaced: u32,
 }
 
-/// Sessionises `events` (in log order per partition) into a fresh state and rollups:
-/// the same code path as live processing, for reprocessing from the archive.
-pub fn rebuild<'a, E: footfall_event::AsEventView + 'a>(
-    events: impl Iterator<Item = (usize, &'a E)>,
+/// Sessionises one partition's events (`feed` calls its argument with each, in log
+/// order) into a fresh state and rollups: the same code path as live processing, for
+/// reprocessing from the archive.
+pub fn rebuild(
+    partition: usize,
     partitions: usize,
+    feed: impl FnOnce(&mut dyn FnMut(&EventView<'_>)),
     settings: PropertySettings,
     defaults: SessionRules,
 ) -> (SessionState, Rollups) {
@@ -128,28 +130,24 @@ pub fn rebuild<'a, E: footfall_event::AsEventView + 'a>(
         gap_ms: settings.gap_ms.unwrap_or(defaults.gap_ms),
         ..defaults
     };
-    for (p, e) in events {
-        state.apply(p, &e.as_view(), &settings.tz, &rules, &mut rollups);
-    }
+    feed(&mut |e| state.apply(partition, e, &settings.tz, &rules, &mut rollups));
     (state, rollups)
 }
 
 /// [`rebuild`] with one thread per log partition (a partition's state depends only on
-/// its own records), the partial rollups merged at the end. `by_partition[p]` holds
-/// partition `p`'s events in log order.
-pub fn rebuild_parallel<E: footfall_event::AsEventView + Sync>(
-    by_partition: Vec<Vec<E>>,
+/// its own records), the partial rollups merged at the end. `feed(p, f)` calls `f`
+/// with partition `p`'s events in log order.
+pub fn rebuild_parallel(
+    partitions: usize,
+    feed: impl Fn(usize, &mut dyn FnMut(&EventView<'_>)) + Sync,
     settings: PropertySettings,
     defaults: SessionRules,
 ) -> (SessionState, Rollups) {
-    let n = by_partition.len();
+    let n = partitions;
+    let feed = &feed;
     let parts: Vec<(SessionState, Rollups)> = std::thread::scope(|s| {
-        let handles: Vec<_> = by_partition
-            .iter()
-            .enumerate()
-            .map(|(p, events)| {
-                s.spawn(move || rebuild(events.iter().map(|e| (p, e)), n, settings, defaults))
-            })
+        let handles: Vec<_> = (0..n)
+            .map(|p| s.spawn(move || rebuild(p, n, |f| feed(p, f), settings, defaults)))
             .collect();
         handles
             .into_iter()
@@ -160,9 +158,7 @@ pub fn rebuild_parallel<E: footfall_event::AsEventView + Sync>(
     let mut rollups = Rollups::default();
     for (p, (mut s, r)) in parts.into_iter().enumerate() {
         state.partitions[p] = std::mem::take(&mut s.partitions[p]);
-        for (id, pr) in r.properties {
-            rollups.property_mut(&id).merge(&pr);
-        }
+        rollups.absorb(r);
     }
     (state, rollups)
 }

@@ -177,7 +177,7 @@ impl Reprocessor {
                 .map_err(|e| e.to_string())?;
             status.lock().unwrap().bytes_total += files.iter().map(|f| f.bytes).sum::<u64>();
             set_phase("reading the archive");
-            let by_partition = self
+            let input = self
                 .archive
                 .read_for_rebuild(
                     &files,
@@ -197,12 +197,17 @@ impl Reprocessor {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let n_events: usize = by_partition.iter().map(Vec::len).sum();
+            let n_events = input.len();
             set_phase("sessionising and rolling up");
             let rules = self.rules;
             // One thread per partition, in log order: the order live processing saw.
             let (state, rollups) = tokio::task::spawn_blocking(move || {
-                footfall_processor::rebuild_parallel(by_partition, settings, rules)
+                footfall_processor::rebuild_parallel(
+                    input.partitions(),
+                    |p, f| input.for_each(p, f),
+                    settings,
+                    rules,
+                )
             })
             .await
             .map_err(|e| e.to_string())?;

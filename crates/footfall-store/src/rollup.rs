@@ -127,9 +127,49 @@ impl Bucket {
 impl PropertyRollup {
     /// Adds another rollup of the same property into this one.
     pub fn merge(&mut self, o: &PropertyRollup) {
-        for (h, b) in &o.hours {
-            self.hours.entry(*h).or_default().merge(b);
+        merge_hours(&mut self.hours, o);
+        self.merge_days_and_minutes(o);
+    }
+
+    /// [`Self::merge`] with the hours on a second thread (rebuilds merge large rollups).
+    pub fn merge_on_two_threads(&mut self, o: &PropertyRollup) {
+        let hours = &mut self.hours;
+        let mut rest = DaysAndMinutes {
+            days: &mut self.days,
+            minutes: &mut self.minutes,
+            dirty_days: &mut self.dirty_days,
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| merge_hours(hours, o));
+            rest.merge(o);
+        });
+    }
+
+    fn merge_days_and_minutes(&mut self, o: &PropertyRollup) {
+        DaysAndMinutes {
+            days: &mut self.days,
+            minutes: &mut self.minutes,
+            dirty_days: &mut self.dirty_days,
         }
+        .merge(o);
+    }
+}
+
+fn merge_hours(hours: &mut BTreeMap<LocalHour, Bucket>, o: &PropertyRollup) {
+    for (h, b) in &o.hours {
+        hours.entry(*h).or_default().merge(b);
+    }
+}
+
+/// The parts of a [`PropertyRollup`] merged apart from its hours.
+struct DaysAndMinutes<'a> {
+    days: &'a mut BTreeMap<LocalDay, Bucket>,
+    minutes: &'a mut BTreeMap<i64, MinuteStats>,
+    dirty_days: &'a mut BTreeSet<LocalDay>,
+}
+
+impl DaysAndMinutes<'_> {
+    fn merge(&mut self, o: &PropertyRollup) {
         for (d, b) in &o.days {
             self.days.entry(*d).or_default().merge(b);
             self.dirty_days.insert(*d);
@@ -274,6 +314,19 @@ pub fn month_start(d: NaiveDate) -> NaiveDate {
 }
 
 impl Rollups {
+    /// Adds `o` into `self`, moving the properties `self` does not have rather than
+    /// copying them (rollups of disjoint partitions).
+    pub fn absorb(&mut self, o: Rollups) {
+        for (id, pr) in o.properties {
+            match self.properties.get_mut(&id) {
+                Some(mine) => mine.merge_on_two_threads(&pr),
+                None => {
+                    self.properties.insert(id, pr);
+                }
+            }
+        }
+    }
+
     pub fn property_mut(&mut self, id: &str) -> &mut PropertyRollup {
         if !self.properties.contains_key(id) {
             self.properties
