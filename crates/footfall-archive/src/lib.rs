@@ -167,7 +167,7 @@ impl Archive {
                     let path = me.key(&f.path);
                     let bytes = me.store.get(&path).await?.bytes().await?;
                     tokio::task::spawn_blocking(move || {
-                        let decoded = rebuild::decode_file(&bytes, keep)
+                        let decoded = rebuild::decode_file(bytes.into(), keep)
                             .map_err(|e| Error::Avro(format!("{}: {e}", f.path)))?;
                         Ok::<_, Error>((f.bytes, decoded))
                     })

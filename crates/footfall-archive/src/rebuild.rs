@@ -220,19 +220,9 @@ fn header(file: &[u8]) -> Result<Header<'_>> {
     Ok((meta, sync.try_into().expect("16 bytes"), c.pos + 16))
 }
 
-/// One archive file inflated into a buffer, with the position of each kept record.
-pub struct DecodedFile {
-    data: Vec<u8>,
-    /// (log partition, log offset, position in `data`) per kept record.
-    records: Vec<(u32, u64, u32)>,
-    /// Records in the file, kept or not.
-    pub total: u64,
-}
-
-/// Inflates and indexes one version-1 archive file, keeping records whose event time
-/// passes `keep`. Every record is fully decoded here, so [`RebuildInput::for_each`]
-/// cannot meet a malformed one later.
-pub fn decode_file(file: &[u8], keep: impl Fn(i64) -> bool) -> Result<DecodedFile> {
+/// The record data of a version-1 file, appended to `out` (inflated when compressed);
+/// answers the (start, end, record count) of each block in `out`.
+fn inflate_into(file: &[u8], out: &mut Vec<u8>) -> Result<Vec<(usize, usize, usize)>> {
     let (meta, sync, mut pos) = header(file)?;
     let schema: serde_json::Value = meta
         .get("avro.schema")
@@ -253,10 +243,7 @@ pub fn decode_file(file: &[u8], keep: impl Fn(i64) -> bool) -> Result<DecodedFil
             )))
         }
     };
-    // Records inflate ~10× here; reserving up front avoids copying the buffer as it
-    // doubles (pages reserved and never touched cost nothing).
-    let mut data = Vec::with_capacity(if deflate { file.len() * 12 } else { file.len() });
-    let mut counts = Vec::new();
+    let mut blocks = Vec::new();
     while pos < file.len() {
         let mut c = Cursor { buf: file, pos };
         let count = usize::try_from(c.long()?).map_err(|_| bad("block count"))?;
@@ -265,42 +252,72 @@ pub fn decode_file(file: &[u8], keep: impl Fn(i64) -> bool) -> Result<DecodedFil
             return Err(bad("block does not end with the file's sync marker"));
         }
         pos = c.pos + 16;
-        let start = data.len();
+        let start = out.len();
         if deflate {
             flate2::read::DeflateDecoder::new(block)
-                .read_to_end(&mut data)
+                .read_to_end(out)
                 .map_err(|e| bad(&format!("deflate: {e}")))?;
         } else {
-            data.extend_from_slice(block);
+            out.extend_from_slice(block);
         }
-        counts.push((start, data.len(), count));
+        blocks.push((start, out.len(), count));
     }
-    if u32::try_from(data.len()).is_err() {
+    if u32::try_from(out.len()).is_err() {
         return Err(bad("more than 4 GiB of records in one file"));
     }
-    let mut records = Vec::new();
-    let mut total = 0u64;
-    for (start, end, count) in counts {
-        let mut c = Cursor {
-            buf: &data[..end],
-            pos: start,
-        };
-        for _ in 0..count {
-            let at = c.pos as u32;
-            let (e, partition, offset) = c.event()?;
-            if keep(e.timestamp) {
-                records.push((partition, offset, at));
-            }
-            total += 1;
-        }
-        if c.pos != end {
-            return Err(bad("block longer than its records"));
-        }
+    Ok(blocks)
+}
+
+/// One archive file, checked and indexed: its bytes as stored (inflated again when
+/// processed, into reused buffers, which costs less than holding every file inflated:
+/// on this path fresh memory pages cost more than inflating) and where each kept
+/// record is in its inflated data.
+pub struct DecodedFile {
+    bytes: Vec<u8>,
+    /// (log partition, log offset, position in the inflated data) per kept record.
+    records: Vec<(u32, u64, u32)>,
+    /// Records in the file, kept or not.
+    pub total: u64,
+}
+
+/// Checks and indexes one version-1 archive file, keeping records whose event time
+/// passes `keep`. Every record is fully decoded here, so [`RebuildInput::for_each`]
+/// cannot meet a malformed one later.
+pub fn decode_file(file: Vec<u8>, keep: impl Fn(i64) -> bool) -> Result<DecodedFile> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Ok(DecodedFile {
-        data,
-        records,
-        total,
+    BUF.with(|buf| {
+        let mut data = buf.borrow_mut();
+        data.clear();
+        let blocks = inflate_into(&file, &mut data)?;
+        let mut records = Vec::new();
+        let mut total = 0u64;
+        for (start, end, count) in blocks {
+            let mut c = Cursor {
+                buf: &data[..end],
+                pos: start,
+            };
+            for _ in 0..count {
+                let at = c.pos as u32;
+                let (e, partition, offset) = c.event()?;
+                if keep(e.timestamp) {
+                    records.push((partition, offset, at));
+                }
+                total += 1;
+            }
+            if c.pos != end {
+                return Err(bad("block longer than its records"));
+            }
+        }
+        if data.capacity() > 64 << 20 {
+            *data = Vec::new(); // an unusually large file: do not keep its buffer
+        }
+        Ok(DecodedFile {
+            bytes: file,
+            records,
+            total,
+        })
     })
 }
 
@@ -329,7 +346,7 @@ impl RebuildInput {
                 v.push((offset, file, at));
             }
         }
-        self.files.push(f.data);
+        self.files.push(f.bytes);
     }
 
     /// Puts each partition in log order; call once after the last [`Self::push`].
@@ -352,19 +369,39 @@ impl RebuildInput {
         self.len() == 0
     }
 
-    /// Calls `f` with partition `p`'s events in log order.
+    /// Calls `f` with partition `p`'s events in log order. A file is inflated when its
+    /// first record is due and its buffer reused once its last one is done; files of a
+    /// partition overlap in offsets only within one archiver batch, so few are open.
     pub fn for_each(&self, p: usize, f: &mut dyn FnMut(&EventView<'_>)) {
-        for &(_, file, at) in self.order.get(p).map(Vec::as_slice).unwrap_or(&[]) {
+        let order = self.order.get(p).map(Vec::as_slice).unwrap_or(&[]);
+        let mut left = vec![0u32; self.files.len()];
+        for &(_, file, _) in order {
+            left[file as usize] += 1;
+        }
+        let mut open: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        for &(_, file, at) in order {
+            let data = open.entry(file).or_insert_with(|| {
+                let mut buf = spare.pop().unwrap_or_default();
+                buf.clear();
+                inflate_into(&self.files[file as usize], &mut buf)
+                    .expect("files are validated when indexed");
+                buf
+            });
             let mut c = Cursor {
-                buf: &self.files[file as usize],
+                buf: data,
                 pos: at as usize,
             };
             let (e, _, _) = c.event().expect("records are validated when indexed");
             f(&e);
+            left[file as usize] -= 1;
+            if left[file as usize] == 0 {
+                spare.extend(open.remove(&file));
+            }
         }
     }
 
-    /// Partition `p`'s (log partition, log offset) pairs in order (for checks).
+    /// Partition `p`'s log offsets in order (for checks).
     pub fn offsets(&self, p: usize) -> impl Iterator<Item = u64> + '_ {
         self.order[p].iter().map(|r| r.0)
     }
@@ -399,13 +436,19 @@ mod tests {
     }
 
     /// The fast reader sees exactly what the general serde-based reader decodes.
+    /// The events are spread over three files whose offsets interleave, as the files of
+    /// one archiver batch do.
     fn check_same(archived: &[ArchivedEvent]) {
-        let bytes = encode(archived).unwrap();
-        let general = decode(&bytes).unwrap();
-        let f = decode_file(&bytes, |_| true).unwrap();
-        assert_eq!(f.total as usize, general.len());
         let mut input = RebuildInput::new(4);
-        input.push(f);
+        let mut general = Vec::new();
+        for k in 0..3 {
+            let part: Vec<ArchivedEvent> = archived.iter().skip(k).step_by(3).cloned().collect();
+            let bytes = encode(&part).unwrap();
+            general.extend(decode(&bytes).unwrap());
+            let f = decode_file(bytes, |_| true).unwrap();
+            assert_eq!(f.total as usize, part.len());
+            input.push(f);
+        }
         input.sort();
         let mut seen = Vec::new();
         for p in 0..4 {
@@ -457,15 +500,15 @@ mod tests {
             .collect();
         let bytes = encode(&archived).unwrap();
         let cut = archived[50].timestamp;
-        let f = decode_file(&bytes, |t| t >= cut).unwrap();
+        let f = decode_file(bytes.clone(), |t| t >= cut).unwrap();
         assert_eq!((f.total, f.records.len()), (100, 50));
-        assert!(decode_file(b"PK\x03\x04", |_| true).is_err());
+        assert!(decode_file(b"PK\x03\x04".to_vec(), |_| true).is_err());
         // A flipped byte in the sync marker or a truncated file is an error, not a panic.
         let mut broken = bytes.clone();
         let n = broken.len();
         broken[n - 3] ^= 0xff;
-        assert!(decode_file(&broken, |_| true).is_err());
-        assert!(decode_file(&bytes[..n - 40], |_| true).is_err());
+        assert!(decode_file(broken, |_| true).is_err());
+        assert!(decode_file(bytes[..n - 40].to_vec(), |_| true).is_err());
     }
 
     fn prop_value() -> impl Strategy<Value = PropValue> {
