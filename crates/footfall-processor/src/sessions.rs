@@ -180,6 +180,10 @@ pub struct PartitionState {
     /// Visit keys shared by open visits; entries no visit holds are dropped at sweeps.
     #[serde(skip)]
     keys: HashSet<Arc<str>>,
+    /// Size of `keys` after its last clean-up: it is scanned again only once it has
+    /// doubled, so the scan costs O(1) per key interned rather than a pass per sweep.
+    #[serde(skip)]
+    keys_kept: usize,
 }
 
 impl PartitionState {
@@ -212,7 +216,10 @@ impl PartitionState {
         if self.watermark - self.last_sweep > 60_000 {
             self.last_sweep = self.watermark;
             self.expire(self.watermark - rules.lateness_ms - rules.gap_ms);
-            self.keys.retain(|k| Arc::strong_count(k) > 1);
+            if self.keys.len() > 2 * self.keys_kept + 1024 {
+                self.keys.retain(|k| Arc::strong_count(k) > 1);
+                self.keys_kept = self.keys.len();
+            }
         }
     }
 
