@@ -343,11 +343,12 @@ fn metric_value(m: Metric, acc: &Acc, visit_family: bool) -> Value {
 /// The `n` groups of `dim` with the most visitors over `buckets`, with their statistics.
 ///
 /// Counters are summed for every group, but unique-visitor sketches — the expensive part —
-/// are merged only for groups in decreasing order of an upper bound (the sum of their
-/// per-bucket visitor counts, which no union can exceed; unbounded for a group with a
-/// dense sketch, whose estimate is costly — those few are always merged), stopping once
-/// the bound falls below the n-th best union found. Equal bounds are still examined, so
-/// ties resolve as in the full computation.
+/// are merged only for groups in decreasing order of an upper bound of their visitors,
+/// stopping once the bound falls below the n-th best union found. A bucket adds its exact
+/// visitor count to the bound, or for a dense sketch its events (page and event groups) or
+/// visits (visit groups), which no visitor count can exceed, widened by 1/16 + 64 so that
+/// the sketch's estimate (0.81% standard error) cannot pass it either. Equal bounds are
+/// still examined, so ties resolve as in the full computation.
 fn top_by_visitors<'a>(
     buckets: &[(Option<i64>, &'a Bucket)],
     dim: KeyDim,
@@ -355,74 +356,113 @@ fn top_by_visitors<'a>(
     n: usize,
     keep: &dyn Fn(&str, &str) -> bool,
 ) -> Vec<(&'a str, Acc)> {
-    struct Group<'a> {
+    /// Counters of a group, and the head of its list of entries in `entries`.
+    struct Group {
         bound: u64,
-        acc: Acc,
-        events: Vec<&'a EventStats>,
-        visits: Vec<&'a VisitStats>,
+        pageviews: u64,
+        events: u64,
+        /// Visit counters (visitors are merged later, for examined groups only).
+        visits: [i64; 5],
+        visit_level: bool,
+        head: u32,
     }
-    let mut groups: HashMap<&'a str, Group<'a>, foldhash::fast::RandomState> = HashMap::default();
-    let new_group = || Group {
-        bound: 0,
-        acc: Acc::default(),
-        events: Vec::new(),
-        visits: Vec::new(),
-    };
+    const NONE: u32 = u32::MAX;
+    let widen = |x: u64| x.saturating_add(x / 16).saturating_add(64);
+    let mut index: HashMap<&'a str, u32, foldhash::fast::RandomState> = HashMap::default();
+    let mut groups: Vec<(&'a str, Group)> = Vec::new();
+    // Every entry once, linked per group (no allocation per group).
+    let mut entries: Vec<(Stat<'a>, u32)> = Vec::new();
     for (_, b) in buckets {
         for_each_entry(b, dim, prop, &mut |k, full, st| {
             if !keep(k, full) {
                 return;
             }
-            let g = groups.entry(k).or_insert_with(new_group);
+            let gi = *index.entry(k).or_insert_with(|| {
+                groups.push((
+                    k,
+                    Group {
+                        bound: 0,
+                        pageviews: 0,
+                        events: 0,
+                        visits: [0; 5],
+                        visit_level: false,
+                        head: NONE,
+                    },
+                ));
+                (groups.len() - 1) as u32
+            });
+            let g = &mut groups[gi as usize].1;
             match st {
                 Stat::Ev(s) => {
-                    g.bound = g
-                        .bound
-                        .saturating_add(s.visitors.exact_count().unwrap_or(u64::MAX));
-                    g.acc.events.pageviews += s.pageviews;
-                    g.acc.events.events += s.events;
-                    g.events.push(s);
+                    let b = s.visitors.exact_count().unwrap_or_else(|| widen(s.events));
+                    g.bound = g.bound.saturating_add(b);
+                    g.pageviews += s.pageviews;
+                    g.events += s.events;
                 }
                 Stat::Vi(s) => {
-                    g.bound = g
-                        .bound
-                        .saturating_add(s.visitors.exact_count().unwrap_or(u64::MAX));
-                    let v = &mut g.acc.visits;
-                    v.visits += s.visits;
-                    v.bounces += s.bounces;
-                    v.duration_ms += s.duration_ms;
-                    v.pageviews += s.pageviews;
-                    v.events += s.events;
-                    g.visits.push(s);
+                    let b = s
+                        .visitors
+                        .exact_count()
+                        .unwrap_or_else(|| widen(s.visits.max(0) as u64));
+                    g.bound = g.bound.saturating_add(b);
+                    let v = &mut g.visits;
+                    v[0] += s.visits;
+                    v[1] += s.bounces;
+                    v[2] += s.duration_ms;
+                    v[3] += s.pageviews;
+                    v[4] += s.events;
+                    g.visit_level = true;
                 }
             }
+            entries.push((st, g.head));
+            g.head = (entries.len() - 1) as u32;
         });
     }
-    let mut order: Vec<(&'a str, Group<'a>)> = groups.into_iter().collect();
-    order.sort_by(|a, b| b.1.bound.cmp(&a.1.bound).then_with(|| a.0.cmp(b.0)));
+    let mut order: Vec<(u64, &'a str, u32)> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (k, g))| (g.bound, *k, i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     // The n best so far, in result order: visitors descending, then key ascending (the
     // query's own tie-break), so cutting at n keeps exactly the rows it would return.
     let mut best: Vec<(u64, &'a str, Acc)> = Vec::with_capacity(n + 1);
-    for (k, mut g) in order {
-        if best.len() >= n && g.bound < best[n - 1].0 {
+    for (bound, k, gi) in order {
+        if best.len() >= n && bound < best[n - 1].0 {
             break;
         }
-        for s in &g.events {
-            g.acc.events.visitors.merge(&s.visitors);
+        let g = &groups[gi as usize].1;
+        let mut acc = Acc::default();
+        acc.events.pageviews = g.pageviews;
+        acc.events.events = g.events;
+        let [visits, bounces, duration_ms, pageviews, events] = g.visits;
+        acc.visits = VisitStats {
+            visits,
+            bounces,
+            duration_ms,
+            pageviews,
+            events,
+            visitors: Default::default(),
+        };
+        let mut at = g.head;
+        while at != NONE {
+            let (st, next) = &entries[at as usize];
+            match st {
+                Stat::Ev(s) => acc.events.visitors.merge(&s.visitors),
+                Stat::Vi(s) => acc.visits.visitors.merge(&s.visitors),
+            }
+            at = *next;
         }
-        for s in &g.visits {
-            g.acc.visits.visitors.merge(&s.visitors);
-        }
-        let visitors = if g.visits.is_empty() {
-            g.acc.events.visitors.count()
+        let visitors = if g.visit_level {
+            acc.visits.visitors.count()
         } else {
-            g.acc.visits.visitors.count()
+            acc.events.visitors.count()
         };
         let pos = best.partition_point(|(v, key, _)| {
             (*v, std::cmp::Reverse(*key)) > (visitors, std::cmp::Reverse(k))
         });
         if pos < n {
-            best.insert(pos, (visitors, k, g.acc));
+            best.insert(pos, (visitors, k, acc));
             best.truncate(n);
         }
     }

@@ -180,9 +180,21 @@ fn tau(mut x: f64) -> f64 {
 
 fn estimate(registers: &[u8]) -> f64 {
     let m = M as f64;
+    // Four interleaved histograms: consecutive equal registers would otherwise wait on
+    // each other's increment (this loop is most of a dense count).
+    let mut h = [[0u32; 64]; 4];
+    for chunk in registers.chunks_exact(4) {
+        h[0][(chunk[0] & 63) as usize] += 1;
+        h[1][(chunk[1] & 63) as usize] += 1;
+        h[2][(chunk[2] & 63) as usize] += 1;
+        h[3][(chunk[3] & 63) as usize] += 1;
+    }
+    for &r in registers.chunks_exact(4).remainder() {
+        h[0][(r & 63) as usize] += 1;
+    }
     let mut c = [0u32; (Q + 2) as usize];
-    for &r in registers {
-        c[r as usize] += 1;
+    for (k, c) in c.iter_mut().enumerate() {
+        *c = h[0][k] + h[1][k] + h[2][k] + h[3][k];
     }
     let mut z = m * tau(1.0 - c[(Q + 1) as usize] as f64 / m);
     for k in (1..=Q as usize).rev() {
