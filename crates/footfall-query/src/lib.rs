@@ -4,7 +4,7 @@
 //! It never touches the log or raw events, and never decides who may see what: the
 //! server authorises the property before calling [`execute`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{Datelike, Duration, NaiveDate, TimeZone};
 use chrono_tz::Tz;
@@ -367,7 +367,6 @@ fn top_by_visitors<'a>(
         head: u32,
     }
     const NONE: u32 = u32::MAX;
-    let widen = |x: u64| x.saturating_add(x / 16).saturating_add(64);
     let mut index: HashMap<&'a str, u32, foldhash::fast::RandomState> = HashMap::default();
     let mut groups: Vec<(&'a str, Group)> = Vec::new();
     // Every entry once, linked per group (no allocation per group).
@@ -394,17 +393,12 @@ fn top_by_visitors<'a>(
             let g = &mut groups[gi as usize].1;
             match st {
                 Stat::Ev(s) => {
-                    let b = s.visitors.exact_count().unwrap_or_else(|| widen(s.events));
-                    g.bound = g.bound.saturating_add(b);
+                    g.bound = g.bound.saturating_add(visitor_bound(&st));
                     g.pageviews += s.pageviews;
                     g.events += s.events;
                 }
                 Stat::Vi(s) => {
-                    let b = s
-                        .visitors
-                        .exact_count()
-                        .unwrap_or_else(|| widen(s.visits.max(0) as u64));
-                    g.bound = g.bound.saturating_add(b);
+                    g.bound = g.bound.saturating_add(visitor_bound(&st));
                     let v = &mut g.visits;
                     v[0] += s.visits;
                     v[1] += s.bounces;
@@ -467,6 +461,122 @@ fn top_by_visitors<'a>(
         }
     }
     best.into_iter().map(|(_, k, acc)| (k, acc)).collect()
+}
+
+/// Upper bound of the visitors of one bucket entry: exact while the sketch is exact;
+/// for a dense sketch its events (event groups) or visits (visit groups), which no
+/// visitor count can exceed, widened by 1/16 + 64 so that the sketch's estimate (0.81%
+/// standard error) cannot pass it either.
+fn visitor_bound(st: &Stat<'_>) -> u64 {
+    let widen = |x: u64| x.saturating_add(x / 16).saturating_add(64);
+    match st {
+        Stat::Ev(s) => s.visitors.exact_count().unwrap_or_else(|| widen(s.events)),
+        Stat::Vi(s) => s
+            .visitors
+            .exact_count()
+            .unwrap_or_else(|| widen(s.visits.max(0) as u64)),
+    }
+}
+
+/// The entry for `key` of `b`'s map for `dim` (dimensions whose group is the map key).
+fn entry_of<'a>(b: &'a Bucket, dim: KeyDim, key: &str) -> Option<Stat<'a>> {
+    match dim {
+        KeyDim::Page => b.pages.get(key).map(Stat::Ev),
+        KeyDim::Name => b.names.get(key).map(Stat::Ev),
+        KeyDim::Source => b.sources.get(key).map(Stat::Vi),
+        KeyDim::EntryPage => b.entry_pages.get(key).map(Stat::Vi),
+        KeyDim::Visit(_) | KeyDim::Prop => None,
+    }
+}
+
+/// [`top_by_visitors`] without grouping every entry, for dimensions whose group is the
+/// map key: Fagin's threshold algorithm. Each bucket's entries are ranked by their
+/// visitor bound (only the best [`RANK_DEPTH`] kept, found by selection, not sorting);
+/// the lists are read row by row, every group met is looked up in all buckets and
+/// merged if it can still reach the top, and reading stops once the sum of the current
+/// row's bounds — a bound for every group not yet met — is below the n-th best. Answers
+/// `None` (the caller groups everything) when a list runs out of ranked entries first.
+fn top_by_threshold<'a>(
+    buckets: &[(Option<i64>, &'a Bucket)],
+    dim: KeyDim,
+    n: usize,
+    keep: &dyn Fn(&str, &str) -> bool,
+) -> Option<Vec<(&'a str, Acc)>> {
+    const RANK_DEPTH: usize = 512;
+    if matches!(dim, KeyDim::Visit(_) | KeyDim::Prop) {
+        return None;
+    }
+    // Per bucket: (bound, key) of its best entries, and whether some were left out.
+    let mut lists: Vec<(Vec<(u64, &'a str)>, bool)> = Vec::with_capacity(buckets.len());
+    for (_, b) in buckets {
+        let mut l: Vec<(u64, &'a str)> = Vec::new();
+        for_each_entry(b, dim, "", &mut |k, full, st| {
+            if keep(k, full) {
+                l.push((visitor_bound(&st), k));
+            }
+        });
+        let cut = l.len() > RANK_DEPTH;
+        if cut {
+            l.select_nth_unstable_by(RANK_DEPTH, |a, b| b.0.cmp(&a.0));
+            l.truncate(RANK_DEPTH);
+        }
+        l.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        lists.push((l, cut));
+    }
+    let mut seen: HashSet<&'a str, foldhash::fast::RandomState> = HashSet::default();
+    let mut best: Vec<(u64, &'a str, Acc)> = Vec::with_capacity(n + 1);
+    for depth in 0.. {
+        let mut threshold = 0u64;
+        let mut more = false;
+        for (l, cut) in &lists {
+            match l.get(depth) {
+                Some((b, _)) => {
+                    threshold = threshold.saturating_add(*b);
+                    more = true;
+                }
+                None if *cut => return None,
+                None => {}
+            }
+        }
+        if !more || (best.len() >= n && threshold < best[n - 1].0) {
+            break;
+        }
+        for (l, _) in &lists {
+            let Some(&(_, k)) = l.get(depth) else {
+                continue;
+            };
+            if !seen.insert(k) {
+                continue;
+            }
+            let stats: Vec<Stat<'a>> = buckets
+                .iter()
+                .filter_map(|(_, b)| entry_of(b, dim, k))
+                .collect();
+            let bound = stats
+                .iter()
+                .fold(0u64, |t, st| t.saturating_add(visitor_bound(st)));
+            if best.len() >= n && bound < best[n - 1].0 {
+                continue;
+            }
+            let mut acc = Acc::default();
+            for st in stats {
+                acc.add(st);
+            }
+            let visitors = if matches!(dim, KeyDim::Source | KeyDim::EntryPage) {
+                acc.visits.visitors.count()
+            } else {
+                acc.events.visitors.count()
+            };
+            let pos = best.partition_point(|(v, key, _)| {
+                (*v, std::cmp::Reverse(*key)) > (visitors, std::cmp::Reverse(k))
+            });
+            if pos < n {
+                best.insert(pos, (visitors, k, acc));
+                best.truncate(n);
+            }
+        }
+    }
+    Some(best.into_iter().map(|(_, k, acc)| (k, acc)).collect())
 }
 
 fn parse_filter(f: &Value) -> Result<((KeyDim, Option<String>), Predicate), QueryError> {
@@ -704,7 +814,8 @@ pub fn execute(
                 })
         };
         if let (Some(n), Some(dim)) = (top_n.filter(|_| !revenue), key_dim) {
-            rows = top_by_visitors(&buckets, dim, &prop_key, n, &keep)
+            rows = top_by_threshold(&buckets, dim, n, &keep)
+                .unwrap_or_else(|| top_by_visitors(&buckets, dim, &prop_key, n, &keep))
                 .into_iter()
                 .map(|(k, acc)| Row {
                     time: None,
@@ -941,6 +1052,73 @@ pub fn realtime(store: &dyn RollupStore, site_id: &str, now_ms: i64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The threshold algorithm answers exactly what grouping every entry answers: with
+    /// exact and dense sketches, lists cut at the rank depth, filters, and a depth that
+    /// runs out (the fallback).
+    #[test]
+    fn threshold_top_n_equals_full_grouping() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut days: Vec<Bucket> = Vec::new();
+        for day in 0..4u64 {
+            let mut b = Bucket::default();
+            for page in 0..3000u64 {
+                // Popularity ranks differ per day (a permutation of the pages), and
+                // pages 0..30 are steady mid-rank pages that win only over all days.
+                let rank = (page * (2 * day + 1) * 7 + day * 11) % 3000;
+                let visitors = if page < 30 {
+                    400 + page
+                } else {
+                    (6000 / (rank + 1)).max(1) + next() % 3
+                };
+                let s = b.pages.entry(format!("/p/{page}")).or_default();
+                for _ in 0..visitors {
+                    // A pool per page, so days overlap and unions differ from sums.
+                    let v = next() % (visitors * 3) + page * 1_000_000;
+                    s.visitors.insert(v.wrapping_mul(0x2545_f491_4f6c_dd1d));
+                    s.events += 1 + next() % 2;
+                    s.pageviews += 1;
+                }
+            }
+            days.push(b);
+        }
+        let buckets: Vec<(Option<i64>, &Bucket)> = days.iter().map(|b| (None, b)).collect();
+        let all = |_: &str, _: &str| true;
+        let no_sevens = |k: &str, _: &str| !k.contains('7');
+        let mut fallbacks = 0;
+        for keep in [&all as &dyn Fn(&str, &str) -> bool, &no_sevens] {
+            for n in [1, 3, 10, 40, 700] {
+                let full = top_by_visitors(&buckets, KeyDim::Page, "", n, keep);
+                let Some(fast) = top_by_threshold(&buckets, KeyDim::Page, n, keep) else {
+                    fallbacks += 1;
+                    continue;
+                };
+                let view = |r: &[(&str, Acc)]| -> Vec<(String, u64, u64, u64)> {
+                    r.iter()
+                        .map(|(k, a)| {
+                            (
+                                k.to_string(),
+                                a.events.visitors.count(),
+                                a.events.pageviews,
+                                a.events.events,
+                            )
+                        })
+                        .collect()
+                };
+                assert_eq!(view(&fast), view(&full), "n={n}");
+                assert_eq!(fast.len(), n.min(3000));
+            }
+        }
+        // Only the 700-row lists outrun the rank depth.
+        assert_eq!(fallbacks, 2);
+    }
 
     #[test]
     fn date_ranges() {
