@@ -447,20 +447,33 @@ fn top_by_visitors<'a>(
             }
             at = *next;
         }
-        let visitors = if g.visit_level {
-            acc.visits.visitors.count()
-        } else {
-            acc.events.visitors.count()
-        };
-        let pos = best.partition_point(|(v, key, _)| {
-            (*v, std::cmp::Reverse(*key)) > (visitors, std::cmp::Reverse(k))
-        });
-        if pos < n {
-            best.insert(pos, (visitors, k, acc));
-            best.truncate(n);
-        }
+        offer(&mut best, n, k, acc, g.visit_level);
     }
     best.into_iter().map(|(_, k, acc)| (k, acc)).collect()
+}
+
+/// Puts a merged group into the n best so far, kept in result order: visitors
+/// descending, then key ascending (the query's own tie-break), so cutting at n keeps
+/// exactly the rows the full computation would return.
+fn offer<'a>(
+    best: &mut Vec<(u64, &'a str, Acc)>,
+    n: usize,
+    k: &'a str,
+    acc: Acc,
+    visit_level: bool,
+) {
+    let visitors = if visit_level {
+        acc.visits.visitors.count()
+    } else {
+        acc.events.visitors.count()
+    };
+    let pos = best.partition_point(|(v, key, _)| {
+        (*v, std::cmp::Reverse(*key)) > (visitors, std::cmp::Reverse(k))
+    });
+    if pos < n {
+        best.insert(pos, (visitors, k, acc));
+        best.truncate(n);
+    }
 }
 
 /// Upper bound of the visitors of one bucket entry: exact while the sketch is exact;
@@ -562,18 +575,13 @@ fn top_by_threshold<'a>(
             for st in stats {
                 acc.add(st);
             }
-            let visitors = if matches!(dim, KeyDim::Source | KeyDim::EntryPage) {
-                acc.visits.visitors.count()
-            } else {
-                acc.events.visitors.count()
-            };
-            let pos = best.partition_point(|(v, key, _)| {
-                (*v, std::cmp::Reverse(*key)) > (visitors, std::cmp::Reverse(k))
-            });
-            if pos < n {
-                best.insert(pos, (visitors, k, acc));
-                best.truncate(n);
-            }
+            offer(
+                &mut best,
+                n,
+                k,
+                acc,
+                matches!(dim, KeyDim::Source | KeyDim::EntryPage),
+            );
         }
     }
     Some(best.into_iter().map(|(_, k, acc)| (k, acc)).collect())
