@@ -109,6 +109,19 @@ impl<'a> Cursor<'a> {
         usize::try_from(n.unsigned_abs()).map_err(|_| bad("block count"))
     }
 
+    /// An Avro map: calls `entry` once per key/value pair, over all blocks.
+    fn map(&mut self, mut entry: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        loop {
+            let n = self.block_count()?;
+            if n == 0 {
+                return Ok(());
+            }
+            for _ in 0..n {
+                entry(self)?;
+            }
+        }
+    }
+
     /// One archived event (schema version 1), with where it was in the log.
     fn event(&mut self) -> Result<(EventView<'a>, u32, u64)> {
         let property = self.string()?;
@@ -120,35 +133,30 @@ impl<'a> Cursor<'a> {
         let referrer = self.opt_string()?;
         let title = self.opt_string()?;
         let mut props = BTreeMap::new();
-        loop {
-            let n = self.block_count()?;
-            if n == 0 {
-                break;
-            }
-            for _ in 0..n {
-                let key = self.string()?;
-                let s = self.opt_string()?;
-                let num = if self.present()? {
-                    Some(self.double()?)
-                } else {
-                    None
-                };
-                let b = if self.present()? {
-                    Some(self.boolean()?)
-                } else {
-                    None
-                };
-                // Exactly one is set when written; the first present wins otherwise,
-                // as the general reader's conversion does.
-                let v = match (s, num, b) {
-                    (Some(s), _, _) => PropValueView::Str(s),
-                    (None, Some(n), _) => PropValueView::Num(n),
-                    (None, None, Some(b)) => PropValueView::Bool(b),
-                    (None, None, None) => continue,
-                };
-                props.insert(key, v);
-            }
-        }
+        self.map(|c| {
+            let key = c.string()?;
+            let s = c.opt_string()?;
+            let num = if c.present()? {
+                Some(c.double()?)
+            } else {
+                None
+            };
+            let b = if c.present()? {
+                Some(c.boolean()?)
+            } else {
+                None
+            };
+            // Exactly one is set when written; the first present wins otherwise, as the
+            // general reader's conversion does.
+            let v = match (s, num, b) {
+                (Some(s), _, _) => PropValueView::Str(s),
+                (None, Some(n), _) => PropValueView::Num(n),
+                (None, None, Some(b)) => PropValueView::Bool(b),
+                (None, None, None) => return Ok(()),
+            };
+            props.insert(key, v);
+            Ok(())
+        })?;
         let revenue = if self.present()? {
             let amount = self.double()?;
             let currency = self.string()?;
@@ -203,17 +211,11 @@ fn header(file: &[u8]) -> Result<Header<'_>> {
     }
     let mut c = Cursor { buf: file, pos: 4 };
     let mut meta = BTreeMap::new();
-    loop {
-        let n = c.block_count()?;
-        if n == 0 {
-            break;
-        }
-        for _ in 0..n {
-            let k = c.string()?;
-            let v = c.bytes()?;
-            meta.insert(k, v);
-        }
-    }
+    c.map(|c| {
+        let k = c.string()?;
+        meta.insert(k, c.bytes()?);
+        Ok(())
+    })?;
     let sync = file
         .get(c.pos..c.pos + 16)
         .ok_or_else(|| bad("truncated header"))?;
@@ -402,7 +404,8 @@ impl RebuildInput {
     }
 
     /// Partition `p`'s log offsets in order (for checks).
-    pub fn offsets(&self, p: usize) -> impl Iterator<Item = u64> + '_ {
+    #[cfg(test)]
+    fn offsets(&self, p: usize) -> impl Iterator<Item = u64> + '_ {
         self.order[p].iter().map(|r| r.0)
     }
 }
