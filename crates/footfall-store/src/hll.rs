@@ -55,6 +55,19 @@ fn register_of(hash: u64) -> (usize, u8) {
     (idx, (w.leading_zeros() + 1) as u8)
 }
 
+/// Raises registers for every hash: the one loop of merges and densifying, kept free
+/// of the mode check that [`Hll::insert`] makes per hash.
+#[inline]
+fn set_registers(r: &mut [u8], hashes: impl Iterator<Item = u64>) {
+    let r: &mut [u8; M] = r.try_into().expect("dense registers");
+    for h in hashes {
+        let (i, rank) = register_of(h);
+        if r[i] < rank {
+            r[i] = rank;
+        }
+    }
+}
+
 impl Hll {
     pub fn new() -> Self {
         Self::default()
@@ -79,10 +92,7 @@ impl Hll {
     fn densify(&mut self) {
         if let Hll::Exact(v) = self {
             let mut r = vec![0u8; M];
-            for &h in v.iter() {
-                let (i, rank) = register_of(h);
-                r[i] = r[i].max(rank);
-            }
+            set_registers(&mut r, v.iter().copied());
             *self = Hll::Dense(r);
         }
     }
@@ -96,12 +106,7 @@ impl Hll {
                     self.densify();
                 }
             }
-            (Hll::Dense(r), Hll::Exact(b)) => {
-                for &h in b {
-                    let (i, rank) = register_of(h);
-                    r[i] = r[i].max(rank);
-                }
-            }
+            (Hll::Dense(r), Hll::Exact(b)) => set_registers(r, b.iter().copied()),
             (Hll::Exact(_), Hll::Dense(_)) => {
                 let mut d = other.clone();
                 d.merge(self);
@@ -309,23 +314,26 @@ impl CountingHll {
 
     fn densify(&mut self) {
         if let CountingHll::Exact(v) = self {
-            let mut h = Hll::Dense(vec![0; M]);
-            for x in v.keys() {
-                h.insert(*x);
-            }
-            *self = CountingHll::Dense(h);
+            let mut r = vec![0; M];
+            set_registers(&mut r, v.keys().copied());
+            *self = CountingHll::Dense(Hll::Dense(r));
         }
     }
 
     pub fn merge(&mut self, other: &CountingHll) {
         match (&mut *self, other) {
             (CountingHll::Exact(a), CountingHll::Exact(b)) => {
+                // Room for the union up to the limit at once, not by repeated doubling.
+                a.reserve(b.len().min((EXACT_LIMIT + 1).saturating_sub(a.len())));
                 for (h, c) in b {
                     *a.entry(*h).or_insert(0) += c;
                 }
                 if a.len() > EXACT_LIMIT {
                     self.densify();
                 }
+            }
+            (CountingHll::Dense(Hll::Dense(r)), CountingHll::Exact(b)) => {
+                set_registers(r, b.keys().copied())
             }
             (CountingHll::Dense(a), CountingHll::Exact(b)) => {
                 for h in b.keys() {
