@@ -55,8 +55,8 @@ fn register_of(hash: u64) -> (usize, u8) {
     (idx, (w.leading_zeros() + 1) as u8)
 }
 
-/// Raises registers for every hash: the one loop of merges and densifying, kept free
-/// of the mode check that [`Hll::insert`] makes per hash.
+/// Raises registers for every hash: the one register update of inserts, merges and
+/// densifying (a merge calls it once, not [`Hll::insert`] with its mode check per hash).
 #[inline]
 fn set_registers(r: &mut [u8], hashes: impl Iterator<Item = u64>) {
     let r: &mut [u8; M] = r.try_into().expect("dense registers");
@@ -80,12 +80,7 @@ impl Hll {
                     self.densify();
                 }
             }
-            Hll::Dense(r) => {
-                let (i, rank) = register_of(hash);
-                if r[i] < rank {
-                    r[i] = rank;
-                }
-            }
+            Hll::Dense(r) => set_registers(r, std::iter::once(hash)),
         }
     }
 
