@@ -10,7 +10,7 @@
 //! acknowledged).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -372,6 +372,7 @@ fn write_partition(
     a: &mut Active,
     buf: &[u8],
 ) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     if a.len >= opts.segment_bytes {
         // Seal the full segment (without its zeros) and start the next at its end.
         a.file.set_len(a.len)?;
@@ -400,16 +401,15 @@ fn write_partition(
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         // Never past the segment's size, where it will be sealed anyway.
         let upto = (need + ZERO_AHEAD).min(opts.segment_bytes.max(need));
-        a.file.seek(SeekFrom::Start(a.zeroed))?;
         while a.zeroed < upto {
             let n = ((upto - a.zeroed) as usize).min(ZEROS.len());
-            a.file.write_all(&ZEROS[..n])?;
+            a.file.write_all_at(&ZEROS[..n], a.zeroed)?;
             a.zeroed += n as u64;
         }
         a.file.sync_data()?;
     }
-    a.file.seek(SeekFrom::Start(a.len))?;
-    a.file.write_all(buf)?;
+    // Positioned writes: one system call, where seek-then-write took two.
+    a.file.write_all_at(buf, a.len)?;
     if opts.fsync {
         a.file.sync_data()?;
     }
@@ -586,6 +586,7 @@ impl EventLog for FileLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::sync::mpsc::channel;
 
     fn append_sync(log: &FileLog, recs: Vec<(u32, Vec<u8>)>) -> Result<Vec<Offset>> {

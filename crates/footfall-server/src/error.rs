@@ -46,14 +46,22 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// Status, `Retry-After` seconds and JSON body: what every transport sends.
+    pub fn into_parts(self) -> (StatusCode, Option<u32>, Value) {
         let mut body = json!({"error": {"code": self.code, "message": self.message}});
         if let Some((k, v)) = self.extra {
             body[k] = v;
         }
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(s) = self.retry_after {
+        (self.status, self.retry_after, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, retry_after, body) = self.into_parts();
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(s) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }

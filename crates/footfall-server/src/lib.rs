@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod fast;
 pub mod metrics;
 pub mod protocols;
 pub mod reprocess;
@@ -150,13 +151,26 @@ async fn ingest_native(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_accepting(&app)?;
-    let limits = &app.rules.limits;
-    let bytes = read_body(body, limits.max_body_bytes)
+    let bytes = read_body(body, app.rules.limits.max_body_bytes)
         .await
         .inspect_err(|_| {
             app.metrics.reject("payload_too_large");
         })?;
-    let values = native::parse_body(&bytes, limits).map_err(|e| {
+    let (status, body) = ingest_native_body(&app, peer, &headers, &bytes).await?;
+    Ok((status, Json(body)).into_response())
+}
+
+/// The native endpoint once its body is read: shared by the router and the beacon fast
+/// path ([`fast`]), so both answer every request alike.
+pub(crate) async fn ingest_native_body(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    check_accepting(app)?;
+    let limits = &app.rules.limits;
+    let values = native::parse_body(bytes, limits).map_err(|e| {
         app.metrics.reject(e.code());
         let status = match e {
             native::BodyError::TooManyEvents(..) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -164,7 +178,7 @@ async fn ingest_native(
         };
         ApiError::new(status, e.code(), e.to_string())
     })?;
-    let grant = match bearer(&headers) {
+    let grant = match bearer(headers) {
         None => None,
         Some(k) => match app.cache.key(k).map_err(internal)? {
             Some(g) if g.scope == Scope::Write => Some(g),
@@ -179,22 +193,21 @@ async fn ingest_native(
     let sender = Sender {
         grant: grant.as_ref(),
         peer,
-        headers: &headers,
+        headers,
         header_ua: true,
         check_url_host: true,
     };
-    let (records, bad) = admit_all(&app, &values, &sender)?;
+    let (records, bad) = admit_all(app, &values, &sender)?;
     let rejected: Vec<serde_json::Value> = bad.iter().map(|(i, r)| rejection_json(*i, r)).collect();
     if records.is_empty() {
         return Err(no_valid_events(rejected));
     }
     let n = records.len();
-    append_durable(&app, records).await?;
+    append_durable(app, records).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"accepted": n, "rejected": rejected})),
-    )
-        .into_response())
+        json!({"accepted": n, "rejected": rejected}),
+    ))
 }
 
 /// Ingestion is refused (503) once shutdown has started.

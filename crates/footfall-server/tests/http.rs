@@ -22,6 +22,7 @@ const NOW: i64 = 1_795_600_000_000; // 2026-11-24T08:26:40Z
 
 struct Harness {
     _dir: tempfile::TempDir,
+    state: Arc<AppState>,
     router: Router,
     meta: Arc<SqliteMeta>,
     processor: Mutex<Processor>,
@@ -68,12 +69,13 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
         tracker_path: String::new(),
         reprocessor: None,
     });
-    let router = app(state).layer(MockConnectInfo(SocketAddr::from((
+    let router = app(state.clone()).layer(MockConnectInfo(SocketAddr::from((
         [198, 51, 100, 7],
         40000,
     ))));
     Harness {
         _dir: dir,
+        state,
         router,
         meta,
         processor: Mutex::new(processor),
@@ -673,4 +675,269 @@ fn client_address_behind_trusted_proxies_only() {
         footfall_server::client_ip(proxy, &f, &trusted).to_string(),
         "2001:db8::1"
     );
+}
+
+/// One HTTP/1.1 answer read off a raw connection: status, headers (lower-case names,
+/// without `date`), body.
+type RawAnswer = (u16, Vec<(String, String)>, Vec<u8>);
+
+async fn read_answer(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<RawAnswer> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut lines = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut lines);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(buf) {
+            let mut headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .filter(|(n, _)| n != "date")
+                .collect();
+            headers.sort();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= head + len {
+                let status = resp.code.unwrap();
+                let body = buf[head..head + len].to_vec();
+                buf.drain(..head + len);
+                return Some((status, headers, body));
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The router's answer to the same request, in the same shape.
+async fn router_answer(h: &Harness, raw: &[u8]) -> RawAnswer {
+    let mut lines = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut lines);
+    let head = match req.parse(raw).unwrap() {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => panic!("test request is incomplete"),
+    };
+    let mut b = Request::builder()
+        .method(req.method.unwrap())
+        .uri(req.path.unwrap());
+    let mut chunked = false;
+    for l in req.headers.iter() {
+        chunked |= l.name.eq_ignore_ascii_case("transfer-encoding");
+        if !chunked {
+            b = b.header(l.name, l.value);
+        }
+    }
+    let body = raw[head..].to_vec();
+    assert!(!chunked, "compare chunked bodies by hand");
+    let resp = h
+        .router
+        .clone()
+        .oneshot(b.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str() != "date")
+        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    if !headers.iter().any(|(n, _)| n == "content-length") {
+        headers.push(("content-length".into(), body.len().to_string()));
+    }
+    headers.sort();
+    (status, headers, body)
+}
+
+fn post(path: &str, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: collect.example\r\ncontent-type: text/plain\r\n{extra}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn beacon_fast_path_answers_as_the_router_and_hands_other_requests_to_it() {
+    use tokio::io::AsyncWriteExt;
+    let h = harness();
+    let (tid, read, _write) = h.property("UTC", &["shop.example"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(footfall_server::fast::serve(
+        listener,
+        h.state.clone(),
+        app(h.state.clone()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let good = |name: &str| {
+        format!(r#"{{"tracking_id":"{tid}","name":"{name}","url":"https://shop.example/a"}}"#)
+    };
+    let many: Vec<Value> = (0..501)
+        .map(|_| json!({"tracking_id": tid, "name": "x"}))
+        .collect();
+    let auth = format!("authorization: Bearer {read}\r\n");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("beacon", post("/api/v1/events", "", &good("pageview"))),
+        (
+            "query string and origin",
+            post(
+                "/api/v1/events?x=1",
+                "origin: https://shop.example\r\n",
+                &good("signup"),
+            ),
+        ),
+        (
+            "mixed batch",
+            post(
+                "/api/v1/events",
+                "",
+                &format!(r#"[{},{{"name":"x"}}]"#, good("pageview")),
+            ),
+        ),
+        (
+            "unknown tracking id",
+            post("/api/v1/events", "", r#"{"tracking_id":"nope","name":"x"}"#),
+        ),
+        ("malformed", post("/api/v1/events", "", "[1")),
+        ("empty", post("/api/v1/events", "", "")),
+        ("read key", post("/api/v1/events", &auth, &good("pageview"))),
+        (
+            "too many events",
+            post("/api/v1/events", "", &serde_json::to_string(&many).unwrap()),
+        ),
+    ];
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    for (what, raw) in &cases {
+        conn.write_all(raw).await.unwrap();
+        let fast = read_answer(&mut conn, &mut buf).await.expect(what);
+        let routed = router_answer(&h, raw).await;
+        assert_eq!(
+            (fast.0, &fast.1, String::from_utf8_lossy(&fast.2)),
+            (routed.0, &routed.1, String::from_utf8_lossy(&routed.2)),
+            "{what}"
+        );
+    }
+    // Pipelined requests in one write, split at an odd place.
+    let mut two = post("/api/v1/events", "", &good("a"));
+    two.extend(post("/api/v1/events", "", &good("b")));
+    let (x, y) = two.split_at(two.len() / 2 + 3);
+    conn.write_all(x).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    conn.write_all(y).await.unwrap();
+    for _ in 0..2 {
+        let (status, _, body) = read_answer(&mut conn, &mut buf).await.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (202, &br#"{"accepted":1,"rejected":[]}"#[..])
+        );
+    }
+    // Another request moves the connection to hyper and the router, which also answer
+    // later beacons on it.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut conn, &mut buf).await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+    let raw = post("/api/v1/events", "", &good("after"));
+    conn.write_all(&raw).await.unwrap();
+    let via_hyper = read_answer(&mut conn, &mut buf).await.unwrap();
+    assert_eq!(via_hyper, router_answer(&h, &raw).await);
+    // Shapes the fast path leaves to hyper: chunked bodies, bodies over the limit,
+    // `Expect`, HTTP/1.0.
+    let mut c2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = good("chunked");
+    let chunked = format!(
+        "POST /api/v1/events HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    c2.write_all(chunked.as_bytes()).await.unwrap();
+    let mut b2 = Vec::new();
+    let (status, _, body) = read_answer(&mut c2, &mut b2).await.unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (202, &br#"{"accepted":1,"rejected":[]}"#[..])
+    );
+    let mut c3 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let big = format!("[{}]", vec![good("big"); 20_000].join(","));
+    assert!(big.len() > 1024 * 1024);
+    c3.write_all(&post("/api/v1/events", "", &big))
+        .await
+        .unwrap();
+    let mut b3 = Vec::new();
+    let (status, _, body) = read_answer(&mut c3, &mut b3).await.unwrap();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let mut c4 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = good("old");
+    c4.write_all(
+        format!(
+            "POST /api/v1/events HTTP/1.0\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut b4 = Vec::new();
+    let (status, _, _) = read_answer(&mut c4, &mut b4).await.unwrap();
+    assert_eq!(status, 202);
+
+    // Every acknowledged event counts: the fast path kept 3 of the compared requests
+    // (beacon, signup, the valid one of the mixed batch) and the router its 3 copies;
+    // then 2 pipelined, 2 after the hand-over (hyper's and the router's copy), 1 chunked
+    // and 1 over HTTP/1.0.
+    let (s, v) = h
+        .query(
+            &read,
+            json!({"site_id": tid, "metrics": ["events"], "date_range": "7d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["metrics"], json!([12]), "{v}");
+
+    // Shutdown: beacons are refused with 503 once ingestion stops, idle connections
+    // close, and serve returns.
+    h.state
+        .accepting
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let raw = post("/api/v1/events", "", &good("late"));
+    let mut c5 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c5.write_all(&raw).await.unwrap();
+    let mut b5 = Vec::new();
+    let refused = read_answer(&mut c5, &mut b5).await.unwrap();
+    assert_eq!(refused.0, 503);
+    assert!(refused
+        .1
+        .iter()
+        .any(|(n, v)| n == "retry-after" && v == "1"));
+    assert_eq!(refused, router_answer(&h, &raw).await);
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve returns once connections close")
+        .unwrap()
+        .unwrap();
+    assert!(read_answer(&mut c5, &mut b5).await.is_none());
 }

@@ -11,7 +11,6 @@ mod loadgen;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -454,11 +453,9 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
 
         let app = footfall_server::app(state.clone());
         let shutdown_state = state.clone();
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        // Beacons are answered by the server's own HTTP/1.1 loop; every other request
+        // by hyper and the router (see footfall_server::fast).
+        let server = footfall_server::fast::serve(listener, state.clone(), app, async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested: draining");
             shutdown_state.accepting.store(false, Ordering::SeqCst);

@@ -1,0 +1,339 @@
+//! The HTTP/1.1 listener, with a direct path for browser beacons.
+//!
+//! Beacons — one small `POST /api/v1/events` per page view — are most of Footfall's
+//! requests, and hyper with the router cost about as much CPU per beacon as everything
+//! else the server does for it (BENCHMARKS.md, "Ingest, beacon"). So this loop parses
+//! request heads itself (httparse) and answers beacons of the common shape directly:
+//! HTTP/1.1, a `Content-Length` body within the limit, and no `Expect`,
+//! `Transfer-Encoding`, `Upgrade` or `Connection` option other than keep-alive.
+//!
+//! The answer is the router's: the handler is shared ([`crate::ingest_native_body`]) and
+//! the headers are the ones the router's CORS layer adds (a test compares both answers).
+//! Any other request hands its connection to hyper and the router, with the bytes
+//! already read, and the connection stays there.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::Router;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use std::sync::Arc;
+
+use crate::{ApiError, AppState};
+
+/// The one path answered here.
+const NATIVE_PATH: &str = "/api/v1/events";
+/// Heads longer than this go to hyper, which answers 431 past its own limit.
+const MAX_HEAD: usize = 16 * 1024;
+/// Requests with more header lines go to hyper.
+const MAX_HEADERS: usize = 48;
+/// What the router's CORS layer (see [`crate::app`]) adds to answers of simple requests.
+const CORS_HEADERS: &[u8] = b"vary: origin, access-control-request-method, \
+access-control-request-headers\r\naccess-control-allow-origin: *\r\n";
+
+/// Serves `listener` until `signal` completes, then stops accepting, lets each
+/// connection finish the request it is in (idle ones close at once) and returns when
+/// all have closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<AppState>,
+    router: Router,
+    signal: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection holds a receiver; the sender sees them all dropped.
+    let (open_tx, open_rx) = watch::channel(());
+    tokio::pin!(signal);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let conn = Connection {
+            app: app.clone(),
+            router: router.clone(),
+            peer,
+            stop: stop_rx.clone(),
+            _open: open_rx.clone(),
+        };
+        tokio::spawn(conn.run(stream));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(open_rx);
+    open_tx.closed().await;
+    Ok(())
+}
+
+struct Connection {
+    app: Arc<AppState>,
+    router: Router,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    _open: watch::Receiver<()>,
+}
+
+/// What the buffered bytes hold.
+enum Head {
+    /// Not a whole request head yet.
+    Partial,
+    /// A beacon: head length, body length and the headers.
+    Beacon(usize, usize, HeaderMap),
+    /// Anything else, or something hyper should judge.
+    Other,
+}
+
+impl Connection {
+    async fn run(mut self, mut stream: TcpStream) {
+        let mut buf: Vec<u8> = Vec::with_capacity(2048);
+        let mut out: Vec<u8> = Vec::with_capacity(512);
+        let max_body = self.app.rules.limits.max_body_bytes;
+        loop {
+            let (head, body, headers) = loop {
+                match parse_head(&buf, max_body) {
+                    Head::Beacon(h, b, m) => break (h, b, m),
+                    Head::Other => return self.hand_to_hyper(stream, buf).await,
+                    Head::Partial if buf.len() > MAX_HEAD => {
+                        return self.hand_to_hyper(stream, buf).await
+                    }
+                    Head::Partial => {}
+                }
+                // Between requests a shutdown closes the connection; inside one, the
+                // request is read and answered first.
+                let read = if buf.is_empty() {
+                    tokio::select! {
+                        r = read_more(&mut stream, &mut buf) => r,
+                        _ = self.stop.wait_for(|s| *s) => return,
+                    }
+                } else {
+                    read_more(&mut stream, &mut buf).await
+                };
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+            };
+            while buf.len() < head + body {
+                if !matches!(read_more(&mut stream, &mut buf).await, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+            let answer =
+                crate::ingest_native_body(&self.app, self.peer, &headers, &buf[head..head + body])
+                    .await;
+            buf.drain(..head + body);
+            out.clear();
+            write_answer(&mut out, answer);
+            if stream.write_all(&out).await.is_err() || *self.stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Serves the rest of the connection with hyper and the router, replaying `read`.
+    async fn hand_to_hyper(mut self, stream: TcpStream, read: Vec<u8>) {
+        let (router, peer) = (self.router, self.peer);
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                let resp = tower::ServiceExt::oneshot(router, req).await;
+                Ok::<_, Infallible>(resp.unwrap_or_else(|e| match e {}))
+            }
+        });
+        let io = hyper_util::rt::TokioIo::new(Replay {
+            read,
+            at: 0,
+            stream,
+        });
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        tokio::pin!(conn);
+        let done = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = self.stop.wait_for(|s| *s) => None,
+        };
+        let r = match done {
+            Some(r) => r,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    stream.read_buf(buf).await
+}
+
+/// Classifies the request at the start of `buf`.
+fn parse_head(buf: &[u8], max_body: usize) -> Head {
+    if buf.is_empty() {
+        return Head::Partial;
+    }
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut lines);
+    let head = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Other,
+    };
+    let path = req.path.unwrap_or("");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if req.version != Some(1) || req.method != Some("POST") || path != NATIVE_PATH {
+        return Head::Other;
+    }
+    let mut length = None;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok());
+            match (length, n) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Head::Other,
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+            || (name.eq_ignore_ascii_case("connection")
+                && !h.value.eq_ignore_ascii_case(b"keep-alive"))
+        {
+            return Head::Other;
+        }
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => return Head::Other,
+        }
+    }
+    match length {
+        Some(n) if n <= max_body => Head::Beacon(head, n, headers),
+        _ => Head::Other,
+    }
+}
+
+/// The HTTP/1.1 answer, as the router would send it.
+fn write_answer(out: &mut Vec<u8>, answer: Result<(StatusCode, serde_json::Value), ApiError>) {
+    let (status, retry_after, body) = match answer {
+        Ok((s, b)) => (s, None, b),
+        Err(e) => e.into_parts(),
+    };
+    let body = serde_json::to_vec(&body).expect("a JSON value serialises");
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    out.extend_from_slice(CORS_HEADERS);
+    if let Some(s) = retry_after {
+        let _ = write!(out, "retry-after: {s}\r\n");
+    }
+    let _ = write!(out, "content-length: {}\r\ndate: ", body.len());
+    date::write(out);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+}
+
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        /// The `Date` value of the current second, per thread.
+        static NOW: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+
+    pub(super) fn write(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        NOW.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs || c.1.is_empty() {
+                *c = (secs, httpdate::fmt_http_date(now));
+            }
+            out.extend_from_slice(c.1.as_bytes());
+        });
+    }
+}
+
+/// The connection's stream with bytes already taken from it put back in front.
+struct Replay {
+    read: Vec<u8>,
+    at: usize,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.read.len() {
+            let n = (this.read.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
