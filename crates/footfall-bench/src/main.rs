@@ -115,6 +115,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    footfall_processor::disable_transparent_huge_pages();
     match Cli::parse().cmd {
         Cmd::Process {
             data,

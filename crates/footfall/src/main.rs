@@ -143,6 +143,7 @@ struct KeyCreate {
 }
 
 fn main() -> anyhow::Result<()> {
+    footfall_processor::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let listen = match &cli.command {
         Command::Serve { listen } => listen.clone(),
