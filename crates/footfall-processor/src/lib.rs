@@ -375,11 +375,13 @@ impl Processor {
         }
         // 3. One update: readers see the old range or the new one, never a mix.
         let (d1, d2) = job.days;
-        let fresh = job
+        let mut fresh = job
             .rollups
             .properties
             .remove(&job.property)
             .unwrap_or_default();
+        // The range is copied by whole days and hours: its days must hold every hour.
+        fresh.fold_all();
         self.store.update(&mut |r| {
             let live = r.property_mut(&job.property);
             let (h1, h2) = (
@@ -387,6 +389,7 @@ impl Processor {
                 LocalHour((d2.0 as i64 + 1) * 24),
             );
             live.hours.retain(|h, _| *h < h1 || *h >= h2);
+            live.unfolded.retain(|h| *h < h1 || *h >= h2);
             live.days.retain(|d, _| *d < d1 || *d > d2);
             for (h, b) in fresh.hours.range(h1..h2) {
                 live.hours.insert(*h, b.clone());

@@ -334,10 +334,18 @@ fn apply_delta(v: &mut VisitStats, d: VisitDelta) {
     v.events += d.events;
 }
 
-fn contribute_delta(prop: &mut PropertyRollup, visit: &Visit, d: VisitDelta) {
-    for b in prop.hour_and_day_mut(visit.bucket()) {
-        delta_bucket(b, visit, d);
+/// Runs `f` on every bucket a write to hour `h` must reach (see
+/// [`PropertyRollup::buckets_mut`]).
+fn each_bucket(prop: &mut PropertyRollup, h: LocalHour, mut f: impl FnMut(&mut Bucket)) {
+    let (hour, day) = prop.buckets_mut(h);
+    f(hour);
+    if let Some(day) = day {
+        f(day);
     }
+}
+
+fn contribute_delta(prop: &mut PropertyRollup, visit: &Visit, d: VisitDelta) {
+    each_bucket(prop, visit.bucket(), |b| delta_bucket(b, visit, d));
 }
 
 fn delta_bucket(b: &mut Bucket, visit: &Visit, d: VisitDelta) {
@@ -371,9 +379,9 @@ fn apply_keyed(map: &mut KeyMap<VisitStats>, key: &str, visit: &Visit, sign: i64
 }
 
 fn contribute(prop: &mut PropertyRollup, visit: &Visit, sign: i64, visitor: u64) {
-    for b in prop.hour_and_day_mut(visit.bucket()) {
-        contribute_bucket(b, visit, sign, visitor);
-    }
+    each_bucket(prop, visit.bucket(), |b| {
+        contribute_bucket(b, visit, sign, visitor)
+    });
 }
 
 fn contribute_bucket(b: &mut Bucket, visit: &Visit, sign: i64, visitor: u64) {
@@ -403,9 +411,9 @@ impl SessionState {
         // Bots stay in the log and archive but out of every statistic; only counted.
         if let Some(reason) = ua.bot {
             let key = format!("bot:{reason}");
-            for b in prop.hour_and_day_mut(LocalHour::from_naive(local)) {
+            each_bucket(prop, LocalHour::from_naive(local), |b| {
                 *stats_entry(&mut b.filtered, &key) += 1;
-            }
+            });
             return;
         }
         let pageview = ev.is_pageview();
@@ -430,7 +438,7 @@ impl SessionState {
 
         // Event-level statistics, by the event's own local time.
         prop.count_minute(ev.timestamp, pageview, ev.visitor);
-        for b in prop.hour_and_day_mut(LocalHour::from_naive(local)) {
+        each_bucket(prop, LocalHour::from_naive(local), |b| {
             add_event(&mut b.events, pageview, ev.visitor);
             if let Some(p) = &page {
                 add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
@@ -442,7 +450,7 @@ impl SessionState {
             if let Some((key, micros)) = &revenue {
                 *stats_entry(&mut b.revenue, key) += micros;
             }
-        }
+        });
 
         // Visit-level statistics.
         let t = ev.timestamp;

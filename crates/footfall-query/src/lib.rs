@@ -284,7 +284,7 @@ fn property_date_range(
     let today = local_time(&tz, now_ms).date();
     let mut earliest = None;
     store.read(site_id, &mut |p| {
-        earliest = p.and_then(|p| p.days.keys().next().map(|d| d.date()));
+        earliest = p.and_then(|p| p.first_day().map(|d| d.date()));
     });
     resolve_date_range(date_range, today, earliest)
 }
@@ -798,10 +798,7 @@ pub fn execute(
             let hi = LocalHour((LocalDay::from_date(to).0 as i64 + 1) * 24);
             buckets.extend(p.hours.range(lo..hi).map(|(h, b)| (Some(h.0), b)));
         } else {
-            for (d, b) in p
-                .days
-                .range(LocalDay::from_date(from)..=LocalDay::from_date(to))
-            {
+            for (d, parts) in p.days_in(LocalDay::from_date(from)..=LocalDay::from_date(to)) {
                 let key = match time_dim {
                     Some(TimeDim::Day) => Some(d.0 as i64),
                     Some(TimeDim::Month) => {
@@ -809,7 +806,7 @@ pub fn execute(
                     }
                     _ => None,
                 };
-                buckets.push((key, b));
+                buckets.extend(parts.map(|b| (key, b)));
             }
         }
         // Filters read the group value, or in visit-key mode their own field of the key.
@@ -1005,10 +1002,8 @@ pub fn filtered(
     let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
     store.read(site_id, &mut |p| {
         let Some(p) = p else { return };
-        for (_, b) in p
-            .days
-            .range(LocalDay::from_date(from)..=LocalDay::from_date(to))
-        {
+        let range = LocalDay::from_date(from)..=LocalDay::from_date(to);
+        for b in p.days_in(range).flat_map(|(_, parts)| parts) {
             for (k, n) in &b.filtered {
                 *by_reason.entry(k.clone()).or_default() += n;
             }

@@ -215,7 +215,7 @@ impl Reprocessor {
             let sum = |p: Option<&footfall_store::PropertyRollup>| {
                 let mut t = (0u64, 0u64, 0i64);
                 if let Some(p) = p {
-                    for (_, b) in p.days.range(d1..=d2) {
+                    for b in p.days_in(d1..=d2).flat_map(|(_, parts)| parts) {
                         t.0 += b.events.events;
                         t.1 += b.events.pageviews;
                         t.2 += b.visits.visits;

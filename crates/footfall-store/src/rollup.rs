@@ -127,12 +127,30 @@ impl Bucket {
 impl PropertyRollup {
     /// Adds another rollup of the same property into this one.
     pub fn merge(&mut self, o: &PropertyRollup) {
+        self.fold_all();
         merge_hours(&mut self.hours, o);
         self.merge_days_and_minutes(o);
+        self.fold_unfolded_of(o);
     }
 
     /// [`Self::merge`] with the hours on a second thread (rebuilds merge large rollups).
     pub fn merge_on_two_threads(&mut self, o: &PropertyRollup) {
+        self.fold_all();
+        self.merge_hours_days_minutes(o);
+        self.fold_unfolded_of(o);
+    }
+
+    /// The days of `o` lack its unfolded hours; they go into this rollup's days.
+    fn fold_unfolded_of(&mut self, o: &PropertyRollup) {
+        for h in &o.unfolded {
+            if let Some(b) = o.hours.get(h) {
+                self.days.entry(h.day()).or_default().merge(b);
+                self.dirty_days.insert(h.day());
+            }
+        }
+    }
+
+    fn merge_hours_days_minutes(&mut self, o: &PropertyRollup) {
         let hours = &mut self.hours;
         let mut rest = DaysAndMinutes {
             days: &mut self.days,
@@ -258,6 +276,16 @@ pub struct PropertyRollup {
     /// Local days whose buckets changed since the last checkpoint.
     #[serde(skip)]
     pub dirty_days: BTreeSet<LocalDay>,
+    /// Hours whose statistics are not yet in their day's bucket: the processor writes
+    /// the newest hours of a property to their hour bucket alone and adds each to its
+    /// day once, when a later hour begins ([`Self::buckets_mut`]). Readers of a day use
+    /// [`Self::day_parts`]; checkpoints write [`Self::day_view`], so a loaded rollup
+    /// has none.
+    #[serde(skip)]
+    pub unfolded: BTreeSet<LocalHour>,
+    /// The newest hour [`Self::buckets_mut`] has seen (0: none yet).
+    #[serde(skip)]
+    newest: i64,
 }
 
 /// All rollups, by tracking id.
@@ -354,12 +382,110 @@ impl PropertyRollup {
     }
 
     /// The hour bucket and its day bucket, marked as changed. Every write to buckets
-    /// goes through here so checkpoints can write only what changed.
+    /// goes through here or [`Self::buckets_mut`] so checkpoints can write only what
+    /// changed.
     pub fn hour_and_day_mut(&mut self, h: LocalHour) -> [&mut Bucket; 2] {
         self.dirty_days.insert(h.day());
+        if self.unfolded.contains(&h) {
+            self.fold(h);
+        }
         let hour = self.hours.entry(h).or_default();
         let day = self.days.entry(h.day()).or_default();
         [hour, day]
+    }
+
+    /// The buckets a write to hour `h` must reach: its hour bucket, and its day bucket
+    /// unless the hour is unfolded. The newest two hours of a property start unfolded —
+    /// most events fall in them, and each is then added to its day once, in one merge,
+    /// instead of with every event — and are folded when a later hour begins. A write
+    /// to any other hour (a late event) goes to both buckets at once.
+    pub fn buckets_mut(&mut self, h: LocalHour) -> (&mut Bucket, Option<&mut Bucket>) {
+        self.dirty_days.insert(h.day());
+        if h.0 > self.newest {
+            self.newest = h.0;
+            self.fold_before(LocalHour(h.0 - 1));
+        }
+        let unfolded = self.unfolded.contains(&h)
+            || (h.0 >= self.newest - 1 && !self.hours.contains_key(&h) && self.unfolded.insert(h));
+        let hour = self.hours.entry(h).or_default();
+        if unfolded {
+            (hour, None)
+        } else {
+            (hour, Some(self.days.entry(h.day()).or_default()))
+        }
+    }
+
+    /// Adds an unfolded hour to its day.
+    fn fold(&mut self, h: LocalHour) {
+        if self.unfolded.remove(&h) {
+            if let Some(b) = self.hours.get(&h) {
+                self.days.entry(h.day()).or_default().merge(b);
+            }
+            self.dirty_days.insert(h.day());
+        }
+    }
+
+    fn fold_before(&mut self, limit: LocalHour) {
+        while let Some(h) = self.unfolded.first().copied().filter(|h| *h < limit) {
+            self.fold(h);
+        }
+    }
+
+    /// Folds every unfolded hour: afterwards each day bucket holds all its hours.
+    pub fn fold_all(&mut self) {
+        while let Some(h) = self.unfolded.first().copied() {
+            self.fold(h);
+        }
+    }
+
+    /// What a day's statistics are made of: its day bucket (if any) and its unfolded
+    /// hours. Merging them gives the day.
+    pub fn day_parts(&self, day: LocalDay) -> impl Iterator<Item = &Bucket> {
+        let lo = LocalHour(day.0 as i64 * 24);
+        let hi = LocalHour(day.0 as i64 * 24 + 24);
+        self.days.get(&day).into_iter().chain(
+            self.unfolded
+                .range(lo..hi)
+                .filter_map(|h| self.hours.get(h)),
+        )
+    }
+
+    /// The days with statistics in `range`, each with its parts ([`Self::day_parts`]).
+    pub fn days_in(
+        &self,
+        range: std::ops::RangeInclusive<LocalDay>,
+    ) -> impl Iterator<Item = (LocalDay, impl Iterator<Item = &Bucket>)> {
+        let mut days: BTreeSet<LocalDay> =
+            self.days.range(range.clone()).map(|(d, _)| *d).collect();
+        days.extend(
+            self.unfolded
+                .iter()
+                .map(|h| h.day())
+                .filter(|d| range.contains(d)),
+        );
+        days.into_iter().map(|d| (d, self.day_parts(d)))
+    }
+
+    /// The whole day as one bucket (borrowed when no hour of it is unfolded).
+    pub fn day_view(&self, day: LocalDay) -> Option<std::borrow::Cow<'_, Bucket>> {
+        let mut parts = self.day_parts(day);
+        let first = parts.next()?;
+        let mut rest = parts.peekable();
+        if rest.peek().is_none() && self.days.contains_key(&day) {
+            return Some(std::borrow::Cow::Borrowed(first));
+        }
+        let mut b = first.clone();
+        for p in rest {
+            b.merge(p);
+        }
+        Some(std::borrow::Cow::Owned(b))
+    }
+
+    /// The first day with statistics.
+    pub fn first_day(&self) -> Option<LocalDay> {
+        let d = self.days.keys().next().copied();
+        let h = self.unfolded.first().map(|h| h.day());
+        d.into_iter().chain(h).min()
     }
 }
 

@@ -52,7 +52,7 @@ struct DayFile {
 
 #[derive(Serialize)]
 struct DayFileRef<'a> {
-    day: &'a Bucket,
+    day: std::borrow::Cow<'a, Bucket>,
     hours: Vec<(LocalHour, &'a Bucket)>,
 }
 
@@ -185,7 +185,8 @@ fn day_file<'a>(p: &'a PropertyRollup, day: LocalDay) -> Option<DayFileRef<'a>> 
     let lo = LocalHour(day.0 as i64 * 24);
     let hi = LocalHour(day.0 as i64 * 24 + 24);
     Some(DayFileRef {
-        day: p.days.get(&day)?,
+        // With its unfolded hours folded in, so that a loaded rollup has none.
+        day: p.day_view(day)?,
         hours: p.hours.range(lo..hi).map(|(h, b)| (*h, b)).collect(),
     })
 }
