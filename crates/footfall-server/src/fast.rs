@@ -139,6 +139,10 @@ impl Connection {
                 crate::ingest_native_body(&self.app, self.peer, &headers, &buf[head..head + body])
                     .await;
             buf.drain(..head + body);
+            if buf.is_empty() && buf.capacity() > 64 * 1024 {
+                // A large batch came through: an idle connection need not keep its room.
+                buf = Vec::with_capacity(2048);
+            }
             out.clear();
             write_answer(&mut out, answer);
             if stream.write_all(&out).await.is_err() || *self.stop.borrow() {
