@@ -67,9 +67,9 @@ start_server() {
 }
 stop_server() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-wait_caught_up() {
+wait_caught_up() { # PORT [TENTHS OF A SECOND to wait]
   local port=$1
-  for _ in $(seq 1 6000); do
+  for _ in $(seq 1 "${2:-6000}"); do
     curl -sf "http://127.0.0.1:$port/metrics" | grep -qx 'footfall_processor_lag_bytes 0' && return 0
     sleep 0.1
   done
@@ -95,7 +95,7 @@ if [ "$mode" = scale ]; then
   echo "== catch up and query"
   PORT=$(free_port)
   start_server "$dir" "$PORT"
-  wait_caught_up "$PORT"
+  wait_caught_up "$PORT" 18000
   t2=$(date +%s.%N)
   "$B" queries --url "http://127.0.0.1:$PORT" --site "$QSITE" --key "$QKEY" --from "$FROM" --to "$TODAY" \
     --iterations 100 > "$work/queries-$N.json"

@@ -11,6 +11,7 @@
 //! added. The result equals sessionising the same events sorted by time, as long as the
 //! visits it touches are still held (see `lateness_ms`).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -161,6 +162,36 @@ fn visit_key(ev: &EventView<'_>, ua: &footfall_enrich::UaInfo) -> String {
     ])
 }
 
+/// Local hours of UTC instants, remembered per UTC quarter hour (a memo; not state).
+/// A quarter hour is remembered only when its first and last millisecond have the same
+/// offset and the same local hour, so every instant inside it has that hour too.
+#[derive(Debug, Clone, Default)]
+struct HourMemo {
+    entries: [Option<(Tz, i64, LocalHour)>; 4],
+}
+
+const QUARTER_HOUR_MS: i64 = 15 * 60 * 1000;
+
+impl HourMemo {
+    fn get(&mut self, tz: &Tz, ms: Millis) -> LocalHour {
+        let slot = ms.div_euclid(QUARTER_HOUR_MS);
+        let i = slot.rem_euclid(4) as usize;
+        if let Some((t, s, h)) = self.entries[i] {
+            if s == slot && t == *tz {
+                return h;
+            }
+        }
+        let hour = LocalHour::from_naive(local_time(tz, ms));
+        let (lo, hi) = (slot * QUARTER_HOUR_MS, (slot + 1) * QUARTER_HOUR_MS - 1);
+        let (l, h) = (local_time(tz, lo), local_time(tz, hi));
+        let same_offset = (h - l).num_milliseconds() == hi - lo;
+        if same_offset && LocalHour::from_naive(l) == hour && LocalHour::from_naive(h) == hour {
+            self.entries[i] = Some((*tz, slot, hour));
+        }
+        hour
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PartitionState {
     /// Latest receive time seen in this partition.
@@ -177,6 +208,8 @@ pub struct PartitionState {
     /// Parsed user agents (a memo; not state).
     #[serde(skip)]
     ua: UaCache,
+    #[serde(skip)]
+    hours: HourMemo,
     /// Visit keys shared by open visits; entries no visit holds are dropped at sweeps.
     #[serde(skip)]
     keys: HashSet<Arc<str>>,
@@ -230,10 +263,11 @@ impl PartitionState {
                 break;
             }
             self.expiry.pop_front();
-            if let Some(vs) = self.visitors.get_mut(&id) {
+            if let Entry::Occupied(mut o) = self.visitors.entry(id) {
+                let vs = o.get_mut();
                 vs.retain(|v| v.touched >= horizon);
                 if vs.is_empty() {
-                    self.visitors.remove(&id);
+                    o.remove();
                 } else {
                     let next = vs.iter().map(|v| v.touched).min().unwrap_or(horizon);
                     vs.shrink_to_fit();
@@ -406,12 +440,12 @@ impl SessionState {
         let ps = &mut self.partitions[partition];
         ps.watermark = ps.watermark.max(ev.received_at);
         let prop = rollups.property_mut(ev.property);
-        let local = local_time(tz, ev.timestamp);
+        let hour = ps.hours.get(tz, ev.timestamp);
         let ua = ps.ua.get(ev.user_agent);
         // Bots stay in the log and archive but out of every statistic; only counted.
         if let Some(reason) = ua.bot {
             let key = format!("bot:{reason}");
-            each_bucket(prop, LocalHour::from_naive(local), |b| {
+            each_bucket(prop, hour, |b| {
                 *stats_entry(&mut b.filtered, &key) += 1;
             });
             return;
@@ -438,7 +472,7 @@ impl SessionState {
 
         // Event-level statistics, by the event's own local time.
         prop.count_minute(ev.timestamp, pageview, ev.visitor);
-        each_bucket(prop, LocalHour::from_naive(local), |b| {
+        each_bucket(prop, hour, |b| {
             add_event(&mut b.events, pageview, ev.visitor);
             if let Some(p) = &page {
                 add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
@@ -522,7 +556,7 @@ impl SessionState {
                 merged = old.merge(merged);
             }
         }
-        merged.bucket = LocalHour::from_naive(local_time(tz, merged.start)).0 as i32;
+        merged.bucket = ps.hours.get(tz, merged.start).0 as i32;
         contribute(prop, &merged, 1, ev.visitor);
         let pos = visits.partition_point(|v| v.start < merged.start);
         visits.reserve_exact(1); // most visitors hold one or two visits: no slack
@@ -535,6 +569,41 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_local_hours_equal_computed_ones() {
+        // Zones with half- and quarter-hour offsets and with daylight saving, over a
+        // month of transitions, every 7 minutes and odd milliseconds, in an order that
+        // revisits slots; and Monrovia in 1971, whose offset (−0:44:30) puts local hour
+        // boundaries inside UTC quarter hours, which must then not be remembered.
+        let at = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        };
+        for (zone, start) in [
+            ("America/New_York", at("2026-03-07T00:00:00Z")),
+            ("Asia/Kolkata", at("2026-03-07T00:00:00Z")),
+            ("Asia/Kathmandu", at("2026-03-07T00:00:00Z")),
+            ("Australia/Lord_Howe", at("2026-03-07T00:00:00Z")),
+            ("Europe/London", at("2026-03-07T00:00:00Z")),
+            ("UTC", at("2026-03-07T00:00:00Z")),
+            ("Africa/Monrovia", at("1971-06-01T00:00:00Z")),
+        ] {
+            let tz: Tz = zone.parse().unwrap();
+            let mut memo = HourMemo::default();
+            for i in 0..31 * 24 * 60 / 7 {
+                for back in [0, 3 * 3_600_000 + 999] {
+                    let ms = start + i * 7 * 60_000 + 17 - back;
+                    assert_eq!(
+                        memo.get(&tz, ms),
+                        LocalHour::from_naive(local_time(&tz, ms)),
+                        "{zone} at {ms}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn visit_summary_stays_small() {
