@@ -493,6 +493,77 @@ impl PropertyRollup {
 mod tests {
     use super::*;
 
+    /// One write of the test below: to an hour, a page view by a visitor, and a visit
+    /// added (or retracted) for a source.
+    fn write(b: &mut Bucket, page: &str, visitor: u64, sign: i64) {
+        b.events.events += 1;
+        b.events.visitors.insert(visitor);
+        let p = b.pages.entry_ref(page).or_default();
+        p.pageviews += 1;
+        p.visitors.insert(visitor);
+        let v = b.sources.entry_ref("google.com").or_default();
+        v.visits += sign;
+        if sign > 0 {
+            v.visitors.insert(visitor);
+        } else {
+            v.visitors.remove(visitor);
+        }
+    }
+
+    #[test]
+    fn days_read_with_unfolded_hours_equal_days_written_directly() {
+        // Mostly in time order, with late writes to older hours and retractions of
+        // earlier additions, crossing day boundaries.
+        let mut folded = PropertyRollup::default();
+        let mut direct = PropertyRollup::default();
+        let base = 20_000 * 24;
+        let mut added: Vec<(LocalHour, u64)> = Vec::new();
+        for i in 0..3_000i64 {
+            let mut h = LocalHour(base + i / 40);
+            if i % 7 == 0 {
+                h = LocalHour(h.0 - (i % 30)); // a late event
+            }
+            let visitor = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) % 500;
+            let page = ["/", "/a", "/b"][(i % 3) as usize];
+            let (h, visitor, sign) = if i % 11 == 0 && !added.is_empty() {
+                let (h, v) = added.remove((i as usize) % added.len());
+                (h, v, -1)
+            } else {
+                added.push((h, visitor));
+                (h, visitor, 1)
+            };
+            let (hour, day) = folded.buckets_mut(h);
+            write(hour, page, visitor, sign);
+            if let Some(day) = day {
+                write(day, page, visitor, sign);
+            }
+            for b in direct.hour_and_day_mut(h) {
+                write(b, page, visitor, sign);
+            }
+        }
+        assert!(
+            !folded.unfolded.is_empty(),
+            "the newest hours stay unfolded"
+        );
+        let days: Vec<LocalDay> = direct.days.keys().copied().collect();
+        assert!(days.len() > 2);
+        for d in &days {
+            assert_eq!(
+                folded.day_view(*d).as_deref(),
+                direct.days.get(d),
+                "day {d:?}"
+            );
+        }
+        let read: Vec<LocalDay> = folded
+            .days_in(days[0]..=days[days.len() - 1])
+            .map(|(d, _)| d)
+            .collect();
+        assert_eq!(read, days);
+        assert_eq!(folded.hours, direct.hours);
+        folded.fold_all();
+        assert_eq!(folded.days, direct.days);
+    }
+
     #[test]
     fn local_keys() {
         let tz: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
