@@ -35,6 +35,8 @@ use crate::{ApiError, AppState};
 const NATIVE_PATH: &str = "/api/v1/events";
 /// Heads longer than this go to hyper, which answers 431 past its own limit.
 const MAX_HEAD: usize = 16 * 1024;
+/// How long a request already begun may go without new bytes, on both paths.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests with more header lines go to hyper.
 const MAX_HEADERS: usize = 48;
 /// What the router's CORS layer (see [`crate::app`]) adds to answers of simple requests.
@@ -124,14 +126,14 @@ impl Connection {
                         _ = self.stop.wait_for(|s| *s) => return,
                     }
                 } else {
-                    read_more(&mut stream, &mut buf).await
+                    read_rest(&mut stream, &mut buf).await
                 };
                 if !matches!(read, Ok(n) if n > 0) {
                     return;
                 }
             };
             while buf.len() < head + body {
-                if !matches!(read_more(&mut stream, &mut buf).await, Ok(n) if n > 0) {
+                if !matches!(read_rest(&mut stream, &mut buf).await, Ok(n) if n > 0) {
                     return;
                 }
             }
@@ -167,7 +169,10 @@ impl Connection {
             at: 0,
             stream,
         });
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(REQUEST_READ_TIMEOUT)
+            .serve_connection(io, service);
         tokio::pin!(conn);
         let done = tokio::select! {
             r = conn.as_mut() => Some(r),
@@ -184,6 +189,14 @@ impl Connection {
             tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
         }
     }
+}
+
+/// Reads more of a request already begun; a peer that sends nothing for
+/// [`REQUEST_READ_TIMEOUT`] loses its connection (as `Ok(0)`).
+async fn read_rest(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    tokio::time::timeout(REQUEST_READ_TIMEOUT, read_more(stream, buf))
+        .await
+        .unwrap_or(Ok(0))
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
