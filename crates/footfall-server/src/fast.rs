@@ -35,8 +35,10 @@ use crate::{ApiError, AppState};
 const NATIVE_PATH: &str = "/api/v1/events";
 /// Heads longer than this go to hyper, which answers 431 past its own limit.
 const MAX_HEAD: usize = 16 * 1024;
-/// How long a request already begun may go without new bytes, on both paths.
-const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may send nothing while a request head is awaited (idle
+/// keep-alive included) or a body is being read; hyper's header read timeout is the
+/// same, so both paths close such connections alike.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests with more header lines go to hyper.
 const MAX_HEADERS: usize = 48;
 /// What the router's CORS layer (see [`crate::app`]) adds to answers of simple requests.
@@ -122,18 +124,18 @@ impl Connection {
                 // request is read and answered first.
                 let read = if buf.is_empty() {
                     tokio::select! {
-                        r = read_more(&mut stream, &mut buf) => r,
+                        r = read_within_timeout(&mut stream, &mut buf) => r,
                         _ = self.stop.wait_for(|s| *s) => return,
                     }
                 } else {
-                    read_rest(&mut stream, &mut buf).await
+                    read_within_timeout(&mut stream, &mut buf).await
                 };
                 if !matches!(read, Ok(n) if n > 0) {
                     return;
                 }
             };
             while buf.len() < head + body {
-                if !matches!(read_rest(&mut stream, &mut buf).await, Ok(n) if n > 0) {
+                if !matches!(read_within_timeout(&mut stream, &mut buf).await, Ok(n) if n > 0) {
                     return;
                 }
             }
@@ -171,7 +173,7 @@ impl Connection {
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(REQUEST_READ_TIMEOUT)
+            .header_read_timeout(READ_TIMEOUT)
             .serve_connection(io, service);
         tokio::pin!(conn);
         let done = tokio::select! {
@@ -191,10 +193,10 @@ impl Connection {
     }
 }
 
-/// Reads more of a request already begun; a peer that sends nothing for
-/// [`REQUEST_READ_TIMEOUT`] loses its connection (as `Ok(0)`).
-async fn read_rest(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    tokio::time::timeout(REQUEST_READ_TIMEOUT, read_more(stream, buf))
+/// Reads more; a peer that sends nothing for [`READ_TIMEOUT`] loses its connection
+/// (as `Ok(0)`).
+async fn read_within_timeout(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    tokio::time::timeout(READ_TIMEOUT, read_more(stream, buf))
         .await
         .unwrap_or(Ok(0))
 }
