@@ -381,9 +381,9 @@ impl PropertyRollup {
         m.visitors.insert(visitor);
     }
 
-    /// The hour bucket and its day bucket, marked as changed. Every write to buckets
-    /// goes through here or [`Self::buckets_mut`] so checkpoints can write only what
-    /// changed.
+    /// The hour bucket and its day bucket, marked as changed, for tests that write both
+    /// at once (the processor writes through [`Self::buckets_mut`]).
+    #[cfg(test)]
     pub fn hour_and_day_mut(&mut self, h: LocalHour) -> [&mut Bucket; 2] {
         self.dirty_days.insert(h.day());
         if self.unfolded.contains(&h) {
@@ -394,8 +394,9 @@ impl PropertyRollup {
         [hour, day]
     }
 
-    /// The buckets a write to hour `h` must reach: its hour bucket, and its day bucket
-    /// unless the hour is unfolded. The newest two hours of a property start unfolded —
+    /// The buckets a write to hour `h` must reach, marked as changed (every write to
+    /// buckets goes through here, so checkpoints can write only what changed): its hour
+    /// bucket, and its day bucket unless the hour is unfolded. The newest two hours of a property start unfolded —
     /// most events fall in them, and each is then added to its day once, in one merge,
     /// instead of with every event — and are folded when a later hour begins. A write
     /// to any other hour (a late event) goes to both buckets at once.
