@@ -356,11 +356,7 @@ impl Rollups {
     }
 
     pub fn property_mut(&mut self, id: &str) -> &mut PropertyRollup {
-        if !self.properties.contains_key(id) {
-            self.properties
-                .insert(id.to_string(), PropertyRollup::default());
-        }
-        self.properties.get_mut(id).unwrap()
+        self.properties.entry_ref(id).or_default()
     }
 }
 
@@ -401,14 +397,22 @@ impl PropertyRollup {
     /// instead of with every event — and are folded when a later hour begins. A write
     /// to any other hour (a late event) goes to both buckets at once.
     pub fn buckets_mut(&mut self, h: LocalHour) -> (&mut Bucket, Option<&mut Bucket>) {
-        self.dirty_days.insert(h.day());
+        // Most writes are to the newest hour and day: the last entries, reached without
+        // comparing keys.
+        if self.dirty_days.last() != Some(&h.day()) {
+            self.dirty_days.insert(h.day());
+        }
         if h.0 > self.newest {
             self.newest = h.0;
             self.fold_before(LocalHour(h.0 - 1));
         }
         let unfolded = self.unfolded.contains(&h)
             || (h.0 >= self.newest - 1 && !self.hours.contains_key(&h) && self.unfolded.insert(h));
-        let hour = self.hours.entry(h).or_default();
+        let hour = if self.hours.last_key_value().is_some_and(|(k, _)| *k == h) {
+            self.hours.last_entry().expect("checked above").into_mut()
+        } else {
+            self.hours.entry(h).or_default()
+        };
         if unfolded {
             (hour, None)
         } else {
