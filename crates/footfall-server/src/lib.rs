@@ -150,6 +150,7 @@ async fn ingest_native(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Also checked by `ingest_native_body`; here it spares reading a refused body.
     check_accepting(&app)?;
     let bytes = read_body(body, app.rules.limits.max_body_bytes)
         .await
