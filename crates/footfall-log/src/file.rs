@@ -336,20 +336,9 @@ fn writer_loop(
                 Err(_) => None,
             })
             .collect();
-        let mut pending: Vec<Option<(Request, Result<Vec<Offset>>)>> =
-            batch.into_iter().zip(results).map(Some).collect();
-        let answer = |pending: &mut Vec<Option<(Request, Result<Vec<Offset>>)>>,
-                      which: &dyn Fn(usize) -> bool| {
-            for (i, slot) in pending.iter_mut().enumerate() {
-                if which(i) {
-                    if let Some((req, res)) = slot.take() {
-                        (req.done)(res);
-                    }
-                }
-            }
-        };
+        let mut pending: Vec<Unanswered> = batch.into_iter().zip(results).map(Some).collect();
         // Requests that wrote nothing (rejected, or empty) need no flush.
-        answer(&mut pending, &|i| last[i].is_none());
+        answer(&mut pending, |i| last[i].is_none());
         let written: Vec<usize> = (0..bufs.len()).filter(|&p| !bufs[p].is_empty()).collect();
         let mut failure = None;
         for (k, &p) in written.iter().enumerate() {
@@ -381,7 +370,7 @@ fn writer_loop(
                 }
                 let a = &active[p];
                 shared.durable_end[p].store(a.base + a.len, Ordering::SeqCst);
-                answer(&mut pending, &|i| last[i] == Some(p));
+                answer(&mut pending, |i| last[i] == Some(p));
             }
         }
         for b in bufs.iter_mut() {
@@ -403,6 +392,20 @@ fn writer_loop(
     for a in &active {
         let _ = a.file.set_len(a.len);
         let _ = a.file.sync_all();
+    }
+}
+
+/// An append of the group being committed, with its result, until it is answered.
+type Unanswered = Option<(Request, Result<Vec<Offset>>)>;
+
+/// Answers the appends `which` selects (each once).
+fn answer(pending: &mut [Unanswered], which: impl Fn(usize) -> bool) {
+    for (i, slot) in pending.iter_mut().enumerate() {
+        if which(i) {
+            if let Some((req, res)) = slot.take() {
+                (req.done)(res);
+            }
+        }
     }
 }
 
