@@ -1,8 +1,7 @@
 //! User agents: browser, OS and device type by the uap-core rules; bots by the crawler
 //! patterns of `crawler-user-agents` and uap-core's `Spider` device family.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use regex::Regex;
 use serde::Deserialize;
@@ -172,7 +171,7 @@ fn device_type(ua: &str, family: &str, os: &str) -> &'static str {
 /// agents cover nearly all traffic; past `capacity` the cache starts over rather than
 /// track recency.
 pub struct UaCache {
-    map: HashMap<Box<str>, Arc<UaInfo>, foldhash::fast::RandomState>,
+    map: hashbrown::HashMap<Box<str>, UaInfo, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
@@ -198,25 +197,24 @@ impl Default for UaCache {
 impl UaCache {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            map: HashMap::default(),
+            map: hashbrown::HashMap::default(),
             capacity,
         }
     }
 
-    pub fn get(&mut self, ua: Option<&str>) -> Arc<UaInfo> {
-        static ABSENT: OnceLock<Arc<UaInfo>> = OnceLock::new();
+    /// The parsed user agent (borrowed: the cache is consulted once per event, and a
+    /// reference count per event showed in profiles).
+    pub fn get(&mut self, ua: Option<&str>) -> &UaInfo {
+        static ABSENT: OnceLock<UaInfo> = OnceLock::new();
         let Some(ua) = ua else {
-            return ABSENT.get_or_init(|| Arc::new(UaInfo::absent())).clone();
+            return ABSENT.get_or_init(UaInfo::absent);
         };
-        if let Some(i) = self.map.get(ua) {
-            return i.clone();
-        }
-        if self.map.len() >= self.capacity {
+        if self.map.len() >= self.capacity && !self.map.contains_key(ua) {
             self.map.clear();
         }
-        let info = Arc::new(parse_user_agent(ua));
-        self.map.insert(ua.into(), info.clone());
-        info
+        self.map
+            .entry_ref(ua)
+            .or_insert_with(|| parse_user_agent(ua))
     }
 }
 

@@ -137,8 +137,103 @@ fn intern(keys: &mut HashSet<Arc<str>>, key: String) -> Arc<str> {
     k
 }
 
+/// Visit keys by the fields they are computed from (URL, referrer, user agent, address
+/// prefix): a new visit whose first event repeats a recent one's gets the same shared key
+/// without attribution, user-agent fields, geo lookup and interning again. A memo, not
+/// state; bounded: emptied when full and at every clean-up of the shared keys.
+#[derive(Default)]
+struct KeyMemo {
+    table: hashbrown::HashTable<MemoEntry>,
+    hasher: foldhash::fast::RandomState,
+}
+
+struct MemoEntry {
+    hash: u64,
+    /// The inputs back to back; `ends[i]` is where input `i` stops (`u32::MAX`: absent).
+    inputs: Box<str>,
+    ends: [u32; 4],
+    key: Arc<str>,
+}
+
+/// What a visit key is computed from, in [`visit_key`]'s terms.
+type KeyInputs<'a> = [Option<&'a str>; 4];
+
+const KEY_MEMO_ENTRIES: usize = 8192;
+
+impl MemoEntry {
+    fn matches(&self, inputs: &KeyInputs<'_>) -> bool {
+        let mut start = 0;
+        for (input, &end) in inputs.iter().zip(&self.ends) {
+            match (input, end) {
+                (None, u32::MAX) => {}
+                (Some(s), end) if end != u32::MAX => {
+                    let end = end as usize;
+                    if self.inputs.get(start..end) != Some(*s) {
+                        return false;
+                    }
+                    start = end;
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl KeyMemo {
+    fn hash(&self, inputs: &KeyInputs<'_>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(inputs)
+    }
+
+    fn get(&self, hash: u64, inputs: &KeyInputs<'_>) -> Option<&Arc<str>> {
+        self.table
+            .find(hash, |e| e.hash == hash && e.matches(inputs))
+            .map(|e| &e.key)
+    }
+
+    fn insert(&mut self, hash: u64, inputs: &KeyInputs<'_>, key: Arc<str>) {
+        if self.table.len() >= KEY_MEMO_ENTRIES {
+            self.table.clear();
+        }
+        let mut all = String::new();
+        let mut ends = [u32::MAX; 4];
+        for (input, end) in inputs.iter().zip(&mut ends) {
+            if let Some(s) = input {
+                all.push_str(s);
+                *end = all.len() as u32;
+            }
+        }
+        let entry = MemoEntry {
+            hash,
+            inputs: all.into(),
+            ends,
+            key,
+        };
+        self.table.insert_unique(hash, entry, |e| e.hash);
+    }
+
+    fn clear(&mut self) {
+        self.table.clear();
+    }
+}
+
+impl Clone for KeyMemo {
+    /// A clone starts empty: the memo only repeats a pure function.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyMemo({} entries)", self.table.len())
+    }
+}
+
 /// The [`VisitKey`] of a visit whose first event is `ev`.
 fn visit_key(ev: &EventView<'_>, ua: &footfall_enrich::UaInfo) -> String {
+    // Reads url, referrer, user_agent (as `ua`) and ip_prefix: the memo's `KeyInputs`.
     let a = attribution(ev.url, ev.referrer);
     let geo = footfall_enrich::global().geo(ev.ip_prefix);
     let [us, um, uc, uo, ut] = &a.utm;
@@ -213,6 +308,8 @@ pub struct PartitionState {
     /// Visit keys shared by open visits; entries no visit holds are dropped at sweeps.
     #[serde(skip)]
     keys: HashSet<Arc<str>>,
+    #[serde(skip)]
+    key_memo: KeyMemo,
     /// Size of `keys` after its last clean-up: it is scanned again only once it has
     /// doubled, so the scan costs O(1) per key interned rather than a pass per sweep.
     #[serde(skip)]
@@ -250,6 +347,8 @@ impl PartitionState {
             self.last_sweep = self.watermark;
             self.expire(self.watermark - rules.lateness_ms - rules.gap_ms);
             if self.keys.len() > 2 * self.keys_kept + 1024 {
+                // The memo holds keys too; it must let go of them to see which are unused.
+                self.key_memo.clear();
                 self.keys.retain(|k| Arc::strong_count(k) > 1);
                 self.keys_kept = self.keys.len();
             }
@@ -538,6 +637,16 @@ impl SessionState {
             }
         }
         // General path: retract every visit the event touches, merge, add the result.
+        let inputs: KeyInputs<'_> = [ev.url, ev.referrer, ev.user_agent, ev.ip_prefix];
+        let hash = ps.key_memo.hash(&inputs);
+        let key = match ps.key_memo.get(hash, &inputs) {
+            Some(k) => k.clone(),
+            None => {
+                let k = intern(&mut ps.keys, visit_key(ev, ua));
+                ps.key_memo.insert(hash, &inputs, k.clone());
+                k
+            }
+        };
         let mut merged = Visit {
             start: t,
             end: t,
@@ -546,7 +655,7 @@ impl SessionState {
             interactive_custom: (!pageview && ev.interactive) as u32,
             entry: page.filter(|_| pageview).map(|p| (t, p.into())),
             exit: None,
-            source: (t, intern(&mut ps.keys, visit_key(ev, &ua))),
+            source: (t, key),
             touched: ev.received_at,
             bucket: 0,
         };
@@ -602,6 +711,68 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn remembered_visit_keys_equal_computed_ones() {
+        // Every combination of present and absent inputs, inputs whose concatenations are
+        // equal (the memo must tell where each ends), each combination twice (the second
+        // from the memo) and a memo overflowing its bound; every new visit's key must be
+        // the one computed directly.
+        use footfall_event::LoggedEvent;
+        let urls = [
+            None,
+            Some("https://a.com/x?utm_source=news&utm_medium=email"),
+            Some("https://a.com/ab"),
+            Some("https://a.com/a"),
+        ];
+        let referrers = [None, Some("https://www.google.com/"), Some("c"), Some("bc")];
+        let agents = [
+            None,
+            Some("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"),
+        ];
+        let ips = [None, Some("203.0.113.0"), Some("")];
+        let mut events = Vec::new();
+        for round in 0..2 {
+            for u in urls {
+                for r in referrers {
+                    for a in agents {
+                        for i in ips {
+                            events.push((u.map(String::from), r.map(String::from), a, i, round));
+                        }
+                    }
+                }
+            }
+        }
+        for n in 0..KEY_MEMO_ENTRIES + 10 {
+            let u = format!("https://a.com/p?utm_source=s{}", n % (KEY_MEMO_ENTRIES + 3));
+            events.push((Some(u), None, agents[1], ips[1], 2));
+        }
+        let mut state = SessionState::new(1);
+        let mut rollups = Rollups::default();
+        let mut ua = UaCache::default();
+        for (n, (url, referrer, agent, ip, _)) in events.into_iter().enumerate() {
+            let e = LoggedEvent {
+                property: "FF-T".into(),
+                received_at: 1_000 + n as i64,
+                timestamp: 1_000 + n as i64,
+                visitor: n as u64 + 1,
+                name: "pageview".into(),
+                url,
+                referrer,
+                title: None,
+                props: Default::default(),
+                revenue: None,
+                interactive: true,
+                user_agent: agent.map(String::from),
+                ip_prefix: ip.map(String::from),
+            };
+            let v = e.view();
+            state.apply(0, &v, &Tz::UTC, &SessionRules::default(), &mut rollups);
+            let held = &state.partitions[0].visitors[&e.visitor][0].source.1;
+            let direct = visit_key(&v, ua.get(v.user_agent));
+            assert_eq!(**held, *direct, "event {n}: {e:?}");
         }
     }
 
