@@ -358,6 +358,26 @@ mod tests {
         assert_eq!(LoggedEvent::decode(&e.encode()).unwrap(), e);
         let bytes = e.encode();
         assert_eq!(EventView::decode(&bytes).unwrap(), e.view());
+        // Every string field is checked: a byte that is not UTF-8 in any of them, in
+        // either decoder, is a corrupt record (non-ASCII text decodes).
+        let with = |f: &dyn Fn(&mut LoggedEvent, String)| {
+            let mut x = e.clone();
+            f(&mut x, "ü-MARK".into());
+            let mut bytes = x.encode();
+            let mark = "ü-MARK".as_bytes();
+            let at = bytes.windows(mark.len()).position(|w| w == mark).unwrap();
+            assert_eq!(EventView::decode(&bytes).unwrap(), x.view());
+            bytes[at + 1] = 0xff;
+            assert!(EventView::decode(&bytes).is_err());
+            assert!(LoggedEvent::decode(&bytes).is_err());
+        };
+        with(&|x, s| x.property = s);
+        with(&|x, s| x.name = s);
+        with(&|x, s| x.url = Some(s));
+        with(&|x, s| x.referrer = Some(s));
+        with(&|x, s| x.title = Some(s));
+        with(&|x, s| x.user_agent = Some(s));
+        with(&|x, s| x.ip_prefix = Some(s));
         assert!(matches!(
             LoggedEvent::decode(&[9, 1]),
             Err(DecodeError::UnknownVersion(9))
