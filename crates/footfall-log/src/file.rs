@@ -10,11 +10,11 @@
 //! acknowledged).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -252,6 +252,63 @@ struct Active {
 /// small group commits cost more than the data. Zeros are never read: readers stop at
 /// the durable end, and open cuts a segment back to its last valid record.
 const ZERO_AHEAD: u64 = 4 * 1024 * 1024;
+
+/// Bytes of a segment from a record boundary on. Large windows (catching up, replays)
+/// map the page cache instead of copying it (the copy was about 4% of processing); small
+/// ones (following the tail) are copied, because unmapping costs every thread of the
+/// process a TLB flush, which slowed beacon ingest by about 5%.
+///
+/// Mapping is sound here because no mapped byte is ever cut from its file: readers map
+/// only durable records, below `durable_end`; sealing cuts a segment to its records (the
+/// zeros after them are never mapped); torn tails are cut on open, before any reader; and
+/// retention unlinks whole files, which leaves existing mappings intact.
+enum Window {
+    Mapped {
+        map: memmap2::Mmap,
+        /// Bytes between the page boundary the mapping starts at and the offset asked for.
+        skip: usize,
+    },
+    Copied(Vec<u8>),
+}
+
+/// Windows at least this large are mapped rather than copied.
+const MAP_FROM: usize = 256 * 1024;
+
+impl Window {
+    fn load(file: &File, at: u64, len: usize) -> std::io::Result<Window> {
+        use std::os::unix::fs::FileExt;
+        if len < MAP_FROM {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, at)?;
+            return Ok(Window::Copied(buf));
+        }
+        static PAGE: OnceLock<u64> = OnceLock::new();
+        // SAFETY: sysconf only reads a system constant.
+        let page = *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            n if n > 0 => n as u64,
+            _ => 4096,
+        });
+        let start = at - at % page;
+        let skip = (at - start) as usize;
+        let mut opts = memmap2::MmapOptions::new();
+        opts.offset(start).len(skip + len);
+        #[cfg(target_os = "linux")]
+        opts.populate();
+        // SAFETY: see the type's comment: the mapped range stays in the file for as long
+        // as the mapping lives.
+        let map = unsafe { opts.map(file)? };
+        Ok(Window::Mapped { map, skip })
+    }
+}
+
+impl AsRef<[u8]> for Window {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Window::Mapped { map, skip } => &map[*skip..],
+            Window::Copied(v) => v,
+        }
+    }
+}
 
 fn poison(shared: &Shared, why: String) {
     tracing::error!(error = %why, "event log poisoned; refusing appends");
@@ -534,7 +591,7 @@ impl EventLog for FileLog {
         };
         let seg = &segs[idx];
         let seg_end = segs.get(idx + 1).map(|s| s.base).unwrap_or(end).min(end);
-        let mut file = match File::open(&seg.path) {
+        let file = match File::open(&seg.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::OffsetNotRetained {
@@ -545,14 +602,15 @@ impl EventLog for FileLog {
             }
             Err(e) => return Err(e.into()),
         };
-        file.seek(SeekFrom::Start(from - seg.base))?;
-        let window = ((seg_end - from) as usize).min(max_bytes.max(HEADER));
-        let mut data = Vec::with_capacity(window);
-        (&mut file).take(window as u64).read_to_end(&mut data)?;
-        // Frame boundaries first; the payloads become slices of one shared buffer.
+        let at = from - seg.base;
+        let available = (seg_end - from) as usize;
+        let mut window = Window::load(&file, at, available.min(max_bytes.max(HEADER)))?;
+        // Frame boundaries first; the payloads become slices of the one mapping.
         let mut spans = Vec::new();
         let mut pos = 0usize;
+        let mut whole = false;
         loop {
+            let data = window.as_ref();
             if pos + HEADER > data.len() {
                 break;
             }
@@ -563,16 +621,13 @@ impl EventLog for FileLog {
                 return Err(Error::Corrupt { partition, offset });
             }
             if pos + HEADER + len > data.len() {
-                if spans.is_empty() && offset + (HEADER + len) as u64 <= seg_end {
+                if spans.is_empty() && !whole && HEADER + len <= available {
                     // A single record larger than max_bytes: read it whole.
-                    let missing = pos + HEADER + len - data.len();
-                    (&mut file).take(missing as u64).read_to_end(&mut data)?;
-                    if data.len() < pos + HEADER + len {
-                        return Err(Error::Corrupt { partition, offset });
-                    }
-                } else {
-                    break;
+                    window = Window::load(&file, at, HEADER + len)?;
+                    whole = true;
+                    continue;
                 }
+                break;
             }
             let payload = &data[pos + HEADER..pos + HEADER + len];
             if crc32fast::hash(payload) != crc {
@@ -581,7 +636,7 @@ impl EventLog for FileLog {
             spans.push((offset, pos + HEADER, len));
             pos += HEADER + len;
         }
-        let buf = bytes::Bytes::from(data);
+        let buf = bytes::Bytes::from_owner(window);
         let out = spans
             .into_iter()
             .map(|(offset, start, len)| Record {
@@ -814,6 +869,51 @@ mod tests {
         }
         let total: usize = (0..4).map(|p| read_all(&log, p).len()).sum();
         assert_eq!(total, 400);
+    }
+
+    #[test]
+    fn reads_from_any_record_with_any_window() {
+        // Records of many sizes (some larger than a page or the read window) start at
+        // unaligned offsets; reading from every record with small and large windows must
+        // return exactly the records that follow, each whole.
+        for segment_bytes in [64, 1 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let o = FileLogOptions {
+                segment_bytes,
+                ..opts()
+            };
+            reads_from_any_record(&FileLog::open(dir.path(), o).unwrap());
+        }
+    }
+
+    fn reads_from_any_record(log: &FileLog) {
+        let sizes = [
+            1usize, 13, 4095, 4096, 4097, 9000, 7, 300, 20_000, 2, 4088, 65,
+        ];
+        let records: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b * 31 + i) as u8).collect())
+            .collect();
+        for r in &records {
+            append_sync(log, vec![(0, r.clone())]).unwrap();
+        }
+        let mut offsets = vec![log.start_offset(0)];
+        for r in &records {
+            offsets.push(offsets.last().unwrap() + (HEADER + r.len()) as u64);
+        }
+        // With 64-byte segments every record ends one, so reads also meet segment ends.
+        for window in [1, 100, 4096, 1 << 20] {
+            for (i, &from) in offsets[..records.len()].iter().enumerate() {
+                let got = log.read(0, from, window).unwrap();
+                assert!(!got.is_empty(), "window {window} from record {i}");
+                for (k, rec) in got.iter().enumerate() {
+                    assert_eq!(rec.offset, offsets[i + k]);
+                    assert_eq!(rec.next, offsets[i + k + 1]);
+                    assert_eq!(&rec.payload[..], &records[i + k][..], "window {window}");
+                }
+            }
+        }
     }
 
     #[test]
