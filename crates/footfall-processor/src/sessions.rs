@@ -355,6 +355,31 @@ impl PartitionState {
         }
     }
 
+    /// Loads ahead what expiring the next visitors will touch: each is a cache miss
+    /// otherwise (visitors are expired about three days after their last event). The
+    /// visitor 8 places ahead has its visits fetched; the one 4 ahead, found in cache
+    /// by then, has the page strings that dropping its visits will free.
+    #[inline]
+    fn prefetch_expiring(&self, horizon: Millis) {
+        let due = |k: usize| {
+            self.expiry
+                .get(k)
+                .filter(|(t, _)| *t < horizon)
+                .and_then(|(_, id)| self.visitors.get(id))
+        };
+        if let Some(vs) = due(8) {
+            prefetch(vs.as_ptr());
+        }
+        if let Some(v) = due(4).and_then(|vs| vs.first()) {
+            if let Some((_, p)) = &v.entry {
+                prefetch(p.as_ptr());
+            }
+            if let Some((_, p)) = &v.exit {
+                prefetch(p.as_ptr());
+            }
+        }
+    }
+
     /// Forgets visits last touched before `horizon`.
     fn expire(&mut self, horizon: Millis) {
         while let Some(&(t, id)) = self.expiry.front() {
@@ -362,6 +387,7 @@ impl PartitionState {
                 break;
             }
             self.expiry.pop_front();
+            self.prefetch_expiring(horizon);
             if let Entry::Occupied(mut o) = self.visitors.entry(id) {
                 let vs = o.get_mut();
                 vs.retain(|v| v.touched >= horizon);
@@ -375,6 +401,19 @@ impl PartitionState {
             }
         }
     }
+}
+
+/// Asks the CPU to start loading the cache line at `p` (a hint; never faults).
+#[inline]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not access memory architecturally: any address is allowed.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The processor's state: one [`PartitionState`] per log partition.
