@@ -168,7 +168,7 @@ impl MemoEntry {
                 (None, u32::MAX) => {}
                 (Some(s), end) if end != u32::MAX => {
                     let end = end as usize;
-                    if self.inputs.get(start..end) != Some(*s) {
+                    if self.inputs.as_bytes().get(start..end) != Some(s.as_bytes()) {
                         return false;
                     }
                     start = end;
