@@ -610,7 +610,10 @@ impl SessionState {
 
         // Event-level statistics, by the event's own local time.
         prop.count_minute(ev.timestamp, pageview, ev.visitor);
-        each_bucket(prop, hour, |b| {
+        // Kept for the visit's update below when the visit started in the same hour (most
+        // do), which then needs no second bucket lookup.
+        let (hour_bucket, mut day_bucket) = prop.buckets_mut(hour);
+        for b in std::iter::once(&mut *hour_bucket).chain(day_bucket.as_deref_mut()) {
             add_event(&mut b.events, pageview, ev.visitor);
             if let Some(p) = &page {
                 add_event(stats_entry(&mut b.pages, p), pageview, ev.visitor);
@@ -622,7 +625,7 @@ impl SessionState {
             if let Some((key, micros)) = &revenue {
                 *stats_entry(&mut b.revenue, key) += micros;
             }
-        });
+        }
 
         // Visit-level statistics.
         let t = ev.timestamp;
@@ -670,7 +673,14 @@ impl SessionState {
                     pageviews: pageview as i64,
                     events: 1,
                 };
-                contribute_delta(prop, v, d);
+                if v.bucket() == hour {
+                    delta_bucket(hour_bucket, v, d);
+                    if let Some(day) = day_bucket {
+                        delta_bucket(day, v, d);
+                    }
+                } else {
+                    contribute_delta(prop, v, d);
+                }
                 ps.maybe_expire(rules);
                 return;
             }
@@ -703,9 +713,16 @@ impl SessionState {
                 contribute(prop, &old, -1, ev.visitor);
                 merged = old.merge(merged);
             }
+            merged.bucket = ps.hours.get(tz, merged.start).0 as i32;
+            contribute(prop, &merged, 1, ev.visitor);
+        } else {
+            // A new visit starts at this event: in the event's hour.
+            merged.bucket = hour.0 as i32;
+            contribute_bucket(hour_bucket, &merged, 1, ev.visitor);
+            if let Some(day) = day_bucket {
+                contribute_bucket(day, &merged, 1, ev.visitor);
+            }
         }
-        merged.bucket = ps.hours.get(tz, merged.start).0 as i32;
-        contribute(prop, &merged, 1, ev.visitor);
         let pos = visits.partition_point(|v| v.start < merged.start);
         visits.reserve_exact(1); // most visitors hold one or two visits: no slack
         visits.insert(pos, merged);
