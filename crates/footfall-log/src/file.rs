@@ -221,6 +221,7 @@ impl FileLog {
         }
     }
 
+    #[cfg(test)]
     fn segments_of(&self, partition: u32) -> Result<Vec<Segment>> {
         self.shared
             .segments
@@ -578,19 +579,25 @@ impl EventLog for FileLog {
         if from >= end {
             return Ok(Vec::new());
         }
-        let segs = self.segments_of(partition)?;
-        let idx = match segs.iter().rposition(|s| s.base <= from) {
-            Some(i) => i,
-            None => {
+        // Only the segment holding `from` (and where the next begins) is copied out of
+        // the lock: a long-retained log has hundreds of segments, and the tail is read
+        // thousands of times a second.
+        let (seg, next_base) = {
+            let all = self.shared.segments.lock().unwrap();
+            let segs = all
+                .get(partition as usize)
+                .ok_or(Error::NoSuchPartition(partition))?;
+            let idx = segs.partition_point(|s| s.base <= from);
+            if idx == 0 {
                 return Err(Error::OffsetNotRetained {
                     partition,
                     offset: from,
-                    first: segs[0].base,
-                })
+                    first: segs.first().map_or(0, |s| s.base),
+                });
             }
+            (segs[idx - 1].clone(), segs.get(idx).map(|s| s.base))
         };
-        let seg = &segs[idx];
-        let seg_end = segs.get(idx + 1).map(|s| s.base).unwrap_or(end).min(end);
+        let seg_end = next_base.unwrap_or(end).min(end);
         let file = match File::open(&seg.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
