@@ -51,6 +51,11 @@ impl Default for FileLogOptions {
 struct Segment {
     base: Offset,
     path: PathBuf,
+    /// The writer's handle while this is the active segment: readers following the
+    /// tail (the processor, thousands of times a second under beacon load) then read
+    /// without opening and closing the file each time. Sealed segments have none, so
+    /// that a long-retained log does not hold a descriptor per segment.
+    file: Option<Arc<File>>,
 }
 
 struct Shared {
@@ -126,6 +131,7 @@ impl FileLog {
                     all_segments.push(vec![Segment {
                         base: 0,
                         path: segment_path(&dir, p, 0),
+                        file: None,
                     }]);
                     ends.push(0);
                     continue;
@@ -140,6 +146,7 @@ impl FileLog {
                     Some(Segment {
                         base,
                         path: e.path(),
+                        file: None,
                     })
                 })
                 .collect();
@@ -148,6 +155,7 @@ impl FileLog {
                 all_segments.push(vec![Segment {
                     base: 0,
                     path: segment_path(&dir, p, 0),
+                    file: None,
                 }]);
                 ends.push(0);
                 continue;
@@ -156,7 +164,11 @@ impl FileLog {
                 let path = segment_path(&dir, p, 0);
                 File::create(&path)?.sync_all()?;
                 sync_dir(&pdir)?;
-                segs.push(Segment { base: 0, path });
+                segs.push(Segment {
+                    base: 0,
+                    path,
+                    file: None,
+                });
             }
             let last = segs.last().unwrap().clone();
             let (valid, torn) = valid_prefix(&last.path, opts.max_record_bytes)?;
@@ -179,6 +191,8 @@ impl FileLog {
                 file.sync_all()?;
             }
             ends.push(last.base + valid);
+            let file = Arc::new(file);
+            segs.last_mut().expect("at least one segment").file = Some(file.clone());
             files.push((file, last.base, valid));
             all_segments.push(segs);
         }
@@ -240,7 +254,7 @@ impl Drop for FileLog {
 }
 
 struct Active {
-    file: File,
+    file: Arc<File>,
     base: Offset,
     len: u64,
     /// The file's length: zeros written ahead of `len` (see [`ZERO_AHEAD`]).
@@ -320,7 +334,7 @@ fn poison(shared: &Shared, why: String) {
 fn writer_loop(
     shared: Arc<Shared>,
     opts: FileLogOptions,
-    files: Vec<(File, Offset, u64)>,
+    files: Vec<(Arc<File>, Offset, u64)>,
     rx: Receiver<Request>,
 ) {
     let mut active: Vec<Active> = files
@@ -482,16 +496,29 @@ fn write_partition(
         a.file.sync_all()?;
         let base = a.base + a.len;
         let path = segment_path(&shared.dir, partition, base);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
+        let file = Arc::new(
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)?,
+        );
         if opts.fsync {
             sync_dir(path.parent().unwrap())?;
         }
-        shared.segments.lock().unwrap()[partition as usize].push(Segment { base, path });
+        {
+            let mut all = shared.segments.lock().unwrap();
+            let segs = &mut all[partition as usize];
+            if let Some(sealed) = segs.last_mut() {
+                sealed.file = None;
+            }
+            segs.push(Segment {
+                base,
+                path,
+                file: Some(file.clone()),
+            });
+        }
         *a = Active {
             file,
             base,
@@ -598,20 +625,27 @@ impl EventLog for FileLog {
             (segs[idx - 1].clone(), segs.get(idx).map(|s| s.base))
         };
         let seg_end = next_base.unwrap_or(end).min(end);
-        let file = match File::open(&seg.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::OffsetNotRetained {
-                    partition,
-                    offset: from,
-                    first: self.start_offset(partition),
-                })
-            }
-            Err(e) => return Err(e.into()),
+        let opened;
+        let file: &File = match &seg.file {
+            Some(f) => f,
+            None => match File::open(&seg.path) {
+                Ok(f) => {
+                    opened = f;
+                    &opened
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::OffsetNotRetained {
+                        partition,
+                        offset: from,
+                        first: self.start_offset(partition),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let at = from - seg.base;
         let available = (seg_end - from) as usize;
-        let mut window = Window::load(&file, at, available.min(max_bytes.max(HEADER)))?;
+        let mut window = Window::load(file, at, available.min(max_bytes.max(HEADER)))?;
         // Frame boundaries first; the payloads become slices of the one mapping.
         let mut spans = Vec::new();
         let mut pos = 0usize;
@@ -630,7 +664,7 @@ impl EventLog for FileLog {
             if pos + HEADER + len > data.len() {
                 if spans.is_empty() && !whole && HEADER + len <= available {
                     // A single record larger than max_bytes: read it whole.
-                    window = Window::load(&file, at, HEADER + len)?;
+                    window = Window::load(file, at, HEADER + len)?;
                     whole = true;
                     continue;
                 }
@@ -760,10 +794,22 @@ mod tests {
             for i in 0..50u32 {
                 let payload = format!("record-{i}").into_bytes();
                 append_sync(&log, vec![(i % 2, payload.clone())]).unwrap();
+                // Following the tail reads through the writer's handle, across rolls.
+                assert_eq!(read_all(&log, i % 2).last(), Some(&payload));
                 expect[(i % 2) as usize].push(payload);
             }
             assert_eq!(read_all(&log, 0), expect[0]);
-            assert!(log.segments_of(0).unwrap().len() > 3);
+            let segs = log.segments_of(0).unwrap();
+            assert!(segs.len() > 3);
+            let (active, sealed) = segs.split_last().unwrap();
+            assert!(
+                active.file.is_some(),
+                "the active segment is read by its handle"
+            );
+            assert!(
+                sealed.iter().all(|s| s.file.is_none()),
+                "sealed segments hold no descriptor"
+            );
         }
         let log = FileLog::open(dir.path(), opts()).unwrap();
         assert_eq!(read_all(&log, 0), expect[0]);
