@@ -2,7 +2,7 @@
 # Footfall's benchmarks, end to end: builds release binaries, generates data, runs every
 # benchmark with its baseline in the same run, and writes the results.
 #
-#   scripts/bench.sh           full run (~20-30 min): writes BENCHMARKS.md and
+#   scripts/bench.sh           full run (~6 min after a ~4 min clean build): writes BENCHMARKS.md and
 #                              target/bench/results-full.json
 #   scripts/bench.sh --quick   small sizes (~2-3 min after the build), for CI: writes
 #                              target/bench/BENCHMARKS-quick.md and results-quick.json
