@@ -58,6 +58,17 @@ struct Segment {
     file: Option<Arc<File>>,
 }
 
+impl Segment {
+    /// A segment read by opening its file (every segment but the active one).
+    fn closed(base: Offset, path: PathBuf) -> Self {
+        Segment {
+            base,
+            path,
+            file: None,
+        }
+    }
+}
+
 struct Shared {
     dir: PathBuf,
     durable_end: Vec<AtomicU64>,
@@ -128,11 +139,7 @@ impl FileLog {
             let entries = match fs::read_dir(&pdir) {
                 Ok(e) => e,
                 Err(e) if opts.read_only && e.kind() == std::io::ErrorKind::NotFound => {
-                    all_segments.push(vec![Segment {
-                        base: 0,
-                        path: segment_path(&dir, p, 0),
-                        file: None,
-                    }]);
+                    all_segments.push(vec![Segment::closed(0, segment_path(&dir, p, 0))]);
                     ends.push(0);
                     continue;
                 }
@@ -143,20 +150,12 @@ impl FileLog {
                 .filter_map(|e| {
                     let name = e.file_name().into_string().ok()?;
                     let base = name.strip_suffix(".seg")?.parse::<u64>().ok()?;
-                    Some(Segment {
-                        base,
-                        path: e.path(),
-                        file: None,
-                    })
+                    Some(Segment::closed(base, e.path()))
                 })
                 .collect();
             segs.sort_by_key(|s| s.base);
             if segs.is_empty() && opts.read_only {
-                all_segments.push(vec![Segment {
-                    base: 0,
-                    path: segment_path(&dir, p, 0),
-                    file: None,
-                }]);
+                all_segments.push(vec![Segment::closed(0, segment_path(&dir, p, 0))]);
                 ends.push(0);
                 continue;
             }
@@ -164,11 +163,7 @@ impl FileLog {
                 let path = segment_path(&dir, p, 0);
                 File::create(&path)?.sync_all()?;
                 sync_dir(&pdir)?;
-                segs.push(Segment {
-                    base: 0,
-                    path,
-                    file: None,
-                });
+                segs.push(Segment::closed(0, path));
             }
             let last = segs.last().unwrap().clone();
             let (valid, torn) = valid_prefix(&last.path, opts.max_record_bytes)?;
