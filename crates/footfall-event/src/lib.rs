@@ -97,37 +97,74 @@ impl LoggedEvent {
     }
 }
 
+/// A borrowed string of a record, checked with `simdutf8`: the processor decodes every
+/// string of every event, and the standard check was ~5% of processing (NOTES.md).
+/// The record format is unchanged (postcard writes strings as length-prefixed bytes).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
+    struct Text;
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = &'de str;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a UTF-8 string")
+        }
+        fn visit_borrowed_bytes<E: serde::de::Error>(self, b: &'de [u8]) -> Result<&'de str, E> {
+            simdutf8::basic::from_utf8(b).map_err(|_| E::custom("string is not UTF-8"))
+        }
+        fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<&'de str, E> {
+            Ok(s)
+        }
+    }
+    d.deserialize_bytes(Text)
+}
+
+fn opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
+    struct OptText;
+    impl<'de> serde::de::Visitor<'de> for OptText {
+        type Value = Option<&'de str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an optional UTF-8 string")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            text(d).map(Some)
+        }
+    }
+    d.deserialize_option(OptText)
+}
+
 /// A borrowed view of a log record, decoded without allocating for the common event.
 /// Its fields mirror [`LoggedEvent`] in order (the record format is positional).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct EventView<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub property: &'a str,
     pub received_at: Millis,
     pub timestamp: Millis,
     pub visitor: u64,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub name: &'a str,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "opt_text")]
     pub url: Option<&'a str>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "opt_text")]
     pub referrer: Option<&'a str>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "opt_text")]
     pub title: Option<&'a str>,
     #[serde(borrow)]
     pub props: BTreeMap<&'a str, PropValueView<'a>>,
     #[serde(borrow)]
     pub revenue: Option<RevenueView<'a>>,
     pub interactive: bool,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "opt_text")]
     pub user_agent: Option<&'a str>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "opt_text")]
     pub ip_prefix: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum PropValueView<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     Str(&'a str),
     Num(f64),
     Bool(bool),
@@ -136,7 +173,7 @@ pub enum PropValueView<'a> {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RevenueView<'a> {
     pub amount: f64,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "text")]
     pub currency: &'a str,
 }
 
