@@ -78,6 +78,27 @@ struct Shared {
     poison_reason: Mutex<String>,
     generation: Mutex<u64>,
     appended: Condvar,
+    /// Tests: the partition whose next write (`.0`) or flush (`.1`) fails.
+    #[cfg(test)]
+    faults: Mutex<(Option<usize>, Option<usize>)>,
+}
+
+/// A write (`flush == false`) or flush of `partition` that a test made fail.
+#[cfg(test)]
+fn injected(shared: &Shared, partition: usize, flush: bool) -> std::io::Result<()> {
+    let mut f = shared.faults.lock().unwrap();
+    let slot = if flush { &mut f.1 } else { &mut f.0 };
+    if *slot == Some(partition) {
+        *slot = None;
+        return Err(std::io::Error::other("injected fault"));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn injected(_: &Shared, _: usize, _: bool) -> std::io::Result<()> {
+    Ok(())
 }
 
 struct Request {
@@ -199,6 +220,8 @@ impl FileLog {
             poison_reason: Mutex::new(String::new()),
             generation: Mutex::new(0),
             appended: Condvar::new(),
+            #[cfg(test)]
+            faults: Mutex::new((None, None)),
         });
         if opts.read_only {
             return Ok(Self {
@@ -407,7 +430,10 @@ fn writer_loop(
         // Requests that wrote nothing (rejected, or empty) need no flush.
         answer(&mut pending, |i| last[i].is_none());
         let written: Vec<usize> = (0..bufs.len()).filter(|&p| !bufs[p].is_empty()).collect();
+        let lens: Vec<u64> = bufs.iter().map(|b| b.len() as u64).collect();
         let mut failure = None;
+        // What a failure must take back: ranges of this group's records not yet durable.
+        let mut undo: Vec<Withdrawal> = Vec::new();
         for (k, &p) in written.iter().enumerate() {
             // The first partition is flushed right away; the others' writeback starts now
             // so that their data transfers overlap the earlier partitions' flushes.
@@ -422,16 +448,39 @@ fn writer_loop(
                 start_writeback,
             );
             bufs[p].clear();
-            if let Err(e) = res {
-                failure = Some(format!("partition {p}: {e}"));
-                break;
+            let a = &active[p];
+            match res {
+                Ok(()) => undo.push(Withdrawal::written(p, a.len, lens[p])),
+                Err(e) => {
+                    // Part of the buffer may be in the file. With fsync on, only the space
+                    // zeroed ahead can hold it (a failure to zero ahead wrote none of it).
+                    let end = match opts.fsync {
+                        true => (a.len + lens[p]).min(a.zeroed.max(a.len)),
+                        false => a.len + lens[p],
+                    };
+                    undo.push(Withdrawal {
+                        partition: p,
+                        start: a.len,
+                        end,
+                    });
+                    failure = Some(format!("partition {p}: {e}"));
+                    break;
+                }
             }
         }
         if failure.is_none() {
-            for &p in &written {
+            undo.clear();
+            for (k, &p) in written.iter().enumerate() {
                 if opts.fsync {
-                    if let Err(e) = active[p].file.sync_data() {
+                    let res = injected(&shared, p, true).and_then(|()| active[p].file.sync_data());
+                    if let Err(e) = res {
                         failure = Some(format!("partition {p}: {e}"));
+                        // Partitions are flushed in order and an append is answered with
+                        // its last one, so nothing from here on has been answered.
+                        undo = written[k..]
+                            .iter()
+                            .map(|&q| Withdrawal::written(q, active[q].len, lens[q]))
+                            .collect();
                         break;
                     }
                 }
@@ -444,6 +493,7 @@ fn writer_loop(
             b.clear();
         }
         if let Some(why) = failure {
+            withdraw(&mut active, &undo, opts.fsync);
             poison(&shared, why.clone());
             for (req, _) in pending.into_iter().flatten() {
                 (req.done)(Err(Error::Poisoned(why.clone())));
@@ -459,6 +509,57 @@ fn writer_loop(
     for a in &active {
         let _ = a.file.set_len(a.len);
         let _ = a.file.sync_all();
+    }
+}
+
+/// Bytes of one partition's active segment that a failed group commit wrote and no
+/// answered append needs.
+struct Withdrawal {
+    partition: usize,
+    start: u64,
+    end: u64,
+}
+
+impl Withdrawal {
+    /// The `len` bytes a successful write just added before `end`.
+    fn written(partition: usize, end: u64, len: u64) -> Self {
+        Withdrawal {
+            partition,
+            start: end - len,
+            end,
+        }
+    }
+}
+
+/// Takes back the records of a failed group commit that are not durable yet: they are
+/// overwritten with zeros (where a reopen stops reading) and the partition's end moves
+/// back, so that an append answered with an error leaves nothing behind for a restart to
+/// read and a retry to count twice. Best effort: the device that failed may fail this
+/// too, which is logged. Only records in partitions flushed before a failed flush stay
+/// (their appends' other records were not durable).
+fn withdraw(active: &mut [Active], undo: &[Withdrawal], fsync: bool) {
+    use std::os::unix::fs::FileExt;
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    for w in undo {
+        let a = &mut active[w.partition];
+        let mut at = w.start;
+        let mut res = Ok(());
+        while at < w.end && res.is_ok() {
+            let n = ((w.end - at) as usize).min(ZEROS.len());
+            res = a.file.write_all_at(&ZEROS[..n], at);
+            at += n as u64;
+        }
+        if res.is_ok() && fsync {
+            res = a.file.sync_data();
+        }
+        if let Err(e) = res {
+            tracing::error!(
+                partition = w.partition,
+                error = %e,
+                "could not take back the records of failed appends; a restart may read them"
+            );
+        }
+        a.len = a.len.min(w.start);
     }
 }
 
@@ -534,6 +635,11 @@ fn write_partition(
         a.file.sync_data()?;
     }
     // Positioned writes: one system call, where seek-then-write took two.
+    if let Err(e) = injected(shared, partition as usize, false) {
+        // As a device that fails part way: the first half of the buffer is in the file.
+        a.file.write_all_at(&buf[..buf.len() / 2], a.len)?;
+        return Err(e);
+    }
     a.file.write_all_at(buf, a.len)?;
     if start_writeback {
         start_writeback_of(&a.file, a.len, buf.len() as u64);
@@ -1011,5 +1117,64 @@ mod tests {
                 .map(|t| (0..60u32).map(|i| 1 + (t + i) as usize % 4).sum::<usize>())
                 .sum::<usize>()
         );
+    }
+
+    #[test]
+    fn failed_appends_leave_no_records_behind() {
+        // A write that fails part way, and a flush that fails, on the second partition of
+        // a group whose first partition was written (with the flush: and made durable
+        // first). After a clean stop and after a crash (the process gone with everything
+        // written still in the files), a reopened log holds no record of the failed
+        // append that was not durable: it was answered with an error, and a client
+        // retrying it must not find it counted already. What a flush made durable before
+        // the failure stays (other appends' records are interleaved with it).
+        for flush in [false, true] {
+            for crash in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let opts = FileLogOptions {
+                    partitions: 2,
+                    ..Default::default()
+                };
+                let mut kept = [vec![b"a0".to_vec()], vec![b"a1".to_vec()]];
+                if flush {
+                    kept[0].push(b"b0".to_vec());
+                }
+                let log = FileLog::open(dir.path(), opts.clone()).unwrap();
+                append_sync(&log, vec![(0, b"a0".to_vec()), (1, b"a1".to_vec())]).unwrap();
+                *log.shared.faults.lock().unwrap() = match flush {
+                    false => (Some(1), None),
+                    true => (None, Some(1)),
+                };
+                let failed = vec![
+                    (1, b"b1-first-record".to_vec()),
+                    (1, b"b1-second-record".to_vec()),
+                    (0, b"b0".to_vec()),
+                ];
+                let r = append_sync(&log, failed);
+                assert!(matches!(r, Err(Error::Poisoned(_))), "{r:?}");
+                assert!(matches!(
+                    append_sync(&log, vec![(0, b"c0".to_vec())]),
+                    Err(Error::Poisoned(_))
+                ));
+                for p in 0..2 {
+                    assert_eq!(read_all(&log, p), kept[p as usize], "flush {flush}");
+                }
+                if crash {
+                    // The writer thread and its files stay as they are, as after a kill.
+                    std::mem::forget(log);
+                } else {
+                    drop(log);
+                }
+                let log = FileLog::open(dir.path(), opts).unwrap();
+                for p in 0..2 {
+                    assert_eq!(
+                        read_all(&log, p),
+                        kept[p as usize],
+                        "partition {p}, flush {flush}, crash {crash}"
+                    );
+                }
+                append_sync(&log, vec![(0, b"d0".to_vec())]).unwrap();
+            }
+        }
     }
 }
