@@ -538,17 +538,9 @@ impl Withdrawal {
 /// too, which is logged. Only records in partitions flushed before a failed flush stay
 /// (their appends' other records were not durable).
 fn withdraw(active: &mut [Active], undo: &[Withdrawal], fsync: bool) {
-    use std::os::unix::fs::FileExt;
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     for w in undo {
         let a = &mut active[w.partition];
-        let mut at = w.start;
-        let mut res = Ok(());
-        while at < w.end && res.is_ok() {
-            let n = ((w.end - at) as usize).min(ZEROS.len());
-            res = a.file.write_all_at(&ZEROS[..n], at);
-            at += n as u64;
-        }
+        let (_, mut res) = write_zeros(&a.file, w.start, w.end);
         if res.is_ok() && fsync {
             res = a.file.sync_data();
         }
@@ -561,6 +553,22 @@ fn withdraw(active: &mut [Active], undo: &[Withdrawal], fsync: bool) {
         }
         a.len = a.len.min(w.start);
     }
+}
+
+/// Writes zeros over `from..to` of `file`; returns how far it got, and the error if it
+/// stopped short.
+fn write_zeros(file: &File, from: u64, to: u64) -> (u64, std::io::Result<()>) {
+    use std::os::unix::fs::FileExt;
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(ZEROS.len());
+        if let Err(e) = file.write_all_at(&ZEROS[..n], at) {
+            return (at, Err(e));
+        }
+        at += n as u64;
+    }
+    (at, Ok(()))
 }
 
 /// An append of the group being committed, with its result, until it is answered.
@@ -624,14 +632,11 @@ fn write_partition(
     }
     let need = a.len + buf.len() as u64;
     if opts.fsync && need > a.zeroed {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         // Never past the segment's size, where it will be sealed anyway.
         let upto = (need + ZERO_AHEAD).min(opts.segment_bytes.max(need));
-        while a.zeroed < upto {
-            let n = ((upto - a.zeroed) as usize).min(ZEROS.len());
-            a.file.write_all_at(&ZEROS[..n], a.zeroed)?;
-            a.zeroed += n as u64;
-        }
+        let (reached, res) = write_zeros(&a.file, a.zeroed, upto);
+        a.zeroed = reached;
+        res?;
         a.file.sync_data()?;
     }
     // Positioned writes: one system call, where seek-then-write took two.

@@ -326,11 +326,12 @@ impl Processor {
             .open_visits
             .store(self.state.open_visits() as u64, Ordering::Relaxed);
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
         self.stats
             .last_checkpoint_ms
-            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(took.as_millis() as u64, Ordering::Relaxed);
         self.last_checkpoint = Instant::now();
-        self.last_checkpoint_took = started.elapsed();
+        self.last_checkpoint_took = took;
         self.dirty = false;
         Ok(())
     }
