@@ -127,10 +127,8 @@ def main():
            "machine": machine(), "command": a.command}
 
     # Processing: the round with the median throughput (its own decode-only baseline
-    # with it); a single run is read as one round.
+    # with it).
     proc_rounds = [r for r in (load(f"{w}/process-round{i}.json") for i in range(1, 10)) if r]
-    if not proc_rounds:
-        proc_rounds = [r for r in [load(f"{w}/process.json")] if r]
     proc_rounds_sorted = sorted(proc_rounds, key=lambda r: r["process_events_per_second"])
     proc = proc_rounds_sorted[len(proc_rounds_sorted) // 2] if proc_rounds else {}
     proc1 = load(f"{w}/process-1core.json")
@@ -145,11 +143,6 @@ def main():
         ff = wrk_rps(f"{w}/beacon-footfall-round{i}.txt")
         ng = wrk_rps(f"{w}/beacon-nginx-round{i}.txt")
         if ff and ng and ff[0] and ng[0]:
-            b_rounds.append({"footfall_rps": ff[0], "footfall_non_2xx": ff[1], "nginx_rps": ng[0]})
-    if not b_rounds:
-        ff = wrk_rps(f"{w}/beacon-footfall.txt") or (None, 0)
-        ng = wrk_rps(f"{w}/beacon-nginx.txt") or (None, 0)
-        if ff[0] and ng[0]:
             b_rounds.append({"footfall_rps": ff[0], "footfall_non_2xx": ff[1], "nginx_rps": ng[0]})
     b_ff = statistics.median(r["footfall_rps"] for r in b_rounds) if b_rounds else None
     b_ng = statistics.median(r["nginx_rps"] for r in b_rounds) if b_rounds else None
