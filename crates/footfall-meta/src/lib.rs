@@ -6,6 +6,8 @@
 //! The SQL is kept portable to PostgreSQL/YugabyteDB for the distributed implementation.
 //! This crate never stores an API key in clear: only its SHA-256.
 
+pub mod contract;
+
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -146,28 +148,28 @@ pub struct SqliteMeta {
     conn: Mutex<Connection>,
 }
 
-const ID_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-const KEY_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+pub const ID_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+pub const KEY_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
-fn random_string(alphabet: &[u8], n: usize) -> String {
+pub fn random_string(alphabet: &[u8], n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
         .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
         .collect()
 }
 
-fn hash_key(key: &str) -> String {
+pub fn hash_key(key: &str) -> String {
     let d = Sha256::digest(key.as_bytes());
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn validate_tz(tz: &str) -> Result<()> {
+pub fn validate_tz(tz: &str) -> Result<()> {
     tz.parse::<chrono_tz::Tz>()
         .map(|_| ())
         .map_err(|_| Error::BadTimezone(tz.into()))
 }
 
-fn normalise_domains(domains: &[String]) -> Result<Vec<String>> {
+pub fn normalise_domains(domains: &[String]) -> Result<Vec<String>> {
     domains
         .iter()
         .map(|d| {
@@ -242,7 +244,7 @@ impl SqliteMeta {
     }
 }
 
-fn now_text() -> String {
+pub fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -448,6 +450,19 @@ impl MetaStore for SqliteMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Sqlite(tempfile::TempDir);
+
+    impl contract::Harness for Sqlite {
+        fn connect(&mut self) -> std::sync::Arc<dyn MetaStore> {
+            std::sync::Arc::new(SqliteMeta::open(self.0.path().join("meta.db")).unwrap())
+        }
+    }
+
+    #[test]
+    fn meta_store_contract() {
+        contract::run(&mut Sqlite(tempfile::tempdir().unwrap()));
+    }
 
     #[test]
     fn properties_keys_salts() {

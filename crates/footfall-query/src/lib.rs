@@ -10,17 +10,30 @@ use chrono::{Datelike, Duration, NaiveDate, TimeZone};
 use chrono_tz::Tz;
 use footfall_store::rollup::{local_time, month_start};
 use footfall_store::{
-    Bucket, EventStats, LocalDay, LocalHour, RollupStore, VisitKey, VisitStats, SEP, VISIT_FIELDS,
+    Bucket, EventStats, Grain, LocalDay, LocalHour, RollupRead, VisitKey, VisitStats, SEP,
+    VISIT_FIELDS,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct QueryError(pub String);
+pub enum QueryError {
+    /// The query is not valid (a 400, with this message).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store could not answer now (a 503: retry).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<footfall_store::Error> for QueryError {
+    fn from(e: footfall_store::Error) -> Self {
+        QueryError::Unavailable(e.to_string())
+    }
+}
 
 fn bad<T>(msg: impl Into<String>) -> Result<T, QueryError> {
-    Err(QueryError(msg.into()))
+    Err(QueryError::Invalid(msg.into()))
 }
 
 /// The request body, as sent.
@@ -258,9 +271,9 @@ pub fn resolve_date_range(
         }),
         Value::Array(a) if a.len() == 2 => {
             let d = |x: &Value| -> Result<NaiveDate, QueryError> {
-                let s = x.as_str().ok_or_else(|| QueryError("date_range dates must be strings".into()))?;
+                let s = x.as_str().ok_or_else(|| QueryError::Invalid("date_range dates must be strings".into()))?;
                 NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d")
-                    .map_err(|_| QueryError(format!("`{s}` is not a YYYY-MM-DD date")))
+                    .map_err(|_| QueryError::Invalid(format!("`{s}` is not a YYYY-MM-DD date")))
             };
             let (a, b) = (d(&a[0])?, d(&a[1])?);
             if b < a {
@@ -275,17 +288,19 @@ pub fn resolve_date_range(
 /// The local dates a `date_range` stands for in a property: "today" in its zone, and
 /// `all` from its first day with data.
 fn property_date_range(
-    store: &dyn RollupStore,
+    store: &dyn RollupRead,
     site_id: &str,
     date_range: &Value,
     tz: Tz,
     now_ms: i64,
 ) -> Result<(NaiveDate, NaiveDate), QueryError> {
     let today = local_time(&tz, now_ms).date();
-    let mut earliest = None;
-    store.read(site_id, &mut |p| {
-        earliest = p.and_then(|p| p.first_day().map(|d| d.date()));
-    });
+    // Only `all` needs the first day: other ranges do not ask a remote store for it.
+    let earliest = if date_range.as_str() == Some("all") {
+        store.first_day(site_id)?.map(|d| d.date())
+    } else {
+        None
+    };
     resolve_date_range(date_range, today, earliest)
 }
 
@@ -591,23 +606,23 @@ fn parse_filter(f: &Value) -> Result<((KeyDim, Option<String>), Predicate), Quer
     let a = f
         .as_array()
         .filter(|a| a.len() == 3)
-        .ok_or_else(|| QueryError(format!("filter {f} must be [operator, dimension, [values]]; logical operators are not supported")))?;
+        .ok_or_else(|| QueryError::Invalid(format!("filter {f} must be [operator, dimension, [values]]; logical operators are not supported")))?;
     let op = a[0].as_str().unwrap_or("");
     let dim_name = a[1].as_str().unwrap_or("");
     let dim = KeyDim::parse(dim_name).ok_or_else(|| {
-        QueryError(format!(
+        QueryError::Invalid(format!(
             "filtering on `{dim_name}` is not supported; supported: {}",
             &SUPPORTED_DIMS[SUPPORTED_DIMS.find("event:").unwrap_or(0)..]
         ))
     })?;
     let values: Vec<String> = a[2]
         .as_array()
-        .ok_or_else(|| QueryError("filter values must be a list".into()))?
+        .ok_or_else(|| QueryError::Invalid("filter values must be a list".into()))?
         .iter()
         .map(|v| {
             v.as_str()
                 .map(String::from)
-                .ok_or_else(|| QueryError("filter values must be strings".into()))
+                .ok_or_else(|| QueryError::Invalid("filter values must be strings".into()))
         })
         .collect::<Result<_, _>>()?;
     let p = match op {
@@ -627,7 +642,7 @@ fn parse_filter(f: &Value) -> Result<((KeyDim, Option<String>), Predicate), Quer
 pub fn execute(
     req: &QueryRequest,
     tz: Tz,
-    store: &dyn RollupStore,
+    store: &dyn RollupRead,
     now_ms: i64,
 ) -> Result<Value, QueryError> {
     if req.metrics.is_empty() {
@@ -786,29 +801,33 @@ pub fn execute(
     .then(|| pagination.offset.saturating_add(pagination.limit))
     .filter(|n| (1..=1000).contains(n));
     let mut rows: Vec<Row> = Vec::new();
-    store.read(&req.site_id, &mut |p| {
-        let Some(p) = p else { return };
+    let grain = if time_dim == Some(TimeDim::Hour) {
+        Grain::Hour
+    } else {
+        Grain::Day
+    };
+    let days = LocalDay::from_date(from)..=LocalDay::from_date(to);
+    store.scan(&req.site_id, days, grain, &mut |parts| {
+        if parts.is_empty() {
+            return;
+        }
         // Groups borrow their keys from the buckets; a key is copied once per result row.
         let mut groups: HashMap<(Option<i64>, Option<&str>), Acc, foldhash::fast::RandomState> =
             HashMap::default();
         // The buckets of the range, with the time group each falls in.
-        let mut buckets: Vec<(Option<i64>, &Bucket)> = Vec::new();
-        if time_dim == Some(TimeDim::Hour) {
-            let lo = LocalHour(LocalDay::from_date(from).0 as i64 * 24);
-            let hi = LocalHour((LocalDay::from_date(to).0 as i64 + 1) * 24);
-            buckets.extend(p.hours.range(lo..hi).map(|(h, b)| (Some(h.0), b)));
-        } else {
-            for (d, parts) in p.days_in(LocalDay::from_date(from)..=LocalDay::from_date(to)) {
+        let buckets: Vec<(Option<i64>, &Bucket)> = parts
+            .iter()
+            .map(|(k, b)| {
                 let key = match time_dim {
-                    Some(TimeDim::Day) => Some(d.0 as i64),
+                    Some(TimeDim::Hour) | Some(TimeDim::Day) => Some(*k),
                     Some(TimeDim::Month) => {
-                        Some(LocalDay::from_date(month_start(d.date())).0 as i64)
+                        Some(LocalDay::from_date(month_start(LocalDay(*k as i32).date())).0 as i64)
                     }
-                    _ => None,
+                    None => None,
                 };
-                buckets.extend(parts.map(|b| (key, b)));
-            }
-        }
+                (key, *b)
+            })
+            .collect();
         // Filters read the group value, or in visit-key mode their own field of the key.
         let keep = |k: &str, full: &str| {
             filters
@@ -874,7 +893,7 @@ pub fn execute(
                     .collect(),
             })
             .collect();
-    });
+    })?;
 
     let time_label = |k: i64| -> String {
         match time_dim {
@@ -992,7 +1011,7 @@ fn dim_name(d: KeyDim) -> &'static str {
 /// Events kept out of the statistics (bots), by reason, over a date range of the
 /// property's local days: `{"filtered": {"bot:crawler-pattern": 12, …}, "total": 12}`.
 pub fn filtered(
-    store: &dyn RollupStore,
+    store: &dyn RollupRead,
     site_id: &str,
     date_range: &Value,
     tz: Tz,
@@ -1000,15 +1019,14 @@ pub fn filtered(
 ) -> Result<Value, QueryError> {
     let (from, to) = property_date_range(store, site_id, date_range, tz, now_ms)?;
     let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
-    store.read(site_id, &mut |p| {
-        let Some(p) = p else { return };
-        let range = LocalDay::from_date(from)..=LocalDay::from_date(to);
-        for b in p.days_in(range).flat_map(|(_, parts)| parts) {
+    let range = LocalDay::from_date(from)..=LocalDay::from_date(to);
+    store.scan(site_id, range, Grain::Day, &mut |parts| {
+        for (_, b) in parts {
             for (k, n) in &b.filtered {
                 *by_reason.entry(k.clone()).or_default() += n;
             }
         }
-    });
+    })?;
     let total: u64 = by_reason.values().sum();
     Ok(json!({
         "filtered": by_reason,
@@ -1020,15 +1038,14 @@ pub fn filtered(
 /// Realtime figures of a property at wall-clock time `now_ms`, from per-minute
 /// statistics: a window of N minutes is the minute buckets from `floor(now) − N + 1`
 /// to `floor(now)` (the current, partial minute included).
-pub fn realtime(store: &dyn RollupStore, site_id: &str, now_ms: i64) -> Value {
+pub fn realtime(store: &dyn RollupRead, site_id: &str, now_ms: i64) -> Result<Value, QueryError> {
     let now_min = now_ms.div_euclid(60_000);
     let mut v5 = footfall_store::Hll::new();
     let mut v30 = footfall_store::Hll::new();
     let (mut pv30, mut ev30) = (0u64, 0u64);
     let mut per_minute = Vec::new();
-    store.read(site_id, &mut |p| {
-        let Some(p) = p else { return };
-        for (m, s) in p.minutes.range(now_min - 29..=now_min) {
+    store.minutes(site_id, now_min - 29..=now_min, &mut |minutes| {
+        for (m, s) in minutes {
             v30.merge(&s.visitors);
             if *m > now_min - 5 {
                 v5.merge(&s.visitors);
@@ -1042,14 +1059,14 @@ pub fn realtime(store: &dyn RollupStore, site_id: &str, now_ms: i64) -> Value {
                 "events": s.events,
             }));
         }
-    });
-    json!({
+    })?;
+    Ok(json!({
         "visitors_last_5_minutes": v5.count(),
         "visitors_last_30_minutes": v30.count(),
         "pageviews_last_30_minutes": pv30,
         "events_last_30_minutes": ev30,
         "per_minute": per_minute,
-    })
+    }))
 }
 
 #[cfg(test)]

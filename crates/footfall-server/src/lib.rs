@@ -429,7 +429,8 @@ async fn realtime_visitors(
     axum::extract::Query(p): axum::extract::Query<SiteParam>,
 ) -> Result<Response, ApiError> {
     authorise_read(&app, &headers, &p.site_id)?;
-    let r = footfall_query::realtime(app.store.as_ref(), &p.site_id, app.clock.now_millis());
+    let r = footfall_query::realtime(app.store.as_ref(), &p.site_id, app.clock.now_millis())
+        .map_err(query_error)?;
     Ok(Json(r["visitors_last_5_minutes"].clone()).into_response())
 }
 
@@ -439,11 +440,10 @@ async fn realtime_report(
     axum::extract::Query(p): axum::extract::Query<SiteParam>,
 ) -> Result<Response, ApiError> {
     authorise_read(&app, &headers, &p.site_id)?;
-    Ok(Json(footfall_query::realtime(
-        app.store.as_ref(),
-        &p.site_id,
-        app.clock.now_millis(),
-    ))
+    Ok(Json(
+        footfall_query::realtime(app.store.as_ref(), &p.site_id, app.clock.now_millis())
+            .map_err(query_error)?,
+    )
     .into_response())
 }
 
@@ -482,7 +482,7 @@ async fn filtered_report(
         property.tz(),
         app.clock.now_millis(),
     )
-    .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+    .map_err(query_error)?;
     Ok(Json(v).into_response())
 }
 
@@ -513,11 +513,23 @@ async fn query(
         tokio::task::spawn_blocking(move || footfall_query::execute(&req, tz, store.as_ref(), now))
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?
-            .map_err(|e| ApiError::bad_request("invalid_query", e.0))?;
+            .map_err(query_error)?;
     app.metrics
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(Json(result).into_response())
+}
+
+/// An invalid query is the client's to fix (400); a store that cannot answer now is
+/// retried (503 with Retry-After).
+fn query_error(e: footfall_query::QueryError) -> ApiError {
+    match e {
+        footfall_query::QueryError::Invalid(m) => ApiError::bad_request("invalid_query", m),
+        footfall_query::QueryError::Unavailable(m) => {
+            tracing::warn!(error = %m, "query store unavailable");
+            ApiError::unavailable(m)
+        }
+    }
 }
 
 fn authorise_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -27,8 +27,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::rollup::MinuteStats;
+use std::ops::RangeInclusive;
+
 use crate::{
-    Bucket, Checkpoint, Error, LocalDay, LocalHour, PropertyRollup, Result, RollupStore, Rollups,
+    Bucket, Checkpoint, Error, Grain, LocalDay, LocalHour, Part, PropertyRollup, Result,
+    RollupRead, RollupStore, Rollups,
 };
 
 const MANIFEST_MAGIC: &[u8; 8] = b"FFMANI02";
@@ -191,6 +194,42 @@ fn day_file<'a>(p: &'a PropertyRollup, day: LocalDay) -> Option<DayFileRef<'a>> 
     })
 }
 
+impl RollupRead for SnapshotStore {
+    fn first_day(&self, property: &str) -> Result<Option<LocalDay>> {
+        let r = self.rollups.read().unwrap();
+        Ok(r.properties.get(property).and_then(|p| p.first_day()))
+    }
+
+    fn scan(
+        &self,
+        property: &str,
+        days: RangeInclusive<LocalDay>,
+        grain: Grain,
+        f: &mut dyn FnMut(&[Part<'_>]),
+    ) -> Result<()> {
+        let r = self.rollups.read().unwrap();
+        match r.properties.get(property) {
+            Some(p) => f(&p.scan_parts(days, grain)),
+            None => f(&[]),
+        }
+        Ok(())
+    }
+
+    fn minutes(
+        &self,
+        property: &str,
+        minutes: RangeInclusive<i64>,
+        f: &mut dyn FnMut(&[(i64, &MinuteStats)]),
+    ) -> Result<()> {
+        let r = self.rollups.read().unwrap();
+        match r.properties.get(property) {
+            Some(p) => f(&p.minute_parts(minutes)),
+            None => f(&[]),
+        }
+        Ok(())
+    }
+}
+
 impl RollupStore for SnapshotStore {
     fn last_checkpoint(&self) -> Option<Checkpoint> {
         self.loaded.clone()
@@ -198,10 +237,6 @@ impl RollupStore for SnapshotStore {
 
     fn update(&self, f: &mut dyn FnMut(&mut Rollups)) {
         f(&mut self.rollups.write().unwrap())
-    }
-
-    fn read(&self, property: &str, f: &mut dyn FnMut(Option<&PropertyRollup>)) {
-        f(self.rollups.read().unwrap().properties.get(property))
     }
 
     fn checkpoint(&self, offsets: &[u64], processor_state: &[u8]) -> Result<()> {
@@ -307,12 +342,27 @@ mod tests {
 
     fn pageviews(s: &SnapshotStore, day: i32) -> Option<u64> {
         let mut out = None;
-        s.read("FF-A", &mut |p| {
-            out = p
-                .and_then(|p| p.days.get(&LocalDay(day)))
-                .map(|b| b.events.pageviews)
-        });
+        s.scan(
+            "FF-A",
+            LocalDay(day)..=LocalDay(day),
+            Grain::Day,
+            &mut |parts| out = parts.first().map(|(_, b)| b.events.pageviews),
+        )
+        .unwrap();
         out
+    }
+
+    struct Embedded(tempfile::TempDir);
+
+    impl crate::contract::Harness for Embedded {
+        fn open(&mut self) -> std::sync::Arc<dyn RollupStore> {
+            std::sync::Arc::new(SnapshotStore::open(self.0.path()).unwrap())
+        }
+    }
+
+    #[test]
+    fn rollup_store_contract() {
+        crate::contract::run(&mut Embedded(tempfile::tempdir().unwrap()));
     }
 
     #[test]
