@@ -28,6 +28,12 @@ pub enum Error {
     NoSuchProperty(String),
     #[error("invalid value: {0}")]
     Invalid(String),
+    /// A remote metadata database cannot be reached now; retry later.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    /// A remote metadata database refused a statement.
+    #[error("metadata database error: {0}")]
+    Remote(String),
 }
 
 /// A merchant's site or app.

@@ -9,13 +9,20 @@
 
 use std::sync::Arc;
 
-use crate::{Bucket, Grain, LocalDay, LocalHour, MinuteStats, RollupStore};
+use crate::{Bucket, Grain, LocalDay, LocalHour, MinuteStats, RollupRead, RollupStore};
 
 /// Opens stores of one implementation, all on the same storage.
 pub trait Harness {
     /// A store on the harness's storage; a second call after the first store was dropped
     /// is a restart.
     fn open(&mut self) -> Arc<dyn RollupStore>;
+
+    /// A reader of the same storage in another process (a query node), where the
+    /// implementation has one: it must see every completed checkpoint, and nothing a
+    /// writer has not checkpointed.
+    fn reader(&mut self) -> Option<Arc<dyn RollupRead>> {
+        None
+    }
 }
 
 /// Runs every check of the contract; panics with the check's name on the first failure.
@@ -27,6 +34,7 @@ pub fn run(h: &mut dyn Harness) {
     ranges_are_exact(h);
     properties_are_isolated(h);
     readers_never_see_half_an_update(h);
+    remote_readers_see_checkpoints(h);
 }
 
 const P: &str = "FF-CONTRACT";
@@ -52,7 +60,7 @@ fn hour(day: i32, h: i64) -> LocalHour {
 
 /// Page views per key of a scan, parts merged.
 fn totals(
-    store: &dyn RollupStore,
+    store: &dyn RollupRead,
     property: &str,
     from: i32,
     to: i32,
@@ -80,7 +88,7 @@ fn totals(
     out
 }
 
-fn merged_day(store: &dyn RollupStore, property: &str, day: i32) -> Bucket {
+fn merged_day(store: &dyn RollupRead, property: &str, day: i32) -> Bucket {
     let mut b = Bucket::default();
     store
         .scan(
@@ -282,4 +290,63 @@ fn readers_never_see_half_an_update(h: &mut dyn Harness) {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().expect("reader") > 0);
+}
+
+fn remote_readers_see_checkpoints(h: &mut dyn Harness) {
+    let Some(reader) = h.reader() else {
+        return;
+    };
+    let s = h.open();
+    const DAY: i32 = D0 + 50;
+    let range = (D0 - 1, D0 + 60);
+    let committed = totals(s.as_ref(), P, range.0, range.1, Grain::Day);
+    assert_eq!(
+        totals(reader.as_ref(), P, range.0, range.1, Grain::Day),
+        committed,
+        "remote_readers_see_checkpoints: the reader sees the last checkpoint"
+    );
+    assert_eq!(
+        totals(reader.as_ref(), P, range.0, range.1, Grain::Hour),
+        totals(s.as_ref(), P, range.0, range.1, Grain::Hour)
+    );
+    write(s.as_ref(), P, hour(DAY, 4), 7);
+    assert_eq!(
+        totals(reader.as_ref(), P, range.0, range.1, Grain::Day),
+        committed,
+        "remote_readers_see_checkpoints: nothing before a checkpoint"
+    );
+    let offsets = s.last_checkpoint().map(|c| c.offsets).unwrap_or_default();
+    s.checkpoint(&offsets, b"state-remote").unwrap();
+    let now = totals(reader.as_ref(), P, range.0, range.1, Grain::Day);
+    assert_eq!(
+        now.last(),
+        Some(&(DAY as i64, 7)),
+        "remote_readers_see_checkpoints: at once after it"
+    );
+    assert_eq!(reader.first_day(P).unwrap(), s.first_day(P).unwrap());
+    // Twice more: the second read of an unchanged range is answered from a cache, and
+    // a changed day is fetched again.
+    assert_eq!(
+        totals(reader.as_ref(), P, range.0, range.1, Grain::Day),
+        now
+    );
+    write(s.as_ref(), P, hour(DAY, 5), 1);
+    s.checkpoint(&offsets, b"state-remote-2").unwrap();
+    let again = totals(reader.as_ref(), P, range.0, range.1, Grain::Day);
+    assert_eq!(again.last(), Some(&(DAY as i64, 8)));
+    let mut reader_minutes = Vec::new();
+    reader
+        .minutes(P, 0..=i64::MAX / 2, &mut |m| {
+            reader_minutes = m.iter().map(|(k, v)| (*k, (*v).clone())).collect()
+        })
+        .unwrap();
+    let mut writer_minutes = Vec::new();
+    s.minutes(P, 0..=i64::MAX / 2, &mut |m| {
+        writer_minutes = m.iter().map(|(k, v)| (*k, (*v).clone())).collect()
+    })
+    .unwrap();
+    assert_eq!(
+        reader_minutes, writer_minutes,
+        "remote_readers_see_checkpoints: minutes"
+    );
 }

@@ -1,0 +1,524 @@
+//! [`RollupStore`] on PostgreSQL.
+//!
+//! Tables (docs/DISTRIBUTED.md):
+//! - `ff_rollup_days (property, day, part) → generation, body`: one local day of one
+//!   property as written by one writer `part` — the day bucket and its hour buckets,
+//!   postcard-encoded. A day's statistics are the merge of its parts (disjoint sets of
+//!   visitors, so counts add and sketches merge exactly).
+//! - `ff_rollup_minutes (property, part) → body`: realtime minutes.
+//! - `ff_checkpoints (part) → generation, offsets, state`: the writer's log offsets and
+//!   processor state.
+//!
+//! A checkpoint is one transaction: the changed days, the minutes and the checkpoint
+//! row. It commits only if the part's generation is still the one this writer loaded or
+//! last wrote, so a writer that another has replaced (a processor presumed dead that
+//! was not) can never overwrite the newer one's rollups: it fails instead.
+//!
+//! Two ways to open it:
+//! - [`PgRollupStore::open_writer`] (the processor role): the part's rollups are loaded
+//!   into memory and updated there; reads in the same process see them at once.
+//! - [`PgRollupStore::open_reader`] (query nodes): every read asks the database which
+//!   generation each day of the range is at (one index range scan) and fetches only the
+//!   days its bounded cache does not hold at that generation, in one repeatable-read
+//!   transaction — so an answer is never older than the last committed checkpoint and
+//!   never mixes two checkpoints.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use footfall_store::{
+    Bucket, Checkpoint, Grain, LocalDay, LocalHour, MinuteStats, Part, PropertyRollup, RollupRead,
+    RollupStore, Rollups,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::conn::Pool;
+use crate::meta::ensure_schema;
+use crate::Error;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ff_rollup_days (
+    property TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    generation BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    PRIMARY KEY (property, day, part)
+);
+CREATE TABLE IF NOT EXISTS ff_rollup_minutes (
+    property TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    generation BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    PRIMARY KEY (property, part)
+);
+CREATE TABLE IF NOT EXISTS ff_checkpoints (
+    part INTEGER PRIMARY KEY,
+    generation BIGINT NOT NULL,
+    offsets BYTEA NOT NULL,
+    state BYTEA NOT NULL
+);
+";
+
+/// One day row's body.
+#[derive(Serialize, Deserialize)]
+struct DayRow {
+    day: Bucket,
+    hours: Vec<(LocalHour, Bucket)>,
+}
+
+#[derive(Serialize)]
+struct DayRowRef<'a> {
+    day: std::borrow::Cow<'a, Bucket>,
+    hours: Vec<(LocalHour, &'a Bucket)>,
+}
+
+fn encode(v: &impl Serialize) -> Result<Vec<u8>, Error> {
+    postcard::to_allocvec(v).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T, Error> {
+    postcard::from_bytes(b).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// The bounded cache of a reader.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadCacheOptions {
+    /// Encoded bytes of day rows kept (least recently used go first).
+    pub max_bytes: u64,
+    /// Connections used for reads.
+    pub connections: usize,
+}
+
+impl Default for ReadCacheOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            connections: 4,
+        }
+    }
+}
+
+type CacheKey = (String, i32, i32);
+
+struct Writer {
+    part: i32,
+    rollups: RwLock<Rollups>,
+    loaded: Option<Checkpoint>,
+    /// The generation of the part's checkpoint row this writer holds (0: none yet).
+    generation: Mutex<i64>,
+}
+
+pub struct PgRollupStore {
+    pool: Pool,
+    writer: Option<Writer>,
+    cache: moka::sync::Cache<CacheKey, (i64, Arc<DayRow>)>,
+    bytes: AtomicU64,
+}
+
+impl PgRollupStore {
+    /// The writer of `part` (a processor): loads that part's checkpoint and rollups.
+    pub fn open_writer(url: &str, part: i32) -> Result<Self, Error> {
+        let pool = Pool::new(url, 1, "rollups-writer")?;
+        ensure_schema(&pool, SCHEMA)?;
+        let (checkpoint, rows, minutes) = pool.call(move |c| {
+            let mut t = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let cp = t.query_opt(
+                "SELECT generation, offsets, state FROM ff_checkpoints WHERE part = $1",
+                &[&part],
+            )?;
+            let cp = cp.map(|r| {
+                (
+                    r.get::<_, i64>(0),
+                    r.get::<_, Vec<u8>>(1),
+                    r.get::<_, Vec<u8>>(2),
+                )
+            });
+            let rows: Vec<(String, i32, Vec<u8>)> = t
+                .query(
+                    "SELECT property, day, body FROM ff_rollup_days WHERE part = $1",
+                    &[&part],
+                )?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let minutes: Vec<(String, Vec<u8>)> = t
+                .query(
+                    "SELECT property, body FROM ff_rollup_minutes WHERE part = $1",
+                    &[&part],
+                )?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            t.commit()?;
+            Ok((cp, rows, minutes))
+        })?;
+        let mut rollups = Rollups::default();
+        let mut bytes = 0u64;
+        for (property, day, body) in rows {
+            bytes += body.len() as u64;
+            let row: DayRow = decode(&body, "day row")?;
+            let p = rollups.property_mut(&property);
+            p.days.insert(LocalDay(day), row.day);
+            p.hours.extend(row.hours);
+        }
+        for (property, body) in minutes {
+            bytes += body.len() as u64;
+            rollups.property_mut(&property).minutes = decode(&body, "minutes row")?;
+        }
+        let (generation, loaded) = match checkpoint {
+            Some((g, offsets, state)) => {
+                bytes += (offsets.len() + state.len()) as u64;
+                (
+                    g,
+                    Some(Checkpoint {
+                        offsets: decode(&offsets, "offsets")?,
+                        processor_state: state,
+                    }),
+                )
+            }
+            None => (0, None),
+        };
+        Ok(Self {
+            pool,
+            writer: Some(Writer {
+                part,
+                rollups: RwLock::new(rollups),
+                loaded,
+                generation: Mutex::new(generation),
+            }),
+            cache: moka::sync::Cache::new(0),
+            bytes: AtomicU64::new(bytes),
+        })
+    }
+
+    /// A reader (a query node): answers from the database through a bounded cache.
+    pub fn open_reader(url: &str, opts: ReadCacheOptions) -> Result<Self, Error> {
+        let pool = Pool::new(url, opts.connections, "rollups-reader")?;
+        ensure_schema(&pool, SCHEMA)?;
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(opts.max_bytes)
+            .weigher(|_k: &CacheKey, v: &(i64, Arc<DayRow>)| {
+                // Weighed by the row's bucket count: a fair proxy for its size that is
+                // cheap to compute (buckets hold the maps that make up the size).
+                let entries = v.1.day.pages.len()
+                    + v.1.day.visit_keys.len()
+                    + v.1.day.props.len()
+                    + v.1.hours.len() * 8
+                    + 16;
+                (entries * 256).min(u32::MAX as usize) as u32
+            })
+            .build();
+        Ok(Self {
+            pool,
+            writer: None,
+            cache,
+            bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub fn ping(&self) -> Result<(), Error> {
+        self.pool.call(|c| c.simple_query("SELECT 1").map(|_| ()))
+    }
+
+    /// Reader: the rows of `days` for `property`, each at its current generation, from
+    /// the cache where it holds that generation.
+    fn fetch_days(
+        &self,
+        property: &str,
+        days: RangeInclusive<LocalDay>,
+    ) -> Result<Vec<(i32, Arc<DayRow>)>, Error> {
+        let (prop, lo, hi) = (property.to_string(), days.start().0, days.end().0);
+        let cache = self.cache.clone();
+        let rows = self.pool.call(move |c| {
+            let mut t = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let versions: Vec<(i32, i32, i64)> = t
+                .query(
+                    "SELECT day, part, generation FROM ff_rollup_days
+                     WHERE property = $1 AND day BETWEEN $2 AND $3 ORDER BY day, part",
+                    &[&prop, &lo, &hi],
+                )?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let mut out: Vec<(i32, i32, i64, Option<Vec<u8>>)> = Vec::new();
+            let mut missing_days: Vec<i32> = Vec::new();
+            for (day, part, gen) in versions {
+                let hit = cache
+                    .get(&(prop.clone(), day, part))
+                    .is_some_and(|(g, _)| g == gen);
+                if !hit && missing_days.last() != Some(&day) {
+                    missing_days.push(day);
+                }
+                out.push((day, part, gen, None));
+            }
+            if !missing_days.is_empty() {
+                let fetched = t.query(
+                    "SELECT day, part, generation, body FROM ff_rollup_days
+                     WHERE property = $1 AND day = ANY($2)",
+                    &[&prop, &missing_days],
+                )?;
+                for r in fetched {
+                    let (day, part, gen): (i32, i32, i64) = (r.get(0), r.get(1), r.get(2));
+                    if let Some(o) = out
+                        .iter_mut()
+                        .find(|o| o.0 == day && o.1 == part && o.2 == gen)
+                    {
+                        o.3 = Some(r.get(3));
+                    }
+                }
+            }
+            t.commit()?;
+            Ok(out)
+        })?;
+        let mut result = Vec::with_capacity(rows.len());
+        for (day, part, gen, body) in rows {
+            let key = (property.to_string(), day, part);
+            let row = match body {
+                Some(b) => {
+                    let row = Arc::new(decode::<DayRow>(&b, "day row")?);
+                    self.cache.insert(key, (gen, row.clone()));
+                    row
+                }
+                None => match self.cache.get(&key) {
+                    Some((g, row)) if g == gen => row,
+                    // Evicted between the two looks: fetch this one alone.
+                    _ => {
+                        let prop = property.to_string();
+                        let b: Vec<u8> = self.pool.call(move |c| {
+                            Ok(c.query_one(
+                                "SELECT body FROM ff_rollup_days WHERE property = $1 AND day = $2 AND part = $3",
+                                &[&prop, &day, &part],
+                            )?
+                            .get(0))
+                        })?;
+                        Arc::new(decode::<DayRow>(&b, "day row")?)
+                    }
+                },
+            };
+            result.push((day, row));
+        }
+        Ok(result)
+    }
+}
+
+impl RollupRead for PgRollupStore {
+    fn first_day(&self, property: &str) -> footfall_store::Result<Option<LocalDay>> {
+        if let Some(w) = &self.writer {
+            let r = w.rollups.read().unwrap();
+            return Ok(r.properties.get(property).and_then(|p| p.first_day()));
+        }
+        let prop = property.to_string();
+        let d: Option<i32> = self.pool.call(move |c| {
+            Ok(c.query_one(
+                "SELECT min(day) FROM ff_rollup_days WHERE property = $1",
+                &[&prop],
+            )?
+            .get(0))
+        })?;
+        Ok(d.map(LocalDay))
+    }
+
+    fn scan(
+        &self,
+        property: &str,
+        days: RangeInclusive<LocalDay>,
+        grain: Grain,
+        f: &mut dyn FnMut(&[Part<'_>]),
+    ) -> footfall_store::Result<()> {
+        if let Some(w) = &self.writer {
+            let r = w.rollups.read().unwrap();
+            match r.properties.get(property) {
+                Some(p) => f(&p.scan_parts(days, grain)),
+                None => f(&[]),
+            }
+            return Ok(());
+        }
+        if days.start() > days.end() {
+            f(&[]);
+            return Ok(());
+        }
+        let rows = self.fetch_days(property, days.clone())?;
+        let mut parts: Vec<Part<'_>> = Vec::new();
+        match grain {
+            Grain::Day => {
+                for (day, row) in &rows {
+                    parts.push((*day as i64, &row.day));
+                }
+            }
+            Grain::Hour => {
+                for (_, row) in &rows {
+                    parts.extend(row.hours.iter().map(|(h, b)| (h.0, b)));
+                }
+                // Parts of one day from several writers interleave by hour.
+                parts.sort_by_key(|(k, _)| *k);
+            }
+        }
+        f(&parts);
+        Ok(())
+    }
+
+    fn minutes(
+        &self,
+        property: &str,
+        minutes: RangeInclusive<i64>,
+        f: &mut dyn FnMut(&[(i64, &MinuteStats)]),
+    ) -> footfall_store::Result<()> {
+        if let Some(w) = &self.writer {
+            let r = w.rollups.read().unwrap();
+            match r.properties.get(property) {
+                Some(p) => f(&p.minute_parts(minutes)),
+                None => f(&[]),
+            }
+            return Ok(());
+        }
+        let prop = property.to_string();
+        let bodies: Vec<Vec<u8>> = self.pool.call(move |c| {
+            Ok(c.query(
+                "SELECT body FROM ff_rollup_minutes WHERE property = $1",
+                &[&prop],
+            )?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
+        })?;
+        // Writers' minutes merged: one entry per minute.
+        let mut merged: BTreeMap<i64, MinuteStats> = BTreeMap::new();
+        for b in bodies {
+            let m: BTreeMap<i64, MinuteStats> = decode(&b, "minutes row")?;
+            for (k, s) in m.range(minutes.clone()) {
+                let e = merged.entry(*k).or_default();
+                e.pageviews += s.pageviews;
+                e.events += s.events;
+                e.visitors.merge(&s.visitors);
+            }
+        }
+        let list: Vec<(i64, &MinuteStats)> = merged.iter().map(|(k, v)| (*k, v)).collect();
+        f(&list);
+        Ok(())
+    }
+}
+
+fn day_row(p: &PropertyRollup, day: LocalDay) -> Option<DayRowRef<'_>> {
+    let lo = LocalHour(day.0 as i64 * 24);
+    let hi = LocalHour(day.0 as i64 * 24 + 24);
+    Some(DayRowRef {
+        day: p.day_view(day)?,
+        hours: p.hours.range(lo..hi).map(|(h, b)| (*h, b)).collect(),
+    })
+}
+
+impl RollupStore for PgRollupStore {
+    fn last_checkpoint(&self) -> Option<Checkpoint> {
+        self.writer.as_ref().and_then(|w| w.loaded.clone())
+    }
+
+    fn update(&self, f: &mut dyn FnMut(&mut Rollups)) {
+        match &self.writer {
+            Some(w) => f(&mut w.rollups.write().unwrap()),
+            None => tracing::error!("update on a read-only rollup store ignored"),
+        }
+    }
+
+    fn checkpoint(&self, offsets: &[u64], processor_state: &[u8]) -> footfall_store::Result<()> {
+        let w = self.writer.as_ref().ok_or_else(|| {
+            footfall_store::Error::Unavailable("checkpoint on a read-only rollup store".into())
+        })?;
+        let mut generation = w.generation.lock().unwrap();
+        let (prev, next) = (*generation, *generation + 1);
+        let part = w.part;
+        // Encoded under the read lock; the processor (the only writer) is here, so
+        // nothing changes until the dirty marks are cleared below.
+        let mut days: Vec<(String, i32, Vec<u8>)> = Vec::new();
+        let mut minutes: Vec<(String, Vec<u8>)> = Vec::new();
+        {
+            let r = w.rollups.read().unwrap();
+            for (prop, p) in r.properties.iter() {
+                for day in &p.dirty_days {
+                    if let Some(row) = day_row(p, *day) {
+                        days.push((prop.clone(), day.0, encode(&row)?));
+                    }
+                }
+                if !p.minutes.is_empty() {
+                    minutes.push((prop.clone(), encode(&p.minutes)?));
+                }
+            }
+        }
+        let written: Vec<(String, i32)> = days.iter().map(|(p, d, _)| (p.clone(), *d)).collect();
+        let total: u64 = days.iter().map(|d| d.2.len() as u64).sum::<u64>()
+            + minutes.iter().map(|m| m.1.len() as u64).sum::<u64>()
+            + processor_state.len() as u64;
+        let offsets = encode(&offsets.to_vec())?;
+        let state = processor_state.to_vec();
+        let fenced = self.pool.call(move |c| {
+            let mut t = c.transaction()?;
+            let claimed = if prev == 0 {
+                t.execute(
+                    "INSERT INTO ff_checkpoints (part, generation, offsets, state) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (part) DO NOTHING",
+                    &[&part, &next, &offsets, &state],
+                )?
+            } else {
+                t.execute(
+                    "UPDATE ff_checkpoints SET generation = $2, offsets = $3, state = $4
+                     WHERE part = $1 AND generation = $5",
+                    &[&part, &next, &offsets, &state, &prev],
+                )?
+            };
+            if claimed != 1 {
+                t.rollback()?;
+                return Ok(true);
+            }
+            let day_stmt = t.prepare(
+                "INSERT INTO ff_rollup_days (property, day, part, generation, body) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (property, day, part) DO UPDATE SET generation = EXCLUDED.generation, body = EXCLUDED.body",
+            )?;
+            for (p, d, body) in &days {
+                t.execute(&day_stmt, &[p, d, &part, &next, body])?;
+            }
+            let minute_stmt = t.prepare(
+                "INSERT INTO ff_rollup_minutes (property, part, generation, body) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (property, part) DO UPDATE SET generation = EXCLUDED.generation, body = EXCLUDED.body",
+            )?;
+            for (p, body) in &minutes {
+                t.execute(&minute_stmt, &[p, &part, &next, body])?;
+            }
+            t.commit()?;
+            Ok(false)
+        })?;
+        if fenced {
+            return Err(footfall_store::Error::Unavailable(format!(
+                "rollup part {part} was checkpointed by another writer since generation {prev}: this one stops"
+            )));
+        }
+        *generation = next;
+        let mut r = w.rollups.write().unwrap();
+        for (prop, day) in &written {
+            if let Some(p) = r.properties.get_mut(prop) {
+                p.dirty_days.remove(&LocalDay(*day));
+            }
+        }
+        self.bytes.store(total, Ordering::Relaxed);
+        tracing::debug!(
+            generation = next,
+            days = written.len(),
+            "rollup checkpoint committed to PostgreSQL"
+        );
+        Ok(())
+    }
+
+    fn checkpoint_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}

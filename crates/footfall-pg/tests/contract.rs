@@ -1,0 +1,82 @@
+//! The metadata and rollup store contracts, run against PostgreSQL (a database per
+//! test on the server `scripts/pg.sh` starts; skipped loudly without one, failed under CI).
+
+use std::sync::Arc;
+
+use footfall_meta::MetaStore;
+use footfall_pg::testing::TestDb;
+use footfall_pg::{PgMeta, PgRollupStore, ReadCacheOptions};
+use footfall_store::{RollupRead, RollupStore};
+
+struct Meta(String);
+
+impl footfall_meta::contract::Harness for Meta {
+    fn connect(&mut self) -> Arc<dyn MetaStore> {
+        Arc::new(PgMeta::open(&self.0).unwrap())
+    }
+}
+
+#[test]
+fn meta_store_contract_on_postgres() {
+    let Some(db) = TestDb::create("meta_store_contract_on_postgres") else {
+        return;
+    };
+    footfall_meta::contract::run(&mut Meta(db.url().to_string()));
+}
+
+struct Rollups {
+    url: String,
+    reader: Option<Arc<PgRollupStore>>,
+}
+
+impl footfall_store::contract::Harness for Rollups {
+    fn open(&mut self) -> Arc<dyn RollupStore> {
+        Arc::new(PgRollupStore::open_writer(&self.url, 0).unwrap())
+    }
+
+    fn reader(&mut self) -> Option<Arc<dyn RollupRead>> {
+        let r = self.reader.get_or_insert_with(|| {
+            Arc::new(PgRollupStore::open_reader(&self.url, ReadCacheOptions::default()).unwrap())
+        });
+        Some(r.clone())
+    }
+}
+
+#[test]
+fn rollup_store_contract_on_postgres() {
+    let Some(db) = TestDb::create("rollup_store_contract_on_postgres") else {
+        return;
+    };
+    footfall_store::contract::run(&mut Rollups {
+        url: db.url().to_string(),
+        reader: None,
+    });
+}
+
+/// A writer that another writer of the same part has replaced cannot checkpoint over it.
+#[test]
+fn a_replaced_writer_is_fenced_off() {
+    let Some(db) = TestDb::create("a_replaced_writer_is_fenced_off") else {
+        return;
+    };
+    let first = PgRollupStore::open_writer(db.url(), 0).unwrap();
+    first.checkpoint(&[1], b"a").unwrap();
+    let second = PgRollupStore::open_writer(db.url(), 0).unwrap();
+    assert_eq!(second.last_checkpoint().unwrap().offsets, vec![1]);
+    second.checkpoint(&[2], b"b").unwrap();
+    let err = first.checkpoint(&[3], b"c").unwrap_err();
+    assert!(err.to_string().contains("another writer"), "{err}");
+    let third = PgRollupStore::open_writer(db.url(), 0).unwrap();
+    assert_eq!(third.last_checkpoint().unwrap().processor_state, b"b");
+}
+
+/// A database that cannot be reached is an error (a 503 upstream), never an empty answer.
+#[test]
+fn an_unreachable_database_is_an_error() {
+    let url = "postgres://footfall:footfall@127.0.0.1:1/none";
+    assert!(PgMeta::open(url).is_err());
+    assert!(matches!(
+        PgRollupStore::open_reader(url, ReadCacheOptions::default()),
+        Err(footfall_pg::Error::Unavailable(_))
+    ));
+}
