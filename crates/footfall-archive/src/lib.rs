@@ -422,3 +422,44 @@ impl Archiver {
         }
     }
 }
+
+/// A request to seal now; answered with the archived offsets once the seal is done.
+pub type SealRequest = tokio::sync::oneshot::Sender<Result<Vec<u64>, String>>;
+
+/// The archiver role: seals the log every `interval`, and at once when a request comes
+/// (reprocessing asks before it reads the archive). `archived` always holds the offsets
+/// below which everything is archived (what log retention may delete up to). A failed
+/// seal is logged and retried at the next turn; nothing is skipped.
+pub async fn seal_loop(
+    mut archiver: Archiver,
+    interval: std::time::Duration,
+    mut requests: tokio::sync::mpsc::Receiver<SealRequest>,
+    archived: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+) {
+    loop {
+        let mut waiting = Vec::new();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            Some(req) = requests.recv() => waiting.push(req),
+        }
+        while let Ok(req) = requests.try_recv() {
+            waiting.push(req);
+        }
+        let r = archiver.seal().await;
+        match &r {
+            Ok(rep) if rep.events > 0 => {
+                tracing::debug!(events = rep.events, files = rep.files, "archive sealed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "archive seal failed; will retry"),
+        }
+        *archived.lock().unwrap() = archiver.offsets();
+        for w in waiting {
+            let _ = w.send(
+                r.as_ref()
+                    .map(|_| archiver.offsets())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+    }
+}

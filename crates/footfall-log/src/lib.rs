@@ -137,3 +137,33 @@ pub fn partition_for(key: u64, partitions: u32) -> u32 {
     // Fibonacci hashing spreads keys that differ only in high or low bits.
     ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % partitions as u64) as u32
 }
+
+/// The offsets below which every consumer is done, per partition: the minimum over
+/// consumers (the processor's checkpointed offsets, the archiver's sealed ones…).
+/// Retention deletes only below these. A consumer that lists no partitions (not
+/// started yet) holds everything back.
+pub fn safe_to_delete(consumers: &[Vec<Offset>]) -> Vec<Offset> {
+    let Some(n) = consumers.iter().map(Vec::len).max() else {
+        return Vec::new();
+    };
+    (0..n)
+        .map(|p| {
+            consumers
+                .iter()
+                .map(|c| c.get(p).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod retention_tests {
+    #[test]
+    fn safe_offsets_are_the_slowest_consumers() {
+        use super::safe_to_delete as s;
+        assert_eq!(s(&[vec![10, 20], vec![15, 5]]), vec![10, 5]);
+        assert_eq!(s(&[vec![10, 20], vec![]]), vec![0, 0]);
+        assert_eq!(s(&[]), Vec::<u64>::new());
+    }
+}

@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use footfall_store::{
-    Bucket, Checkpoint, Grain, LocalDay, LocalHour, MinuteStats, Part, PropertyRollup, RollupRead,
-    RollupStore, Rollups,
+    Bucket, Checkpoint, Grain, LocalDay, LocalHour, Minute, MinuteStats, Part, PropertyRollup,
+    RollupRead, RollupStore, Rollups,
 };
 use serde::{Deserialize, Serialize};
 
@@ -373,7 +373,7 @@ impl RollupRead for PgRollupStore {
         &self,
         property: &str,
         minutes: RangeInclusive<i64>,
-        f: &mut dyn FnMut(&[(i64, &MinuteStats)]),
+        f: &mut dyn FnMut(&[Minute<'_>]),
     ) -> footfall_store::Result<()> {
         if let Some(w) = &self.writer {
             let r = w.rollups.read().unwrap();
@@ -404,7 +404,7 @@ impl RollupRead for PgRollupStore {
                 e.visitors.merge(&s.visitors);
             }
         }
-        let list: Vec<(i64, &MinuteStats)> = merged.iter().map(|(k, v)| (*k, v)).collect();
+        let list: Vec<Minute<'_>> = merged.iter().map(|(k, v)| (*k, v)).collect();
         f(&list);
         Ok(())
     }

@@ -38,9 +38,8 @@ impl TestDb {
             rand::random::<u32>()
         );
         let admin = Config::from_str(&url).expect("FOOTFALL_TEST_PG_URL is a postgres URL");
-        let mut c = admin.connect(NoTls).expect("connect to the test server");
-        c.batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create a test database");
+        admin_statement(&admin, format!("CREATE DATABASE {name}"))
+            .expect("create a test database on FOOTFALL_TEST_PG_URL");
         let url = replace_database(&url, &name);
         Some(TestDb { admin, name, url })
     }
@@ -70,14 +69,21 @@ pub fn replace_database(url: &str, db: &str) -> String {
     out
 }
 
+/// Runs one statement on its own thread: the client blocks on a runtime of its own,
+/// which must not happen on an async test's thread.
+fn admin_statement(admin: &Config, sql: String) -> Result<(), postgres::Error> {
+    let admin = admin.clone();
+    std::thread::spawn(move || admin.connect(NoTls)?.batch_execute(&sql))
+        .join()
+        .expect("admin statement thread")
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.admin.connect(NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        let _ = admin_statement(
+            &self.admin,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 

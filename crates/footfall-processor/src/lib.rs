@@ -88,6 +88,8 @@ pub struct ProcessorStats {
     /// Receive time of the last processed event (ms since epoch).
     pub last_received_at: AtomicI64,
     pub open_visits: AtomicU64,
+    /// Size of the last checkpoint as the store reports it.
+    pub checkpoint_bytes: AtomicU64,
     /// Offsets reflected in memory (visible) and in the last checkpoint (durable).
     pub offsets: Vec<AtomicU64>,
     pub checkpointed: Vec<AtomicU64>,
@@ -326,6 +328,9 @@ impl Processor {
             .open_visits
             .store(self.state.open_visits() as u64, Ordering::Relaxed);
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .checkpoint_bytes
+            .store(self.store.checkpoint_bytes(), Ordering::Relaxed);
         let took = started.elapsed();
         self.stats
             .last_checkpoint_ms

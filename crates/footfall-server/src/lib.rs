@@ -27,7 +27,7 @@ use footfall_event::{Clock, LoggedEvent};
 use footfall_log::{partition_for, EventLog};
 use footfall_meta::Scope;
 use footfall_processor::ProcessorStats;
-use footfall_store::RollupStore;
+use footfall_store::RollupRead;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
 
@@ -62,13 +62,22 @@ impl Default for IngestRules {
 }
 
 /// Everything handlers need; built once by the binary.
+/// What one node serves. Which parts are present follows its roles: a collector has a
+/// log to append to, a query node a store to read, a processor its statistics.
 pub struct AppState {
-    pub log: Arc<dyn EventLog>,
-    pub store: Arc<dyn RollupStore>,
+    /// The log events are appended to (collector role); ingestion routes exist only
+    /// with one.
+    pub log: Option<Arc<dyn EventLog>>,
+    /// Where reports are read from (query role); query routes exist only with one.
+    pub store: Option<Arc<dyn RollupRead>>,
     pub cache: Arc<MetaCache>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
-    pub processor: Arc<ProcessorStats>,
+    /// The processor in this process (processor role) and the log it reads.
+    pub processor: Option<(Arc<ProcessorStats>, Arc<dyn EventLog>)>,
+    /// What this node's readiness depends on beyond not shutting down: each check is
+    /// named in `/readyz`'s answer when it fails (the log or broker, the database…).
+    pub readiness: Vec<ReadinessCheck>,
     pub rules: IngestRules,
     /// Cleared when shutdown starts: new ingestion gets 503.
     pub accepting: AtomicBool,
@@ -81,6 +90,13 @@ pub struct AppState {
 }
 
 type AppRef = Arc<AppState>;
+
+/// A named dependency of readiness; `check` must answer quickly (it is polled).
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    pub name: &'static str,
+    pub check: Arc<dyn Fn() -> bool + Send + Sync>,
+}
 
 /// The router with every route and layer.
 pub fn app(state: AppRef) -> Router {
@@ -101,18 +117,28 @@ pub fn app(state: AppRef) -> Router {
         .route("/v1/{kind}", post(protocols::segment))
         .layer(cors);
     let tracker_path = state.tracker_path.clone();
-    let mut router = Router::new().route("/footfall.js", get(tracker::script));
-    if !tracker_path.is_empty() {
-        router = router.route(&tracker_path, get(tracker::script));
+    let mut router = Router::new();
+    if state.log.is_some() {
+        router = router
+            .route("/footfall.js", get(tracker::script))
+            .merge(ingest);
+        if !tracker_path.is_empty() {
+            router = router.route(&tracker_path, get(tracker::script));
+        }
+    }
+    if state.store.is_some() {
+        router = router
+            .route("/api/v2/query", post(query))
+            .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
+            .route("/api/v1/stats/realtime", get(realtime_report))
+            .route("/api/v1/stats/filtered", get(filtered_report));
+    }
+    if state.reprocessor.is_some() {
+        router = router
+            .route("/api/v1/admin/reprocess", post(reprocess_start))
+            .route("/api/v1/admin/reprocess/{id}", get(reprocess_status));
     }
     router
-        .merge(ingest)
-        .route("/api/v2/query", post(query))
-        .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
-        .route("/api/v1/stats/realtime", get(realtime_report))
-        .route("/api/v1/stats/filtered", get(filtered_report))
-        .route("/api/v1/admin/reprocess", post(reprocess_start))
-        .route("/api/v1/admin/reprocess/{id}", get(reprocess_status))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -259,7 +285,11 @@ pub(crate) fn admit_all(
         None
     };
     let (mut ok, mut bad) = (Vec::with_capacity(events.len()), Vec::new());
-    let partitions = app.log.partitions();
+    let log = app
+        .log
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this node does not collect events"))?;
+    let partitions = log.partitions();
     for (i, e) in events.iter().enumerate() {
         match admit(
             app,
@@ -429,8 +459,12 @@ async fn realtime_visitors(
     axum::extract::Query(p): axum::extract::Query<SiteParam>,
 ) -> Result<Response, ApiError> {
     authorise_read(&app, &headers, &p.site_id)?;
-    let r = footfall_query::realtime(app.store.as_ref(), &p.site_id, app.clock.now_millis())
-        .map_err(query_error)?;
+    let r = footfall_query::realtime(
+        query_store(&app)?.as_ref(),
+        &p.site_id,
+        app.clock.now_millis(),
+    )
+    .map_err(query_error)?;
     Ok(Json(r["visitors_last_5_minutes"].clone()).into_response())
 }
 
@@ -441,8 +475,12 @@ async fn realtime_report(
 ) -> Result<Response, ApiError> {
     authorise_read(&app, &headers, &p.site_id)?;
     Ok(Json(
-        footfall_query::realtime(app.store.as_ref(), &p.site_id, app.clock.now_millis())
-            .map_err(query_error)?,
+        footfall_query::realtime(
+            query_store(&app)?.as_ref(),
+            &p.site_id,
+            app.clock.now_millis(),
+        )
+        .map_err(query_error)?,
     )
     .into_response())
 }
@@ -476,7 +514,7 @@ async fn filtered_report(
         None => json!(p.date_range),
     };
     let v = footfall_query::filtered(
-        app.store.as_ref(),
+        query_store(&app)?.as_ref(),
         &p.site_id,
         &range,
         property.tz(),
@@ -506,7 +544,7 @@ async fn query(
         .property(&req.site_id)
         .map_err(internal)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
-    let store = app.store.clone();
+    let store = query_store(&app)?.clone();
     let now = app.clock.now_millis();
     let tz = property.tz();
     let result =
@@ -594,37 +632,65 @@ async fn reprocess_status(
     Ok(Json(s).into_response())
 }
 
+fn query_store(app: &AppState) -> Result<&Arc<dyn RollupRead>, ApiError> {
+    app.store
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this node does not answer queries"))
+}
+
+/// 200 `ready`, or 503 naming what is not: `shutting down`, or each failed check.
 async fn readyz(State(app): State<AppRef>) -> Response {
-    if app.log.healthy() && app.accepting.load(Ordering::SeqCst) {
+    if !app.accepting.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down").into_response();
+    }
+    let checks = app.readiness.clone();
+    let failed: Vec<&'static str> = tokio::task::spawn_blocking(move || {
+        checks
+            .iter()
+            .filter(|c| !(c.check)())
+            .map(|c| c.name)
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|_| vec!["readiness check panicked"]);
+    if failed.is_empty() {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", failed.join(", ")),
+        )
+            .into_response()
     }
 }
 
 async fn metrics_text(State(app): State<AppRef>) -> Response {
     let m = &app.metrics;
-    let p = &app.processor;
-    let mut lag = 0i64;
-    for part in 0..app.log.partitions() {
-        let end = app.log.end_offset(part);
-        let at = p.offsets[part as usize].load(Ordering::SeqCst);
-        lag += end.saturating_sub(at) as i64;
+    if let Some((p, log)) = &app.processor {
+        let mut lag = 0i64;
+        for part in 0..log.partitions() {
+            let end = log.end_offset(part);
+            let at = p.offsets[part as usize].load(Ordering::SeqCst);
+            lag += end.saturating_sub(at) as i64;
+        }
+        m.lag_bytes.set(lag);
+        let last = p.last_received_at.load(Ordering::Relaxed);
+        let lag_s = if lag > 0 && last > 0 {
+            (app.clock.now_millis() - last) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        m.lag_seconds.set(lag_s);
+        m.processed
+            .set(p.events_processed.load(Ordering::Relaxed) as i64);
+        m.open_visits
+            .set(p.open_visits.load(Ordering::Relaxed) as i64);
+        m.checkpoint_bytes
+            .set(p.checkpoint_bytes.load(Ordering::Relaxed) as i64);
     }
-    m.lag_bytes.set(lag);
-    let last = p.last_received_at.load(Ordering::Relaxed);
-    let lag_s = if lag > 0 && last > 0 {
-        (app.clock.now_millis() - last) as f64 / 1000.0
-    } else {
-        0.0
-    };
-    m.lag_seconds.set(lag_s);
-    m.processed
-        .set(p.events_processed.load(Ordering::Relaxed) as i64);
-    m.open_visits
-        .set(p.open_visits.load(Ordering::Relaxed) as i64);
-    m.log_bytes.set(app.log.retained_bytes() as i64);
-    m.checkpoint_bytes.set(app.store.checkpoint_bytes() as i64);
+    if let Some(log) = &app.log {
+        m.log_bytes.set(log.retained_bytes() as i64);
+    }
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &m.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -673,7 +739,10 @@ async fn append_durable(app: &AppState, records: Vec<(u32, Vec<u8>)>) -> Result<
     let n = records.len();
     let started = Instant::now();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    app.log.append(
+    let Some(log) = &app.log else {
+        return Err(ApiError::unavailable("this node does not collect events"));
+    };
+    log.append(
         records,
         Box::new(move |r| {
             let _ = tx.send(r);

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 pub const EDGE_MARGIN_MS: i64 = 12 * 3_600_000;
 
 /// Asks the archiver to seal everything durable now; answers the archived offsets.
-pub type SealRequest = oneshot::Sender<Result<Vec<u64>, String>>;
+pub use footfall_archive::SealRequest;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

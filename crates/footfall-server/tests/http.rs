@@ -57,12 +57,13 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
     .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
     let state = Arc::new(AppState {
-        log,
-        store,
+        log: Some(log.clone()),
+        store: Some(store),
         cache,
         clock,
         metrics: Arc::new(Metrics::default()),
-        processor: stats,
+        processor: Some((stats, log)),
+        readiness: Vec::new(),
         rules: IngestRules::default(),
         accepting: AtomicBool::new(true),
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),

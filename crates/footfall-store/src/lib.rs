@@ -56,6 +56,9 @@ pub enum Grain {
 /// [`LocalHour`] number (by the scan's [`Grain`]).
 pub type Part<'a> = (i64, &'a Bucket);
 
+/// One realtime minute (minutes since the epoch, UTC) and its statistics.
+pub type Minute<'a> = (i64, &'a MinuteStats);
+
 /// What the query engine asks of the serving store: one property's statistics over a
 /// range of its local days, and its realtime minutes.
 ///
@@ -90,7 +93,7 @@ pub trait RollupRead: Send + Sync + 'static {
         &self,
         property: &str,
         minutes: std::ops::RangeInclusive<i64>,
-        f: &mut dyn FnMut(&[(i64, &MinuteStats)]),
+        f: &mut dyn FnMut(&[Minute<'_>]),
     ) -> Result<()>;
 }
 
@@ -147,7 +150,7 @@ impl PropertyRollup {
     }
 
     /// [`RollupRead::minutes`] over this in-memory rollup.
-    pub fn minute_parts(&self, minutes: std::ops::RangeInclusive<i64>) -> Vec<(i64, &MinuteStats)> {
+    pub fn minute_parts(&self, minutes: std::ops::RangeInclusive<i64>) -> Vec<Minute<'_>> {
         if minutes.start() > minutes.end() {
             return Vec::new();
         }

@@ -30,7 +30,7 @@ use crate::rollup::MinuteStats;
 use std::ops::RangeInclusive;
 
 use crate::{
-    Bucket, Checkpoint, Error, Grain, LocalDay, LocalHour, Part, PropertyRollup, Result,
+    Bucket, Checkpoint, Error, Grain, LocalDay, LocalHour, Minute, Part, PropertyRollup, Result,
     RollupRead, RollupStore, Rollups,
 };
 
@@ -219,7 +219,7 @@ impl RollupRead for SnapshotStore {
         &self,
         property: &str,
         minutes: RangeInclusive<i64>,
-        f: &mut dyn FnMut(&[(i64, &MinuteStats)]),
+        f: &mut dyn FnMut(&[Minute<'_>]),
     ) -> Result<()> {
         let r = self.rollups.read().unwrap();
         match r.properties.get(property) {

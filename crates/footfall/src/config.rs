@@ -17,6 +17,58 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub enrich: EnrichConfig,
     pub tracker: TrackerConfig,
+    pub meta: MetaConfig,
+    pub store: StoreConfig,
+}
+
+/// Where properties, keys and secrets live.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetaConfig {
+    /// Empty: SQLite in `<data_dir>/meta.db`. `postgres://user:password@host/db`: a
+    /// PostgreSQL or YugabyteDB (YSQL) database shared by every node.
+    pub url: String,
+}
+
+/// Where rollups and the processor's checkpoints live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Empty: files under `<data_dir>/rollups`. `postgres://…`: a PostgreSQL or
+    /// YugabyteDB database shared by processors and query nodes.
+    pub url: String,
+    /// Query nodes on a database: memory for cached day rows, in MiB.
+    pub read_cache_mib: u64,
+    /// Query nodes on a database: connections used for reads.
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            read_cache_mib: 256,
+            read_connections: 4,
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let host_start = rest.find('@');
+    match (host_start, rest[..host_start.unwrap_or(0)].find(':')) {
+        (Some(at), Some(colon)) => format!(
+            "{}{}:<redacted>{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
 }
 
 /// Enrichment in the processor (user agents, bots and channels need no settings: their
@@ -116,6 +168,9 @@ pub struct ServerConfig {
     /// Peers (reverse proxies) whose `X-Forwarded-For` / `Forwarded` headers give the
     /// client address; from any other peer those headers are ignored.
     pub trusted_proxies: Vec<String>,
+    /// What this node runs: `all`, or any of `collector`, `processor`, `query`,
+    /// `archiver` (`serve --role` overrides).
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +210,7 @@ impl Default for ServerConfig {
             data_dir: "./footfall-data".into(),
             shutdown_timeout_secs: 10,
             trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+            roles: vec!["all".into()],
         }
     }
 }
@@ -198,6 +254,7 @@ impl Default for IngestConfig {
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub roles: Option<Vec<String>>,
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -275,11 +332,26 @@ impl Config {
         if let Some(d) = &flags.data_dir {
             cfg.server.data_dir = d.clone();
         }
+        if let Some(r) = &flags.roles {
+            cfg.server.roles = r.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        crate::roles::Roles::parse(&self.server.roles)?;
+        for (key, url) in [("meta.url", &self.meta.url), ("store.url", &self.store.url)] {
+            if !url.is_empty()
+                && !url.starts_with("postgres://")
+                && !url.starts_with("postgresql://")
+            {
+                bail!("{key} must be empty (embedded) or a postgres:// URL");
+            }
+        }
+        if self.store.read_connections == 0 || self.store.read_connections > 64 {
+            bail!("store.read_connections must be between 1 and 64");
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             bail!(
                 "server.listen `{}` is not an address:port",
@@ -349,7 +421,7 @@ mod tests {
         assert_eq!(c.server.data_dir, PathBuf::from("/tmp/x"));
         let flags = Overrides {
             listen: Some("127.0.0.1:9100".into()),
-            data_dir: None,
+            ..Default::default()
         };
         let c = Config::load_from(Some(&f), env.into_iter(), &flags).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9100", "flags beat environment");
@@ -364,5 +436,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("partitons"), "{e:#}");
+        let e = Config::load_from(
+            None,
+            vec![("FOOTFALL_STORE__URL".to_string(), "mysql://x".to_string())].into_iter(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("store.url"), "{e:#}");
+    }
+
+    #[test]
+    fn secrets_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://ff:s3cret@db:5432/footfall"),
+            "postgres://ff:<redacted>@db:5432/footfall"
+        );
+        assert_eq!(
+            redact_url("postgres://db/footfall"),
+            "postgres://db/footfall"
+        );
+        assert_eq!(redact_url("postgres://ff@db/x"), "postgres://ff@db/x");
     }
 }

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use footfall_import::{page_view, parse_line, Format, Skip};
-use footfall_meta::MetaStore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

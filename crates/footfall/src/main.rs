@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod import;
 mod loadgen;
+mod roles;
 
 // mimalloc: the processor and collector allocate many small strings per event; it
 // measured markedly faster than the system allocator here (see BENCHMARKS.md).
@@ -24,10 +25,11 @@ use footfall_meta::{MetaStore, Scope, SqliteMeta};
 use footfall_processor::{
     Processor, ProcessorOptions, ProcessorStats, PropertySettings, SessionRules, SettingsResolver,
 };
-use footfall_server::{AppState, IngestRules, MetaCache, Metrics};
-use footfall_store::{RollupStore, SnapshotStore};
+use footfall_server::{AppState, IngestRules, MetaCache, Metrics, ReadinessCheck};
+use footfall_store::{RollupRead, RollupStore, SnapshotStore};
 
 use config::{Config, Overrides};
+use roles::Roles;
 
 #[derive(Parser)]
 #[command(
@@ -48,11 +50,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every role (collector, log, processor, query API) in one process.
+    /// Run every role (collector, log, processor, query API) in one process, or the
+    /// roles given.
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:8080.
         #[arg(long)]
         listen: Option<String>,
+        /// `all` (the default), or any of collector, processor, query, archiver
+        /// (comma-separated or repeated); see docs/DISTRIBUTED.md.
+        #[arg(long = "role", value_delimiter = ',')]
+        roles: Vec<String>,
     },
     /// Print the effective configuration.
     Config,
@@ -145,13 +152,16 @@ struct KeyCreate {
 fn main() -> anyhow::Result<()> {
     footfall_processor::disable_transparent_huge_pages();
     let cli = Cli::parse();
-    let listen = match &cli.command {
-        Command::Serve { listen } => listen.clone(),
-        _ => None,
+    let (listen, roles) = match &cli.command {
+        Command::Serve { listen, roles } => {
+            (listen.clone(), (!roles.is_empty()).then(|| roles.clone()))
+        }
+        _ => (None, None),
     };
     let overrides = Overrides {
         listen,
         data_dir: cli.data_dir.clone(),
+        roles,
     };
     if let Command::Loadgen(args) = cli.command {
         return loadgen::run(args);
@@ -164,6 +174,8 @@ fn main() -> anyhow::Result<()> {
             if !shown.archive.s3_secret_access_key.is_empty() {
                 shown.archive.s3_secret_access_key = "<redacted>".into();
             }
+            shown.meta.url = config::redact_url(&shown.meta.url);
+            shown.store.url = config::redact_url(&shown.store.url);
             print!("{}", toml::to_string_pretty(&shown)?);
             Ok(())
         }
@@ -176,10 +188,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn open_meta(cfg: &Config) -> anyhow::Result<SqliteMeta> {
+fn open_meta(cfg: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+    if !cfg.meta.url.is_empty() {
+        return Ok(Arc::new(
+            footfall_pg::PgMeta::open(&cfg.meta.url).context("opening meta.url")?,
+        ));
+    }
     std::fs::create_dir_all(&cfg.server.data_dir)
         .with_context(|| format!("creating {}", cfg.server.data_dir.display()))?;
-    Ok(SqliteMeta::open(cfg.server.data_dir.join("meta.db"))?)
+    Ok(Arc::new(SqliteMeta::open(
+        cfg.server.data_dir.join("meta.db"),
+    )?))
 }
 
 fn print_property(p: &footfall_meta::Property, json: bool) -> anyhow::Result<()> {
@@ -253,6 +272,21 @@ fn key_cmd(cfg: &Config, k: KeyCreate) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The rollup store a processor writes: files in the data directory, or the shared
+/// database.
+fn open_writer_store(cfg: &Config) -> anyhow::Result<Arc<dyn RollupStore>> {
+    if cfg.store.url.is_empty() {
+        Ok(Arc::new(SnapshotStore::open(
+            cfg.server.data_dir.join("rollups"),
+        )?))
+    } else {
+        Ok(Arc::new(
+            footfall_pg::PgRollupStore::open_writer(&cfg.store.url, 0)
+                .context("opening the rollup store (store.url)")?,
+        ))
+    }
+}
+
 fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -261,27 +295,81 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let roles = Roles::parse(&cfg.server.roles)?;
+    let shared_store = !cfg.store.url.is_empty();
+    roles.check(false, shared_store)?;
     let data = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let geo = (!cfg.enrich.geoip_path.is_empty()).then(|| PathBuf::from(&cfg.enrich.geoip_path));
-    footfall_enrich::configure(geo.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    if roles.processor {
+        let geo =
+            (!cfg.enrich.geoip_path.is_empty()).then(|| PathBuf::from(&cfg.enrich.geoip_path));
+        footfall_enrich::configure(geo.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    }
 
     // The one place implementations are chosen.
-    let meta: Arc<dyn MetaStore> = Arc::new(open_meta(&cfg)?);
-    let file_log = Arc::new(FileLog::open(
-        data.join("log"),
-        FileLogOptions {
-            partitions: cfg.log.partitions,
-            segment_bytes: cfg.log.segment_bytes,
-            ..Default::default()
-        },
-    )?);
-    let log: Arc<dyn EventLog> = file_log.clone();
-    let store: Arc<dyn RollupStore> = Arc::new(SnapshotStore::open(data.join("rollups"))?);
+    let meta = open_meta(&cfg)?;
     let clock = Arc::new(SystemClock);
     let cache = Arc::new(MetaCache::new(meta.clone())?);
+    let mut readiness: Vec<ReadinessCheck> = Vec::new();
+    if !cfg.meta.url.is_empty() {
+        let m = meta.clone();
+        readiness.push(ReadinessCheck {
+            name: "metadata database",
+            check: Arc::new(move || m.change_counter().is_ok()),
+        });
+    }
 
-    let stats = Arc::new(ProcessorStats::new(log.partitions()));
+    let file_log = if roles.uses_log() {
+        Some(Arc::new(FileLog::open(
+            data.join("log"),
+            FileLogOptions {
+                partitions: cfg.log.partitions,
+                segment_bytes: cfg.log.segment_bytes,
+                ..Default::default()
+            },
+        )?))
+    } else {
+        None
+    };
+    let log: Option<Arc<dyn EventLog>> = file_log.clone().map(|l| l as Arc<dyn EventLog>);
+    if let Some(l) = &log {
+        let l = l.clone();
+        readiness.push(ReadinessCheck {
+            name: "event log",
+            check: Arc::new(move || l.healthy()),
+        });
+    }
+
+    let writer_store = if roles.processor {
+        Some(open_writer_store(&cfg)?)
+    } else {
+        None
+    };
+    // A query role beside the processor reads the processor's rollups (fresh at once);
+    // alone, it reads the shared database through its cache.
+    let read_store: Option<Arc<dyn RollupRead>> = match (&writer_store, roles.query) {
+        (_, false) => None,
+        (Some(w), true) => Some(w.clone()),
+        (None, true) => {
+            let r = Arc::new(
+                footfall_pg::PgRollupStore::open_reader(
+                    &cfg.store.url,
+                    footfall_pg::ReadCacheOptions {
+                        max_bytes: cfg.store.read_cache_mib << 20,
+                        connections: cfg.store.read_connections,
+                    },
+                )
+                .context("opening the rollup store (store.url)")?,
+            );
+            let ping = r.clone();
+            readiness.push(ReadinessCheck {
+                name: "rollup database",
+                check: Arc::new(move || ping.ping().is_ok()),
+            });
+            Some(r)
+        }
+    };
+
     let settings_cache = cache.clone();
     let settings: SettingsResolver = Arc::new(move |id: &str| {
         let p = settings_cache.property(id).ok().flatten();
@@ -292,49 +380,82 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 .map(|m| m as i64 * 60_000),
         }
     });
-    let settings_for_reprocess = settings.clone();
-    let store_for_reprocess = store.clone();
-    let meta_for_reprocess = meta.clone();
-    let rules_for_reprocess = SessionRules {
+    let session_rules = SessionRules {
         gap_ms: cfg.processor.session_gap_minutes as i64 * 60_000,
         lateness_ms: cfg.processor.lateness_hours as i64 * 3_600_000,
     };
-    let processor = Processor::new(
-        log.clone(),
-        store.clone(),
-        settings,
-        ProcessorOptions {
-            rules: SessionRules {
-                gap_ms: cfg.processor.session_gap_minutes as i64 * 60_000,
-                lateness_ms: cfg.processor.lateness_hours as i64 * 3_600_000,
-            },
-            checkpoint_interval: Duration::from_millis(cfg.processor.checkpoint_interval_ms),
-            ..Default::default()
-        },
-        stats.clone(),
-    )?;
-    let (install_tx, install_rx) = std::sync::mpsc::channel();
-    let mut processor = processor;
-    processor.set_install_channel(install_rx);
-    let archive = admin::open_archive(&cfg)?;
-    let mut archiver =
-        footfall_archive::Archiver::open(archive.clone(), log.clone(), data.join("archive-state"))?;
-    let archived = Arc::new(std::sync::Mutex::new(archiver.offsets()));
-    let seal_interval = config::parse_duration(&cfg.archive.seal_interval)?;
-    let (seal_tx, mut seal_rx) =
-        tokio::sync::mpsc::channel::<footfall_server::reprocess::SealRequest>(16);
     let stop = Arc::new(AtomicBool::new(false));
-    let processor_thread = {
+    let mut processor_thread = None;
+    let mut processor_stats = None;
+    let mut install_tx = None;
+    if let (Some(store), Some(log)) = (&writer_store, &log) {
+        let stats = Arc::new(ProcessorStats::new(log.partitions()));
+        let mut processor = Processor::new(
+            log.clone(),
+            store.clone(),
+            settings.clone(),
+            ProcessorOptions {
+                rules: session_rules,
+                checkpoint_interval: Duration::from_millis(cfg.processor.checkpoint_interval_ms),
+                ..Default::default()
+            },
+            stats.clone(),
+        )?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        processor.set_install_channel(rx);
+        install_tx = Some(tx);
         let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("footfall-processor".into())
-            .spawn(move || {
-                if let Err(e) = processor.run(stop) {
-                    // Crash-only: a supervisor restarts us and we resume from the checkpoint.
-                    tracing::error!(error = %e, "processor failed; exiting");
-                    std::process::exit(1);
-                }
-            })?
+        processor_thread = Some(
+            std::thread::Builder::new()
+                .name("footfall-processor".into())
+                .spawn(move || {
+                    if let Err(e) = processor.run(stop) {
+                        // Crash-only: a supervisor restarts us and we resume from the
+                        // checkpoint.
+                        tracing::error!(error = %e, "processor failed; exiting");
+                        std::process::exit(1);
+                    }
+                })?,
+        );
+        processor_stats = Some((stats, log.clone()));
+    }
+
+    let (seal_tx, seal_rx) =
+        tokio::sync::mpsc::channel::<footfall_server::reprocess::SealRequest>(16);
+    let mut archiver = None;
+    let mut archive = None;
+    if let (true, Some(log)) = (roles.archiver, &log) {
+        let a = admin::open_archive(&cfg)?;
+        archiver = Some(footfall_archive::Archiver::open(
+            a.clone(),
+            log.clone(),
+            data.join("archive-state"),
+        )?);
+        archive = Some(a);
+    }
+    let archived = Arc::new(std::sync::Mutex::new(
+        archiver.as_ref().map(|a| a.offsets()).unwrap_or_default(),
+    ));
+    // Reprocessing rebuilds in this process and hands the range to its processor.
+    let reprocessor = match (&archive, install_tx, &writer_store, &log) {
+        (Some(archive), Some(install_tx), Some(store), Some(log)) => {
+            let meta = meta.clone();
+            Some(Arc::new(footfall_server::reprocess::Reprocessor::new(
+                archive.clone(),
+                seal_tx,
+                install_tx,
+                settings.clone(),
+                store.clone(),
+                log.partitions() as usize,
+                session_rules,
+                Arc::new(move || {
+                    meta.properties()
+                        .map(|ps| ps.into_iter().map(|p| p.tracking_id).collect())
+                        .unwrap_or_default()
+                }),
+            )))
+        }
+        _ => None,
     };
 
     let mut rules = IngestRules::default();
@@ -349,31 +470,18 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .filter_map(|p| p.parse().ok())
         .collect();
     let state = Arc::new(AppState {
-        log: log.clone(),
-        store,
+        log: if roles.collector { log.clone() } else { None },
+        store: read_store,
         cache: cache.clone(),
         clock,
         metrics: Arc::new(Metrics::default()),
-        processor: stats.clone(),
+        processor: processor_stats.clone(),
+        readiness,
         rules,
         accepting: AtomicBool::new(true),
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: cfg.tracker.script_path.clone(),
-        reprocessor: Some(Arc::new(footfall_server::reprocess::Reprocessor::new(
-            archive,
-            seal_tx,
-            install_tx,
-            settings_for_reprocess,
-            store_for_reprocess,
-            log.partitions() as usize,
-            rules_for_reprocess,
-            Arc::new(move || {
-                meta_for_reprocess
-                    .properties()
-                    .map(|ps| ps.into_iter().map(|p| p.tracking_id).collect())
-                    .unwrap_or_default()
-            }),
-        ))),
+        reprocessor,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -385,7 +493,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", cfg.server.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, data_dir = %data.display(), "footfall serving");
+        tracing::info!(%addr, data_dir = %data.display(), roles = ?roles.names(), "footfall serving");
         println!("footfall listening on http://{addr}");
 
         // Metadata changes made by other processes (the CLI) reach the caches.
@@ -398,59 +506,37 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 let _ = tokio::task::spawn_blocking(move || c.refresh()).await;
             }
         });
-        // The archiver seals the log every interval, and at once when reprocessing asks.
-        let archived_w = archived.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut waiting = Vec::new();
-                tokio::select! {
-                    _ = tokio::time::sleep(seal_interval) => {}
-                    Some(req) = seal_rx.recv() => waiting.push(req),
-                }
-                while let Ok(req) = seal_rx.try_recv() {
-                    waiting.push(req);
-                }
-                let r = archiver.seal().await;
-                match &r {
-                    Ok(rep) if rep.events > 0 => {
-                        tracing::debug!(events = rep.events, files = rep.files, "archive sealed")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "archive seal failed; will retry"),
-                }
-                *archived_w.lock().unwrap() = archiver.offsets();
-                for w in waiting {
-                    let _ = w.send(
-                        r.as_ref()
-                            .map(|_| archiver.offsets())
-                            .map_err(|e| e.to_string()),
-                    );
-                }
-            }
-        });
+        if let Some(archiver) = archiver {
+            let seal_interval = config::parse_duration(&cfg.archive.seal_interval)?;
+            tokio::spawn(footfall_archive::seal_loop(
+                archiver,
+                seal_interval,
+                seal_rx,
+                archived.clone(),
+            ));
+        }
         // Retention: only segments both the processor has checkpointed past and the
         // archiver has sealed are removed.
-        let (ret_log, ret_stats, ret_archived) = (log.clone(), stats.clone(), archived.clone());
-        let (max_age, max_bytes) = (
-            Duration::from_secs(cfg.log.retention_hours * 3600),
-            cfg.log.retention_bytes,
-        );
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                t.tick().await;
-                let archived = ret_archived.lock().unwrap().clone();
-                let safe: Vec<u64> = ret_stats
-                    .checkpointed_offsets()
-                    .into_iter()
-                    .zip(archived)
-                    .map(|(a, b)| a.min(b))
-                    .collect();
-                if let Err(e) = ret_log.enforce_retention(&safe, max_age, max_bytes) {
-                    tracing::warn!(error = %e, "log retention failed");
+        if let (Some(log), Some((stats, _))) = (&file_log, &processor_stats) {
+            let (ret_log, ret_stats, ret_archived) = (log.clone(), stats.clone(), archived.clone());
+            let (max_age, max_bytes) = (
+                Duration::from_secs(cfg.log.retention_hours * 3600),
+                cfg.log.retention_bytes,
+            );
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    t.tick().await;
+                    let safe = footfall_log::safe_to_delete(&[
+                        ret_stats.checkpointed_offsets(),
+                        ret_archived.lock().unwrap().clone(),
+                    ]);
+                    if let Err(e) = ret_log.enforce_retention(&safe, max_age, max_bytes) {
+                        tracing::warn!(error = %e, "log retention failed");
+                    }
                 }
-            }
-        });
+            });
+        }
 
         let app = footfall_server::app(state.clone());
         let shutdown_state = state.clone();
@@ -479,10 +565,13 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     // Every acknowledged event is already durable in the log; the processor drains what
     // it has not seen and checkpoints, so a restart has nothing to replay.
     stop.store(true, Ordering::SeqCst);
-    processor_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("processor thread panicked"))?;
-    file_log.close();
+    if let Some(t) = processor_thread {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("processor thread panicked"))?;
+    }
+    if let Some(l) = file_log {
+        l.close();
+    }
     tracing::info!("footfall stopped cleanly");
     Ok(())
 }

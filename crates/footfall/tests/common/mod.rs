@@ -13,10 +13,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_footfall");
 
 /// Runs a CLI command against a data directory and returns its stdout.
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
+    cli_with(data_dir, &[], args)
+}
+
+/// [`cli`] with environment variables (e.g. `FOOTFALL_META__URL` for a shared database).
+pub fn cli_with(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let out = Command::new(BIN)
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run footfall");
     assert!(
@@ -34,8 +40,13 @@ pub struct Site {
 }
 
 pub fn create_site(data_dir: &Path, tz: &str) -> Site {
-    let p: Value = serde_json::from_str(&cli(
+    create_site_with(data_dir, tz, &[])
+}
+
+pub fn create_site_with(data_dir: &Path, tz: &str, env: &[(&str, &str)]) -> Site {
+    let p: Value = serde_json::from_str(&cli_with(
         data_dir,
+        env,
         &[
             "property",
             "create",
@@ -49,8 +60,9 @@ pub fn create_site(data_dir: &Path, tz: &str) -> Site {
     .unwrap();
     let tid = p["tracking_id"].as_str().unwrap().to_string();
     let key = |scope: &str| -> String {
-        let v: Value = serde_json::from_str(&cli(
+        let v: Value = serde_json::from_str(&cli_with(
             data_dir,
+            env,
             &[
                 "key",
                 "create",
@@ -79,10 +91,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with(data_dir, &[], env)
+    }
+
+    /// [`Server::start`] with more `serve` arguments (e.g. `--role query`).
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("--data-dir")
             .arg(data_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"]);
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
         cmd.env("FOOTFALL_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
