@@ -854,6 +854,29 @@ impl EventLog for FileLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Files(tempfile::TempDir);
+
+    impl crate::contract::Harness for Files {
+        fn open(&mut self) -> Arc<dyn EventLog> {
+            Arc::new(
+                FileLog::open(
+                    self.0.path(),
+                    FileLogOptions {
+                        partitions: 3,
+                        segment_bytes: 4096,
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            )
+        }
+    }
+
+    #[test]
+    fn event_log_contract() {
+        crate::contract::run(&mut Files(tempfile::tempdir().unwrap()));
+    }
     use std::io::Write;
     use std::sync::mpsc::channel;
 

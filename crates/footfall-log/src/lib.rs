@@ -6,6 +6,7 @@
 //! satisfies the same contract at scale. This crate knows nothing about events: records
 //! are opaque bytes.
 
+pub mod contract;
 mod file;
 
 pub use file::{FileLog, FileLogOptions};

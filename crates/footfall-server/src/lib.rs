@@ -75,8 +75,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The processor in this process (processor role) and the log it reads.
     pub processor: Option<(Arc<ProcessorStats>, Arc<dyn EventLog>)>,
-    /// What this node's readiness depends on beyond not shutting down: each check is
-    /// named in `/readyz`'s answer when it fails (the log or broker, the database…).
+    /// What this node's readiness depends on beyond not shutting down and its log's
+    /// health: each check is named in `/readyz`'s answer when it fails (a database…).
     pub readiness: Vec<ReadinessCheck>,
     pub rules: IngestRules,
     /// Cleared when shutdown starts: new ingestion gets 503.
@@ -643,7 +643,20 @@ async fn readyz(State(app): State<AppRef>) -> Response {
     if !app.accepting.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down").into_response();
     }
-    let checks = app.readiness.clone();
+    let mut checks = app.readiness.clone();
+    // A collector needs its log, a processor the log it reads.
+    let logs = app
+        .log
+        .iter()
+        .chain(app.processor.iter().map(|(_, l)| l))
+        .take(1);
+    for log in logs {
+        let log = log.clone();
+        checks.push(ReadinessCheck {
+            name: "event log",
+            check: Arc::new(move || log.healthy()),
+        });
+    }
     let failed: Vec<&'static str> = tokio::task::spawn_blocking(move || {
         checks
             .iter()

@@ -182,6 +182,20 @@ pub struct LogConfig {
     pub retention_hours: u64,
     /// Per partition; older processed segments beyond this size are deleted.
     pub retention_bytes: u64,
+    /// Empty: the embedded log under `<data_dir>/log`. `host:port[,…]`: a Kafka-protocol
+    /// broker (builds with the `kafka` feature); partitions are the topic's, and
+    /// retention is the topic's own setting.
+    pub kafka_brokers: String,
+    pub kafka_topic: String,
+    /// How long the producer waits to fill a batch (more: fewer, larger requests and
+    /// that much more latency per acknowledgement).
+    pub kafka_linger_ms: u64,
+    /// Largest batch per partition request.
+    pub kafka_batch_bytes: usize,
+    /// `none`, `gzip`, `snappy` or `lz4`.
+    pub kafka_compression: String,
+    /// A record the broker has not acknowledged within this fails its request with 503.
+    pub kafka_delivery_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +238,12 @@ impl Default for LogConfig {
             segment_bytes: 64 * 1024 * 1024,
             retention_hours: 168,
             retention_bytes: 8 * 1024 * 1024 * 1024,
+            kafka_brokers: String::new(),
+            kafka_topic: "footfall-events".into(),
+            kafka_linger_ms: 5,
+            kafka_batch_bytes: 1024 * 1024,
+            kafka_compression: "lz4".into(),
+            kafka_delivery_timeout_ms: 5000,
         }
     }
 }
@@ -348,6 +368,12 @@ impl Config {
             {
                 bail!("{key} must be empty (embedded) or a postgres:// URL");
             }
+        }
+        if !["none", "gzip", "snappy", "lz4"].contains(&self.log.kafka_compression.as_str()) {
+            bail!("log.kafka_compression must be none, gzip, snappy or lz4");
+        }
+        if !(100..=120_000).contains(&self.log.kafka_delivery_timeout_ms) {
+            bail!("log.kafka_delivery_timeout_ms must be between 100 and 120000");
         }
         if self.store.read_connections == 0 || self.store.read_connections > 64 {
             bail!("store.read_connections must be between 1 and 64");

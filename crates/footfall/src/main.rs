@@ -287,6 +287,46 @@ fn open_writer_store(cfg: &Config) -> anyhow::Result<Arc<dyn RollupStore>> {
     }
 }
 
+/// The log a node appends to or reads; the embedded file log also by its own type, as
+/// the wiring closes it on shutdown and applies retention to it.
+type Logs = (Option<Arc<FileLog>>, Arc<dyn EventLog>);
+
+/// The event log: the embedded file log, or a Kafka-protocol broker.
+fn open_log(cfg: &Config) -> anyhow::Result<Logs> {
+    if cfg.log.kafka_brokers.is_empty() {
+        let f = Arc::new(FileLog::open(
+            cfg.server.data_dir.join("log"),
+            FileLogOptions {
+                partitions: cfg.log.partitions,
+                segment_bytes: cfg.log.segment_bytes,
+                ..Default::default()
+            },
+        )?);
+        return Ok((Some(f.clone()), f));
+    }
+    open_kafka(cfg).map(|l| (None, l))
+}
+
+#[cfg(feature = "kafka")]
+fn open_kafka(cfg: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    let log = footfall_kafka::KafkaLog::open(footfall_kafka::KafkaOptions {
+        brokers: cfg.log.kafka_brokers.clone(),
+        topic: cfg.log.kafka_topic.clone(),
+        linger: Duration::from_millis(cfg.log.kafka_linger_ms),
+        batch_bytes: cfg.log.kafka_batch_bytes,
+        compression: cfg.log.kafka_compression.clone(),
+        delivery_timeout: Duration::from_millis(cfg.log.kafka_delivery_timeout_ms),
+        extra: Vec::new(),
+    })
+    .with_context(|| format!("opening the Kafka log on {}", cfg.log.kafka_brokers))?;
+    Ok(Arc::new(log))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn open_kafka(_: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    bail!("log.kafka_brokers is set, but this footfall was built without Kafka support (cargo build --features kafka)")
+}
+
 fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -297,7 +337,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .init();
     let roles = Roles::parse(&cfg.server.roles)?;
     let shared_store = !cfg.store.url.is_empty();
-    roles.check(false, shared_store)?;
+    roles.check(!cfg.log.kafka_brokers.is_empty(), shared_store)?;
     let data = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     if roles.processor {
@@ -319,26 +359,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         });
     }
 
-    let file_log = if roles.uses_log() {
-        Some(Arc::new(FileLog::open(
-            data.join("log"),
-            FileLogOptions {
-                partitions: cfg.log.partitions,
-                segment_bytes: cfg.log.segment_bytes,
-                ..Default::default()
-            },
-        )?))
+    let (file_log, log) = if roles.uses_log() {
+        let (f, l) = open_log(&cfg)?;
+        (f, Some(l))
     } else {
-        None
+        (None, None)
     };
-    let log: Option<Arc<dyn EventLog>> = file_log.clone().map(|l| l as Arc<dyn EventLog>);
-    if let Some(l) = &log {
-        let l = l.clone();
-        readiness.push(ReadinessCheck {
-            name: "event log",
-            check: Arc::new(move || l.healthy()),
-        });
-    }
 
     let writer_store = if roles.processor {
         Some(open_writer_store(&cfg)?)

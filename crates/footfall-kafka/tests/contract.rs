@@ -1,0 +1,119 @@
+//! The event log contract on a real Kafka-protocol broker: the one `scripts/kafka.sh`
+//! starts, named by `FOOTFALL_TEST_KAFKA` (CI always sets it; without it the tests are
+//! skipped loudly, and fail under CI).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use footfall_kafka::{KafkaLog, KafkaOptions};
+use footfall_log::contract::append;
+use footfall_log::EventLog;
+
+fn broker(test: &str) -> Option<String> {
+    match std::env::var("FOOTFALL_TEST_KAFKA") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("FOOTFALL_TEST_KAFKA is not set under CI: run the tests through scripts/test.sh")
+        }
+        Err(_) => {
+            eprintln!("\n*** SKIPPED {test}: FOOTFALL_TEST_KAFKA is not set (scripts/kafka.sh start) ***\n");
+            None
+        }
+    }
+}
+
+fn fresh_topic(brokers: &str, partitions: u32) -> KafkaOptions {
+    let opts = KafkaOptions {
+        brokers: brokers.to_string(),
+        topic: format!("contract-{}-{}", std::process::id(), rand::random::<u32>()),
+        delivery_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    KafkaLog::create_topic(&opts, partitions, 1).expect("create the test topic");
+    opts
+}
+
+struct Kafka(KafkaOptions);
+
+impl footfall_log::contract::Harness for Kafka {
+    fn open(&mut self) -> Arc<dyn EventLog> {
+        Arc::new(KafkaLog::open(self.0.clone()).expect("open the Kafka log"))
+    }
+}
+
+#[test]
+fn event_log_contract_on_kafka() {
+    let Some(b) = broker("event_log_contract_on_kafka") else {
+        return;
+    };
+    footfall_log::contract::run(&mut Kafka(fresh_topic(&b, 3)));
+}
+
+/// A broker that does not answer fails the append within the delivery timeout — never
+/// a hang, never an acknowledgement.
+#[test]
+fn an_unreachable_broker_fails_appends_in_time() {
+    let opts = KafkaOptions {
+        brokers: "127.0.0.1:1".into(),
+        topic: "none".into(),
+        delivery_timeout: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    assert!(KafkaLog::open(opts).is_err(), "no metadata, no log");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// A broker that goes away after the log opened: appends fail within the delivery
+/// timeout (never a hang, never an acknowledgement) and the log reports itself
+/// unhealthy. Runs its own broker (`FOOTFALL_TEST_TANSU`, the binary `scripts/kafka.sh
+/// install` prints) so it can kill it.
+#[test]
+fn a_broker_that_dies_fails_appends_in_time() {
+    let Some(_) = broker("a_broker_that_dies_fails_appends_in_time") else {
+        return;
+    };
+    let tansu = std::env::var("FOOTFALL_TEST_TANSU")
+        .expect("FOOTFALL_TEST_TANSU names the tansu binary wherever FOOTFALL_TEST_KAFKA is set");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut child = std::process::Command::new(&tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut opts = fresh_topic(&format!("127.0.0.1:{port}"), 2);
+    opts.delivery_timeout = Duration::from_millis(2000);
+    let log = KafkaLog::open(opts).expect("open");
+    append(&log, vec![(0, b"before".to_vec())]).expect("an append while the broker lives");
+    assert!(log.healthy());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = Instant::now();
+    let r = append(&log, vec![(1, b"during".to_vec())]);
+    let took = started.elapsed();
+    assert!(r.is_err(), "no acknowledgement without a broker");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered within the delivery timeout: {took:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(!log.healthy(), "unhealthy without a broker");
+}
