@@ -24,9 +24,22 @@ if ! "$venv/bin/python" -c "import fastavro, moto, ga4mp, segment.analytics, mmd
 fi
 export FOOTFALL_TEST_PYTHON="$venv/bin/python"
 
-cargo build --workspace --all-targets --locked
+# Servers the distributed tests use: Debian's PostgreSQL 15 (a database per test) and a
+# Kafka-protocol broker (tansu, built once from crates.io and kept outside the repo).
+FOOTFALL_TEST_PG_URL=$(scripts/pg.sh start)
+export FOOTFALL_TEST_PG_URL
+FOOTFALL_TEST_TANSU=$(scripts/kafka.sh install)
+export FOOTFALL_TEST_TANSU
+servers="$root/target/test-servers"
+scripts/kafka.sh stop "$servers"
+FOOTFALL_TEST_KAFKA=$(scripts/kafka.sh start "${FOOTFALL_TEST_KAFKA_PORT:-19092}" "$servers")
+export FOOTFALL_TEST_KAFKA
+trap 'scripts/kafka.sh stop "$servers"' EXIT
+
+# Every feature: the Kafka log is built and tested too.
+cargo build --workspace --all-targets --all-features --locked
 set +e
-cargo test --workspace --locked 2>&1 | tee target/test-output.log
+cargo test --workspace --all-features --locked 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
 set -e
 # One plain closing line over all test binaries.

@@ -158,6 +158,84 @@ pub fn safe_to_delete(consumers: &[Vec<Offset>]) -> Vec<Offset> {
         .collect()
 }
 
+/// One partition of a log, seen as a log of one partition (partition 0), for a consumer
+/// that owns only that partition (a processor of a cluster). Appends are refused: this
+/// view is for reading.
+pub struct OnePartition {
+    inner: std::sync::Arc<dyn EventLog>,
+    partition: u32,
+}
+
+impl OnePartition {
+    pub fn new(inner: std::sync::Arc<dyn EventLog>, partition: u32) -> Self {
+        Self { inner, partition }
+    }
+
+    fn check(&self, partition: u32) -> Result<()> {
+        if partition == 0 {
+            Ok(())
+        } else {
+            Err(Error::NoSuchPartition(partition))
+        }
+    }
+}
+
+impl EventLog for OnePartition {
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    fn append(&self, _records: Vec<(u32, Vec<u8>)>, done: AppendCallback) {
+        done(Err(Error::Closed));
+    }
+
+    fn end_offset(&self, partition: u32) -> Offset {
+        if partition == 0 {
+            self.inner.end_offset(self.partition)
+        } else {
+            0
+        }
+    }
+
+    fn start_offset(&self, partition: u32) -> Offset {
+        if partition == 0 {
+            self.inner.start_offset(self.partition)
+        } else {
+            0
+        }
+    }
+
+    fn read(&self, partition: u32, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        self.check(partition)?;
+        self.inner.read(self.partition, from, max_bytes)
+    }
+
+    fn wait_for_append(&self, seen_generation: u64, timeout: Duration) -> u64 {
+        self.inner.wait_for_append(seen_generation, timeout)
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
+
+    fn enforce_retention(
+        &self,
+        _safe: &[Offset],
+        _max_age: Duration,
+        _max_bytes: u64,
+    ) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner.healthy()
+    }
+
+    fn retained_bytes(&self) -> u64 {
+        0
+    }
+}
+
 #[cfg(test)]
 mod retention_tests {
     #[test]

@@ -1,6 +1,7 @@
 //! PostgreSQL implementations of Footfall's shared stores, for running its roles on
 //! several machines: [`PgMeta`] (properties, keys, secrets — the [`MetaStore`] seam) and
-//! [`PgRollupStore`] (rollups, checkpoints — the [`RollupStore`] seam).
+//! [`PgRollupStore`] (rollups, checkpoints — the [`RollupStore`] seam) and [`PgLeases`]
+//! (which processor owns which log partition).
 //!
 //! Only SQL that YugabyteDB's YSQL also accepts is used (docs/DISTRIBUTED.md lists it):
 //! plain tables with primary keys, `BYTEA`, `BIGINT`, `INSERT … ON CONFLICT`, and
@@ -11,13 +12,20 @@
 //! [`RollupStore`]: footfall_store::RollupStore
 
 mod conn;
+mod leases;
 mod meta;
 mod rollup;
 pub mod testing;
 
 pub use conn::Pool;
+pub use leases::PgLeases;
 pub use meta::PgMeta;
 pub use rollup::{PgRollupStore, ReadCacheOptions};
+
+/// The rollup part of a processor that owns every partition of its log (the embedded
+/// file log, with its store in PostgreSQL). Processors of a cluster write part `p` for
+/// log partition `p`, so the two never collide.
+pub const ALL_PARTITIONS_PART: i32 = -1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -105,6 +105,8 @@ type CacheKey = (String, i32, i32);
 
 struct Writer {
     part: i32,
+    /// When set, a checkpoint commits only while this owner holds the part's lease.
+    lease_owner: Option<String>,
     rollups: RwLock<Rollups>,
     loaded: Option<Checkpoint>,
     /// The generation of the part's checkpoint row this writer holds (0: none yet).
@@ -120,9 +122,13 @@ pub struct PgRollupStore {
 
 impl PgRollupStore {
     /// The writer of `part` (a processor): loads that part's checkpoint and rollups.
-    pub fn open_writer(url: &str, part: i32) -> Result<Self, Error> {
+    /// With `lease_owner`, each checkpoint commits only while that owner holds the
+    /// part's lease ([`crate::PgLeases`]), so a processor that lost its partition
+    /// (stalled past its lease) can no longer write it.
+    pub fn open_writer(url: &str, part: i32, lease_owner: Option<String>) -> Result<Self, Error> {
         let pool = Pool::new(url, 1, "rollups-writer")?;
         ensure_schema(&pool, SCHEMA)?;
+        ensure_schema(&pool, crate::leases::SCHEMA)?;
         let (checkpoint, rows, minutes) = pool.call(move |c| {
             let mut t = c
                 .build_transaction()
@@ -189,6 +195,7 @@ impl PgRollupStore {
             pool,
             writer: Some(Writer {
                 part,
+                lease_owner,
                 rollups: RwLock::new(rollups),
                 loaded,
                 generation: Mutex::new(generation),
@@ -438,6 +445,7 @@ impl RollupStore for PgRollupStore {
         let mut generation = w.generation.lock().unwrap();
         let (prev, next) = (*generation, *generation + 1);
         let part = w.part;
+        let owner = w.lease_owner.clone();
         // Encoded under the read lock; the processor (the only writer) is here, so
         // nothing changes until the dirty marks are cleared below.
         let mut days: Vec<(String, i32, Vec<u8>)> = Vec::new();
@@ -463,17 +471,24 @@ impl RollupStore for PgRollupStore {
         let state = processor_state.to_vec();
         let fenced = self.pool.call(move |c| {
             let mut t = c.transaction()?;
+            // The checkpoint row is claimed first: by generation (no other writer
+            // since ours) and, with leases, by the lease (ours, unexpired).
             let claimed = if prev == 0 {
                 t.execute(
-                    "INSERT INTO ff_checkpoints (part, generation, offsets, state) VALUES ($1, $2, $3, $4)
+                    "INSERT INTO ff_checkpoints (part, generation, offsets, state)
+                     SELECT $1, $2, $3, $4
+                     WHERE $5::text IS NULL OR EXISTS (SELECT 1 FROM ff_leases l
+                       WHERE l.part = $1 AND l.owner = $5 AND l.expires_at > now())
                      ON CONFLICT (part) DO NOTHING",
-                    &[&part, &next, &offsets, &state],
+                    &[&part, &next, &offsets, &state, &owner],
                 )?
             } else {
                 t.execute(
                     "UPDATE ff_checkpoints SET generation = $2, offsets = $3, state = $4
-                     WHERE part = $1 AND generation = $5",
-                    &[&part, &next, &offsets, &state, &prev],
+                     WHERE part = $1 AND generation = $5
+                       AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM ff_leases l
+                         WHERE l.part = $1 AND l.owner = $6 AND l.expires_at > now()))",
+                    &[&part, &next, &offsets, &state, &prev, &owner],
                 )?
             };
             if claimed != 1 {
@@ -499,7 +514,7 @@ impl RollupStore for PgRollupStore {
         })?;
         if fenced {
             return Err(footfall_store::Error::Unavailable(format!(
-                "rollup part {part} was checkpointed by another writer since generation {prev}: this one stops"
+                "rollup part {part}: another writer checkpointed it since generation {prev}, or this writer's lease is gone: this one stops"
             )));
         }
         *generation = next;

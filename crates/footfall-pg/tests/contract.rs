@@ -31,7 +31,7 @@ struct Rollups {
 
 impl footfall_store::contract::Harness for Rollups {
     fn open(&mut self) -> Arc<dyn RollupStore> {
-        Arc::new(PgRollupStore::open_writer(&self.url, 0).unwrap())
+        Arc::new(PgRollupStore::open_writer(&self.url, 0, None).unwrap())
     }
 
     fn reader(&mut self) -> Option<Arc<dyn RollupRead>> {
@@ -59,14 +59,14 @@ fn a_replaced_writer_is_fenced_off() {
     let Some(db) = TestDb::create("a_replaced_writer_is_fenced_off") else {
         return;
     };
-    let first = PgRollupStore::open_writer(db.url(), 0).unwrap();
+    let first = PgRollupStore::open_writer(db.url(), 0, None).unwrap();
     first.checkpoint(&[1], b"a").unwrap();
-    let second = PgRollupStore::open_writer(db.url(), 0).unwrap();
+    let second = PgRollupStore::open_writer(db.url(), 0, None).unwrap();
     assert_eq!(second.last_checkpoint().unwrap().offsets, vec![1]);
     second.checkpoint(&[2], b"b").unwrap();
     let err = first.checkpoint(&[3], b"c").unwrap_err();
     assert!(err.to_string().contains("another writer"), "{err}");
-    let third = PgRollupStore::open_writer(db.url(), 0).unwrap();
+    let third = PgRollupStore::open_writer(db.url(), 0, None).unwrap();
     assert_eq!(third.last_checkpoint().unwrap().processor_state, b"b");
 }
 
@@ -79,4 +79,37 @@ fn an_unreachable_database_is_an_error() {
         PgRollupStore::open_reader(url, ReadCacheOptions::default()),
         Err(footfall_pg::Error::Unavailable(_))
     ));
+}
+
+#[test]
+fn leases_contract_on_postgres() {
+    let Some(db) = TestDb::create("leases_contract_on_postgres") else {
+        return;
+    };
+    footfall_store::leases::contract::run(&footfall_pg::PgLeases::open(db.url()).unwrap());
+}
+
+/// With leases, a checkpoint commits only while its writer holds the partition.
+#[test]
+fn checkpoints_need_the_lease() {
+    use footfall_store::leases::Leases;
+    let Some(db) = TestDb::create("checkpoints_need_the_lease") else {
+        return;
+    };
+    let leases = footfall_pg::PgLeases::open(db.url()).unwrap();
+    let a = PgRollupStore::open_writer(db.url(), 3, Some("a".into())).unwrap();
+    assert!(a.checkpoint(&[1], b"x").is_err(), "no lease, no checkpoint");
+    let ttl = std::time::Duration::from_millis(600);
+    assert!(leases.acquire(3, "a", ttl).unwrap());
+    a.checkpoint(&[1], b"a1").unwrap();
+    a.checkpoint(&[2], b"a2").unwrap();
+    // a stalls past its lease; b takes the partition and resumes from a's checkpoint.
+    std::thread::sleep(ttl + std::time::Duration::from_millis(200));
+    assert!(leases.acquire(3, "b", ttl).unwrap());
+    let b = PgRollupStore::open_writer(db.url(), 3, Some("b".into())).unwrap();
+    assert_eq!(b.last_checkpoint().unwrap().processor_state, b"a2");
+    assert!(a.checkpoint(&[3], b"a3").is_err(), "a lost its lease");
+    b.checkpoint(&[3], b"b3").unwrap();
+    let again = PgRollupStore::open_writer(db.url(), 3, None).unwrap();
+    assert_eq!(again.last_checkpoint().unwrap().processor_state, b"b3");
 }

@@ -4,6 +4,7 @@
 //! It depends only on the [`EventLog`] and [`RollupStore`] traits. It must never
 //! acknowledge anything to clients and never write to the log.
 
+pub mod cluster;
 pub mod sessions;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -66,6 +67,10 @@ pub struct ProcessorOptions {
     pub rules: SessionRules,
     pub checkpoint_interval: Duration,
     pub read_batch_bytes: usize,
+    /// On stop, process everything the log holds before the last checkpoint (a server
+    /// shutting down), or checkpoint what is applied at once (a partition handed to
+    /// another processor while events keep coming).
+    pub drain_on_stop: bool,
 }
 
 impl Default for ProcessorOptions {
@@ -74,6 +79,7 @@ impl Default for ProcessorOptions {
             rules: SessionRules::default(),
             checkpoint_interval: Duration::from_secs(5),
             read_batch_bytes: 1024 * 1024,
+            drain_on_stop: true,
         }
     }
 }
@@ -461,7 +467,9 @@ impl Processor {
         let mut generation = self.log.generation();
         loop {
             if stop.load(Ordering::SeqCst) {
-                self.catch_up()?;
+                if self.opts.drain_on_stop {
+                    self.catch_up()?;
+                }
                 self.checkpoint()?;
                 return Ok(());
             }

@@ -9,6 +9,7 @@
 
 pub mod contract;
 pub mod hll;
+pub mod leases;
 pub mod maps;
 pub mod rollup;
 mod snapshot;

@@ -204,6 +204,10 @@ pub struct ProcessorConfig {
     pub session_gap_minutes: u64,
     pub lateness_hours: u64,
     pub checkpoint_interval_ms: u64,
+    /// Processors of a cluster (Kafka log, database store): how long a partition's
+    /// lease lasts without renewal — the longest a killed processor's partitions wait
+    /// before another takes them.
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +258,7 @@ impl Default for ProcessorConfig {
             session_gap_minutes: 30,
             lateness_hours: 72,
             checkpoint_interval_ms: 5000,
+            lease_ms: 10_000,
         }
     }
 }
@@ -400,6 +405,9 @@ impl Config {
         }
         if self.processor.checkpoint_interval_ms < 100 {
             bail!("processor.checkpoint_interval_ms must be at least 100");
+        }
+        if !(1_000..=300_000).contains(&self.processor.lease_ms) {
+            bail!("processor.lease_ms must be between 1000 and 300000");
         }
         if self.ingest.max_events_per_request == 0 || self.ingest.max_body_bytes < 1024 {
             bail!("ingest limits are too small");

@@ -281,8 +281,12 @@ fn open_writer_store(cfg: &Config) -> anyhow::Result<Arc<dyn RollupStore>> {
         )?))
     } else {
         Ok(Arc::new(
-            footfall_pg::PgRollupStore::open_writer(&cfg.store.url, 0)
-                .context("opening the rollup store (store.url)")?,
+            footfall_pg::PgRollupStore::open_writer(
+                &cfg.store.url,
+                footfall_pg::ALL_PARTITIONS_PART,
+                None,
+            )
+            .context("opening the rollup store (store.url)")?,
         ))
     }
 }
@@ -327,6 +331,72 @@ fn open_kafka(_: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
     bail!("log.kafka_brokers is set, but this footfall was built without Kafka support (cargo build --features kafka)")
 }
 
+/// The processor role on a shared log: one processor per partition this node holds the
+/// lease of, each writing its own rollup part (footfall_processor::cluster).
+fn start_partition_processors(
+    cfg: &Config,
+    log: Arc<dyn EventLog>,
+    settings: SettingsResolver,
+    rules: SessionRules,
+    stop: Arc<AtomicBool>,
+    readiness: &mut Vec<ReadinessCheck>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use footfall_processor::cluster;
+    let leases = Arc::new(
+        footfall_pg::PgLeases::open(&cfg.store.url)
+            .context("opening partition leases (store.url)")?,
+    );
+    {
+        let l = leases.clone();
+        readiness.push(ReadinessCheck {
+            name: "partition leases database",
+            check: Arc::new(move || footfall_store::leases::Leases::holders(l.as_ref()).is_ok()),
+        });
+    }
+    let me = format!(
+        "{}-{}-{:08x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "processor".into()),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let url = cfg.store.url.clone();
+    let opts = ProcessorOptions {
+        rules,
+        checkpoint_interval: Duration::from_millis(cfg.processor.checkpoint_interval_ms),
+        drain_on_stop: false,
+        ..Default::default()
+    };
+    let partitions = log.partitions();
+    let ttl = Duration::from_millis(cfg.processor.lease_ms);
+    let owner = me.clone();
+    let start = move |p: u32| -> std::io::Result<cluster::Running> {
+        let store = footfall_pg::PgRollupStore::open_writer(&url, p as i32, Some(owner.clone()))
+            .map_err(std::io::Error::other)?;
+        let processor = Processor::new(
+            Arc::new(footfall_log::OnePartition::new(log.clone(), p)),
+            Arc::new(store),
+            settings.clone(),
+            opts.clone(),
+            Arc::new(ProcessorStats::new(1)),
+        )
+        .map_err(std::io::Error::other)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("processor-p{p}"))
+            .spawn(move || {
+                if let Err(e) = processor.run(s) {
+                    tracing::error!(partition = p, error = %e, "partition processor failed");
+                }
+            })?;
+        Ok(cluster::Running { stop, thread })
+    };
+    tracing::info!(owner = %me, partitions, "processing partitions by lease");
+    Ok(std::thread::Builder::new()
+        .name("partition-coordinator".into())
+        .spawn(move || cluster::run(leases, partitions, me, ttl, stop, start))?)
+}
+
 fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -366,13 +436,16 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         (None, None)
     };
 
-    let writer_store = if roles.processor {
+    // On a shared log, each partition has its own processor and rollup part, owned by
+    // whichever processor holds its lease; on the embedded log, one processor owns all.
+    let partitioned = roles.processor && !cfg.log.kafka_brokers.is_empty();
+    let writer_store = if roles.processor && !partitioned {
         Some(open_writer_store(&cfg)?)
     } else {
         None
     };
     // A query role beside the processor reads the processor's rollups (fresh at once);
-    // alone, it reads the shared database through its cache.
+    // otherwise it reads the shared database through its cache.
     let read_store: Option<Arc<dyn RollupRead>> = match (&writer_store, roles.query) {
         (_, false) => None,
         (Some(w), true) => Some(w.clone()),
@@ -444,6 +517,18 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 })?,
         );
         processor_stats = Some((stats, log.clone()));
+    }
+
+    let mut coordinator = None;
+    if let (true, Some(log)) = (partitioned, &log) {
+        coordinator = Some(start_partition_processors(
+            &cfg,
+            log.clone(),
+            settings.clone(),
+            session_rules,
+            stop.clone(),
+            &mut readiness,
+        )?);
     }
 
     let (seal_tx, seal_rx) =
@@ -594,6 +679,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(t) = processor_thread {
         t.join()
             .map_err(|_| anyhow::anyhow!("processor thread panicked"))?;
+    }
+    if let Some(t) = coordinator {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("partition coordinator panicked"))?;
     }
     if let Some(l) = file_log {
         l.close();

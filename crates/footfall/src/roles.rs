@@ -62,6 +62,12 @@ impl Roles {
                  (its log files are that process's); configure log.kafka_brokers to run them apart"
             );
         }
+        if shared_log && self.processor && !shared_store {
+            bail!(
+                "processors of a shared log take partitions by lease and write their rollups \
+                 to the shared database: set store.url (postgres://…)"
+            );
+        }
         if self.query && !self.processor && !shared_store {
             bail!(
                 "a query node without a processor reads the rollups from the shared database: \
@@ -133,6 +139,10 @@ mod tests {
         let processor = Roles::parse(&["processor"]).unwrap();
         assert!(processor.check(true, false).is_err());
         processor.check(true, true).unwrap();
+        assert!(
+            Roles::ALL.check(true, false).is_err(),
+            "a shared log needs a shared store"
+        );
         Roles::parse(&["collector,processor,archiver"])
             .unwrap()
             .check(false, true)
