@@ -35,6 +35,8 @@ scripts/kafka.sh stop "$servers"
 FOOTFALL_TEST_KAFKA=$(scripts/kafka.sh start "${FOOTFALL_TEST_KAFKA_PORT:-19092}" "$servers")
 export FOOTFALL_TEST_KAFKA
 trap 'scripts/kafka.sh stop "$servers"' EXIT
+# The local cluster test (scripts/cluster.sh: nginx, moto, tansu, PostgreSQL).
+export FOOTFALL_TEST_CLUSTER=1
 
 # Every feature: the Kafka log is built and tested too.
 cargo build --workspace --all-targets --all-features --locked

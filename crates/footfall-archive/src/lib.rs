@@ -135,14 +135,11 @@ impl Archive {
         Ok(n)
     }
 
-    pub async fn read_file(&self, rel_or_full: &str) -> Result<Vec<ArchivedEvent>> {
-        let path =
-            if rel_or_full.starts_with(self.prefix.as_ref()) && !self.prefix.as_ref().is_empty() {
-                Path::from(rel_or_full)
-            } else {
-                self.key(rel_or_full)
-            };
-        let bytes = self.store.get(&path).await?.bytes().await?;
+    /// Reads a file by its name relative to the archive's prefix (as [`Self::list`]
+    /// gives it). A prefix may itself be `events` or look like part of a name, so
+    /// names are never guessed to be full paths.
+    pub async fn read_file(&self, rel: &str) -> Result<Vec<ArchivedEvent>> {
+        let bytes = self.store.get(&self.key(rel)).await?.bytes().await?;
         schema::decode(&bytes)
     }
 
@@ -199,11 +196,16 @@ impl Archive {
         let mut out = Vec::new();
         for m in metas {
             let full = m.location.to_string();
-            let rel = full
-                .strip_prefix(self.prefix.as_ref())
-                .unwrap_or(&full)
-                .trim_start_matches('/')
-                .to_string();
+            // Only a whole leading path component is the prefix.
+            let prefix = self.prefix.as_ref();
+            let rel = if prefix.is_empty() {
+                full.as_str()
+            } else {
+                full.strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .unwrap_or(&full)
+            }
+            .to_string();
             let Some(info) = parse_name(&rel, m.size) else {
                 continue; // not an archive file (e.g. an upload in progress elsewhere)
             };
@@ -460,6 +462,50 @@ pub async fn seal_loop(
                     .map(|_| archiver.offsets())
                     .map_err(|e| e.to_string()),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn event(offset: i64) -> ArchivedEvent {
+        ArchivedEvent {
+            property: "FF-A".into(),
+            received_at: 1,
+            timestamp: 1,
+            visitor: 7,
+            name: "pageview".into(),
+            url: None,
+            referrer: None,
+            title: None,
+            props: Default::default(),
+            revenue: None,
+            interactive: true,
+            user_agent: None,
+            ip_prefix: None,
+            log_partition: 0,
+            log_offset: offset,
+        }
+    }
+
+    /// A prefix that is also the first component of every file name (`events`), and
+    /// one that only starts like it (`ev`): listed names read back.
+    #[tokio::test]
+    async fn files_read_back_under_any_prefix() {
+        for prefix in ["events", "ev", "a/events", ""] {
+            let a = Archive {
+                store: Arc::new(object_store::memory::InMemory::new()),
+                prefix: Path::from(prefix),
+            };
+            let date = NaiveDate::from_ymd_opt(2026, 12, 6).unwrap();
+            let name = Archive::file_name("FF-A", date, 9, 0, 0);
+            a.write_file(&name, &[event(0), event(1)]).await.unwrap();
+            let files = a.list(Some("FF-A"), None).await.unwrap();
+            assert_eq!(files.len(), 1, "prefix {prefix:?}");
+            assert_eq!(files[0].path, name, "prefix {prefix:?}");
+            assert_eq!(a.read_file(&files[0].path).await.unwrap().len(), 2);
         }
     }
 }
