@@ -116,7 +116,7 @@ kafka_brokers = "127.0.0.1:$kafka_port"
 kafka_topic = "footfall-events"
 
 [processor]
-checkpoint_interval_ms = 1000
+checkpoint_interval_ms = 500
 lease_ms = 10000
 
 [meta]
