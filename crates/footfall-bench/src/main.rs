@@ -69,6 +69,10 @@ enum Cmd {
         /// Time zone of the property.
         #[arg(long, default_value = "Asia/Kolkata")]
         timezone: String,
+        /// Read from a Kafka-protocol broker (`host:port`) instead of the file log: the
+        /// data set goes into a new topic of `partitions` partitions first.
+        #[arg(long)]
+        kafka: Option<String>,
     },
     /// Reprocessing throughput: seal the data set into archive files, then time reading
     /// them back and rebuilding rollups (the path `footfall reprocess` takes).
@@ -121,7 +125,8 @@ fn main() -> anyhow::Result<()> {
             data,
             partitions,
             timezone,
-        } => process(&data, partitions, &timezone),
+            kafka,
+        } => process(&data, partitions, &timezone, kafka.as_deref()),
         Cmd::Fill {
             data,
             data_dir,
@@ -176,7 +181,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Appends in batches of 10,000 (one fsync each), returning the count.
-fn fill(log: &FileLog, spec: &DataSpec) -> anyhow::Result<u64> {
+fn fill(log: &dyn EventLog, spec: &DataSpec) -> anyhow::Result<u64> {
     let mut n = 0u64;
     let mut err = None;
     generate(spec, |events| {
@@ -212,11 +217,48 @@ fn temp_log(partitions: u32) -> anyhow::Result<(tempfile::TempDir, Arc<FileLog>)
     Ok((dir, Arc::new(log)))
 }
 
-fn process(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<()> {
-    let (dir, log) = temp_log(partitions)?;
+/// The log `process` reads — the file log, or a new topic on a broker — and a
+/// temporary directory that lives as long as it.
+fn bench_log(
+    partitions: u32,
+    kafka: Option<&str>,
+) -> anyhow::Result<(tempfile::TempDir, Arc<dyn EventLog>)> {
+    match kafka {
+        None => {
+            let (dir, log) = temp_log(partitions)?;
+            Ok((dir, log))
+        }
+        Some(brokers) => Ok((tempfile::tempdir()?, open_kafka(brokers, partitions)?)),
+    }
+}
+
+#[cfg(feature = "kafka")]
+fn open_kafka(brokers: &str, partitions: u32) -> anyhow::Result<Arc<dyn EventLog>> {
+    let opts = footfall_kafka::KafkaOptions {
+        brokers: brokers.into(),
+        topic: format!("bench-{}-{}", std::process::id(), rand::random::<u32>()),
+        delivery_timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    footfall_kafka::KafkaLog::create_topic(&opts, partitions, 1)?;
+    Ok(Arc::new(footfall_kafka::KafkaLog::open(opts)?))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn open_kafka(_: &str, _: u32) -> anyhow::Result<Arc<dyn EventLog>> {
+    anyhow::bail!("built without the `kafka` feature")
+}
+
+fn process(
+    data: &DataArgs,
+    partitions: u32,
+    timezone: &str,
+    kafka: Option<&str>,
+) -> anyhow::Result<()> {
+    let (dir, log) = bench_log(partitions, kafka)?;
     let spec = data.spec()?;
     let t = Instant::now();
-    let n = fill(&log, &spec)?;
+    let n = fill(log.as_ref(), &spec)?;
     let fill_s = t.elapsed().as_secs_f64();
 
     // Baseline: read and decode every record (as the processor does), nothing else.
@@ -260,6 +302,7 @@ fn process(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<(
     let checkpoint_s = t.elapsed().as_secs_f64();
     let log_bytes = log.retained_bytes();
     let out = json!({
+        "log": if kafka.is_some() { "kafka" } else { "file" },
         "events": n,
         "partitions": partitions,
         "fill_seconds": fill_s,
@@ -380,7 +423,7 @@ fn queries(
 fn reprocess(data: &DataArgs, partitions: u32, timezone: &str) -> anyhow::Result<()> {
     let (dir, log) = temp_log(partitions)?;
     let spec = data.spec()?;
-    let n = fill(&log, &spec)?;
+    let n = fill(log.as_ref(), &spec)?;
     let archive = footfall_archive::Archive::local(dir.path().join("archive"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -174,6 +174,7 @@ pub struct KafkaLog {
     /// brokers (tansu 0.6) report a high watermark one past the last *batch's* first
     /// offset; the end is the larger of the two.
     seen_end: Arc<Vec<AtomicU64>>,
+    end_cache: Vec<Mutex<(Option<Instant>, i64)>>,
 }
 
 fn client_config(opts: &KafkaOptions) -> ClientConfig {
@@ -200,6 +201,13 @@ fn consumer(opts: &KafkaOptions) -> Result<BaseConsumer> {
 fn io_error(e: KafkaError) -> Error {
     Error::Io(std::io::Error::other(e.to_string()))
 }
+
+/// How long a read waits for records the broker has but has not sent yet.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// How old a partition's end may be when a read at it answers "nothing more": bounds
+/// the watermark requests of an idle reader to a few a second.
+const END_MAX_AGE: Duration = Duration::from_millis(100);
 
 /// How long metadata and watermark requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -267,6 +275,7 @@ impl KafkaLog {
             healthy: Arc::new(AtomicBool::new(true)),
             last_probe: Mutex::new(None),
             seen_end: Arc::new((0..partitions).map(|_| AtomicU64::new(0)).collect()),
+            end_cache: (0..partitions).map(|_| Mutex::new((None, 0))).collect(),
             opts,
         })
     }
@@ -313,6 +322,19 @@ impl KafkaLog {
             }
         }
         Ok(())
+    }
+
+    /// The partition's end as last asked of the broker (at most [`END_MAX_AGE`] ago),
+    /// or as far as this process has appended or read, whichever is later.
+    fn known_end(&self, partition: u32) -> i64 {
+        let mut cached = self.end_cache[partition as usize].lock().unwrap();
+        if cached.0.is_none_or(|t| t.elapsed() > END_MAX_AGE) {
+            if let Some((_, high)) = self.watermarks(partition) {
+                *cached = (Some(Instant::now()), high);
+            }
+        }
+        let seen = self.seen_end[partition as usize].load(Ordering::Relaxed) as i64;
+        cached.1.max(seen)
     }
 
     /// Waits until every record produced so far is acknowledged (or failed).
@@ -405,11 +427,26 @@ impl EventLog for KafkaLog {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        // Wait briefly for the first record; take what else is already fetched.
+        // Wait briefly for the first record; take what else is already fetched. Empty
+        // means "at the end" (the contract), so with nothing fetched yet, the partition's
+        // end decides whether to keep waiting for records the broker has.
         let mut wait = Duration::from_millis(20);
+        let mut deadline: Option<Instant> = None;
         while bytes < max_bytes {
             let Some(m) = reader.consumer.poll(wait) else {
-                break;
+                if !out.is_empty() {
+                    break;
+                }
+                let end = self.known_end(partition);
+                if reader.position >= end {
+                    break;
+                }
+                let d = *deadline.get_or_insert_with(|| Instant::now() + READ_WAIT);
+                if Instant::now() >= d {
+                    break; // the broker is slow: the caller asks again
+                }
+                wait = Duration::from_millis(20);
+                continue;
             };
             wait = Duration::ZERO;
             let m = m.map_err(io_error)?;

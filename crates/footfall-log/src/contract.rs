@@ -229,6 +229,14 @@ fn concurrent_appends_keep_each_partitions_order(log: Arc<dyn EventLog>) {
 fn records_survive_a_restart(h: &mut dyn Harness, written: &[Vec<Record>]) {
     let log = h.open();
     for (p, recs) in written.iter().enumerate() {
+        // Empty means "at the end": a fresh reader's first read of records that exist
+        // returns some (however long the broker takes to send them).
+        assert!(
+            !log.read(p as u32, recs[0].offset, 64 * 1024)
+                .expect("read")
+                .is_empty(),
+            "records_survive_a_restart: the first read after a restart is not empty"
+        );
         let again = read_all(log.as_ref(), p as u32, recs[0].offset, recs.len());
         assert_eq!(
             again[..recs.len()],
