@@ -276,6 +276,11 @@ def main():
         e = qb.get(eng)
         if e and e["mismatches"]:
             lines += ["", f"Mismatches against {eng}:", ""] + [f"- {m}" for m in e["mismatches"][:20]]
+    # The distributed mode's rows come from their own run (scripts/bench-distributed.sh).
+    dist = "benches/distributed.md"
+    if os.path.exists(dist):
+        lines += ["", "<!-- distributed:begin -->", "## Distributed mode", "",
+                  open(dist).read().strip(), "<!-- distributed:end -->"]
     notes = "benches/NOTES.md"
     if os.path.exists(notes):
         lines += ["", open(notes).read().strip()]

@@ -424,6 +424,8 @@ impl Processor {
             live.hours.retain(|h, _| *h < h1 || *h >= h2);
             live.unfolded.retain(|h| *h < h1 || *h >= h2);
             live.days.retain(|d, _| *d < d1 || *d > d2);
+            // Evicted days of the range are replaced too (never loaded back).
+            live.evicted.retain(|d| *d < d1 || *d > d2);
             for (h, b) in fresh.hours.range(h1..h2) {
                 live.hours.insert(*h, b.clone());
             }

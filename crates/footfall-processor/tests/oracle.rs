@@ -9,7 +9,7 @@ use chrono::{NaiveDate, TimeZone};
 use chrono_tz::Tz;
 use footfall_event::LoggedEvent;
 use footfall_processor::{SessionRules, SessionState};
-use footfall_store::{RollupStore, SnapshotStore};
+use footfall_store::{MemoryBudget, RollupStore, SnapshotStore};
 use footfall_testkit::{check::check_report, local, report, OEvent};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -153,38 +153,62 @@ fn visitor_hash(v: &str) -> u64 {
     })
 }
 
-fn run_case(case: &Case) {
+/// Every clean day leaves memory at each checkpoint: later events (late ones,
+/// retractions) reach days that must be loaded back from their files first.
+const NOTHING_RESIDENT: MemoryBudget = MemoryBudget {
+    resident_bytes: 0,
+    keep_newest_days: 0,
+    read_cache_bytes: 1 << 20,
+};
+
+fn run_case(case: &Case, evicting: bool) {
     let tz: Tz = case.zone.parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = SnapshotStore::open(dir.path()).unwrap();
+    let store = if evicting {
+        SnapshotStore::open_with(dir.path(), NOTHING_RESIDENT).unwrap()
+    } else {
+        SnapshotStore::open(dir.path()).unwrap()
+    };
     let rules = SessionRules::default();
     let partitions = 3;
     let mut state = SessionState::new(partitions);
     let max_ts = case.events.iter().map(|e| e.ts).max().unwrap();
-    // Everything arrives after the latest event time, within the lateness bound.
-    store.update(&mut |rollups| {
-        for (arrival, &i) in case.order.iter().enumerate() {
-            let e = &case.events[i];
-            let visitor = visitor_hash(&e.visitor);
-            let logged = LoggedEvent {
-                property: SITE.into(),
-                received_at: max_ts + 1_000 + arrival as i64,
-                timestamp: e.ts,
-                visitor,
-                name: e.name.clone(),
-                url: e.url.clone(),
-                referrer: e.referrer.clone(),
-                title: None,
-                props: Default::default(),
-                revenue: None,
-                interactive: e.interactive,
-                user_agent: None,
-                ip_prefix: None,
-            };
-            let p = (visitor % partitions as u64) as usize;
-            state.apply(p, &logged.view(), &tz, &rules, rollups);
+    // Everything arrives after the latest event time, within the lateness bound; with
+    // eviction, in slices with a checkpoint after each.
+    let slice = if evicting {
+        case.order.len().div_ceil(4).max(1)
+    } else {
+        case.order.len().max(1)
+    };
+    for (n, chunk) in case.order.chunks(slice).enumerate() {
+        store.update(&mut |rollups| {
+            for (k, &i) in chunk.iter().enumerate() {
+                let arrival = n * slice + k;
+                let e = &case.events[i];
+                let visitor = visitor_hash(&e.visitor);
+                let logged = LoggedEvent {
+                    property: SITE.into(),
+                    received_at: max_ts + 1_000 + arrival as i64,
+                    timestamp: e.ts,
+                    visitor,
+                    name: e.name.clone(),
+                    url: e.url.clone(),
+                    referrer: e.referrer.clone(),
+                    title: None,
+                    props: Default::default(),
+                    revenue: None,
+                    interactive: e.interactive,
+                    user_agent: None,
+                    ip_prefix: None,
+                };
+                let p = (visitor % partitions as u64) as usize;
+                state.apply(p, &logged.view(), &tz, &rules, rollups);
+            }
+        });
+        if evicting {
+            store.checkpoint(&[0], &[]).unwrap();
         }
-    });
+    }
     let from = local(&tz, case.events.iter().map(|e| e.ts).min().unwrap()).date();
     let to = local(&tz, max_ts).date();
     let r = report(&case.events, tz, GAP, from, to);
@@ -208,6 +232,11 @@ proptest! {
 
     #[test]
     fn streaming_equals_batch_oracle(case in case_strategy()) {
-        run_case(&case);
+        run_case(&case, false);
+    }
+
+    #[test]
+    fn streaming_with_days_evicted_equals_batch_oracle(case in case_strategy()) {
+        run_case(&case, true);
     }
 }

@@ -17,10 +17,10 @@ mod snapshot;
 pub use hll::{CountingHll, Hll};
 pub use maps::{IdMap, IdSet, KeyMap};
 pub use rollup::{
-    Bucket, EventStats, LocalDay, LocalHour, MinuteStats, PropertyRollup, Rollups, VisitKey,
-    VisitStats, SEP, VISIT_FIELDS,
+    Bucket, DayData, DayLoader, EventStats, LocalDay, LocalHour, MinuteStats, PropertyRollup,
+    Rollups, VisitKey, VisitStats, SEP, VISIT_FIELDS,
 };
-pub use snapshot::SnapshotStore;
+pub use snapshot::{MemoryBudget, SnapshotStore};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -301,6 +301,41 @@ pub struct PropertyRollup {
     /// The newest hour [`Self::buckets_mut`] has seen (0: none yet).
     #[serde(skip)]
     newest: i64,
+    /// Days kept only in the store's files, not in `days`/`hours` (the embedded store
+    /// evicts cold days to bound its memory). A write to one loads it first, through
+    /// `loader`.
+    #[serde(skip)]
+    pub evicted: BTreeSet<LocalDay>,
+    #[serde(skip)]
+    pub loader: DayLoader,
+}
+
+/// One local day as stored: the day bucket and its hour buckets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DayData {
+    pub day: Bucket,
+    pub hours: Vec<(LocalHour, Bucket)>,
+}
+
+/// Loads an evicted day of one property from where the store keeps it.
+#[derive(Clone, Default)]
+pub struct DayLoader(pub Option<std::sync::Arc<dyn Fn(LocalDay) -> DayData + Send + Sync>>);
+
+impl std::fmt::Debug for DayLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "DayLoader"
+        } else {
+            "NoLoader"
+        })
+    }
+}
+
+/// Loaders do not take part in comparing rollups.
+impl PartialEq for DayLoader {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// All rollups, by tracking id.
@@ -413,8 +448,12 @@ impl PropertyRollup {
     /// to any other hour (a late event) goes to both buckets at once.
     pub fn buckets_mut(&mut self, h: LocalHour) -> (&mut Bucket, Option<&mut Bucket>) {
         // Most writes are to the newest hour and day: the last entries, reached without
-        // comparing keys.
+        // comparing keys. A dirty day is never evicted, so only another day can need
+        // loading.
         if self.dirty_days.last() != Some(&h.day()) {
+            if !self.evicted.is_empty() {
+                self.make_resident(h.day());
+            }
             self.dirty_days.insert(h.day());
         }
         if h.0 > self.newest {
@@ -433,6 +472,40 @@ impl PropertyRollup {
         } else {
             (hour, Some(self.days.entry(h.day()).or_default()))
         }
+    }
+
+    /// Loads an evicted day back (before a write to it).
+    pub fn make_resident(&mut self, day: LocalDay) {
+        if self.evicted.remove(&day) {
+            let loader = self
+                .loader
+                .0
+                .as_ref()
+                .expect("a rollup with evicted days has a loader");
+            let d = loader(day);
+            self.days.insert(day, d.day);
+            self.hours.extend(d.hours);
+        }
+    }
+
+    /// Drops a day from memory, leaving it to the store's files: only a clean day (its
+    /// file holds it) without unfolded hours. Returns whether it was evicted.
+    pub fn evict(&mut self, day: LocalDay) -> bool {
+        if self.dirty_days.contains(&day) || !self.days.contains_key(&day) {
+            return false;
+        }
+        let lo = LocalHour(day.0 as i64 * 24);
+        let hi = LocalHour(day.0 as i64 * 24 + 24);
+        if self.unfolded.range(lo..hi).next().is_some() {
+            return false;
+        }
+        self.days.remove(&day);
+        let hours: Vec<LocalHour> = self.hours.range(lo..hi).map(|(h, _)| *h).collect();
+        for h in hours {
+            self.hours.remove(&h);
+        }
+        self.evicted.insert(day);
+        true
     }
 
     /// Adds an unfolded hour to its day.
@@ -501,11 +574,12 @@ impl PropertyRollup {
         Some(std::borrow::Cow::Owned(b))
     }
 
-    /// The first day with statistics.
+    /// The first day with statistics (in memory or evicted).
     pub fn first_day(&self) -> Option<LocalDay> {
         let d = self.days.keys().next().copied();
         let h = self.unfolded.first().map(|h| h.day());
-        d.into_iter().chain(h).min()
+        let e = self.evicted.first().copied();
+        d.into_iter().chain(h).chain(e).min()
     }
 }
 

@@ -21,12 +21,12 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::rollup::MinuteStats;
+use crate::rollup::{DayData, DayLoader, MinuteStats};
 use std::ops::RangeInclusive;
 
 use crate::{
@@ -62,11 +62,137 @@ struct DayFileRef<'a> {
 /// Where each day lives on disk: (generation, bytes).
 type FileIndex = HashMap<(String, LocalDay), (u64, u64)>;
 
+/// How much of the rollups the embedded store keeps in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryBudget {
+    /// Estimated bytes of resident days (twice their files' size) above which the
+    /// oldest clean days are evicted after each checkpoint.
+    pub resident_bytes: u64,
+    /// The newest days of each property are never evicted (the processor writes
+    /// there; late events reach back `processor.lateness_hours`).
+    pub keep_newest_days: u32,
+    /// Decoded evicted days kept for reads, in estimated bytes.
+    pub read_cache_bytes: u64,
+}
+
+impl MemoryBudget {
+    /// Everything in memory (the store's behaviour before budgets; tests).
+    pub const UNBOUNDED: MemoryBudget = MemoryBudget {
+        resident_bytes: u64::MAX,
+        keep_newest_days: u32::MAX,
+        read_cache_bytes: 0,
+    };
+}
+
+/// In-memory size of a day per byte of its file (postcard is compact; maps and
+/// sketches in memory are not). An estimate, used only to decide evictions.
+const MEMORY_PER_FILE_BYTE: u64 = 2;
+
+/// What loaders and readers share with the store: where files are, and which.
+struct Files {
+    dir: PathBuf,
+    index: RwLock<FileIndex>,
+    /// Decoded evicted days for reads: (property, day) → (generation, day, last use).
+    cache: Mutex<ReadCache>,
+}
+
+#[derive(Default)]
+struct ReadCache {
+    entries: HashMap<(String, LocalDay), (u64, Arc<DayData>, u64, u64)>,
+    bytes: u64,
+    clock: u64,
+    limit: u64,
+}
+
+impl ReadCache {
+    fn get(&mut self, key: &(String, LocalDay), generation: u64) -> Option<Arc<DayData>> {
+        self.clock += 1;
+        let clock = self.clock;
+        match self.entries.get_mut(key) {
+            Some(e) if e.0 == generation => {
+                e.3 = clock;
+                Some(e.1.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, key: (String, LocalDay), generation: u64, d: Arc<DayData>, bytes: u64) {
+        if bytes > self.limit {
+            return;
+        }
+        self.clock += 1;
+        if let Some(old) = self.entries.insert(key, (generation, d, bytes, self.clock)) {
+            self.bytes -= old.2;
+        }
+        self.bytes += bytes;
+        while self.bytes > self.limit {
+            let Some(k) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.3)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(e) = self.entries.remove(&k) {
+                self.bytes -= e.2;
+            }
+        }
+    }
+}
+
+impl Files {
+    /// An evicted day, from the read cache or its file.
+    fn load(&self, prop: &str, day: LocalDay) -> Result<Arc<DayData>> {
+        let key = (prop.to_string(), day);
+        let (generation, bytes) = *self.index.read().unwrap().get(&key).ok_or_else(|| {
+            Error::Corrupt(
+                format!("{}/days/{}", self.dir.display(), property_dir(prop)),
+                format!("no file for evicted day {}", day.0),
+            )
+        })?;
+        if let Some(d) = self.cache.lock().unwrap().get(&key, generation) {
+            return Ok(d);
+        }
+        let f: DayFile = unframe(
+            &SnapshotStore::day_path(&self.dir, prop, day, generation),
+            DAY_MAGIC,
+        )?;
+        let d = Arc::new(DayData {
+            day: f.day,
+            hours: f.hours,
+        });
+        self.cache
+            .lock()
+            .unwrap()
+            .put(key, generation, d.clone(), bytes * MEMORY_PER_FILE_BYTE);
+        Ok(d)
+    }
+
+    /// The loader of one property's evicted days (the processor writes to one). A
+    /// day that cannot be read back is a broken store: the processor must stop rather
+    /// than write that day anew from nothing.
+    fn loader(self: &Arc<Self>, prop: &str) -> DayLoader {
+        let (files, prop) = (self.clone(), prop.to_string());
+        DayLoader(Some(Arc::new(move |day| match files.load(&prop, day) {
+            Ok(d) => (*d).clone(),
+            Err(e) => panic!(
+                "evicted rollup day {} of {prop} cannot be read back: {e}",
+                day.0
+            ),
+        })))
+    }
+}
+
 pub struct SnapshotStore {
     dir: PathBuf,
     rollups: RwLock<Rollups>,
     loaded: Option<Checkpoint>,
-    files: Mutex<(u64, FileIndex)>,
+    files: Arc<Files>,
+    /// The last committed generation; held by a checkpoint from start to end.
+    generation: Mutex<u64>,
+    budget: MemoryBudget,
     bytes: AtomicU64,
 }
 
@@ -91,6 +217,47 @@ fn unframe<T: DeserializeOwned>(path: &Path, magic: &[u8; 8]) -> Result<T> {
         return Err(corrupt("checksum mismatch"));
     }
     postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))
+}
+
+/// Checks a file's header and checksum without decoding it.
+fn verify(path: &Path, magic: &[u8; 8]) -> Result<()> {
+    let data = fs::read(path)?;
+    let corrupt = |why: &str| Error::Corrupt(path.display().to_string(), why.into());
+    if data.len() < 12 || &data[..8] != magic {
+        return Err(corrupt("bad header"));
+    }
+    let crc = u32::from_le_bytes(data[data.len() - 4..].try_into().unwrap());
+    if crc32fast::hash(&data[8..data.len() - 4]) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok(())
+}
+
+/// The days loaded into memory at open: each property's newest days, then the newest
+/// of all until the budget is spent.
+fn resident_at_open(
+    days: &[(String, i32, u64, u64)],
+    budget: MemoryBudget,
+) -> HashSet<(&str, i32)> {
+    let mut newest: HashMap<&str, i32> = HashMap::new();
+    for (p, d, _, _) in days {
+        let e = newest.entry(p.as_str()).or_insert(*d);
+        *e = (*e).max(*d);
+    }
+    let mut order: Vec<&(String, i32, u64, u64)> = days.iter().collect();
+    order.sort_by_key(|(_, d, _, _)| std::cmp::Reverse(*d));
+    let mut out = HashSet::new();
+    let mut spent = 0u64;
+    for (p, d, _, bytes) in order {
+        let keep = budget.keep_newest_days != 0
+            && *d > newest[p.as_str()] - budget.keep_newest_days.min(i32::MAX as u32) as i32;
+        let cost = bytes * MEMORY_PER_FILE_BYTE;
+        if keep || spent.saturating_add(cost) <= budget.resident_bytes {
+            spent = spent.saturating_add(cost);
+            out.insert((p.as_str(), *d));
+        }
+    }
+    out
 }
 
 /// A directory name for a property id (tracking ids are safe; anything else is hex).
@@ -118,8 +285,15 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 impl SnapshotStore {
-    /// Opens the store in `dir`, loading the last checkpoint if there is one.
+    /// Opens the store in `dir` with every day in memory.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, MemoryBudget::UNBOUNDED)
+    }
+
+    /// Opens the store in `dir` at its last checkpoint, keeping in memory what `budget`
+    /// allows: the newest days of each property first. Every file is checked (its
+    /// checksum) either way, so a damaged store refuses to open.
+    pub fn open_with(dir: impl AsRef<Path>, budget: MemoryBudget) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(dir.join("days"))?;
         let _ = fs::remove_file(dir.join("CURRENT.tmp"));
@@ -129,14 +303,20 @@ impl SnapshotStore {
         let (loaded, generation, mut total) = if current.exists() {
             let m: Manifest = unframe(&current, MANIFEST_MAGIC)?;
             let mut total = fs::metadata(&current)?.len();
+            let resident = resident_at_open(&m.days, budget);
             for (prop, day, gen, bytes) in &m.days {
                 let path = Self::day_path(&dir, prop, LocalDay(*day), *gen);
-                let f: DayFile = unframe(&path, DAY_MAGIC)?;
-                let p = rollups.property_mut(prop);
-                p.days.insert(LocalDay(*day), f.day);
-                p.hours.extend(f.hours);
                 index.insert((prop.clone(), LocalDay(*day)), (*gen, *bytes));
                 total += bytes;
+                let p = rollups.property_mut(prop);
+                if resident.contains(&(prop.as_str(), *day)) {
+                    let f: DayFile = unframe(&path, DAY_MAGIC)?;
+                    p.days.insert(LocalDay(*day), f.day);
+                    p.hours.extend(f.hours);
+                } else {
+                    verify(&path, DAY_MAGIC)?;
+                    p.evicted.insert(LocalDay(*day));
+                }
             }
             for (prop, minutes) in m.minutes {
                 rollups.property_mut(&prop).minutes = minutes;
@@ -168,16 +348,86 @@ impl SnapshotStore {
         if loaded.is_none() {
             total = 0;
         }
+        let files = Arc::new(Files {
+            dir: dir.clone(),
+            index: RwLock::new(index),
+            cache: Mutex::new(ReadCache {
+                limit: budget.read_cache_bytes,
+                ..Default::default()
+            }),
+        });
+        for (id, p) in rollups.properties.iter_mut() {
+            if !p.evicted.is_empty() {
+                p.loader = files.loader(id);
+            }
+        }
         Ok(Self {
             dir,
             rollups: RwLock::new(rollups),
             loaded,
-            files: Mutex::new((generation, index)),
+            files,
+            generation: Mutex::new(generation),
+            budget,
             bytes: AtomicU64::new(total),
         })
     }
 
-    fn day_path(dir: &Path, prop: &str, day: LocalDay, gen: u64) -> PathBuf {
+    /// Days in memory and evicted, over all properties (for tests and metrics).
+    pub fn resident_and_evicted_days(&self) -> (usize, usize) {
+        let r = self.rollups.read().unwrap();
+        r.properties.iter().fold((0, 0), |(a, b), (_, p)| {
+            (a + p.days.len(), b + p.evicted.len())
+        })
+    }
+
+    /// After a checkpoint: evicts the oldest clean days while the resident estimate is
+    /// over the budget, keeping each property's newest days.
+    fn evict_over_budget(&self) {
+        if self.budget.resident_bytes == u64::MAX {
+            return;
+        }
+        let index = self.files.index.read().unwrap().clone();
+        let mut r = self.rollups.write().unwrap();
+        let mut resident = 0u64;
+        let mut candidates: Vec<(LocalDay, String)> = Vec::new();
+        for (id, p) in r.properties.iter() {
+            let keep_from = p.days.keys().next_back().map(|d| {
+                d.0.saturating_sub(self.budget.keep_newest_days.saturating_sub(1) as i32)
+            });
+            for d in p.days.keys() {
+                let bytes = index.get(&(id.clone(), *d)).map(|e| e.1).unwrap_or(0);
+                resident += bytes * MEMORY_PER_FILE_BYTE;
+                if keep_from.is_some_and(|k| d.0 < k || self.budget.keep_newest_days == 0) {
+                    candidates.push((*d, id.clone()));
+                }
+            }
+        }
+        if resident <= self.budget.resident_bytes {
+            return;
+        }
+        candidates.sort();
+        let mut evicted = 0usize;
+        for (day, id) in candidates {
+            if resident <= self.budget.resident_bytes {
+                break;
+            }
+            let Some(bytes) = index.get(&(id.clone(), day)).map(|e| e.1) else {
+                continue; // never written: nothing to load it back from
+            };
+            let files = &self.files;
+            let p = r.properties.get_mut(&id).expect("listed above");
+            if p.evict(day) {
+                if p.loader.0.is_none() {
+                    p.loader = files.loader(&id);
+                }
+                resident = resident.saturating_sub(bytes * MEMORY_PER_FILE_BYTE);
+                evicted += 1;
+            }
+        }
+        tracing::debug!(evicted, resident, "rollup days evicted from memory");
+    }
+
+    pub(crate) fn day_path(dir: &Path, prop: &str, day: LocalDay, gen: u64) -> PathBuf {
         dir.join("days")
             .join(property_dir(prop))
             .join(format!("{:+07}-{gen:012}.bin", day.0))
@@ -207,12 +457,60 @@ impl RollupRead for SnapshotStore {
         grain: Grain,
         f: &mut dyn FnMut(&[Part<'_>]),
     ) -> Result<()> {
-        let r = self.rollups.read().unwrap();
-        match r.properties.get(property) {
-            Some(p) => f(&p.scan_parts(days, grain)),
-            None => f(&[]),
+        // Evicted days of the range are loaded without holding the lock (the processor
+        // keeps writing meanwhile); a day evicted in between is loaded on a second try.
+        let mut loaded: BTreeMap<LocalDay, Arc<DayData>> = BTreeMap::new();
+        for _ in 0..4 {
+            let missing: Vec<LocalDay> = {
+                let r = self.rollups.read().unwrap();
+                let Some(p) = r.properties.get(property) else {
+                    f(&[]);
+                    return Ok(());
+                };
+                if days.start() > days.end() {
+                    Vec::new()
+                } else {
+                    p.evicted
+                        .range(days.clone())
+                        .filter(|d| !loaded.contains_key(d))
+                        .copied()
+                        .collect()
+                }
+            };
+            for d in missing {
+                loaded.insert(d, self.files.load(property, d)?);
+            }
+            let r = self.rollups.read().unwrap();
+            let Some(p) = r.properties.get(property) else {
+                f(&[]);
+                return Ok(());
+            };
+            let evicted: Vec<LocalDay> = if days.start() > days.end() {
+                Vec::new()
+            } else {
+                p.evicted.range(days.clone()).copied().collect()
+            };
+            if evicted.iter().any(|d| !loaded.contains_key(d)) {
+                continue;
+            }
+            let mut parts = p.scan_parts(days.clone(), grain);
+            if !evicted.is_empty() {
+                for d in &evicted {
+                    let data = &loaded[d];
+                    match grain {
+                        Grain::Day => parts.push((d.0 as i64, &data.day)),
+                        Grain::Hour => parts.extend(data.hours.iter().map(|(h, b)| (h.0, b))),
+                    }
+                }
+                parts.sort_by_key(|(k, _)| *k);
+            }
+            f(&parts);
+            return Ok(());
         }
-        Ok(())
+        Err(Error::Corrupt(
+            self.dir.display().to_string(),
+            "days kept being evicted during a read".into(),
+        ))
     }
 
     fn minutes(
@@ -240,8 +538,8 @@ impl RollupStore for SnapshotStore {
     }
 
     fn checkpoint(&self, offsets: &[u64], processor_state: &[u8]) -> Result<()> {
-        let mut files = self.files.lock().unwrap();
-        let generation = files.0 + 1;
+        let mut committed = self.generation.lock().unwrap();
+        let generation = *committed + 1;
         let mut written: Vec<((String, LocalDay), u64)> = Vec::new();
         let mut dirs = HashSet::new();
         let minutes;
@@ -274,7 +572,7 @@ impl RollupStore for SnapshotStore {
             sync_dir(d)?;
         }
         sync_dir(&self.dir.join("days"))?;
-        let mut index = files.1.clone();
+        let mut index = self.files.index.read().unwrap().clone();
         let mut superseded = Vec::new();
         for (key, bytes) in &written {
             if let Some((old, _)) = index.insert(key.clone(), (generation, *bytes)) {
@@ -316,7 +614,10 @@ impl RollupStore for SnapshotStore {
             total,
             "rollup checkpoint committed"
         );
-        *files = (generation, index);
+        *self.files.index.write().unwrap() = index;
+        *committed = generation;
+        drop(committed);
+        self.evict_over_budget();
         Ok(())
     }
 
@@ -346,7 +647,12 @@ mod tests {
             "FF-A",
             LocalDay(day)..=LocalDay(day),
             Grain::Day,
-            &mut |parts| out = parts.first().map(|(_, b)| b.events.pageviews),
+            // A day may come as its bucket and unfolded hours: their sum is the day.
+            &mut |parts| {
+                if !parts.is_empty() {
+                    out = Some(parts.iter().map(|(_, b)| b.events.pageviews).sum());
+                }
+            },
         )
         .unwrap();
         out
@@ -363,6 +669,62 @@ mod tests {
     #[test]
     fn rollup_store_contract() {
         crate::contract::run(&mut Embedded(tempfile::tempdir().unwrap()));
+    }
+
+    /// The contract again with a budget that evicts every clean day at each checkpoint
+    /// and opens with none in memory: reads and writes go through the files.
+    struct Evicting(tempfile::TempDir);
+
+    impl crate::contract::Harness for Evicting {
+        fn open(&mut self) -> std::sync::Arc<dyn RollupStore> {
+            std::sync::Arc::new(SnapshotStore::open_with(self.0.path(), NOTHING_RESIDENT).unwrap())
+        }
+    }
+
+    const NOTHING_RESIDENT: MemoryBudget = MemoryBudget {
+        resident_bytes: 0,
+        keep_newest_days: 0,
+        read_cache_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn rollup_store_contract_with_every_clean_day_evicted() {
+        crate::contract::run(&mut Evicting(tempfile::tempdir().unwrap()));
+    }
+
+    #[test]
+    fn evicted_days_are_read_and_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SnapshotStore::open_with(dir.path(), NOTHING_RESIDENT).unwrap();
+        for d in 1..=5 {
+            bump(&s, d, d as u64);
+        }
+        s.checkpoint(&[1], b"").unwrap();
+        let (resident, evicted) = s.resident_and_evicted_days();
+        assert_eq!((resident, evicted), (0, 5), "every clean day evicted");
+        assert_eq!(pageviews(&s, 3), Some(3), "read back from its file");
+        // A write to an evicted day loads it first: the day keeps what it had.
+        s.update(&mut |r| {
+            let (h, d) = r.property_mut("FF-A").buckets_mut(LocalHour(2 * 24 + 7));
+            h.events.pageviews += 10;
+            if let Some(d) = d {
+                d.events.pageviews += 10;
+            }
+        });
+        assert_eq!(pageviews(&s, 2), Some(12));
+        assert_eq!(s.resident_and_evicted_days(), (1, 4));
+        s.checkpoint(&[2], b"").unwrap();
+        // Day 2 holds the property's newest hour, not yet folded: it stays.
+        assert_eq!(s.resident_and_evicted_days(), (1, 4));
+        assert_eq!(pageviews(&s, 2), Some(12));
+        assert_eq!(s.first_day("FF-A").unwrap(), Some(LocalDay(1)));
+        drop(s);
+        // Reopened with everything in memory: the same figures.
+        let s = SnapshotStore::open(dir.path()).unwrap();
+        assert_eq!(s.resident_and_evicted_days(), (5, 0));
+        for (d, want) in [(1, 1), (2, 12), (3, 3), (4, 4), (5, 5)] {
+            assert_eq!(pageviews(&s, d), Some(want), "day {d}");
+        }
     }
 
     #[test]
