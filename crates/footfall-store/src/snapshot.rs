@@ -96,9 +96,12 @@ struct Files {
     cache: Mutex<ReadCache>,
 }
 
+/// A cached day: (generation, the day, estimated bytes, last use).
+type Cached = (u64, Arc<DayData>, u64, u64);
+
 #[derive(Default)]
 struct ReadCache {
-    entries: HashMap<(String, LocalDay), (u64, Arc<DayData>, u64, u64)>,
+    entries: HashMap<(String, LocalDay), Cached>,
     bytes: u64,
     clock: u64,
     limit: u64,
