@@ -37,7 +37,12 @@ pub struct StoreConfig {
     /// Empty: files under `<data_dir>/rollups`. `postgres://…`: a PostgreSQL or
     /// YugabyteDB database shared by processors and query nodes.
     pub url: String,
-    /// Query nodes on a database: memory for cached day rows, in MiB.
+    /// The embedded store: estimated memory for rollup days, in MiB; beyond it the
+    /// oldest days are read from their files when asked for (docs/ARCHITECTURE.md,
+    /// "Memory").
+    pub memory_mib: u64,
+    /// Decoded days kept for reads: days read from files (embedded), day rows read
+    /// from the database (query nodes), in MiB.
     pub read_cache_mib: u64,
     /// Query nodes on a database: connections used for reads.
     pub read_connections: usize,
@@ -47,6 +52,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            memory_mib: 1024,
             read_cache_mib: 256,
             read_connections: 4,
         }

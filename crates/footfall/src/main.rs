@@ -276,8 +276,15 @@ fn key_cmd(cfg: &Config, k: KeyCreate) -> anyhow::Result<()> {
 /// database.
 fn open_writer_store(cfg: &Config) -> anyhow::Result<Arc<dyn RollupStore>> {
     if cfg.store.url.is_empty() {
-        Ok(Arc::new(SnapshotStore::open(
+        let budget = footfall_store::MemoryBudget {
+            resident_bytes: cfg.store.memory_mib << 20,
+            // Late events reach back the lateness bound: those days stay in memory.
+            keep_newest_days: (cfg.processor.lateness_hours / 24 + 2) as u32,
+            read_cache_bytes: cfg.store.read_cache_mib << 20,
+        };
+        Ok(Arc::new(SnapshotStore::open_with(
             cfg.server.data_dir.join("rollups"),
+            budget,
         )?))
     } else {
         Ok(Arc::new(
@@ -508,11 +515,21 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name("footfall-processor".into())
                 .spawn(move || {
-                    if let Err(e) = processor.run(stop) {
-                        // Crash-only: a supervisor restarts us and we resume from the
-                        // checkpoint.
-                        tracing::error!(error = %e, "processor failed; exiting");
-                        std::process::exit(1);
+                    // Crash-only: a supervisor restarts us and we resume from the
+                    // checkpoint — after an error, and after a panic (a rollup day that
+                    // cannot be read back) too, rather than serve without processing.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        processor.run(stop)
+                    })) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "processor failed; exiting");
+                            std::process::exit(1);
+                        }
+                        Err(_) => {
+                            tracing::error!("processor panicked; exiting");
+                            std::process::exit(1);
+                        }
                     }
                 })?,
         );
