@@ -52,7 +52,7 @@ impl Default for KafkaOptions {
         Self {
             brokers: "127.0.0.1:9092".into(),
             topic: "footfall-events".into(),
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(1),
             batch_bytes: 1 << 20,
             compression: "lz4".into(),
             delivery_timeout: Duration::from_secs(5),

@@ -101,7 +101,10 @@ impl Default for ReadCacheOptions {
     }
 }
 
-type CacheKey = (String, i32, i32);
+type CacheKey = (String, i32);
+
+/// The parts of one cached day: (part, generation, row).
+type CachedDay = Arc<Vec<(i32, i64, Arc<DayRow>)>>;
 
 struct Writer {
     part: i32,
@@ -116,7 +119,7 @@ struct Writer {
 pub struct PgRollupStore {
     pool: Pool,
     writer: Option<Writer>,
-    cache: moka::sync::Cache<CacheKey, (i64, Arc<DayRow>)>,
+    cache: moka::sync::Cache<CacheKey, CachedDay>,
     bytes: AtomicU64,
 }
 
@@ -211,14 +214,19 @@ impl PgRollupStore {
         ensure_schema(&pool, SCHEMA)?;
         let cache = moka::sync::Cache::builder()
             .max_capacity(opts.max_bytes)
-            .weigher(|_k: &CacheKey, v: &(i64, Arc<DayRow>)| {
-                // Weighed by the row's bucket count: a fair proxy for its size that is
-                // cheap to compute (buckets hold the maps that make up the size).
-                let entries = v.1.day.pages.len()
-                    + v.1.day.visit_keys.len()
-                    + v.1.day.props.len()
-                    + v.1.hours.len() * 8
-                    + 16;
+            .weigher(|_k: &CacheKey, v: &CachedDay| {
+                // Weighed by the rows' entry counts: a fair proxy for their size that is
+                // cheap to compute (the maps make up the size).
+                let entries: usize = v
+                    .iter()
+                    .map(|(_, _, r)| {
+                        r.day.pages.len()
+                            + r.day.visit_keys.len()
+                            + r.day.props.len()
+                            + r.hours.len() * 8
+                            + 16
+                    })
+                    .sum();
                 (entries * 256).min(u32::MAX as usize) as u32
             })
             .build();
@@ -236,85 +244,79 @@ impl PgRollupStore {
     }
 
     /// Reader: the rows of `days` for `property`, each at its current generation, from
-    /// the cache where it holds that generation.
+    /// the cache where it holds that generation. One statement (one snapshot, one round
+    /// trip): it lists every row of the range with its generation, and sends the body
+    /// only of rows the cache does not hold at that generation.
     fn fetch_days(
         &self,
         property: &str,
         days: RangeInclusive<LocalDay>,
     ) -> Result<Vec<(i32, Arc<DayRow>)>, Error> {
-        let (prop, lo, hi) = (property.to_string(), days.start().0, days.end().0);
-        let cache = self.cache.clone();
-        let rows = self.pool.call(move |c| {
-            let mut t = c
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let versions: Vec<(i32, i32, i64)> = t
-                .query(
-                    "SELECT day, part, generation FROM ff_rollup_days
-                     WHERE property = $1 AND day BETWEEN $2 AND $3 ORDER BY day, part",
-                    &[&prop, &lo, &hi],
-                )?
-                .into_iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect();
-            let mut out: Vec<(i32, i32, i64, Option<Vec<u8>>)> = Vec::new();
-            let mut missing_days: Vec<i32> = Vec::new();
-            for (day, part, gen) in versions {
-                let hit = cache
-                    .get(&(prop.clone(), day, part))
-                    .is_some_and(|(g, _)| g == gen);
-                if !hit && missing_days.last() != Some(&day) {
-                    missing_days.push(day);
+        use postgres::types::Type;
+        let (lo, hi) = (days.start().0, days.end().0);
+        let mut cached: BTreeMap<i32, CachedDay> = BTreeMap::new();
+        let (mut c_day, mut c_part, mut c_gen) = (Vec::new(), Vec::new(), Vec::new());
+        for d in lo..=hi {
+            if let Some(parts) = self.cache.get(&(property.to_string(), d)) {
+                for (part, gen, _) in parts.iter() {
+                    c_day.push(d);
+                    c_part.push(*part);
+                    c_gen.push(*gen);
                 }
-                out.push((day, part, gen, None));
+                cached.insert(d, parts);
             }
-            if !missing_days.is_empty() {
-                let fetched = t.query(
-                    "SELECT day, part, generation, body FROM ff_rollup_days
-                     WHERE property = $1 AND day = ANY($2)",
-                    &[&prop, &missing_days],
-                )?;
-                for r in fetched {
-                    let (day, part, gen): (i32, i32, i64) = (r.get(0), r.get(1), r.get(2));
-                    if let Some(o) = out
-                        .iter_mut()
-                        .find(|o| o.0 == day && o.1 == part && o.2 == gen)
-                    {
-                        o.3 = Some(r.get(3));
-                    }
-                }
-            }
-            t.commit()?;
-            Ok(out)
+        }
+        let prop = property.to_string();
+        let rows: Vec<(i32, i32, i64, Option<Vec<u8>>)> = self.pool.call(move |c| {
+            Ok(c.query_typed(
+                "SELECT r.day, r.part, r.generation,
+                        CASE WHEN EXISTS (SELECT 1 FROM unnest($4::int[], $5::int[], $6::bigint[]) AS c(d, p, g)
+                                          WHERE c.d = r.day AND c.p = r.part AND c.g = r.generation)
+                             THEN NULL ELSE r.body END
+                 FROM ff_rollup_days r
+                 WHERE r.property = $1 AND r.day BETWEEN $2 AND $3
+                 ORDER BY r.day, r.part",
+                &[
+                    (&prop, Type::TEXT),
+                    (&lo, Type::INT4),
+                    (&hi, Type::INT4),
+                    (&c_day, Type::INT4_ARRAY),
+                    (&c_part, Type::INT4_ARRAY),
+                    (&c_gen, Type::INT8_ARRAY),
+                ],
+            )?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
         })?;
         let mut result = Vec::with_capacity(rows.len());
-        for (day, part, gen, body) in rows {
-            let key = (property.to_string(), day, part);
-            let row = match body {
-                Some(b) => {
-                    let row = Arc::new(decode::<DayRow>(&b, "day row")?);
-                    self.cache.insert(key, (gen, row.clone()));
-                    row
-                }
-                None => match self.cache.get(&key) {
-                    Some((g, row)) if g == gen => row,
-                    // Evicted between the two looks: fetch this one alone.
-                    _ => {
-                        let prop = property.to_string();
-                        let b: Vec<u8> = self.pool.call(move |c| {
-                            Ok(c.query_one(
-                                "SELECT body FROM ff_rollup_days WHERE property = $1 AND day = $2 AND part = $3",
-                                &[&prop, &day, &part],
-                            )?
-                            .get(0))
-                        })?;
-                        Arc::new(decode::<DayRow>(&b, "day row")?)
+        let mut day_parts: Vec<(i32, i64, Arc<DayRow>)> = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let day = rows[i].0;
+            day_parts.clear();
+            let mut fetched = false;
+            while i < rows.len() && rows[i].0 == day {
+                let (_, part, gen, body) = &rows[i];
+                let row = match body {
+                    Some(b) => {
+                        fetched = true;
+                        Arc::new(decode::<DayRow>(b, "day row")?)
                     }
-                },
-            };
-            result.push((day, row));
+                    None => cached
+                        .get(&day)
+                        .and_then(|ps| ps.iter().find(|(p, g, _)| p == part && g == gen))
+                        .map(|(_, _, r)| r.clone())
+                        .ok_or_else(|| Error::Corrupt("a cached day row went missing".into()))?,
+                };
+                day_parts.push((*part, *gen, row.clone()));
+                result.push((day, row));
+                i += 1;
+            }
+            if fetched || cached.get(&day).map(|c| c.len()) != Some(day_parts.len()) {
+                self.cache
+                    .insert((property.to_string(), day), Arc::new(day_parts.clone()));
+            }
         }
         Ok(result)
     }
