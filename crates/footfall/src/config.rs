@@ -39,7 +39,8 @@ pub struct StoreConfig {
     pub url: String,
     /// The embedded store: estimated memory for rollup days, in MiB; beyond it the
     /// oldest days are read from their files when asked for (docs/ARCHITECTURE.md,
-    /// "Memory").
+    /// "Memory"). 0: no limit (the default until queries can read evicted days in
+    /// part — at 100 M events a 1 GiB budget made the 30-day dashboard 1.9 s at p99).
     pub memory_mib: u64,
     /// Decoded days kept for reads: days read from files (embedded), day rows read
     /// from the database (query nodes), in MiB.
@@ -52,7 +53,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
-            memory_mib: 1024,
+            memory_mib: 0,
             read_cache_mib: 256,
             read_connections: 4,
         }

@@ -277,7 +277,10 @@ fn key_cmd(cfg: &Config, k: KeyCreate) -> anyhow::Result<()> {
 fn open_writer_store(cfg: &Config) -> anyhow::Result<Arc<dyn RollupStore>> {
     if cfg.store.url.is_empty() {
         let budget = footfall_store::MemoryBudget {
-            resident_bytes: cfg.store.memory_mib << 20,
+            resident_bytes: match cfg.store.memory_mib {
+                0 => u64::MAX,
+                mib => mib << 20,
+            },
             // Late events reach back the lateness bound: those days stay in memory.
             keep_newest_days: (cfg.processor.lateness_hours / 24 + 2) as u32,
             read_cache_bytes: cfg.store.read_cache_mib << 20,
