@@ -85,7 +85,7 @@ impl Pending {
         }
         if let Some(done) = self.done.lock().unwrap().take() {
             self.healthy.store(false, Ordering::Relaxed);
-            done(Err(Error::Poisoned(
+            done(Err(Error::Unavailable(
                 "the broker did not acknowledge in time".into(),
             )));
         }
@@ -104,7 +104,9 @@ impl Pending {
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             let result = match self.error.lock().unwrap().take() {
-                Some(e) => Err(Error::Poisoned(format!("broker did not acknowledge: {e}"))),
+                Some(e) => Err(Error::Unavailable(format!(
+                    "the broker did not acknowledge: {e}"
+                ))),
                 None => {
                     self.generation.fetch_add(1, Ordering::Release);
                     self.healthy.store(true, Ordering::Relaxed);

@@ -42,6 +42,10 @@ pub enum Error {
     Corrupt { partition: u32, offset: Offset },
     #[error("log is closed")]
     Closed,
+    /// A remote log (a broker) did not take the records in time; later appends may
+    /// succeed (unlike [`Error::Poisoned`]).
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// One record read back from the log.

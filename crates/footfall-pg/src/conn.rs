@@ -69,24 +69,34 @@ impl Pool {
         })
     }
 
-    /// Runs `f` on a connection and returns its result. A connection that fails is
-    /// dropped and opened again by the next call.
+    /// Runs `f` on a connection and returns its result. A connection found closed (the
+    /// database restarted, a network cut) is opened again and `f` run once more on the
+    /// new one, so the first call after an outage does not fail for a dead socket. A
+    /// statement that reached the database is not retried for any other error.
     pub fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<R, postgres::Error> + Send + 'static,
+        f: impl Fn(&mut Client) -> Result<R, postgres::Error> + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |client, config| {
             let r = (|| {
-                if client.is_none() {
-                    *client = Some(config.connect(NoTls).map_err(Error::unavailable)?);
+                for attempt in 0..2 {
+                    if client.is_none() {
+                        *client = Some(config.connect(NoTls).map_err(Error::unavailable)?);
+                    }
+                    let c = client.as_mut().expect("connected above");
+                    match f(c) {
+                        Ok(v) => return Ok(v),
+                        Err(e) if c.is_closed() => {
+                            *client = None;
+                            if attempt == 1 {
+                                return Err(Error::from(e));
+                            }
+                        }
+                        Err(e) => return Err(Error::from(e)),
+                    }
                 }
-                let c = client.as_mut().expect("connected above");
-                let r = f(c);
-                if r.is_err() && c.is_closed() {
-                    *client = None;
-                }
-                r.map_err(Error::from)
+                unreachable!("the second attempt returns")
             })();
             let _ = reply.send(r);
         });

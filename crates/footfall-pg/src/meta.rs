@@ -188,14 +188,14 @@ impl MetaStore for PgMeta {
                 let Some(mut p) = row.as_ref().map(row_to_property) else {
                     return Ok(None);
                 };
-                if let Some(n) = name {
-                    p.name = n;
+                if let Some(n) = &name {
+                    p.name = n.clone();
                 }
-                if let Some(tz) = tz {
-                    p.timezone = tz;
+                if let Some(tz) = &tz {
+                    p.timezone = tz.clone();
                 }
-                if let Some(d) = domains {
-                    p.domains = d;
+                if let Some(d) = &domains {
+                    p.domains = d.clone();
                 }
                 if let Some(g) = session_gap_minutes {
                     p.session_gap_minutes = Some(g);
