@@ -7,7 +7,8 @@
 #   scripts/cluster.sh up DIR [--binary PATH] [--partitions N]
 #   scripts/cluster.sh status DIR
 #   scripts/cluster.sh restart DIR NAME      # e.g. processor-1 (after a kill -9)
-#   scripts/cluster.sh down DIR [--purge]   # --purge also drops its database
+#   scripts/cluster.sh down DIR [--purge]   # --purge also drops its database; PostgreSQL is
+#                                           # stopped again if `up` started it
 #
 # `up` installs what is missing (nginx from Debian, tansu and moto into a cache outside
 # the repository), writes DIR/footfall.toml (so `footfall --config DIR/footfall.toml
@@ -82,8 +83,12 @@ up() {
     "$tools/moto/bin/pip" install -q "moto[server]==5.*"
   fi
 
-  # PostgreSQL: one database per cluster directory.
+  # PostgreSQL: one database per cluster directory. If the server was not running,
+  # `down` stops it again.
   local pg db url
+  if ! pg_ctlcluster 15 main status >/dev/null 2>&1; then
+    touch "$dir/pids/postgres-started-here"
+  fi
   pg=$("$root/scripts/pg.sh" start)
   db="ff_cluster_$(echo "$dir" | md5sum | cut -c1-10)"
   su postgres -c "psql -qAt -c \"SELECT 1 FROM pg_database WHERE datname = '$db'\"" | grep -q 1 ||
@@ -224,6 +229,10 @@ down() {
     log "stopped; database $db dropped"
   else
     log "stopped (data kept in $dir and its PostgreSQL database)"
+  fi
+  if [ -f "$dir/pids/postgres-started-here" ]; then
+    "$root/scripts/pg.sh" stop
+    rm -f "$dir/pids/postgres-started-here"
   fi
 }
 

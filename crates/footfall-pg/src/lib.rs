@@ -17,7 +17,8 @@ mod meta;
 mod rollup;
 pub mod testing;
 
-pub use conn::Pool;
+
+
 pub use leases::PgLeases;
 pub use meta::PgMeta;
 pub use rollup::{PgRollupStore, ReadCacheOptions};
