@@ -17,8 +17,6 @@ mod meta;
 mod rollup;
 pub mod testing;
 
-
-
 pub use leases::PgLeases;
 pub use meta::PgMeta;
 pub use rollup::{PgRollupStore, ReadCacheOptions};
