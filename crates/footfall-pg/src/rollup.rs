@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use footfall_store::{
-    Bucket, Checkpoint, Grain, LocalDay, LocalHour, Minute, MinuteStats, Part, PropertyRollup,
-    RollupRead, RollupStore, Rollups,
+    Checkpoint, DayData, Grain, LocalDay, Minute, MinuteStats, Part, RollupRead, RollupStore,
+    Rollups,
 };
 use serde::{Deserialize, Serialize};
 
@@ -62,19 +62,6 @@ CREATE TABLE IF NOT EXISTS ff_checkpoints (
 );
 ";
 
-/// One day row's body.
-#[derive(Serialize, Deserialize)]
-struct DayRow {
-    day: Bucket,
-    hours: Vec<(LocalHour, Bucket)>,
-}
-
-#[derive(Serialize)]
-struct DayRowRef<'a> {
-    day: std::borrow::Cow<'a, Bucket>,
-    hours: Vec<(LocalHour, &'a Bucket)>,
-}
-
 fn encode(v: &impl Serialize) -> Result<Vec<u8>, Error> {
     postcard::to_allocvec(v).map_err(|e| Error::Corrupt(e.to_string()))
 }
@@ -104,7 +91,7 @@ impl Default for ReadCacheOptions {
 type CacheKey = (String, i32);
 
 /// The parts of one cached day: (part, generation, row).
-type CachedDay = Arc<Vec<(i32, i64, Arc<DayRow>)>>;
+type CachedDay = Arc<Vec<(i32, i64, Arc<DayData>)>>;
 
 struct Writer {
     part: i32,
@@ -172,7 +159,7 @@ impl PgRollupStore {
         let mut bytes = 0u64;
         for (property, day, body) in rows {
             bytes += body.len() as u64;
-            let row: DayRow = decode(&body, "day row")?;
+            let row: DayData = decode(&body, "day row")?;
             let p = rollups.property_mut(&property);
             p.days.insert(LocalDay(day), row.day);
             p.hours.extend(row.hours);
@@ -251,7 +238,7 @@ impl PgRollupStore {
         &self,
         property: &str,
         days: RangeInclusive<LocalDay>,
-    ) -> Result<Vec<(i32, Arc<DayRow>)>, Error> {
+    ) -> Result<Vec<(i32, Arc<DayData>)>, Error> {
         use postgres::types::Type;
         let (lo, hi) = (days.start().0, days.end().0);
         let mut cached: BTreeMap<i32, CachedDay> = BTreeMap::new();
@@ -290,7 +277,7 @@ impl PgRollupStore {
             .collect())
         })?;
         let mut result = Vec::with_capacity(rows.len());
-        let mut day_parts: Vec<(i32, i64, Arc<DayRow>)> = Vec::new();
+        let mut day_parts: Vec<(i32, i64, Arc<DayData>)> = Vec::new();
         let mut i = 0;
         while i < rows.len() {
             let day = rows[i].0;
@@ -301,7 +288,7 @@ impl PgRollupStore {
                 let row = match body {
                     Some(b) => {
                         fetched = true;
-                        Arc::new(decode::<DayRow>(b, "day row")?)
+                        Arc::new(decode::<DayData>(b, "day row")?)
                     }
                     None => cached
                         .get(&day)
@@ -419,15 +406,6 @@ impl RollupRead for PgRollupStore {
     }
 }
 
-fn day_row(p: &PropertyRollup, day: LocalDay) -> Option<DayRowRef<'_>> {
-    let lo = LocalHour(day.0 as i64 * 24);
-    let hi = LocalHour(day.0 as i64 * 24 + 24);
-    Some(DayRowRef {
-        day: p.day_view(day)?,
-        hours: p.hours.range(lo..hi).map(|(h, b)| (*h, b)).collect(),
-    })
-}
-
 impl RollupStore for PgRollupStore {
     fn last_checkpoint(&self) -> Option<Checkpoint> {
         self.writer.as_ref().and_then(|w| w.loaded.clone())
@@ -456,7 +434,7 @@ impl RollupStore for PgRollupStore {
             let r = w.rollups.read().unwrap();
             for (prop, p) in r.properties.iter() {
                 for day in &p.dirty_days {
-                    if let Some(row) = day_row(p, *day) {
+                    if let Some(row) = p.day_data(*day) {
                         days.push((prop.clone(), day.0, encode(&row)?));
                     }
                 }

@@ -17,8 +17,8 @@ mod snapshot;
 pub use hll::{CountingHll, Hll};
 pub use maps::{IdMap, IdSet, KeyMap};
 pub use rollup::{
-    Bucket, DayData, DayLoader, EventStats, LocalDay, LocalHour, MinuteStats, PropertyRollup,
-    Rollups, VisitKey, VisitStats, SEP, VISIT_FIELDS,
+    Bucket, DayData, DayDataRef, DayLoader, EventStats, LocalDay, LocalHour, MinuteStats,
+    PropertyRollup, Rollups, VisitKey, VisitStats, SEP, VISIT_FIELDS,
 };
 pub use snapshot::{MemoryBudget, SnapshotStore};
 

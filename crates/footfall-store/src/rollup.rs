@@ -317,6 +317,13 @@ pub struct DayData {
     pub hours: Vec<(LocalHour, Bucket)>,
 }
 
+/// [`DayData`] borrowed from a live rollup, for writing (the same encoding).
+#[derive(Serialize)]
+pub struct DayDataRef<'a> {
+    pub day: std::borrow::Cow<'a, Bucket>,
+    pub hours: Vec<(LocalHour, &'a Bucket)>,
+}
+
 /// Loads an evicted day of one property from where the store keeps it.
 #[derive(Clone, Default)]
 pub struct DayLoader(pub Option<std::sync::Arc<dyn Fn(LocalDay) -> DayData + Send + Sync>>);
@@ -572,6 +579,17 @@ impl PropertyRollup {
             b.merge(p);
         }
         Some(std::borrow::Cow::Owned(b))
+    }
+
+    /// One day as stores keep it: the whole day (its unfolded hours folded in, so that
+    /// a loaded rollup has none) and its hours. None if the day has no statistics.
+    pub fn day_data(&self, day: LocalDay) -> Option<DayDataRef<'_>> {
+        let lo = LocalHour(day.0 as i64 * 24);
+        let hi = LocalHour(day.0 as i64 * 24 + 24);
+        Some(DayDataRef {
+            day: self.day_view(day)?,
+            hours: self.hours.range(lo..hi).map(|(h, b)| (*h, b)).collect(),
+        })
     }
 
     /// The first day with statistics (in memory or evicted).

@@ -30,8 +30,7 @@ use crate::rollup::{DayData, DayLoader, MinuteStats};
 use std::ops::RangeInclusive;
 
 use crate::{
-    Bucket, Checkpoint, Error, Grain, LocalDay, LocalHour, Minute, Part, PropertyRollup, Result,
-    RollupRead, RollupStore, Rollups,
+    Checkpoint, Error, Grain, LocalDay, Minute, Part, Result, RollupRead, RollupStore, Rollups,
 };
 
 const MANIFEST_MAGIC: &[u8; 8] = b"FFMANI02";
@@ -45,18 +44,6 @@ struct Manifest {
     minutes: Vec<(String, BTreeMap<i64, MinuteStats>)>,
     /// (property, local day, generation of its file, file bytes)
     days: Vec<(String, i32, u64, u64)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct DayFile {
-    day: Bucket,
-    hours: Vec<(LocalHour, Bucket)>,
-}
-
-#[derive(Serialize)]
-struct DayFileRef<'a> {
-    day: std::borrow::Cow<'a, Bucket>,
-    hours: Vec<(LocalHour, &'a Bucket)>,
 }
 
 /// Where each day lives on disk: (generation, bytes).
@@ -158,14 +145,10 @@ impl Files {
         if let Some(d) = self.cache.lock().unwrap().get(&key, generation) {
             return Ok(d);
         }
-        let f: DayFile = unframe(
+        let d: Arc<DayData> = Arc::new(unframe(
             &SnapshotStore::day_path(&self.dir, prop, day, generation),
             DAY_MAGIC,
-        )?;
-        let d = Arc::new(DayData {
-            day: f.day,
-            hours: f.hours,
-        });
+        )?);
         self.cache
             .lock()
             .unwrap()
@@ -313,7 +296,7 @@ impl SnapshotStore {
                 total += bytes;
                 let p = rollups.property_mut(prop);
                 if resident.contains(&(prop.as_str(), *day)) {
-                    let f: DayFile = unframe(&path, DAY_MAGIC)?;
+                    let f: DayData = unframe(&path, DAY_MAGIC)?;
                     p.days.insert(LocalDay(*day), f.day);
                     p.hours.extend(f.hours);
                 } else {
@@ -437,16 +420,6 @@ impl SnapshotStore {
     }
 }
 
-fn day_file<'a>(p: &'a PropertyRollup, day: LocalDay) -> Option<DayFileRef<'a>> {
-    let lo = LocalHour(day.0 as i64 * 24);
-    let hi = LocalHour(day.0 as i64 * 24 + 24);
-    Some(DayFileRef {
-        // With its unfolded hours folded in, so that a loaded rollup has none.
-        day: p.day_view(day)?,
-        hours: p.hours.range(lo..hi).map(|(h, b)| (*h, b)).collect(),
-    })
-}
-
 impl RollupRead for SnapshotStore {
     fn first_day(&self, property: &str) -> Result<Option<LocalDay>> {
         let r = self.rollups.read().unwrap();
@@ -551,7 +524,7 @@ impl RollupStore for SnapshotStore {
             let r = self.rollups.read().unwrap();
             for (prop, p) in r.properties.iter() {
                 for day in &p.dirty_days {
-                    let Some(body) = day_file(p, *day) else {
+                    let Some(body) = p.day_data(*day) else {
                         continue;
                     };
                     let data = frame(DAY_MAGIC, &body)?;
@@ -632,6 +605,7 @@ impl RollupStore for SnapshotStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LocalHour;
 
     fn bump(s: &SnapshotStore, day: i32, n: u64) {
         s.update(&mut |r| {
