@@ -189,6 +189,64 @@ pub fn normalise_domains(domains: &[String]) -> Result<Vec<String>> {
         .collect()
 }
 
+/// A new property with a fresh tracking id, its inputs checked (every [`MetaStore`]
+/// creates properties through this).
+pub fn new_property(name: &str, timezone: &str, domains: &[String]) -> Result<Property> {
+    validate_tz(timezone)?;
+    if name.trim().is_empty() {
+        return Err(Error::Invalid("a property needs a name".into()));
+    }
+    Ok(Property {
+        tracking_id: format!("FF-{}", random_string(ID_ALPHABET, 8)),
+        name: name.into(),
+        timezone: timezone.into(),
+        domains: normalise_domains(domains)?,
+        session_gap_minutes: None,
+        created_at: now_text(),
+    })
+}
+
+/// Checks a property's session gap.
+pub fn check_session_gap(minutes: u32) -> Result<u32> {
+    if (1..=24 * 60).contains(&minutes) {
+        Ok(minutes)
+    } else {
+        Err(Error::Invalid(
+            "session gap must be 1 to 1440 minutes".into(),
+        ))
+    }
+}
+
+/// A new API key and its grant (every [`MetaStore`] mints keys through this): admin
+/// keys cover all properties, other keys one that exists.
+pub fn mint_key(
+    tracking_id: &str,
+    scope: Scope,
+    property_exists: bool,
+) -> Result<(String, KeyGrant)> {
+    if scope == Scope::Admin {
+        if tracking_id != ALL_PROPERTIES {
+            return Err(Error::Invalid(
+                "admin keys cover all properties (`*`)".into(),
+            ));
+        }
+    } else if !property_exists {
+        return Err(Error::NoSuchProperty(tracking_id.into()));
+    }
+    let prefix = match scope {
+        Scope::Write => "ffw_",
+        Scope::Read => "ffr_",
+        Scope::Admin => "ffa_",
+    };
+    let key = format!("{prefix}{}", random_string(KEY_ALPHABET, 32));
+    let grant = KeyGrant {
+        key_id: key[..10].to_string(),
+        property: tracking_id.into(),
+        scope,
+    };
+    Ok((key, grant))
+}
+
 impl SqliteMeta {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let conn = Connection::open(path)?;
@@ -256,19 +314,7 @@ pub fn now_text() -> String {
 
 impl MetaStore for SqliteMeta {
     fn create_property(&self, name: &str, timezone: &str, domains: &[String]) -> Result<Property> {
-        validate_tz(timezone)?;
-        if name.trim().is_empty() {
-            return Err(Error::Invalid("a property needs a name".into()));
-        }
-        let domains = normalise_domains(domains)?;
-        let p = Property {
-            tracking_id: format!("FF-{}", random_string(ID_ALPHABET, 8)),
-            name: name.into(),
-            timezone: timezone.into(),
-            domains,
-            session_gap_minutes: None,
-            created_at: now_text(),
-        };
+        let p = new_property(name, timezone, domains)?;
         self.conn.lock().unwrap().execute(
             "INSERT INTO properties (tracking_id, name, timezone, domains, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![p.tracking_id, p.name, p.timezone, p.domains.join(","), p.created_at],
@@ -297,12 +343,7 @@ impl MetaStore for SqliteMeta {
             p.domains = normalise_domains(d)?;
         }
         if let Some(g) = session_gap_minutes {
-            if !(1..=24 * 60).contains(&g) {
-                return Err(Error::Invalid(
-                    "session gap must be 1 to 1440 minutes".into(),
-                ));
-            }
-            p.session_gap_minutes = Some(g);
+            p.session_gap_minutes = Some(check_session_gap(g)?);
         }
         self.conn.lock().unwrap().execute(
             "UPDATE properties SET name = ?2, timezone = ?3, domains = ?4, session_gap_minutes = ?5 WHERE tracking_id = ?1",
@@ -334,26 +375,8 @@ impl MetaStore for SqliteMeta {
     }
 
     fn create_key(&self, tracking_id: &str, scope: Scope) -> Result<(String, KeyGrant)> {
-        if scope == Scope::Admin {
-            if tracking_id != ALL_PROPERTIES {
-                return Err(Error::Invalid(
-                    "admin keys cover all properties (`*`)".into(),
-                ));
-            }
-        } else if self.property(tracking_id)?.is_none() {
-            return Err(Error::NoSuchProperty(tracking_id.into()));
-        }
-        let prefix = match scope {
-            Scope::Write => "ffw_",
-            Scope::Read => "ffr_",
-            Scope::Admin => "ffa_",
-        };
-        let key = format!("{prefix}{}", random_string(KEY_ALPHABET, 32));
-        let grant = KeyGrant {
-            key_id: key[..10].to_string(),
-            property: tracking_id.into(),
-            scope,
-        };
+        let exists = scope == Scope::Admin || self.property(tracking_id)?.is_some();
+        let (key, grant) = mint_key(tracking_id, scope, exists)?;
         self.conn.lock().unwrap().execute(
             "INSERT INTO api_keys (key_hash, key_id, tracking_id, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![hash_key(&key), grant.key_id, tracking_id, scope.as_str(), now_text()],

@@ -2,8 +2,8 @@
 //! every node of a cluster.
 
 use footfall_meta::{
-    hash_key, normalise_domains, now_text, random_string, validate_tz, Error, KeyGrant, MetaStore,
-    Property, PropertyChanges, Result, Scope, ALL_PROPERTIES, ID_ALPHABET, KEY_ALPHABET,
+    check_session_gap, hash_key, mint_key, new_property, normalise_domains, now_text,
+    validate_tz, Error, KeyGrant, MetaStore, Property, PropertyChanges, Result, Scope,
 };
 use postgres::{GenericClient, Row};
 use rand::Rng;
@@ -126,18 +126,7 @@ impl PgMeta {
 
 impl MetaStore for PgMeta {
     fn create_property(&self, name: &str, timezone: &str, domains: &[String]) -> Result<Property> {
-        validate_tz(timezone)?;
-        if name.trim().is_empty() {
-            return Err(Error::Invalid("a property needs a name".into()));
-        }
-        let p = Property {
-            tracking_id: format!("FF-{}", random_string(ID_ALPHABET, 8)),
-            name: name.into(),
-            timezone: timezone.into(),
-            domains: normalise_domains(domains)?,
-            session_gap_minutes: None,
-            created_at: now_text(),
-        };
+        let p = new_property(name, timezone, domains)?;
         let q = p.clone();
         self.pool.call(move |c| {
             let mut t = c.transaction()?;
@@ -161,13 +150,7 @@ impl MetaStore for PgMeta {
         if let Some(tz) = timezone {
             validate_tz(tz)?;
         }
-        if let Some(g) = session_gap_minutes {
-            if !(1..=24 * 60).contains(&g) {
-                return Err(Error::Invalid(
-                    "session gap must be 1 to 1440 minutes".into(),
-                ));
-            }
-        }
+        let session_gap_minutes = session_gap_minutes.map(check_session_gap).transpose()?;
         let domains = domains.map(normalise_domains).transpose()?;
         let (id, name, tz) = (
             tracking_id.to_string(),
@@ -237,26 +220,8 @@ impl MetaStore for PgMeta {
     }
 
     fn create_key(&self, tracking_id: &str, scope: Scope) -> Result<(String, KeyGrant)> {
-        if scope == Scope::Admin {
-            if tracking_id != ALL_PROPERTIES {
-                return Err(Error::Invalid(
-                    "admin keys cover all properties (`*`)".into(),
-                ));
-            }
-        } else if self.property(tracking_id)?.is_none() {
-            return Err(Error::NoSuchProperty(tracking_id.into()));
-        }
-        let prefix = match scope {
-            Scope::Write => "ffw_",
-            Scope::Read => "ffr_",
-            Scope::Admin => "ffa_",
-        };
-        let key = format!("{prefix}{}", random_string(KEY_ALPHABET, 32));
-        let grant = KeyGrant {
-            key_id: key[..10].to_string(),
-            property: tracking_id.into(),
-            scope,
-        };
+        let exists = scope == Scope::Admin || self.property(tracking_id)?.is_some();
+        let (key, grant) = mint_key(tracking_id, scope, exists)?;
         let (hash, key_id, property) =
             (hash_key(&key), grant.key_id.clone(), grant.property.clone());
         self.pool.call(move |c| {
