@@ -16,6 +16,8 @@
 //!   `enforce_retention` deletes nothing. Set the topic's retention longer than the
 //!   processor and archiver can fall behind.
 
+pub mod testing;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

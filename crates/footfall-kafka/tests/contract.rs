@@ -66,46 +66,20 @@ fn an_unreachable_broker_fails_appends_in_time() {
 
 /// A broker that goes away after the log opened: appends fail within the delivery
 /// timeout (never a hang, never an acknowledgement) and the log reports itself
-/// unhealthy. Runs its own broker (`FOOTFALL_TEST_TANSU`, the binary `scripts/kafka.sh
-/// install` prints) so it can kill it.
+/// unhealthy. Runs a broker of its own so that it can kill it.
 #[test]
 fn a_broker_that_dies_fails_appends_in_time() {
-    let Some(_) = broker("a_broker_that_dies_fails_appends_in_time") else {
+    let Some(mut broker) =
+        footfall_kafka::testing::Broker::start("a_broker_that_dies_fails_appends_in_time")
+    else {
         return;
     };
-    let tansu = std::env::var("FOOTFALL_TEST_TANSU")
-        .expect("FOOTFALL_TEST_TANSU names the tansu binary wherever FOOTFALL_TEST_KAFKA is set");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut child = std::process::Command::new(&tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start tansu");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut opts = fresh_topic(&format!("127.0.0.1:{port}"), 2);
+    let mut opts = fresh_topic(&broker.address(), 2);
     opts.delivery_timeout = Duration::from_millis(2000);
     let log = KafkaLog::open(opts).expect("open");
     append(&log, vec![(0, b"before".to_vec())]).expect("an append while the broker lives");
     assert!(log.healthy());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    broker.kill();
     let started = Instant::now();
     let r = append(&log, vec![(1, b"during".to_vec())]);
     let took = started.elapsed();

@@ -2,8 +2,8 @@
 //! every node of a cluster.
 
 use footfall_meta::{
-    check_session_gap, hash_key, mint_key, new_property, normalise_domains, now_text,
-    validate_tz, Error, KeyGrant, MetaStore, Property, PropertyChanges, Result, Scope,
+    check_session_gap, hash_key, mint_key, new_property, normalise_domains, now_text, validate_tz,
+    Error, KeyGrant, MetaStore, Property, PropertyChanges, Result, Scope,
 };
 use postgres::{GenericClient, Row};
 use rand::Rng;

@@ -80,35 +80,7 @@ impl Cluster {
     }
 
     fn site(&self, name: &str, tz: &str) -> Site {
-        let p: Value = serde_json::from_str(&self.cli(&[
-            "property",
-            "create",
-            "--name",
-            name,
-            "--timezone",
-            tz,
-            "--json",
-        ]))
-        .unwrap();
-        let id = p["tracking_id"].as_str().unwrap().to_string();
-        let key = |scope: &str| {
-            let v: Value = serde_json::from_str(&self.cli(&[
-                "key",
-                "create",
-                "--property",
-                &id,
-                "--scope",
-                scope,
-                "--json",
-            ]))
-            .unwrap();
-            v["key"].as_str().unwrap().to_string()
-        };
-        Site {
-            read_key: key("read"),
-            write_key: key("write"),
-            tracking_id: id,
-        }
+        create_site_by(|args| self.cli(args), name, tz)
     }
 }
 

@@ -44,35 +44,33 @@ pub fn create_site(data_dir: &Path, tz: &str) -> Site {
 }
 
 pub fn create_site_with(data_dir: &Path, tz: &str, env: &[(&str, &str)]) -> Site {
-    let p: Value = serde_json::from_str(&cli_with(
-        data_dir,
-        env,
-        &[
-            "property",
-            "create",
-            "--name",
-            "Test shop",
-            "--timezone",
-            tz,
-            "--json",
-        ],
-    ))
+    create_site_by(|args| cli_with(data_dir, env, args), "Test shop", tz)
+}
+
+/// A property with a read and a write key, made by `run` (a CLI invocation that
+/// returns stdout: against a data directory, or `--config` of a cluster).
+pub fn create_site_by(run: impl Fn(&[&str]) -> String, name: &str, tz: &str) -> Site {
+    let p: Value = serde_json::from_str(&run(&[
+        "property",
+        "create",
+        "--name",
+        name,
+        "--timezone",
+        tz,
+        "--json",
+    ]))
     .unwrap();
     let tid = p["tracking_id"].as_str().unwrap().to_string();
     let key = |scope: &str| -> String {
-        let v: Value = serde_json::from_str(&cli_with(
-            data_dir,
-            env,
-            &[
-                "key",
-                "create",
-                "--property",
-                &tid,
-                "--scope",
-                scope,
-                "--json",
-            ],
-        ))
+        let v: Value = serde_json::from_str(&run(&[
+            "key",
+            "create",
+            "--property",
+            &tid,
+            "--scope",
+            scope,
+            "--json",
+        ]))
         .unwrap();
         v["key"].as_str().unwrap().to_string()
     };
