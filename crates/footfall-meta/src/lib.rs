@@ -206,6 +206,52 @@ pub fn new_property(name: &str, timezone: &str, domains: &[String]) -> Result<Pr
     })
 }
 
+/// [`PropertyChanges`] checked and owned, so that a store may apply them where it
+/// reads the row (inside a transaction, say).
+#[derive(Debug, Clone, Default)]
+pub struct CheckedChanges {
+    name: Option<String>,
+    timezone: Option<String>,
+    domains: Option<Vec<String>>,
+    session_gap_minutes: Option<u32>,
+}
+
+impl PropertyChanges<'_> {
+    /// Checks every value a change names (every [`MetaStore`] goes through this).
+    pub fn check(&self) -> Result<CheckedChanges> {
+        if let Some(tz) = self.timezone {
+            validate_tz(tz)?;
+        }
+        Ok(CheckedChanges {
+            name: self.name.map(String::from),
+            timezone: self.timezone.map(String::from),
+            domains: self.domains.map(normalise_domains).transpose()?,
+            session_gap_minutes: self
+                .session_gap_minutes
+                .map(check_session_gap)
+                .transpose()?,
+        })
+    }
+}
+
+impl CheckedChanges {
+    /// Sets the fields the change names.
+    pub fn apply(&self, p: &mut Property) {
+        if let Some(n) = &self.name {
+            p.name = n.clone();
+        }
+        if let Some(tz) = &self.timezone {
+            p.timezone = tz.clone();
+        }
+        if let Some(d) = &self.domains {
+            p.domains = d.clone();
+        }
+        if self.session_gap_minutes.is_some() {
+            p.session_gap_minutes = self.session_gap_minutes;
+        }
+    }
+}
+
 /// Checks a property's session gap.
 pub fn check_session_gap(minutes: u32) -> Result<u32> {
     if (1..=24 * 60).contains(&minutes) {
@@ -323,28 +369,11 @@ impl MetaStore for SqliteMeta {
     }
 
     fn update_property(&self, tracking_id: &str, changes: PropertyChanges<'_>) -> Result<Property> {
-        let PropertyChanges {
-            name,
-            timezone,
-            domains,
-            session_gap_minutes,
-        } = changes;
+        let changes = changes.check()?;
         let mut p = self
             .property(tracking_id)?
             .ok_or_else(|| Error::NoSuchProperty(tracking_id.into()))?;
-        if let Some(tz) = timezone {
-            validate_tz(tz)?;
-            p.timezone = tz.into();
-        }
-        if let Some(n) = name {
-            p.name = n.into();
-        }
-        if let Some(d) = domains {
-            p.domains = normalise_domains(d)?;
-        }
-        if let Some(g) = session_gap_minutes {
-            p.session_gap_minutes = Some(check_session_gap(g)?);
-        }
+        changes.apply(&mut p);
         self.conn.lock().unwrap().execute(
             "UPDATE properties SET name = ?2, timezone = ?3, domains = ?4, session_gap_minutes = ?5 WHERE tracking_id = ?1",
             params![p.tracking_id, p.name, p.timezone, p.domains.join(","), p.session_gap_minutes],

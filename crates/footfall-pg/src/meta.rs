@@ -2,8 +2,8 @@
 //! every node of a cluster.
 
 use footfall_meta::{
-    check_session_gap, hash_key, mint_key, new_property, normalise_domains, now_text, validate_tz,
-    Error, KeyGrant, MetaStore, Property, PropertyChanges, Result, Scope,
+    hash_key, mint_key, new_property, now_text, Error, KeyGrant, MetaStore, Property,
+    PropertyChanges, Result, Scope,
 };
 use postgres::{GenericClient, Row};
 use rand::Rng;
@@ -141,22 +141,8 @@ impl MetaStore for PgMeta {
     }
 
     fn update_property(&self, tracking_id: &str, changes: PropertyChanges<'_>) -> Result<Property> {
-        let PropertyChanges {
-            name,
-            timezone,
-            domains,
-            session_gap_minutes,
-        } = changes;
-        if let Some(tz) = timezone {
-            validate_tz(tz)?;
-        }
-        let session_gap_minutes = session_gap_minutes.map(check_session_gap).transpose()?;
-        let domains = domains.map(normalise_domains).transpose()?;
-        let (id, name, tz) = (
-            tracking_id.to_string(),
-            name.map(String::from),
-            timezone.map(String::from),
-        );
+        let changes = changes.check()?;
+        let id = tracking_id.to_string();
         // Read and write in one transaction, the row locked, so two concurrent updates
         // of different fields both land.
         self.pool
@@ -171,18 +157,7 @@ impl MetaStore for PgMeta {
                 let Some(mut p) = row.as_ref().map(row_to_property) else {
                     return Ok(None);
                 };
-                if let Some(n) = &name {
-                    p.name = n.clone();
-                }
-                if let Some(tz) = &tz {
-                    p.timezone = tz.clone();
-                }
-                if let Some(d) = &domains {
-                    p.domains = d.clone();
-                }
-                if let Some(g) = session_gap_minutes {
-                    p.session_gap_minutes = Some(g);
-                }
+                changes.apply(&mut p);
                 t.execute(
                     "UPDATE ff_properties SET name = $2, timezone = $3, domains = $4, session_gap_minutes = $5 WHERE tracking_id = $1",
                     &[

@@ -312,8 +312,7 @@ impl PgRollupStore {
 impl RollupRead for PgRollupStore {
     fn first_day(&self, property: &str) -> footfall_store::Result<Option<LocalDay>> {
         if let Some(w) = &self.writer {
-            let r = w.rollups.read().unwrap();
-            return Ok(r.properties.get(property).and_then(|p| p.first_day()));
+            return Ok(w.rollups.read().unwrap().first_day_of(property));
         }
         let prop = property.to_string();
         let d: Option<i32> = self.pool.call(move |c| {
@@ -334,11 +333,10 @@ impl RollupRead for PgRollupStore {
         f: &mut dyn FnMut(&[Part<'_>]),
     ) -> footfall_store::Result<()> {
         if let Some(w) = &self.writer {
-            let r = w.rollups.read().unwrap();
-            match r.properties.get(property) {
-                Some(p) => f(&p.scan_parts(days, grain)),
-                None => f(&[]),
-            }
+            w.rollups
+                .read()
+                .unwrap()
+                .scan_into(property, days, grain, f);
             return Ok(());
         }
         if days.start() > days.end() {
@@ -372,11 +370,7 @@ impl RollupRead for PgRollupStore {
         f: &mut dyn FnMut(&[Minute<'_>]),
     ) -> footfall_store::Result<()> {
         if let Some(w) = &self.writer {
-            let r = w.rollups.read().unwrap();
-            match r.properties.get(property) {
-                Some(p) => f(&p.minute_parts(minutes)),
-                None => f(&[]),
-            }
+            w.rollups.read().unwrap().minutes_into(property, minutes, f);
             return Ok(());
         }
         let prop = property.to_string();

@@ -122,6 +122,38 @@ pub trait RollupStore: RollupRead {
     fn checkpoint_bytes(&self) -> u64;
 }
 
+/// [`RollupRead`] over rollups held in memory, for the stores that hold them.
+impl Rollups {
+    pub fn first_day_of(&self, property: &str) -> Option<LocalDay> {
+        self.properties.get(property).and_then(|p| p.first_day())
+    }
+
+    pub fn scan_into(
+        &self,
+        property: &str,
+        days: std::ops::RangeInclusive<LocalDay>,
+        grain: Grain,
+        f: &mut dyn FnMut(&[Part<'_>]),
+    ) {
+        match self.properties.get(property) {
+            Some(p) => f(&p.scan_parts(days, grain)),
+            None => f(&[]),
+        }
+    }
+
+    pub fn minutes_into(
+        &self,
+        property: &str,
+        minutes: std::ops::RangeInclusive<i64>,
+        f: &mut dyn FnMut(&[Minute<'_>]),
+    ) {
+        match self.properties.get(property) {
+            Some(p) => f(&p.minute_parts(minutes)),
+            None => f(&[]),
+        }
+    }
+}
+
 impl PropertyRollup {
     /// [`RollupRead::scan`] over this in-memory rollup: days as their day bucket and
     /// unfolded hours, hours as their hour buckets (which hold every hour).

@@ -422,8 +422,7 @@ impl SnapshotStore {
 
 impl RollupRead for SnapshotStore {
     fn first_day(&self, property: &str) -> Result<Option<LocalDay>> {
-        let r = self.rollups.read().unwrap();
-        Ok(r.properties.get(property).and_then(|p| p.first_day()))
+        Ok(self.rollups.read().unwrap().first_day_of(property))
     }
 
     fn scan(
@@ -495,11 +494,10 @@ impl RollupRead for SnapshotStore {
         minutes: RangeInclusive<i64>,
         f: &mut dyn FnMut(&[Minute<'_>]),
     ) -> Result<()> {
-        let r = self.rollups.read().unwrap();
-        match r.properties.get(property) {
-            Some(p) => f(&p.minute_parts(minutes)),
-            None => f(&[]),
-        }
+        self.rollups
+            .read()
+            .unwrap()
+            .minutes_into(property, minutes, f);
         Ok(())
     }
 }
