@@ -119,6 +119,8 @@ shutdown_timeout_secs = 10
 [log]
 kafka_brokers = "127.0.0.1:$kafka_port"
 kafka_topic = "footfall-events"
+# tansu holds fetches for this long even with records to send (docs/DISTRIBUTED.md).
+kafka_fetch_wait_ms = 10
 
 [processor]
 checkpoint_interval_ms = 500

@@ -181,23 +181,39 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Appends in batches of 10,000 (one fsync each), returning the count.
+/// Appends the data set as collectors do: batched requests of `FILL_BATCH` events,
+/// `FILL_IN_FLIGHT` at a time (what a log packs per append decides how it reads back).
 fn fill(log: &dyn EventLog, spec: &DataSpec) -> anyhow::Result<u64> {
+    const FILL_BATCH: usize = 100;
+    const FILL_IN_FLIGHT: usize = 64;
     let mut n = 0u64;
     let mut err = None;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut in_flight = 0usize;
+    let wait_one = |in_flight: &mut usize, err: &mut Option<footfall_log::Error>| {
+        if let Err(e) = rx.recv().expect("every append is answered") {
+            err.get_or_insert(e);
+        }
+        *in_flight -= 1;
+    };
     generate(spec, |events| {
-        for chunk in events.chunks(10_000) {
+        for chunk in events.chunks(FILL_BATCH) {
             let recs: Vec<(u32, Vec<u8>)> = chunk
                 .iter()
                 .map(|e| (partition_for(e.visitor, log.partitions()), e.encode()))
                 .collect();
             n += recs.len() as u64;
-            let (tx, rx) = std::sync::mpsc::channel();
+            let tx = tx.clone();
             log.append(recs, Box::new(move |r| tx.send(r).unwrap()));
-            if let Err(e) = rx.recv().unwrap() {
-                err = Some(e);
+            in_flight += 1;
+            if in_flight >= FILL_IN_FLIGHT {
+                wait_one(&mut in_flight, &mut err);
             }
         }
     });
+    while in_flight > 0 {
+        wait_one(&mut in_flight, &mut err);
+    }
     match err {
         Some(e) => Err(e.into()),
         None => Ok(n),
@@ -238,6 +254,8 @@ fn open_kafka(brokers: &str, partitions: u32) -> anyhow::Result<Arc<dyn EventLog
         brokers: brokers.into(),
         topic: format!("bench-{}-{}", std::process::id(), rand::random::<u32>()),
         delivery_timeout: std::time::Duration::from_secs(60),
+        // As scripts/cluster.sh sets for tansu (docs/DISTRIBUTED.md).
+        fetch_wait: std::time::Duration::from_millis(10),
         ..Default::default()
     };
     footfall_kafka::KafkaLog::create_topic(&opts, partitions, 1)?;

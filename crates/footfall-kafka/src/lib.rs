@@ -1,21 +1,25 @@
 //! [`EventLog`] on the Kafka protocol (Apache Kafka, Redpanda, tansu, or any compatible
 //! broker), through librdkafka.
 //!
-//! - **Append**: each record is produced to the partition the collector chose (by
-//!   visitor, as with the embedded log), by an idempotent producer with `acks=all`, so
-//!   a broker retry neither duplicates nor reorders a partition's records. The append's
-//!   callback gets `Ok` only when the broker acknowledged every record of the call; a
-//!   record the broker did not take within `delivery_timeout` fails the whole call, and
-//!   the collector answers 503 (the client retries; records of the call that did land
-//!   are counted again, as with any at-least-once collector).
+//! - **Append**: the records of one call that go to one partition (chosen by the
+//!   collector, by visitor, as with the embedded log) are packed into one message, a
+//!   [`frame`], and produced by an idempotent producer with `acks=all`, so a broker
+//!   retry neither duplicates nor reorders a partition's records. The append's callback
+//!   gets `Ok` only when the broker acknowledged every message of the call; a message
+//!   the broker did not take within `delivery_timeout` fails the whole call, and the
+//!   collector answers 503 (the client retries; records of the call that did land are
+//!   counted again, as with any at-least-once collector).
 //! - **Read**: one consumer per partition, assigned by hand at the offset asked for (no
 //!   consumer group: which node processes which partition is decided above the log).
 //!   Consumers see only records replicated to every in-sync replica, so a record is
-//!   readable only once it is durable. Offsets are Kafka's: `next = offset + 1`.
+//!   readable only once it is durable. A record's offset is its message's Kafka offset
+//!   and its index in the frame ([`frame::offset`]); a read returns whole frames (the
+//!   first one from the record asked for), so it may pass `max_bytes` by one frame.
 //! - **Retention** is the topic's (`retention.ms`, `retention.bytes` on the broker):
 //!   `enforce_retention` deletes nothing. Set the topic's retention longer than the
 //!   processor and archiver can fall behind.
 
+pub mod frame;
 pub mod testing;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +49,10 @@ pub struct KafkaOptions {
     /// A record not acknowledged by the broker within this fails its append
     /// (`message.timeout.ms`): the collector answers 503 inside its request timeout.
     pub delivery_timeout: Duration,
+    /// How long the broker may hold a fetch that has nothing to return yet
+    /// (`fetch.wait.max.ms`). With tansu 0.6 it also bounds how fast a partition is
+    /// read back (see docs/DISTRIBUTED.md), so the cluster script sets 10 ms.
+    pub fetch_wait: Duration,
     /// Extra librdkafka settings (`security.protocol`, `sasl.*`, …).
     pub extra: Vec<(String, String)>,
 }
@@ -58,6 +66,7 @@ impl Default for KafkaOptions {
             batch_bytes: 1 << 20,
             compression: "lz4".into(),
             delivery_timeout: Duration::from_secs(5),
+            fetch_wait: Duration::from_millis(100),
             extra: Vec::new(),
         }
     }
@@ -66,7 +75,8 @@ impl Default for KafkaOptions {
 /// One append call waiting for its records' acknowledgements.
 struct Pending {
     remaining: AtomicUsize,
-    partitions: Vec<u32>,
+    /// Per message produced: its partition and the indices of the call's records in it.
+    frames: Vec<(u32, Vec<usize>)>,
     seen_end: Arc<Vec<AtomicU64>>,
     offsets: Mutex<Vec<Offset>>,
     error: Mutex<Option<String>>,
@@ -94,11 +104,16 @@ impl Pending {
         true
     }
 
-    fn record_done(&self, index: usize, r: std::result::Result<Offset, String>) {
+    /// Message `index` of the call was acknowledged at Kafka offset `r`, or failed.
+    fn message_done(&self, index: usize, r: std::result::Result<i64, String>) {
         match r {
             Ok(o) => {
-                self.offsets.lock().unwrap()[index] = o;
-                self.seen_end[self.partitions[index] as usize].fetch_max(o + 1, Ordering::Relaxed);
+                let (partition, records) = &self.frames[index];
+                let mut offsets = self.offsets.lock().unwrap();
+                for (j, &i) in records.iter().enumerate() {
+                    offsets[i] = frame::offset(o, j);
+                }
+                self.seen_end[*partition as usize].fetch_max(o as u64 + 1, Ordering::Relaxed);
             }
             Err(e) => {
                 self.error.lock().unwrap().get_or_insert(e);
@@ -133,10 +148,10 @@ impl ProducerContext for Delivery {
     fn delivery(&self, r: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
         let (pending, index) = *opaque;
         match r {
-            Ok(m) => pending.record_done(index, Ok(m.offset() as Offset)),
+            Ok(m) => pending.message_done(index, Ok(m.offset())),
             Err((e, _)) => {
                 pending.healthy.store(false, Ordering::Relaxed);
-                pending.record_done(index, Err(e.to_string()))
+                pending.message_done(index, Err(e.to_string()))
             }
         }
     }
@@ -174,7 +189,8 @@ pub struct KafkaLog {
     /// Appends waiting for acknowledgements, swept by the deadline thread.
     waiting: Arc<Mutex<Vec<std::sync::Weak<Pending>>>>,
     stop_sweeper: Arc<AtomicBool>,
-    /// Per partition, past the last record this process appended or read. Some
+    /// Per partition, past the last message this process appended or read (a Kafka
+    /// offset). Some
     /// brokers (tansu 0.6) report a high watermark one past the last *batch's* first
     /// offset; the end is the larger of the two.
     seen_end: Arc<Vec<AtomicU64>>,
@@ -198,6 +214,7 @@ fn consumer(opts: &KafkaOptions) -> Result<BaseConsumer> {
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", opts.fetch_wait.as_millis().to_string())
         .create()
         .map_err(io_error)
 }
@@ -361,12 +378,16 @@ impl EventLog for KafkaLog {
             done(Err(Error::NoSuchPartition(*p)));
             return;
         }
-        let n = records.len();
+        let frames = frame::pack(&records, self.partitions);
+        drop(records);
         let pending = Arc::new(Pending {
-            remaining: AtomicUsize::new(n),
-            partitions: records.iter().map(|(p, _)| *p).collect(),
+            remaining: AtomicUsize::new(frames.len()),
+            frames: frames
+                .iter()
+                .map(|f| (f.partition, f.records.clone()))
+                .collect(),
             seen_end: self.seen_end.clone(),
-            offsets: Mutex::new(vec![0; n]),
+            offsets: Mutex::new(vec![0; frames.iter().map(|f| f.records.len()).sum()]),
             error: Mutex::new(None),
             done: Mutex::new(Some(done)),
             generation: self.generation.clone(),
@@ -374,21 +395,22 @@ impl EventLog for KafkaLog {
             deadline: Instant::now() + self.opts.delivery_timeout,
         });
         self.waiting.lock().unwrap().push(Arc::downgrade(&pending));
-        // One call's records are queued together, so that they stay contiguous in
-        // each partition (the contract) when collectors append concurrently.
+        // One call's messages are queued together, so that its records stay
+        // contiguous in each partition (the contract) when collectors append
+        // concurrently and a partition's records fill more than one frame.
         let _queued_together = self.send_lock.lock().unwrap();
-        for (i, (partition, payload)) in records.iter().enumerate() {
+        for (i, f) in frames.iter().enumerate() {
             let record = BaseRecord::<(), [u8], _>::with_opaque_to(
                 &self.opts.topic,
                 Box::new((pending.clone(), i)),
             )
-            .partition(*partition as i32)
-            .payload(payload.as_slice());
+            .partition(f.partition as i32)
+            .payload(f.body.as_slice());
             if let Err((e, rejected)) = self.producer.send(record) {
-                // Not queued (queue full, record too large…): this record fails now,
+                // Not queued (queue full, message too large…): this message fails now,
                 // and with it the call.
                 let (pending, index) = *rejected.delivery_opaque;
-                pending.record_done(index, Err(e.to_string()));
+                pending.message_done(index, Err(e.to_string()));
             }
         }
     }
@@ -398,13 +420,15 @@ impl EventLog for KafkaLog {
         if let Some((_, high)) = self.watermarks(partition) {
             seen.fetch_max(high.max(0) as u64, Ordering::Relaxed);
         }
-        seen.load(Ordering::Relaxed)
+        frame::offset(seen.load(Ordering::Relaxed) as i64, 0)
     }
 
     fn start_offset(&self, partition: u32) -> Offset {
-        self.watermarks(partition)
-            .map(|(low, _)| low.max(0) as u64)
-            .unwrap_or(0)
+        let low = self
+            .watermarks(partition)
+            .map(|(low, _)| low.max(0))
+            .unwrap_or(0);
+        frame::offset(low, 0)
     }
 
     fn read(&self, partition: u32, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
@@ -422,7 +446,7 @@ impl EventLog for KafkaLog {
             });
         }
         let reader = slot.as_mut().expect("set above");
-        let from = from as i64;
+        let (from, mut skip) = frame::split(from);
         if reader.position != from {
             assign(&reader.consumer, &self.opts.topic, partition, from)?;
             reader.position = from;
@@ -477,15 +501,30 @@ impl EventLog for KafkaLog {
                 }
                 reader.checking = false;
             }
-            let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
-            bytes += payload.len() + 32;
+            // One copy per message; the records are slices of it.
+            let body = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+            let Some(records) = frame::unpack(&body) else {
+                return Err(Error::Corrupt {
+                    partition,
+                    offset: frame::offset(offset, 0),
+                });
+            };
+            bytes += body.len();
             reader.position = offset + 1;
             self.seen_end[partition as usize].fetch_max((offset + 1) as u64, Ordering::Relaxed);
-            out.push(Record {
-                offset: offset as Offset,
-                next: (offset + 1) as Offset,
-                payload,
-            });
+            let last = records.len().saturating_sub(1);
+            for (j, payload) in records.into_iter().enumerate().skip(skip) {
+                out.push(Record {
+                    offset: frame::offset(offset, j),
+                    next: if j == last {
+                        frame::offset(offset + 1, 0)
+                    } else {
+                        frame::offset(offset, j + 1)
+                    },
+                    payload,
+                });
+            }
+            skip = 0;
         }
         Ok(out)
     }

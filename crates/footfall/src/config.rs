@@ -203,6 +203,8 @@ pub struct LogConfig {
     pub kafka_compression: String,
     /// A record the broker has not acknowledged within this fails its request with 503.
     pub kafka_delivery_timeout_ms: u64,
+    /// How long the broker may hold a consumer's fetch while it has nothing new.
+    pub kafka_fetch_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +257,7 @@ impl Default for LogConfig {
             kafka_batch_bytes: 1024 * 1024,
             kafka_compression: "lz4".into(),
             kafka_delivery_timeout_ms: 5000,
+            kafka_fetch_wait_ms: 100,
         }
     }
 }

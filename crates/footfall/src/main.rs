@@ -330,6 +330,7 @@ fn open_kafka(cfg: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
         batch_bytes: cfg.log.kafka_batch_bytes,
         compression: cfg.log.kafka_compression.clone(),
         delivery_timeout: Duration::from_millis(cfg.log.kafka_delivery_timeout_ms),
+        fetch_wait: Duration::from_millis(cfg.log.kafka_fetch_wait_ms),
         extra: Vec::new(),
     })
     .with_context(|| format!("opening the Kafka log on {}", cfg.log.kafka_brokers))?;
