@@ -1,10 +1,13 @@
 //! [`RollupStore`] on PostgreSQL.
 //!
 //! Tables (docs/DISTRIBUTED.md):
-//! - `ff_rollup_days (property, day, part) → generation, body`: one local day of one
-//!   property as written by one writer `part` — the day bucket and its hour buckets,
-//!   postcard-encoded. A day's statistics are the merge of its parts (disjoint sets of
-//!   visitors, so counts add and sketches merge exactly).
+//! - `ff_rollup_daily (property, day, part) → generation, <section>…, hours`: one local
+//!   day of one property as written by one writer `part`. The day bucket is kept as one
+//!   column per [`Sections`] section (`totals`, `pages`, `sources`, …) and its hour
+//!   buckets as one more, each postcard-encoded, so a query fetches only what it reads:
+//!   a dashboard's totals and top pages are a tenth of a day's bytes. A day's
+//!   statistics are the merge of its parts (disjoint sets of visitors, so counts add
+//!   and sketches merge exactly).
 //! - `ff_rollup_minutes (property, part) → body`: realtime minutes.
 //! - `ff_checkpoints (part) → generation, offsets, state`: the writer's log offsets and
 //!   processor state.
@@ -17,20 +20,24 @@
 //! Two ways to open it:
 //! - [`PgRollupStore::open_writer`] (the processor role): the part's rollups are loaded
 //!   into memory and updated there; reads in the same process see them at once.
-//! - [`PgRollupStore::open_reader`] (query nodes): every read asks the database which
-//!   generation each day of the range is at (one index range scan) and fetches only the
-//!   days its bounded cache does not hold at that generation, in one repeatable-read
-//!   transaction — so an answer is never older than the last committed checkpoint and
-//!   never mixes two checkpoints.
+//! - [`PgRollupStore::open_reader`] (query nodes): a read asks the database which
+//!   generation each day of the range is at and fetches, in the same statement, only
+//!   the sections its bounded cache does not hold at that generation — so an answer
+//!   never mixes two checkpoints. For `max_staleness` after such a statement, reads of
+//!   the same property within its range are answered from what it returned, without
+//!   asking again: an answer is then at most that much older than the last checkpoint.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use footfall_store::{
-    Checkpoint, DayData, Grain, LocalDay, Minute, MinuteStats, Part, RollupRead, RollupStore,
-    Rollups,
+    Bucket, Checkpoint, Grain, LocalDay, LocalHour, Minute, MinuteStats, Part, RollupRead,
+    RollupStore, Rollups, Sections,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,12 +46,21 @@ use crate::meta::ensure_schema;
 use crate::Error;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS ff_rollup_days (
+CREATE TABLE IF NOT EXISTS ff_rollup_daily (
     property TEXT NOT NULL,
     day INTEGER NOT NULL,
     part INTEGER NOT NULL,
     generation BIGINT NOT NULL,
-    body BYTEA NOT NULL,
+    totals BYTEA NOT NULL,
+    pages BYTEA NOT NULL,
+    names BYTEA NOT NULL,
+    sources BYTEA NOT NULL,
+    entry_pages BYTEA NOT NULL,
+    visit_keys BYTEA NOT NULL,
+    props BYTEA NOT NULL,
+    revenue BYTEA NOT NULL,
+    filtered BYTEA NOT NULL,
+    hours BYTEA NOT NULL,
     PRIMARY KEY (property, day, part)
 );
 CREATE TABLE IF NOT EXISTS ff_rollup_minutes (
@@ -73,10 +89,13 @@ fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T, Error
 /// The bounded cache of a reader.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadCacheOptions {
-    /// Encoded bytes of day rows kept (least recently used go first).
+    /// Encoded bytes of day rows kept, about (least recently used go first).
     pub max_bytes: u64,
     /// Connections used for reads.
     pub connections: usize,
+    /// How long what one statement returned answers later reads of the same property
+    /// and range without asking the database again (0: every read asks).
+    pub max_staleness: Duration,
 }
 
 impl Default for ReadCacheOptions {
@@ -84,14 +103,56 @@ impl Default for ReadCacheOptions {
         Self {
             max_bytes: 256 << 20,
             connections: 4,
+            max_staleness: Duration::from_millis(250),
         }
     }
 }
 
+/// The columns of a day row, in the order of [`Sections::EACH`], then `hours`.
+fn columns() -> impl Iterator<Item = &'static str> {
+    Sections::EACH
+        .iter()
+        .map(|(_, name)| *name)
+        .chain(std::iter::once("hours"))
+}
+
+/// The bit of a cached row's mask that says it holds its hours.
+const HOURS_BIT: i32 = 1 << 15;
+
 type CacheKey = (String, i32);
 
+/// A day row of one part as far as this reader fetched it.
+#[derive(Default, Clone)]
+struct CachedRow {
+    /// Sections of `day` fetched; the others are empty.
+    sections: Sections,
+    day: Bucket,
+    /// Fetched only for hour scans.
+    hours: Option<Vec<(LocalHour, Bucket)>>,
+    /// Encoded bytes fetched, for the cache's weight.
+    bytes: usize,
+}
+
+impl CachedRow {
+    fn holds(&self, need: Sections, hours: bool) -> bool {
+        self.sections.contains(need) && (!hours || self.hours.is_some())
+    }
+
+    fn mask(&self) -> i32 {
+        self.sections.bits() as i32 | if self.hours.is_some() { HOURS_BIT } else { 0 }
+    }
+}
+
 /// The parts of one cached day: (part, generation, row).
-type CachedDay = Arc<Vec<(i32, i64, Arc<DayData>)>>;
+type CachedDay = Arc<Vec<(i32, i64, Arc<CachedRow>)>>;
+
+/// What one statement returned for a property: every row of the day range at its
+/// generation then, answering reads within `max_staleness`.
+struct Recent {
+    at: Instant,
+    days: RangeInclusive<i32>,
+    rows: Vec<(i32, Arc<CachedRow>)>,
+}
 
 struct Writer {
     part: i32,
@@ -107,7 +168,34 @@ pub struct PgRollupStore {
     pool: Pool,
     writer: Option<Writer>,
     cache: moka::sync::Cache<CacheKey, CachedDay>,
+    recent: Mutex<HashMap<String, Recent>>,
+    max_staleness: Duration,
     bytes: AtomicU64,
+}
+
+/// A day row's columns decoded into a day bucket and its hours.
+fn decode_row(
+    cols: &[Option<&[u8]>],
+    base: Option<&CachedRow>,
+    hours_wanted: bool,
+) -> Result<CachedRow, Error> {
+    let mut row = base.cloned().unwrap_or_default();
+    for ((s, name), col) in Sections::EACH.iter().zip(cols) {
+        if let Some(b) = col {
+            row.day
+                .decode_section(*s, b)
+                .map_err(|e| Error::Corrupt(format!("day row, {name}: {e}")))?;
+            row.sections = row.sections | *s;
+            row.bytes += b.len();
+        }
+    }
+    if hours_wanted {
+        if let Some(Some(b)) = cols.get(Sections::EACH.len()) {
+            row.hours = Some(decode(b, "day row, hours")?);
+            row.bytes += b.len();
+        }
+    }
+    Ok(row)
 }
 
 impl PgRollupStore {
@@ -119,6 +207,10 @@ impl PgRollupStore {
         let pool = Pool::new(url, 1, "rollups-writer")?;
         ensure_schema(&pool, SCHEMA)?;
         ensure_schema(&pool, crate::leases::SCHEMA)?;
+        let select = format!(
+            "SELECT property, day, {} FROM ff_rollup_daily WHERE part = $1",
+            columns().collect::<Vec<_>>().join(", ")
+        );
         let (checkpoint, rows, minutes) = pool.call(move |c| {
             let mut t = c
                 .build_transaction()
@@ -136,14 +228,7 @@ impl PgRollupStore {
                     r.get::<_, Vec<u8>>(2),
                 )
             });
-            let rows: Vec<(String, i32, Vec<u8>)> = t
-                .query(
-                    "SELECT property, day, body FROM ff_rollup_days WHERE part = $1",
-                    &[&part],
-                )?
-                .into_iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect();
+            let rows = t.query(select.as_str(), &[&part])?;
             let minutes: Vec<(String, Vec<u8>)> = t
                 .query(
                     "SELECT property, body FROM ff_rollup_minutes WHERE part = $1",
@@ -157,12 +242,15 @@ impl PgRollupStore {
         })?;
         let mut rollups = Rollups::default();
         let mut bytes = 0u64;
-        for (property, day, body) in rows {
-            bytes += body.len() as u64;
-            let row: DayData = decode(&body, "day row")?;
+        for r in rows {
+            let property: String = r.get(0);
+            let day: i32 = r.get(1);
+            let cols: Vec<Option<&[u8]>> = (2..r.len()).map(|i| Some(r.get(i))).collect();
+            let row = decode_row(&cols, None, true)?;
+            bytes += row.bytes as u64;
             let p = rollups.property_mut(&property);
             p.days.insert(LocalDay(day), row.day);
-            p.hours.extend(row.hours);
+            p.hours.extend(row.hours.unwrap_or_default());
         }
         for (property, body) in minutes {
             bytes += body.len() as u64;
@@ -191,6 +279,8 @@ impl PgRollupStore {
                 generation: Mutex::new(generation),
             }),
             cache: moka::sync::Cache::new(0),
+            recent: Mutex::default(),
+            max_staleness: Duration::ZERO,
             bytes: AtomicU64::new(bytes),
         })
     }
@@ -202,25 +292,16 @@ impl PgRollupStore {
         let cache = moka::sync::Cache::builder()
             .max_capacity(opts.max_bytes)
             .weigher(|_k: &CacheKey, v: &CachedDay| {
-                // Weighed by the rows' entry counts: a fair proxy for their size that is
-                // cheap to compute (the maps make up the size).
-                let entries: usize = v
-                    .iter()
-                    .map(|(_, _, r)| {
-                        r.day.pages.len()
-                            + r.day.visit_keys.len()
-                            + r.day.props.len()
-                            + r.hours.len() * 8
-                            + 16
-                    })
-                    .sum();
-                (entries * 256).min(u32::MAX as usize) as u32
+                let bytes: usize = v.iter().map(|(_, _, r)| r.bytes + 64).sum();
+                bytes.min(u32::MAX as usize) as u32
             })
             .build();
         Ok(Self {
             pool,
             writer: None,
             cache,
+            recent: Mutex::default(),
+            max_staleness: opts.max_staleness,
             bytes: AtomicU64::new(0),
         })
     }
@@ -230,39 +311,98 @@ impl PgRollupStore {
         self.pool.call(|c| c.simple_query("SELECT 1").map(|_| ()))
     }
 
-    /// Reader: the rows of `days` for `property`, each at its current generation, from
-    /// the cache where it holds that generation. One statement (one snapshot, one round
-    /// trip): it lists every row of the range with its generation, and sends the body
-    /// only of rows the cache does not hold at that generation.
+    /// The rows of `days` that the last statement for `property` returned, if it was
+    /// made within `max_staleness`, covered the range and fetched what is needed.
+    fn recent_rows(
+        &self,
+        property: &str,
+        days: &RangeInclusive<i32>,
+        need: Sections,
+        hours: bool,
+    ) -> Option<Vec<(i32, Arc<CachedRow>)>> {
+        if self.max_staleness.is_zero() {
+            return None;
+        }
+        let recent = self.recent.lock().unwrap();
+        let r = recent.get(property)?;
+        if r.at.elapsed() > self.max_staleness
+            || r.days.start() > days.start()
+            || r.days.end() < days.end()
+        {
+            return None;
+        }
+        let rows: Vec<(i32, Arc<CachedRow>)> = r
+            .rows
+            .iter()
+            .filter(|(d, _)| days.contains(d))
+            .cloned()
+            .collect();
+        rows.iter()
+            .all(|(_, row)| row.holds(need, hours))
+            .then_some(rows)
+    }
+
+    /// Reader: the rows of `days` for `property`, each at its current generation and
+    /// holding the `need`ed sections (and its hours, with `hours`). One statement (one
+    /// snapshot, one round trip) lists every row of the range with its generation and
+    /// sends only the columns the cache does not hold at that generation.
     fn fetch_days(
         &self,
         property: &str,
         days: RangeInclusive<LocalDay>,
-    ) -> Result<Vec<(i32, Arc<DayData>)>, Error> {
+        need: Sections,
+        hours: bool,
+    ) -> Result<Vec<(i32, Arc<CachedRow>)>, Error> {
         use postgres::types::Type;
         let (lo, hi) = (days.start().0, days.end().0);
+        if let Some(rows) = self.recent_rows(property, &(lo..=hi), need, hours) {
+            return Ok(rows);
+        }
+        let asked_at = Instant::now();
         let mut cached: BTreeMap<i32, CachedDay> = BTreeMap::new();
-        let (mut c_day, mut c_part, mut c_gen) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut c_day, mut c_part, mut c_gen, mut c_mask) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for d in lo..=hi {
             if let Some(parts) = self.cache.get(&(property.to_string(), d)) {
-                for (part, gen, _) in parts.iter() {
+                for (part, gen, row) in parts.iter() {
                     c_day.push(d);
                     c_part.push(*part);
                     c_gen.push(*gen);
+                    c_mask.push(row.mask());
                 }
                 cached.insert(d, parts);
             }
         }
+        // A column comes back NULL where the cache holds it at the row's generation.
+        let mut wanted: Vec<(i32, &str)> = Sections::EACH
+            .iter()
+            .filter(|(s, _)| need.contains(*s))
+            .map(|(s, name)| (s.bits() as i32, *name))
+            .collect();
+        if hours {
+            wanted.push((HOURS_BIT, "hours"));
+        }
+        let select: Vec<String> = columns()
+            .map(|name| match wanted.iter().find(|(_, n)| *n == name) {
+                Some((bit, _)) => {
+                    format!("CASE WHEN c.m & {bit} <> 0 THEN NULL ELSE r.{name} END")
+                }
+                None => "NULL::bytea".to_string(),
+            })
+            .collect();
+        let sql = format!(
+            "SELECT r.day, r.part, r.generation, {}
+             FROM ff_rollup_daily r
+             LEFT JOIN unnest($4::int[], $5::int[], $6::bigint[], $7::int[]) AS c(d, p, g, m)
+               ON c.d = r.day AND c.p = r.part AND c.g = r.generation
+             WHERE r.property = $1 AND r.day BETWEEN $2 AND $3
+             ORDER BY r.day, r.part",
+            select.join(", ")
+        );
         let prop = property.to_string();
-        let rows: Vec<(i32, i32, i64, Option<Vec<u8>>)> = self.pool.call(move |c| {
-            Ok(c.query_typed(
-                "SELECT r.day, r.part, r.generation,
-                        CASE WHEN EXISTS (SELECT 1 FROM unnest($4::int[], $5::int[], $6::bigint[]) AS c(d, p, g)
-                                          WHERE c.d = r.day AND c.p = r.part AND c.g = r.generation)
-                             THEN NULL ELSE r.body END
-                 FROM ff_rollup_days r
-                 WHERE r.property = $1 AND r.day BETWEEN $2 AND $3
-                 ORDER BY r.day, r.part",
+        let rows = self.pool.call(move |c| {
+            c.query_typed(
+                &sql,
                 &[
                     (&prop, Type::TEXT),
                     (&lo, Type::INT4),
@@ -270,40 +410,101 @@ impl PgRollupStore {
                     (&c_day, Type::INT4_ARRAY),
                     (&c_part, Type::INT4_ARRAY),
                     (&c_gen, Type::INT8_ARRAY),
+                    (&c_mask, Type::INT4_ARRAY),
                 ],
-            )?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect())
+            )
         })?;
-        let mut result = Vec::with_capacity(rows.len());
-        let mut day_parts: Vec<(i32, i64, Arc<DayData>)> = Vec::new();
+        // Each row: the cached one as it is, or decoded (on the cores there are, for
+        // a range's worth of bytes) into a copy of what the cache held of it.
+        let keys: Vec<(i32, i32, i64)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let base = |i: usize| -> Option<&Arc<CachedRow>> {
+            let (day, part, gen) = keys[i];
+            cached.get(&day).and_then(|ps| {
+                ps.iter()
+                    .find(|(p, g, _)| *p == part && *g == gen)
+                    .map(|(_, _, r)| r)
+            })
+        };
+        let decode_one = |i: usize| -> Result<Arc<CachedRow>, Error> {
+            let r = &rows[i];
+            let cols: Vec<Option<&[u8]>> = (3..r.len()).map(|c| r.get(c)).collect();
+            let base = base(i);
+            if cols.iter().all(Option::is_none) {
+                return base
+                    .cloned()
+                    .ok_or_else(|| Error::Corrupt("a cached day row went missing".into()));
+            }
+            Ok(Arc::new(decode_row(
+                &cols,
+                base.map(|b| b.as_ref()),
+                hours,
+            )?))
+        };
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(rows.len().max(1));
+        let decoded: Vec<Result<Arc<CachedRow>, Error>> = if threads > 1 {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let decode_one = &decode_one;
+                        let n = rows.len();
+                        scope.spawn(move || {
+                            (t..n)
+                                .step_by(threads)
+                                .map(|i| (i, decode_one(i)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                let mut all: Vec<(usize, Result<Arc<CachedRow>, Error>)> = handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("a decoding thread"))
+                    .collect();
+                all.sort_by_key(|(i, _)| *i);
+                all.into_iter().map(|(_, r)| r).collect()
+            })
+        } else {
+            (0..rows.len()).map(decode_one).collect()
+        };
+        let mut result: Vec<(i32, Arc<CachedRow>)> = Vec::with_capacity(rows.len());
         let mut i = 0;
-        while i < rows.len() {
-            let day = rows[i].0;
-            day_parts.clear();
-            let mut fetched = false;
-            while i < rows.len() && rows[i].0 == day {
-                let (_, part, gen, body) = &rows[i];
-                let row = match body {
-                    Some(b) => {
-                        fetched = true;
-                        Arc::new(decode::<DayData>(b, "day row")?)
-                    }
-                    None => cached
-                        .get(&day)
-                        .and_then(|ps| ps.iter().find(|(p, g, _)| p == part && g == gen))
-                        .map(|(_, _, r)| r.clone())
-                        .ok_or_else(|| Error::Corrupt("a cached day row went missing".into()))?,
-                };
-                day_parts.push((*part, *gen, row.clone()));
-                result.push((day, row));
+        while i < keys.len() {
+            let day = keys[i].0;
+            let mut day_parts: Vec<(i32, i64, Arc<CachedRow>)> = Vec::new();
+            let mut changed = false;
+            while i < keys.len() && keys[i].0 == day {
+                let row = decoded[i]
+                    .as_ref()
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+                changed |= base(i).is_none_or(|b| !Arc::ptr_eq(b, row));
+                day_parts.push((keys[i].1, keys[i].2, row.clone()));
+                result.push((day, row.clone()));
                 i += 1;
             }
-            if fetched || cached.get(&day).map(|c| c.len()) != Some(day_parts.len()) {
+            if changed || cached.get(&day).map(|c| c.len()) != Some(day_parts.len()) {
                 self.cache
-                    .insert((property.to_string(), day), Arc::new(day_parts.clone()));
+                    .insert((property.to_string(), day), Arc::new(day_parts));
             }
+        }
+        if !self.max_staleness.is_zero() {
+            let mut recent = self.recent.lock().unwrap();
+            if recent.len() > 10_000 {
+                let max = self.max_staleness;
+                recent.retain(|_, r| r.at.elapsed() <= max);
+            }
+            recent.insert(
+                property.to_string(),
+                Recent {
+                    at: asked_at,
+                    days: lo..=hi,
+                    rows: result.clone(),
+                },
+            );
         }
         Ok(result)
     }
@@ -317,7 +518,7 @@ impl RollupRead for PgRollupStore {
         let prop = property.to_string();
         let d: Option<i32> = self.pool.call(move |c| {
             Ok(c.query_one(
-                "SELECT min(day) FROM ff_rollup_days WHERE property = $1",
+                "SELECT min(day) FROM ff_rollup_daily WHERE property = $1",
                 &[&prop],
             )?
             .get(0))
@@ -330,6 +531,7 @@ impl RollupRead for PgRollupStore {
         property: &str,
         days: RangeInclusive<LocalDay>,
         grain: Grain,
+        sections: Sections,
         f: &mut dyn FnMut(&[Part<'_>]),
     ) -> footfall_store::Result<()> {
         if let Some(w) = &self.writer {
@@ -343,7 +545,10 @@ impl RollupRead for PgRollupStore {
             f(&[]);
             return Ok(());
         }
-        let rows = self.fetch_days(property, days.clone())?;
+        let hours = grain == Grain::Hour;
+        // Hour scans read whole hour buckets; the day's sections are not needed.
+        let need = if hours { Sections::NONE } else { sections };
+        let rows = self.fetch_days(property, days.clone(), need, hours)?;
         let mut parts: Vec<Part<'_>> = Vec::new();
         match grain {
             Grain::Day => {
@@ -353,7 +558,7 @@ impl RollupRead for PgRollupStore {
             }
             Grain::Hour => {
                 for (_, row) in &rows {
-                    parts.extend(row.hours.iter().map(|(h, b)| (h.0, b)));
+                    parts.extend(row.hours.iter().flatten().map(|(h, b)| (h.0, b)));
                 }
                 // Parts of one day from several writers interleave by hour.
                 parts.sort_by_key(|(k, _)| *k);
@@ -422,14 +627,21 @@ impl RollupStore for PgRollupStore {
         let owner = w.lease_owner.clone();
         // Encoded under the read lock; the processor (the only writer) is here, so
         // nothing changes until the dirty marks are cleared below.
-        let mut days: Vec<(String, i32, Vec<u8>)> = Vec::new();
+        // Per changed day: its columns, in the order of `columns()`.
+        let mut days: Vec<(String, i32, Vec<Vec<u8>>)> = Vec::new();
         let mut minutes: Vec<(String, Vec<u8>)> = Vec::new();
         {
             let r = w.rollups.read().unwrap();
             for (prop, p) in r.properties.iter() {
                 for day in &p.dirty_days {
                     if let Some(row) = p.day_data(*day) {
-                        days.push((prop.clone(), day.0, encode(&row)?));
+                        let mut cols = Sections::EACH
+                            .iter()
+                            .map(|(s, _)| row.day.encode_section(*s))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| Error::Corrupt(e.to_string()))?;
+                        cols.push(encode(&row.hours)?);
+                        days.push((prop.clone(), day.0, cols));
                     }
                 }
                 if !p.minutes.is_empty() {
@@ -438,7 +650,10 @@ impl RollupStore for PgRollupStore {
             }
         }
         let written: Vec<(String, i32)> = days.iter().map(|(p, d, _)| (p.clone(), *d)).collect();
-        let total: u64 = days.iter().map(|d| d.2.len() as u64).sum::<u64>()
+        let total: u64 = days
+            .iter()
+            .flat_map(|d| d.2.iter().map(|c| c.len() as u64))
+            .sum::<u64>()
             + minutes.iter().map(|m| m.1.len() as u64).sum::<u64>()
             + processor_state.len() as u64;
         let offsets = encode(&offsets.to_vec())?;
@@ -469,12 +684,20 @@ impl RollupStore for PgRollupStore {
                 t.rollback()?;
                 return Ok(true);
             }
-            let day_stmt = t.prepare(
-                "INSERT INTO ff_rollup_days (property, day, part, generation, body) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (property, day, part) DO UPDATE SET generation = EXCLUDED.generation, body = EXCLUDED.body",
-            )?;
-            for (p, d, body) in &days {
-                t.execute(&day_stmt, &[p, d, &part, &next, body])?;
+            let names: Vec<&str> = columns().collect();
+            let day_stmt = t.prepare(&format!(
+                "INSERT INTO ff_rollup_daily (property, day, part, generation, {})
+                 VALUES ($1, $2, $3, $4, {})
+                 ON CONFLICT (property, day, part) DO UPDATE SET generation = EXCLUDED.generation, {}",
+                names.join(", "),
+                (5..5 + names.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "),
+                names.iter().map(|n| format!("{n} = EXCLUDED.{n}")).collect::<Vec<_>>().join(", "),
+            ))?;
+            for (p, d, cols) in &days {
+                let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    vec![p, d, &part, &next];
+                params.extend(cols.iter().map(|c| c as &(dyn postgres::types::ToSql + Sync)));
+                t.execute(&day_stmt, &params)?;
             }
             let minute_stmt = t.prepare(
                 "INSERT INTO ff_rollup_minutes (property, part, generation, body) VALUES ($1, $2, $3, $4)

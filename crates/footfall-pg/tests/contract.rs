@@ -2,11 +2,12 @@
 //! test on the server `scripts/pg.sh` starts; skipped loudly without one, failed under CI).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use footfall_meta::MetaStore;
 use footfall_pg::testing::TestDb;
 use footfall_pg::{PgMeta, PgRollupStore, ReadCacheOptions};
-use footfall_store::{RollupRead, RollupStore};
+use footfall_store::{Grain, LocalDay, LocalHour, RollupRead, RollupStore, Sections};
 
 struct Meta(String);
 
@@ -36,7 +37,12 @@ impl footfall_store::contract::Harness for Rollups {
 
     fn reader(&mut self) -> Option<Arc<dyn RollupRead>> {
         let r = self.reader.get_or_insert_with(|| {
-            Arc::new(PgRollupStore::open_reader(&self.url, ReadCacheOptions::default()).unwrap())
+            // The contract's reader sees each checkpoint at once: no staleness allowed.
+            let opts = ReadCacheOptions {
+                max_staleness: Duration::ZERO,
+                ..Default::default()
+            };
+            Arc::new(PgRollupStore::open_reader(&self.url, opts).unwrap())
         });
         Some(r.clone())
     }
@@ -51,6 +57,62 @@ fn rollup_store_contract_on_postgres() {
         url: db.url().to_string(),
         reader: None,
     });
+}
+
+/// Page views of one day as a reader sees them.
+fn pageviews(r: &dyn RollupRead, day: i32) -> u64 {
+    let mut n = 0;
+    r.scan(
+        "FF-S",
+        LocalDay(day)..=LocalDay(day),
+        Grain::Day,
+        Sections::TOTALS,
+        &mut |parts| n = parts.iter().map(|(_, b)| b.events.pageviews).sum(),
+    )
+    .unwrap();
+    n
+}
+
+/// Within `max_staleness` of its last look, a reader answers from what it saw; after
+/// it, from the database again.
+#[test]
+fn a_reader_trusts_what_it_saw_for_max_staleness() {
+    let Some(db) = TestDb::create("a_reader_trusts_what_it_saw_for_max_staleness") else {
+        return;
+    };
+    const DAY: i32 = 20_500;
+    let w = PgRollupStore::open_writer(db.url(), 0, None).unwrap();
+    let add = |n: u64| {
+        w.update(&mut |r| {
+            let (h, d) = r
+                .property_mut("FF-S")
+                .buckets_mut(LocalHour(DAY as i64 * 24 + 3));
+            h.events.pageviews += n;
+            if let Some(d) = d {
+                d.events.pageviews += n;
+            }
+        });
+        w.checkpoint(&[0], b"").unwrap();
+    };
+    add(5);
+    let staleness = Duration::from_millis(400);
+    let r = PgRollupStore::open_reader(
+        db.url(),
+        ReadCacheOptions {
+            max_staleness: staleness,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let looked = Instant::now();
+    assert_eq!(pageviews(&r, DAY), 5);
+    add(2);
+    let seen = pageviews(&r, DAY);
+    if looked.elapsed() < staleness {
+        assert_eq!(seen, 5, "answered from the last look");
+    }
+    std::thread::sleep(staleness);
+    assert_eq!(pageviews(&r, DAY), 7, "asked again once the window passed");
 }
 
 /// A writer that another writer of the same part has replaced cannot checkpoint over it.

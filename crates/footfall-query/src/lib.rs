@@ -10,8 +10,8 @@ use chrono::{Datelike, Duration, NaiveDate, TimeZone};
 use chrono_tz::Tz;
 use footfall_store::rollup::{local_time, month_start};
 use footfall_store::{
-    Bucket, EventStats, Grain, LocalDay, LocalHour, RollupRead, VisitKey, VisitStats, SEP,
-    VISIT_FIELDS,
+    Bucket, EventStats, Grain, LocalDay, LocalHour, RollupRead, Sections, VisitKey, VisitStats,
+    SEP, VISIT_FIELDS,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -807,7 +807,8 @@ pub fn execute(
         Grain::Day
     };
     let days = LocalDay::from_date(from)..=LocalDay::from_date(to);
-    store.scan(&req.site_id, days, grain, &mut |parts| {
+    let sections = sections_for(map_dim, revenue);
+    store.scan(&req.site_id, days, grain, sections, &mut |parts| {
         if parts.is_empty() {
             return;
         }
@@ -997,6 +998,26 @@ pub fn execute(
     }))
 }
 
+/// The sections of a bucket a query reads: the totals, the map of its breakdown or
+/// filters, and revenue when asked for (a remote store fetches only these).
+fn sections_for(map_dim: Option<KeyDim>, revenue: bool) -> Sections {
+    let map = match map_dim {
+        None => Sections::NONE,
+        Some(KeyDim::Page) => Sections::PAGES,
+        Some(KeyDim::Name) => Sections::NAMES,
+        Some(KeyDim::Source) => Sections::SOURCES,
+        Some(KeyDim::EntryPage) => Sections::ENTRY_PAGES,
+        Some(KeyDim::Visit(_)) => Sections::VISIT_KEYS,
+        Some(KeyDim::Prop) => Sections::PROPS,
+    };
+    let revenue = if revenue {
+        Sections::REVENUE
+    } else {
+        Sections::NONE
+    };
+    Sections::TOTALS | map | revenue
+}
+
 fn dim_name(d: KeyDim) -> &'static str {
     match d {
         KeyDim::Page => "event:page",
@@ -1020,13 +1041,19 @@ pub fn filtered(
     let (from, to) = property_date_range(store, site_id, date_range, tz, now_ms)?;
     let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
     let range = LocalDay::from_date(from)..=LocalDay::from_date(to);
-    store.scan(site_id, range, Grain::Day, &mut |parts| {
-        for (_, b) in parts {
-            for (k, n) in &b.filtered {
-                *by_reason.entry(k.clone()).or_default() += n;
+    store.scan(
+        site_id,
+        range,
+        Grain::Day,
+        Sections::FILTERED,
+        &mut |parts| {
+            for (_, b) in parts {
+                for (k, n) in &b.filtered {
+                    *by_reason.entry(k.clone()).or_default() += n;
+                }
             }
-        }
-    })?;
+        },
+    )?;
     let total: u64 = by_reason.values().sum();
     Ok(json!({
         "filtered": by_reason,

@@ -12,7 +12,7 @@ use footfall_archive::Archive;
 use footfall_processor::{
     Install, InstallReport, PropertySettings, SessionRules, SettingsResolver,
 };
-use footfall_store::{Grain, LocalDay, RollupStore};
+use footfall_store::{Grain, LocalDay, RollupStore, Sections};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -226,13 +226,19 @@ impl Reprocessor {
             let new = sum(rollups.properties.get(&property));
             let mut old = (0, 0, 0);
             self.store
-                .scan(&property, d1..=d2, Grain::Day, &mut |parts| {
-                    for (_, b) in parts {
-                        old.0 += b.events.events;
-                        old.1 += b.events.pageviews;
-                        old.2 += b.visits.visits;
-                    }
-                })
+                .scan(
+                    &property,
+                    d1..=d2,
+                    Grain::Day,
+                    Sections::TOTALS,
+                    &mut |parts| {
+                        for (_, b) in parts {
+                            old.0 += b.events.events;
+                            old.1 += b.events.pageviews;
+                            old.2 += b.visits.visits;
+                        }
+                    },
+                )
                 .map_err(|e| e.to_string())?;
             let mut entry = json!({
                 "property": property, "from": req.from, "to": req.to, "events_in_window": n_events,

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::{Bucket, Grain, LocalDay, LocalHour, MinuteStats, RollupRead, RollupStore};
+use crate::{Bucket, Grain, LocalDay, LocalHour, MinuteStats, RollupRead, RollupStore, Sections};
 
 /// Opens stores of one implementation, all on the same storage.
 pub trait Harness {
@@ -72,6 +72,7 @@ fn totals(
             property,
             LocalDay(from)..=LocalDay(to),
             grain,
+            Sections::TOTALS,
             &mut |parts| {
                 let mut last = i64::MIN;
                 for (k, b) in parts {
@@ -89,12 +90,17 @@ fn totals(
 }
 
 fn merged_day(store: &dyn RollupRead, property: &str, day: i32) -> Bucket {
+    merged_sections(store, property, day, Sections::ALL)
+}
+
+fn merged_sections(store: &dyn RollupRead, property: &str, day: i32, sections: Sections) -> Bucket {
     let mut b = Bucket::default();
     store
         .scan(
             property,
             LocalDay(day)..=LocalDay(day),
             Grain::Day,
+            sections,
             &mut |parts| {
                 for (_, p) in parts {
                     b.merge(p);
@@ -348,5 +354,51 @@ fn remote_readers_see_checkpoints(h: &mut dyn Harness) {
     assert_eq!(
         reader_minutes, writer_minutes,
         "remote_readers_see_checkpoints: minutes"
+    );
+
+    // A scan gets the sections it asks for whole, also when the reader holds the day
+    // with other sections only.
+    fn add(b: &mut Bucket) {
+        let p = b.pages.entry_ref("/pricing").or_default();
+        p.pageviews += 3;
+        p.visitors.insert(42);
+        b.sources.entry_ref("news.example").or_default().visits += 1;
+        b.filtered.insert("bot:test".into(), 2);
+    }
+    s.update(&mut |r| {
+        let (hb, db) = r.property_mut(P).buckets_mut(hour(DAY, 6));
+        add(hb);
+        if let Some(d) = db {
+            add(d);
+        }
+    });
+    s.checkpoint(&offsets, b"state-remote-3").unwrap();
+    let want = merged_day(s.as_ref(), P, DAY);
+    assert_eq!(want.pages.len(), 1);
+    let t = merged_sections(reader.as_ref(), P, DAY, Sections::TOTALS);
+    assert_eq!(
+        (&t.events, &t.visits),
+        (&want.events, &want.visits),
+        "remote_readers_see_checkpoints: totals alone"
+    );
+    let pages = merged_sections(reader.as_ref(), P, DAY, Sections::PAGES);
+    assert_eq!(
+        pages.pages, want.pages,
+        "remote_readers_see_checkpoints: pages after totals"
+    );
+    let both = merged_sections(
+        reader.as_ref(),
+        P,
+        DAY,
+        Sections::SOURCES | Sections::FILTERED,
+    );
+    assert_eq!(
+        (&both.sources, &both.filtered),
+        (&want.sources, &want.filtered)
+    );
+    assert_eq!(
+        merged_day(reader.as_ref(), P, DAY),
+        want,
+        "remote_readers_see_checkpoints: every section"
     );
 }

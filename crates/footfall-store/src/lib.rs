@@ -18,7 +18,7 @@ pub use hll::{CountingHll, Hll};
 pub use maps::{IdMap, IdSet, KeyMap};
 pub use rollup::{
     Bucket, DayData, DayDataRef, DayLoader, EventStats, LocalDay, LocalHour, MinuteStats,
-    PropertyRollup, Rollups, VisitKey, VisitStats, SEP, VISIT_FIELDS,
+    PropertyRollup, Rollups, Sections, VisitKey, VisitStats, SEP, VISIT_FIELDS,
 };
 pub use snapshot::{MemoryBudget, SnapshotStore};
 
@@ -79,12 +79,14 @@ pub trait RollupRead: Send + Sync + 'static {
 
     /// Calls `f` once with every part of `property` over local days `days` at `grain`
     /// (an empty slice if there are none). The parts borrow from the store for the
-    /// duration of the call.
+    /// duration of the call. Each part holds at least the `sections` asked for; other
+    /// sections may be empty (a remote store fetches only what is asked).
     fn scan(
         &self,
         property: &str,
         days: std::ops::RangeInclusive<LocalDay>,
         grain: Grain,
+        sections: Sections,
         f: &mut dyn FnMut(&[Part<'_>]),
     ) -> Result<()>;
 

@@ -92,7 +92,92 @@ pub struct Bucket {
     pub filtered: KeyMap<u64>,
 }
 
+/// Groups of a [`Bucket`]'s statistics that a store may keep, and a scan may ask for,
+/// apart: a dashboard's totals and top pages need neither the visit keys nor the
+/// properties of a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Sections(u16);
+
+impl Sections {
+    /// `events` and `visits`: every metric without a breakdown.
+    pub const TOTALS: Sections = Sections(1);
+    pub const PAGES: Sections = Sections(1 << 1);
+    pub const NAMES: Sections = Sections(1 << 2);
+    pub const SOURCES: Sections = Sections(1 << 3);
+    pub const ENTRY_PAGES: Sections = Sections(1 << 4);
+    pub const VISIT_KEYS: Sections = Sections(1 << 5);
+    pub const PROPS: Sections = Sections(1 << 6);
+    pub const REVENUE: Sections = Sections(1 << 7);
+    pub const FILTERED: Sections = Sections(1 << 8);
+    pub const NONE: Sections = Sections(0);
+    pub const ALL: Sections = Sections((1 << 9) - 1);
+    /// Each single section, in a fixed order, with a name fit for a column.
+    pub const EACH: [(Sections, &'static str); 9] = [
+        (Self::TOTALS, "totals"),
+        (Self::PAGES, "pages"),
+        (Self::NAMES, "names"),
+        (Self::SOURCES, "sources"),
+        (Self::ENTRY_PAGES, "entry_pages"),
+        (Self::VISIT_KEYS, "visit_keys"),
+        (Self::PROPS, "props"),
+        (Self::REVENUE, "revenue"),
+        (Self::FILTERED, "filtered"),
+    ];
+
+    pub fn contains(self, o: Sections) -> bool {
+        self.0 & o.0 == o.0
+    }
+
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u16) -> Sections {
+        Sections(bits & Self::ALL.0)
+    }
+}
+
+impl std::ops::BitOr for Sections {
+    type Output = Sections;
+    fn bitor(self, o: Sections) -> Sections {
+        Sections(self.0 | o.0)
+    }
+}
+
 impl Bucket {
+    /// One single section of this bucket, encoded on its own.
+    pub fn encode_section(&self, s: Sections) -> Result<Vec<u8>, postcard::Error> {
+        match s {
+            Sections::TOTALS => postcard::to_allocvec(&(&self.events, &self.visits)),
+            Sections::PAGES => postcard::to_allocvec(&self.pages),
+            Sections::NAMES => postcard::to_allocvec(&self.names),
+            Sections::SOURCES => postcard::to_allocvec(&self.sources),
+            Sections::ENTRY_PAGES => postcard::to_allocvec(&self.entry_pages),
+            Sections::VISIT_KEYS => postcard::to_allocvec(&self.visit_keys),
+            Sections::PROPS => postcard::to_allocvec(&self.props),
+            Sections::REVENUE => postcard::to_allocvec(&self.revenue),
+            Sections::FILTERED => postcard::to_allocvec(&self.filtered),
+            _ => Err(postcard::Error::SerdeSerCustom),
+        }
+    }
+
+    /// Sets one single section from what [`Self::encode_section`] made of it.
+    pub fn decode_section(&mut self, s: Sections, b: &[u8]) -> Result<(), postcard::Error> {
+        match s {
+            Sections::TOTALS => (self.events, self.visits) = postcard::from_bytes(b)?,
+            Sections::PAGES => self.pages = postcard::from_bytes(b)?,
+            Sections::NAMES => self.names = postcard::from_bytes(b)?,
+            Sections::SOURCES => self.sources = postcard::from_bytes(b)?,
+            Sections::ENTRY_PAGES => self.entry_pages = postcard::from_bytes(b)?,
+            Sections::VISIT_KEYS => self.visit_keys = postcard::from_bytes(b)?,
+            Sections::PROPS => self.props = postcard::from_bytes(b)?,
+            Sections::REVENUE => self.revenue = postcard::from_bytes(b)?,
+            Sections::FILTERED => self.filtered = postcard::from_bytes(b)?,
+            _ => return Err(postcard::Error::SerdeDeCustom),
+        }
+        Ok(())
+    }
+
     /// Adds `o` into `self` (groups built from disjoint sets of visitors or events).
     pub fn merge(&mut self, o: &Bucket) {
         self.events.merge(&o.events);
@@ -620,6 +705,25 @@ mod tests {
         } else {
             v.visitors.remove(visitor);
         }
+    }
+
+    #[test]
+    fn sections_encode_apart_and_rebuild_the_bucket() {
+        let mut b = Bucket::default();
+        write(&mut b, "/a", 1, 1);
+        write(&mut b, "/b", 2, 1);
+        b.props.insert("k\x1fv".into(), EventStats::default());
+        b.revenue.insert("buy\x1fEUR".into(), 1_500_000);
+        b.filtered.insert("bot:x".into(), 3);
+        let mut rebuilt = Bucket::default();
+        for (s, _) in Sections::EACH {
+            rebuilt
+                .decode_section(s, &b.encode_section(s).unwrap())
+                .unwrap();
+        }
+        assert_eq!(rebuilt, b);
+        assert!(Sections::ALL.contains(Sections::PAGES | Sections::TOTALS));
+        assert!(!Sections::TOTALS.contains(Sections::PAGES));
     }
 
     #[test]

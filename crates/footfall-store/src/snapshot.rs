@@ -31,6 +31,7 @@ use std::ops::RangeInclusive;
 
 use crate::{
     Checkpoint, Error, Grain, LocalDay, Minute, Part, Result, RollupRead, RollupStore, Rollups,
+    Sections,
 };
 
 const MANIFEST_MAGIC: &[u8; 8] = b"FFMANI02";
@@ -430,6 +431,7 @@ impl RollupRead for SnapshotStore {
         property: &str,
         days: RangeInclusive<LocalDay>,
         grain: Grain,
+        _: Sections,
         f: &mut dyn FnMut(&[Part<'_>]),
     ) -> Result<()> {
         // Evicted days of the range are loaded without holding the lock (the processor
@@ -622,6 +624,7 @@ mod tests {
             "FF-A",
             LocalDay(day)..=LocalDay(day),
             Grain::Day,
+            Sections::TOTALS,
             // A day may come as its bucket and unfolded hours: their sum is the day.
             &mut |parts| {
                 if !parts.is_empty() {

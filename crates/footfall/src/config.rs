@@ -47,6 +47,10 @@ pub struct StoreConfig {
     pub read_cache_mib: u64,
     /// Query nodes on a database: connections used for reads.
     pub read_connections: usize,
+    /// Query nodes on a database: how long one look at the database answers later
+    /// queries of the same property and dates without asking again (added to the
+    /// checkpoint interval, it bounds how stale an answer can be).
+    pub read_max_staleness_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -56,6 +60,7 @@ impl Default for StoreConfig {
             memory_mib: 0,
             read_cache_mib: 256,
             read_connections: 4,
+            read_max_staleness_ms: 250,
         }
     }
 }

@@ -467,6 +467,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                     footfall_pg::ReadCacheOptions {
                         max_bytes: cfg.store.read_cache_mib << 20,
                         connections: cfg.store.read_connections,
+                        max_staleness: Duration::from_millis(cfg.store.read_max_staleness_ms),
                     },
                 )
                 .context("opening the rollup store (store.url)")?,

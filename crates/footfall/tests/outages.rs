@@ -124,6 +124,7 @@ async fn a_query_node_answers_503_while_its_database_is_cut_and_recovers() {
     let via_proxy = [
         ("FOOTFALL_META__URL", proxied.as_str()),
         ("FOOTFALL_STORE__URL", proxied.as_str()),
+        ("FOOTFALL_STORE__READ_MAX_STALENESS_MS", "250"),
     ];
     let (wd, qd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let site = create_site_with(wd.path(), "UTC", &direct);
@@ -137,6 +138,9 @@ async fn a_query_node_answers_503_while_its_database_is_cut_and_recovers() {
     wait_for_events(&c, &query_node.url, &site, json!("day"), 50).await;
 
     proxy.cut();
+    // Within its staleness window the node may answer from its last look; after it,
+    // it must ask the database.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let q = json!({"site_id": site.tracking_id, "metrics": ["events"], "date_range": "day"});
     let (status, retry, text, took) = timed(
         c.post(format!("{}/api/v2/query", query_node.url))
