@@ -28,7 +28,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Pool {
     /// `size` connections to `url` (a `postgres://` URL or a key=value string), opened
-    /// on first use and re-opened after a failure; a call while the database is down
+    /// at once (in the background) and re-opened after a failure; a call while the database is down
     /// fails within [`CONNECT_TIMEOUT`].
     pub fn new(url: &str, size: usize, name: &str) -> Result<Self, Error> {
         let mut config = Config::from_str(url).map_err(|e| Error::Config(e.to_string()))?;
@@ -48,7 +48,9 @@ impl Pool {
                 std::thread::Builder::new()
                     .name(format!("pg-{name}-{i}"))
                     .spawn(move || {
-                        let mut client: Option<Client> = None;
+                        // Connected at once, so that a node's first queries do not pay
+                        // for it; a database that is down is tried again on first use.
+                        let mut client: Option<Client> = config.connect(NoTls).ok();
                         loop {
                             let job = match rx.lock().unwrap().recv() {
                                 Ok(j) => j,

@@ -258,7 +258,7 @@ impl Default for LogConfig {
             retention_bytes: 8 * 1024 * 1024 * 1024,
             kafka_brokers: String::new(),
             kafka_topic: "footfall-events".into(),
-            kafka_linger_ms: 1,
+            kafka_linger_ms: 0,
             kafka_batch_bytes: 1024 * 1024,
             kafka_compression: "lz4".into(),
             kafka_delivery_timeout_ms: 5000,
