@@ -131,6 +131,8 @@ url = "$url"
 
 [store]
 url = "$url"
+# A query answer is at most the checkpoint interval plus this old (0.6 s here).
+read_max_staleness_ms = 100
 
 [archive]
 url = "s3://footfall-archive/events"

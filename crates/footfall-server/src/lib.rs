@@ -43,8 +43,9 @@ pub struct IngestRules {
     pub max_past_ms: i64,
     /// Timestamps further than this in the future are clamped to the receive time.
     pub max_future_ms: i64,
-    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded` entries
+    /// are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for IngestRules {
@@ -54,8 +55,8 @@ impl Default for IngestRules {
             max_past_ms: 72 * 3600 * 1000,
             max_future_ms: 60 * 1000,
             trusted_proxies: vec![
-                IpAddr::from([127, 0, 0, 1]),
-                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                IpAddr::from([127, 0, 0, 1]).into(),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST).into(),
             ],
         }
     }
@@ -718,33 +719,73 @@ async fn metrics_text(State(app): State<AppRef>) -> Response {
         .into_response()
 }
 
-/// The client address: the peer's, or — when the peer is a trusted proxy — the first
-/// address of `X-Forwarded-For` (else the `for=` of `Forwarded`).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
+/// A `server.trusted_proxies` entry: an address (`10.0.0.7`) or a network
+/// (`10.0.0.0/8`, `fd00::/8`).
+pub fn parse_proxy(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(Into::into))
+}
+
+/// The client address. From a peer that is not a trusted proxy, the peer's. From a
+/// trusted proxy, the right-most address of `X-Forwarded-For` (else of `Forwarded`'s
+/// `for=`) that is not itself a trusted proxy: each proxy appends the address it was
+/// reached from, so entries to the left of that one were written by the client and
+/// prove nothing — a client cannot choose its address by sending the header. When every
+/// entry is a trusted proxy, the left-most; an entry that is not an address ends the
+/// walk at the proxy that passed it on.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
         return peer;
     }
-    let xff = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse().ok());
-    let forwarded = || -> Option<IpAddr> {
-        let v = headers.get("forwarded")?.to_str().ok()?;
-        let f = v
-            .split([';', ','])
-            .map(str::trim)
-            .find_map(|p| p.strip_prefix("for=").or_else(|| p.strip_prefix("For=")))?;
-        let f = f.trim_matches('"');
-        let f = match f.strip_prefix('[') {
-            Some(x) => x.split(']').next().unwrap_or(x),
-            None => f,
-        };
-        f.parse()
-            .ok()
-            .or_else(|| f.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let chain: Vec<Option<IpAddr>> = if !xff.is_empty() {
+        xff.iter().map(|v| v.parse().ok()).collect()
+    } else {
+        headers
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').map(str::trim).find_map(|p| {
+                    p.get(..4)
+                        .filter(|k| k.eq_ignore_ascii_case("for="))
+                        .map(|_| &p[4..])
+                })
+            })
+            .map(forwarded_node)
+            .collect()
     };
-    xff.or_else(forwarded).unwrap_or(peer)
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(ip) => client = *ip,
+            Some(ip) => return *ip,
+            None => return client,
+        }
+    }
+    client
+}
+
+/// The address of a `Forwarded` node (`192.0.2.1`, `"[2001:db8::1]:4711"`, …).
+fn forwarded_node(f: &str) -> Option<IpAddr> {
+    let f = f.trim_matches('"');
+    let f = match f.strip_prefix('[') {
+        Some(x) => x.split(']').next().unwrap_or(x),
+        None => f,
+    };
+    f.parse()
+        .ok()
+        .or_else(|| f.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
 }
 
 /// Appends records and waits until they are durable; a failure is a 503.

@@ -177,8 +177,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Seconds allowed for draining, flushing and checkpointing on SIGTERM/SIGINT.
     pub shutdown_timeout_secs: u64,
-    /// Peers (reverse proxies) whose `X-Forwarded-For` / `Forwarded` headers give the
-    /// client address; from any other peer those headers are ignored.
+    /// Reverse proxies, as addresses or networks (`10.0.0.0/8`), whose
+    /// `X-Forwarded-For` / `Forwarded` entries are believed: the client is the
+    /// right-most entry that is not one of them. From any other peer the headers are
+    /// ignored.
     pub trusted_proxies: Vec<String>,
     /// What this node runs: `all`, or any of `collector`, `processor`, `query`,
     /// `archiver` (`serve --role` overrides).
@@ -405,8 +407,8 @@ impl Config {
             );
         }
         for p in &self.server.trusted_proxies {
-            if p.parse::<std::net::IpAddr>().is_err() {
-                bail!("server.trusted_proxies: `{p}` is not an IP address");
+            if footfall_server::parse_proxy(p).is_none() {
+                bail!("server.trusted_proxies: `{p}` is neither an IP address nor a network (10.0.0.0/8)");
             }
         }
         if !(1..=1024).contains(&self.log.partitions) {

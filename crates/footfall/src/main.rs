@@ -600,7 +600,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .server
         .trusted_proxies
         .iter()
-        .filter_map(|p| p.parse().ok())
+        .filter_map(|p| footfall_server::parse_proxy(p))
         .collect();
     let state = Arc::new(AppState {
         log: if roles.collector { log.clone() } else { None },

@@ -163,6 +163,44 @@ async fn cluster_counts_every_acknowledged_event_once_through_kills() {
     let site = cluster.site("Shop", "Asia/Kolkata");
     let probe_site = cluster.site("Probes", "UTC");
 
+    // A forged X-Forwarded-For changes nothing: beacons through the gateway from one
+    // browser, each claiming another address, are one visitor (nginx appends the
+    // address it was reached from, and that right-most entry is the one used). The
+    // browser connects from 127.0.0.2: an address that is not a trusted proxy.
+    let forged = cluster.site("Forged", "UTC");
+    let browser = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().ok())
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let r = browser
+            .post(format!("{}/api/v1/events", cluster.gateway))
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            )
+            .json(&json!({"tracking_id": forged.tracking_id, "name": "pageview", "url": format!("https://f.example/{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "beacon {i}: {}", r.status());
+    }
+    wait_for_events(&c, &cluster.gateway, &forged, json!("day"), 5).await;
+    let v = query(
+        &c,
+        &cluster.gateway,
+        &forged,
+        json!({"site_id": forged.tracking_id, "metrics": ["visitors", "pageviews"], "date_range": "day"}),
+    )
+    .await;
+    println!("five beacons with forged X-Forwarded-For through the gateway: {v}");
+    assert_eq!(
+        v["results"][0]["metrics"],
+        json!([1, 5]),
+        "forged X-Forwarded-For entries must not make other visitors"
+    );
+
     let now = chrono::Utc::now().timestamp_millis();
     let spec = GenSpec {
         seed: 23,
