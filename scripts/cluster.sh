@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # A local Footfall cluster on loopback, for trying the distributed mode and for tests:
 # a Kafka-protocol broker (tansu), PostgreSQL 15, an S3-compatible server (moto), nginx
-# in front of two collectors and a query node, two processors and an archiver — each a
-# `footfall serve --role …` process with the same configuration file.
+# in front of two collectors and two query nodes, two processors and an archiver — each
+# a `footfall serve --role …` process with the same configuration file.
 #
 #   scripts/cluster.sh up DIR [--binary PATH] [--partitions N]
 #   scripts/cluster.sh status DIR
 #   scripts/cluster.sh restart DIR NAME      # e.g. processor-1 (after a kill -9)
+#   scripts/cluster.sh roll DIR [--binary PATH]
+#                                           # restarts every node one by one, without a
+#                                           # failed request; onto PATH for an upgrade
 #   scripts/cluster.sh down DIR [--purge]   # --purge also drops its database; PostgreSQL is
 #                                           # stopped again if `up` started it
 #
@@ -20,7 +23,7 @@ tools=${FOOTFALL_TOOLS:-$HOME/.cache/footfall-tools}
 cmd=${1:-}
 dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || {
-  sed -n '2,15p' "$0" >&2
+  sed -n '2,18p' "$0" >&2
   exit 2
 }
 shift 2
@@ -30,7 +33,7 @@ base=${FOOTFALL_CLUSTER_PORT:-18000}
 gateway_port=$((base + 80))
 kafka_port=$((base + 92))
 s3_port=$((base + 93))
-nodes="collector-1:collector:$((base + 101)) collector-2:collector:$((base + 102)) query-1:query:$((base + 201)) processor-1:processor:$((base + 301)) processor-2:processor:$((base + 302)) archiver-1:archiver:$((base + 401))"
+nodes="collector-1:collector:$((base + 101)) collector-2:collector:$((base + 102)) query-1:query:$((base + 201)) query-2:query:$((base + 202)) processor-1:processor:$((base + 301)) processor-2:processor:$((base + 302)) archiver-1:archiver:$((base + 401))"
 
 log() { echo "cluster.sh: $*" >&2; }
 
@@ -144,20 +147,33 @@ s3_secret_access_key = "test"
 s3_allow_http = true
 TOML
 
-  local collectors="" queries=""
   for n in $nodes; do
     IFS=: read -r name role port <<<"$n"
-    case "$role" in
-      collector) collectors+="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s;"$'\n' ;;
-      query) queries+="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s;"$'\n' ;;
-    esac
     alive "$dir/pids/$name.pid" || start_node "$name" "$role" "$port"
   done
   for n in $nodes; do
     IFS=: read -r name role port <<<"$n"
     wait_http "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/logs/$name.log" >&2; exit 1; }
   done
+  gateway
+  wait_http "http://127.0.0.1:$gateway_port/healthz"
+  echo "http://127.0.0.1:$gateway_port"
+}
 
+# Writes nginx's configuration with every collector and query node except the one
+# named (marked `down`: nginx sends it nothing), and starts or reloads nginx. A reload
+# is graceful: workers of the old configuration finish the requests they hold.
+gateway() {
+  local leave_out=${1:-} collectors="" queries="" line
+  for n in $nodes; do
+    IFS=: read -r name role port <<<"$n"
+    line="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s"
+    [ "$name" = "$leave_out" ] && line+=" down"
+    case "$role" in
+      collector) collectors+="$line;"$'\n' ;;
+      query) queries+="$line;"$'\n' ;;
+    esac
+  done
   python3 - "$root/deploy/nginx/cluster.conf.template" "$dir/nginx.conf" "$dir" "$gateway_port" "$collectors" "$queries" <<'PY'
 import sys
 t = open(sys.argv[1]).read()
@@ -170,8 +186,52 @@ PY
   else
     nginx -c "$dir/nginx.conf" -p "$dir/nginx"
   fi
-  wait_http "http://127.0.0.1:$gateway_port/healthz"
-  echo "http://127.0.0.1:$gateway_port"
+}
+
+# SIGTERM and wait: the node drains (a processor checkpoints and hands its partitions
+# back); one that has not stopped after 60 s is killed.
+stop_node() {
+  local pidfile="$dir/pids/$1.pid"
+  alive "$pidfile" || return 0
+  kill "$(cat "$pidfile")"
+  for _ in $(seq 1 600); do alive "$pidfile" || return 0; sleep 0.1; done
+  log "$1 did not stop within 60 s: killed"
+  kill -9 "$(cat "$pidfile")" || true
+}
+
+# Every node in turn, each back and ready before the next goes: collectors and query
+# nodes leave the gateway first (so no request is in flight to them when they stop)
+# and rejoin once ready; processors hand their partitions to the others while they
+# restart.
+roll() {
+  local binary=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --binary) binary=$2; shift 2 ;;
+      *) log "unknown option $1"; exit 2 ;;
+    esac
+  done
+  [ -n "$binary" ] && echo "$binary" >"$dir/binary"
+  for n in $nodes; do
+    IFS=: read -r name role port <<<"$n"
+    case "$role" in
+      collector | query)
+        gateway "$name"
+        # Old workers finish what they hold for the node (requests take milliseconds).
+        sleep 1
+        stop_node "$name"
+        start_node "$name" "$role" "$port"
+        wait_http "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/logs/$name.log" >&2; exit 1; }
+        gateway
+        ;;
+      *)
+        stop_node "$name"
+        start_node "$name" "$role" "$port"
+        wait_http "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/logs/$name.log" >&2; exit 1; }
+        ;;
+    esac
+    log "rolled $name ($(cat "$dir/binary"))"
+  done
 }
 
 status() {
@@ -197,10 +257,7 @@ restart() {
   for n in $nodes; do
     IFS=: read -r name role port <<<"$n"
     if [ "$name" = "$want" ]; then
-      if alive "$dir/pids/$name.pid"; then
-        kill "$(cat "$dir/pids/$name.pid")"
-        while alive "$dir/pids/$name.pid"; do sleep 0.1; done
-      fi
+      stop_node "$name"
       start_node "$name" "$role" "$port"
       wait_http "http://127.0.0.1:$port/readyz"
       return
@@ -244,6 +301,7 @@ case "$cmd" in
   up) up "$@" ;;
   status) status ;;
   restart) restart "$@" ;;
+  roll) roll "$@" ;;
   down) down "$@" ;;
-  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac

@@ -187,6 +187,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     let sent = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let stale_retries = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let batch = args.batch.max(1);
     let pool: Arc<Vec<bytes::Bytes>> = {
@@ -220,6 +221,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         );
         let key = args.key.clone();
         let any_2xx = args.any_2xx;
+        let stale_retries = stale_retries.clone();
         let workers = args.concurrency.max(1) as f64;
         tasks.push(tokio::spawn(async move {
             // Each worker paces its share of the target request rate.
@@ -237,16 +239,24 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
                 // generator's own JSON work does not limit the rate it can offer.
                 let body = pool[(w + sent_requests * workers as usize) % pool.len()].clone();
                 sent_requests += 1;
-                let mut req = client
-                    .post(&endpoint)
-                    .header("content-type", "application/json")
-                    .body(body);
-                if let Some(k) = &key {
-                    req = req.bearer_auth(k);
-                }
+                let request = || {
+                    let req = client
+                        .post(&endpoint)
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    match &key {
+                        Some(k) => req.bearer_auth(k),
+                        None => req,
+                    }
+                };
                 let t0 = Instant::now();
                 sent.fetch_add(batch as u64, Ordering::Relaxed);
-                match req.send().await {
+                let mut answer = request().send().await;
+                if answer.as_ref().is_err_and(stale_connection) {
+                    stale_retries.fetch_add(1, Ordering::Relaxed);
+                    answer = request().send().await;
+                }
+                match answer {
                     Ok(r) if any_2xx && r.status().is_success() => {
                         accepted.fetch_add(batch as u64, Ordering::Relaxed);
                     }
@@ -260,8 +270,19 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
                         accepted.fetch_add(n, Ordering::Relaxed);
                         errors.fetch_add(batch as u64 - n, Ordering::Relaxed);
                     }
-                    _ => {
-                        errors.fetch_add(batch as u64, Ordering::Relaxed);
+                    other => {
+                        // The first few failures say what they were (status and body,
+                        // or the connection error) on stderr.
+                        if errors.fetch_add(batch as u64, Ordering::Relaxed) < 10 * batch as u64 {
+                            match other {
+                                Ok(r) => {
+                                    let status = r.status();
+                                    let text = r.text().await.unwrap_or_default();
+                                    eprintln!("loadgen: answered {status}: {text}");
+                                }
+                                Err(e) => eprintln!("loadgen: request failed: {e:?}"),
+                            }
+                        }
                     }
                 }
                 local_lat.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -300,6 +321,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         "events_sent": sent.load(Ordering::Relaxed),
         "events_accepted": acc,
         "errors": errors.load(Ordering::Relaxed),
+        "stale_connection_retries": stale_retries.load(Ordering::Relaxed),
         "events_per_second": acc as f64 / elapsed,
         "latency_ms_p50": pct(0.5),
         "latency_ms_p99": pct(0.99),
@@ -398,4 +420,34 @@ async fn probe_freshness(
         "p99_ms": (pct(0.99) * 10.0).round() / 10.0,
         "max_ms": (pct(1.0) * 10.0).round() / 10.0,
     })
+}
+
+/// Whether a request failed on a kept-alive connection that the other side had just
+/// closed — reset while the request was being written, or closed before any answer —
+/// rather than being refused or timing out. A gateway that reloads (nginx) closes its
+/// idle client connections without reading from them, so such a request was not taken;
+/// the load generator sends it again once, as browsers do, and counts it.
+pub fn stale_connection(e: &reqwest::Error) -> bool {
+    use std::error::Error as _;
+    if !e.is_request() || e.is_timeout() || e.is_connect() {
+        return false;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message())
+        {
+            return true;
+        }
+        if s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        }) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }

@@ -10,102 +10,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::*;
 use footfall_testkit::{generate, report, GenSpec};
 use serde_json::{json, Value};
 
 const GAP: i64 = 30 * 60_000;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Stops the cluster however the test ends.
-struct Cluster {
-    dir: PathBuf,
-    gateway: String,
-    port_base: u16,
-}
-
-impl Cluster {
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(self.dir.join("footfall.toml"))
-            .args(args)
-            .output()
-            .expect("run footfall");
-        assert!(
-            out.status.success(),
-            "footfall {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    fn script(&self, args: &[&str]) -> String {
-        let out = Command::new(root().join("scripts/cluster.sh"))
-            .args(args)
-            .env("FOOTFALL_CLUSTER_PORT", self.port_base.to_string())
-            .env("FOOTFALL_LOG", "info")
-            .output()
-            .expect("run cluster.sh");
-        assert!(
-            out.status.success(),
-            "cluster.sh {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn kill9(&self, node: &str) {
-        let pid: i32 = std::fs::read_to_string(self.dir.join(format!("pids/{node}.pid")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        // Reaped by nobody (cluster.sh started it); wait until it is gone.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn site(&self, name: &str, tz: &str) -> Site {
-        create_site_by(|args| self.cli(args), name, tz)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/cluster.sh"))
-            .args(["down", self.dir.to_str().unwrap(), "--purge"])
-            .env("FOOTFALL_CLUSTER_PORT", self.port_base.to_string())
-            .status();
-        if std::thread::panicking() {
-            for f in [
-                "processor-1",
-                "processor-2",
-                "collector-1",
-                "archiver-1",
-                "query-1",
-            ] {
-                if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("logs/{f}.log"))) {
-                    let tail: Vec<&str> = t.lines().rev().take(15).collect();
-                    eprintln!("--- {f} (last lines, newest first)\n{}", tail.join("\n"));
-                }
-            }
-        }
-    }
-}
 
 async fn send_all(
     c: &reqwest::Client,
@@ -136,13 +49,7 @@ async fn total_events(c: &reqwest::Client, url: &str, site: &Site, range: Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_counts_every_acknowledged_event_once_through_kills() {
-    if std::env::var("FOOTFALL_TEST_CLUSTER").is_err() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "FOOTFALL_TEST_CLUSTER is not set under CI: run the tests through scripts/test.sh"
-            );
-        }
-        eprintln!("\n*** SKIPPED cluster test: FOOTFALL_TEST_CLUSTER is not set ***\n");
+    if !common::cluster::enabled("cluster test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,8 @@
 //! Runs the real `footfall` binary as a child process for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -33,6 +35,7 @@ pub fn cli_with(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String 
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+#[derive(Debug, Clone)]
 pub struct Site {
     pub tracking_id: String,
     pub read_key: String,
