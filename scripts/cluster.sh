@@ -32,6 +32,7 @@ dir=$(cd "$dir" && pwd)
 base=${FOOTFALL_CLUSTER_PORT:-18000}
 gateway_port=$((base + 80))
 kafka_port=$((base + 92))
+redis_port=$((base + 79))
 s3_port=$((base + 93))
 nodes="collector-1:collector:$((base + 101)) collector-2:collector:$((base + 102)) query-1:query:$((base + 201)) query-2:query:$((base + 202)) processor-1:processor:$((base + 301)) processor-2:processor:$((base + 302)) archiver-1:archiver:$((base + 401))"
 
@@ -105,6 +106,9 @@ up() {
     "$root/scripts/kafka.sh" topic footfall-events "$partitions" "$kafka_port"
   fi
 
+  # Redis: the query nodes' shared answer cache.
+  "$root/scripts/redis.sh" start "$redis_port" "$dir/pids" >/dev/null
+
   # The S3-compatible server and a bucket.
   if ! alive "$dir/pids/moto.pid"; then
     nohup "$tools/moto/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$dir/logs/moto.log" 2>&1 &
@@ -136,6 +140,13 @@ url = "$url"
 url = "$url"
 # A query answer is at most the checkpoint interval plus this old (0.6 s here).
 read_max_staleness_ms = 100
+
+[query]
+# Answers shared by the query nodes through Redis, each for 500 ms: with the checkpoint
+# interval and read staleness above, an answer is at most about 1.1 s old.
+cache = "redis"
+redis_url = "redis://127.0.0.1:$redis_port/"
+cache_ttl_ms = 500
 
 [archive]
 url = "s3://footfall-archive/events"
@@ -246,7 +257,7 @@ status() {
       ok=1
     fi
   done
-  for s in tansu moto nginx; do
+  for s in tansu moto nginx redis; do
     if alive "$dir/pids/$s.pid"; then printf '%-12s up\n' "$s"; else printf '%-12s down\n' "$s"; ok=1; fi
   done
   return $ok
@@ -281,6 +292,7 @@ down() {
   done
   if alive "$dir/pids/nginx.pid"; then nginx -c "$dir/nginx.conf" -p "$dir/nginx" -s stop || true; fi
   "$root/scripts/kafka.sh" stop "$dir/pids"
+  "$root/scripts/redis.sh" stop "$dir/pids"
   if alive "$dir/pids/moto.pid"; then kill "$(cat "$dir/pids/moto.pid")" || true; fi
   rm -f "$dir/pids/moto.pid"
   if [ "$purge" = "--purge" ]; then

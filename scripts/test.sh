@@ -35,7 +35,11 @@ scripts/kafka.sh stop "$servers"
 FOOTFALL_TEST_KAFKA=$(scripts/kafka.sh start "${FOOTFALL_TEST_KAFKA_PORT:-19092}" "$servers")
 export FOOTFALL_TEST_KAFKA
 trap 'scripts/kafka.sh stop "$servers"' EXIT
-# The local cluster test (scripts/cluster.sh: nginx, moto, tansu, PostgreSQL).
+# Redis for the shared query cache's contract (Debian's redis-server).
+FOOTFALL_TEST_REDIS=$(scripts/redis.sh start "${FOOTFALL_TEST_REDIS_PORT:-16379}" "$servers")
+export FOOTFALL_TEST_REDIS
+trap 'scripts/kafka.sh stop "$servers"; scripts/redis.sh stop "$servers"' EXIT
+# The local cluster test (scripts/cluster.sh: nginx, moto, tansu, PostgreSQL, Redis).
 export FOOTFALL_TEST_CLUSTER=1
 
 # Every feature: the Kafka log is built and tested too.

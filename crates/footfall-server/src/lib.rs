@@ -88,6 +88,9 @@ pub struct AppState {
     pub message_ids: protocols::MessageIds,
     /// Another path the tracker script is served under (empty: only `/footfall.js`).
     pub tracker_path: String,
+    /// Answers of `/api/v2/query` kept for a short while (in process or in Redis); None:
+    /// every query is computed.
+    pub query_cache: Option<Arc<dyn footfall_cache::ResultCache>>,
 }
 
 type AppRef = Arc<AppState>;
@@ -548,15 +551,63 @@ async fn query(
     let store = query_store(&app)?.clone();
     let now = app.clock.now_millis();
     let tz = property.tz();
+    let key = app
+        .query_cache
+        .as_ref()
+        .map(|_| query_cache_key(&req.site_id, &property, now, &bytes));
+    if let (Some(cache), Some(key)) = (&app.query_cache, &key) {
+        let looked = Instant::now();
+        let hit = cache.get(key).await;
+        app.metrics
+            .query_cache_seconds
+            .observe(looked.elapsed().as_secs_f64());
+        if let Some(answer) = hit {
+            app.metrics.query_cache_hits.inc();
+            app.metrics
+                .query_seconds
+                .observe(started.elapsed().as_secs_f64());
+            return Ok(json_bytes(answer));
+        }
+        app.metrics.query_cache_misses.inc();
+    }
     let result =
         tokio::task::spawn_blocking(move || footfall_query::execute(&req, tz, store.as_ref(), now))
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?
             .map_err(query_error)?;
+    let answer = Bytes::from(serde_json::to_vec(&result).map_err(internal)?);
+    if let (Some(cache), Some(key)) = (&app.query_cache, &key) {
+        cache.put(key, answer.clone()).await;
+    }
     app.metrics
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
-    Ok(Json(result).into_response())
+    Ok(json_bytes(answer))
+}
+
+/// What decides a query's answer, as a cache key: the property and its time zone, the
+/// request (its JSON with keys in order, so equal requests are equal keys), and the
+/// current minute — relative ranges (`day`, `7d`) move at local midnight, which is
+/// always on a minute. The data is not in the key: answers are kept only for the
+/// cache's `ttl`, chosen within the freshness bound.
+fn query_cache_key(
+    site_id: &str,
+    property: &footfall_meta::Property,
+    now_ms: i64,
+    body: &[u8],
+) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    format!(
+        "v1\x1f{site_id}\x1f{}\x1f{}\x1f{canonical}",
+        property.timezone,
+        now_ms.div_euclid(60_000)
+    )
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// An invalid query is the client's to fix (400); a store that cannot answer now is

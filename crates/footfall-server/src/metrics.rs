@@ -26,6 +26,9 @@ pub struct Metrics {
     pub open_visits: Gauge<i64, AtomicI64>,
     pub log_bytes: Gauge<i64, AtomicI64>,
     pub checkpoint_bytes: Gauge<i64, AtomicI64>,
+    pub query_cache_hits: Counter,
+    pub query_cache_misses: Counter,
+    pub query_cache_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -91,6 +94,24 @@ impl Default for Metrics {
             "Size of the last rollup checkpoint",
             checkpoint_bytes.clone(),
         );
+        let query_cache_hits = Counter::default();
+        registry.register(
+            "query_cache_hits",
+            "Queries answered from the query cache",
+            query_cache_hits.clone(),
+        );
+        let query_cache_misses = Counter::default();
+        registry.register(
+            "query_cache_misses",
+            "Queries the query cache did not hold (computed, then stored)",
+            query_cache_misses.clone(),
+        );
+        let query_cache_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register(
+            "query_cache_lookup_seconds",
+            "Time to look a query up in the query cache, hit or miss",
+            query_cache_seconds.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -103,6 +124,9 @@ impl Default for Metrics {
             open_visits,
             log_bytes,
             checkpoint_bytes,
+            query_cache_hits,
+            query_cache_misses,
+            query_cache_seconds,
         }
     }
 }

@@ -19,6 +19,35 @@ pub struct Config {
     pub tracker: TrackerConfig,
     pub meta: MetaConfig,
     pub store: StoreConfig,
+    pub query: QueryConfig,
+}
+
+/// The query API's answer cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// `memory` (in this process), `redis` (shared by every query node; `redis_url`),
+    /// or `off`.
+    pub cache: String,
+    /// How long an answer is kept. An answer served from the cache is at most this much
+    /// older than a computed one: keep the sum with the pipeline's own delay within the
+    /// freshness bound (docs/DISTRIBUTED.md).
+    pub cache_ttl_ms: u64,
+    /// `memory`: bytes of answers kept, in MiB.
+    pub cache_mib: u64,
+    /// `redis`: `redis://host:port[/db]`.
+    pub redis_url: String,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            cache: "memory".into(),
+            cache_ttl_ms: 1000,
+            cache_mib: 64,
+            redis_url: String::new(),
+        }
+    }
 }
 
 /// Where properties, keys and secrets live.
@@ -396,6 +425,12 @@ impl Config {
         }
         if !(100..=120_000).contains(&self.log.kafka_delivery_timeout_ms) {
             bail!("log.kafka_delivery_timeout_ms must be between 100 and 120000");
+        }
+        match self.query.cache.as_str() {
+            "memory" | "off" => {}
+            "redis" if !self.query.redis_url.is_empty() => {}
+            "redis" => bail!("query.cache = \"redis\" needs query.redis_url"),
+            other => bail!("query.cache `{other}` must be memory, redis or off"),
         }
         if self.store.read_connections == 0 || self.store.read_connections > 64 {
             bail!("store.read_connections must be between 1 and 64");

@@ -176,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             }
             shown.meta.url = config::redact_url(&shown.meta.url);
             shown.store.url = config::redact_url(&shown.store.url);
+            shown.query.redis_url = config::redact_url(&shown.query.redis_url);
             print!("{}", toml::to_string_pretty(&shown)?);
             Ok(())
         }
@@ -615,6 +616,11 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: cfg.tracker.script_path.clone(),
         reprocessor,
+        query_cache: if roles.query {
+            query_cache(&cfg)?
+        } else {
+            None
+        },
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -732,4 +738,23 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// The query API's answer cache, as configured (`[query]`).
+fn query_cache(cfg: &Config) -> anyhow::Result<Option<Arc<dyn footfall_cache::ResultCache>>> {
+    let ttl = Duration::from_millis(cfg.query.cache_ttl_ms);
+    if ttl.is_zero() {
+        return Ok(None);
+    }
+    Ok(match cfg.query.cache.as_str() {
+        "memory" => Some(Arc::new(footfall_cache::MemoryCache::new(
+            ttl,
+            cfg.query.cache_mib << 20,
+        ))),
+        "redis" => Some(Arc::new(
+            footfall_cache::RedisCache::new(&cfg.query.redis_url, ttl, "footfall:q:")
+                .map_err(|e| anyhow::anyhow!("query.redis_url: {e}"))?,
+        )),
+        _ => None,
+    })
 }

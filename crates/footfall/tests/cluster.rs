@@ -108,6 +108,70 @@ async fn cluster_counts_every_acknowledged_event_once_through_kills() {
         "forged X-Forwarded-For entries must not make other visitors"
     );
 
+    // The query nodes share answers through Redis: a query answered by query-1 is a hit
+    // on query-2. New events still show within the freshness bound.
+    let node = |offset: u16| format!("http://127.0.0.1:{}", cluster.port_base + offset);
+    let (q1, q2) = (node(201), node(202));
+    let hits = |url: String| {
+        let c = c.clone();
+        async move {
+            let text = c
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("footfall_query_cache_hits_total "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let q = json!({"site_id": forged.tracking_id, "metrics": ["pageviews"], "date_range": "day"});
+    let mut shared = false;
+    // Twice at most: keys carry the minute, and a minute may turn between the two.
+    for _ in 0..2 {
+        let before = hits(q2.clone()).await;
+        let a = query(&c, &q1, &forged, q.clone()).await;
+        let b = query(&c, &q2, &forged, q.clone()).await;
+        assert_eq!(a, b, "both nodes answer alike");
+        if hits(q2.clone()).await == before + 1 {
+            shared = true;
+            break;
+        }
+    }
+    assert!(
+        shared,
+        "query-2 did not answer from the answer query-1 cached"
+    );
+    for i in 5..8 {
+        let r = browser
+            .post(format!("{}/api/v1/events", cluster.gateway))
+            .json(&json!({"tracking_id": forged.tracking_id, "name": "pageview", "url": format!("https://f.example/{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let posted = Instant::now();
+    loop {
+        let v = query(&c, &q2, &forged, q.clone()).await;
+        if v["results"][0]["metrics"][0] == 8 {
+            break;
+        }
+        assert!(
+            posted.elapsed() < Duration::from_secs(2),
+            "new events not visible through the cached query node within 2 s: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "shared query cache: a hit on query-2 for query-1's answer; new events visible through it after {} ms",
+        posted.elapsed().as_millis()
+    );
+
     let now = chrono::Utc::now().timestamp_millis();
     let spec = GenSpec {
         seed: 23,
