@@ -3,7 +3,9 @@
 #   - batched ingest through a collector on Kafka vs on the file log,
 #   - processing from Kafka vs from the file log (one core each; the broker on the other),
 #   - the dashboard query set from a query node on PostgreSQL (cold: a fresh node's first
-#     round; cached: the rounds after) vs the embedded store.
+#     round; cached: the rounds after) vs the embedded store,
+#   - beacons and batches through nginx vs straight to the server,
+#   - the dashboard set with the answer cache warm vs computed.
 #
 #   scripts/bench-distributed.sh           full run: writes benches/distributed.md (and the
 #                                          section of BENCHMARKS.md between its markers)
@@ -32,6 +34,7 @@ OFFSET_MIN=330
 
 echo "== build (release, with Kafka)"
 scripts/fetch-rules.sh
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || scripts/bench-deps.sh
 cargo build --release --locked -q -p footfall -p footfall-bench \
   --features footfall/kafka,footfall-bench/kafka
 PG=$(scripts/pg.sh start)
@@ -50,8 +53,11 @@ pids=()
 cleanup() {
   for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done
   scripts/kafka.sh stop "$work/kafka"
+  [ -f "$work/gw/pids/nginx.pid" ] && kill "$(cat "$work/gw/pids/nginx.pid")" 2>/dev/null || true
 }
 trap cleanup EXIT
+# Rows measure the stores, not the answer cache, except the cache's own row.
+export FOOTFALL_QUERY__CACHE=off
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # start DIR PORT [serve args…] -> SERVER_PID; environment passes through.
 start() {
@@ -73,8 +79,8 @@ new_site() { # DIR -> "ID READ_KEY" (environment passes through: meta.url)
   key=$("$F" --data-dir "$1" key create --property "$tid" --scope read)
   echo "$tid $key"
 }
-loadgen() { # URL SITE OUT
-  "$F" loadgen --url "$1" --property "$2" --rate 2000000 --duration "$DUR" --batch 100 \
+loadgen() { # URL SITE OUT [BATCH]
+  "$F" loadgen --url "$1" --property "$2" --rate 2000000 --duration "$DUR" --batch "${4:-100}" \
     --concurrency 8 --json >"$3"
 }
 
@@ -88,6 +94,26 @@ read -r S2 _ <<<"$(new_site "$work/ingest-kafka")"
 P=$(free_port)
 FOOTFALL_LOG__KAFKA_BROKERS="$KAFKA" FOOTFALL_LOG__KAFKA_TOPIC=ingest start "$work/ingest-kafka" "$P" --role collector
 loadgen "http://127.0.0.1:$P" "$S2" "$work/ingest-kafka.json"; stop
+
+echo "== ingest through nginx vs straight to the server (beacons and batches)"
+mkdir -p "$work/gw" "$work/gw/nginx" "$work/gw/logs" "$work/gw/pids"
+read -r S3 _ <<<"$(new_site "$work/gw")"
+P=$(free_port); start "$work/gw" "$P"
+GP=$(free_port)
+python3 - deploy/nginx/cluster.conf.template "$work/gw/nginx.conf" "$work/gw" "$GP" "        server 127.0.0.1:$P;" "        server 127.0.0.1:$P;" <<'PY'
+import sys
+t = open(sys.argv[1]).read()
+for k, v in [("@DIR@", sys.argv[3]), ("@PORT@", sys.argv[4]), ("@COLLECTORS@", sys.argv[5]), ("@QUERIES@", sys.argv[6])]:
+    t = t.replace(k, v)
+open(sys.argv[2], "w").write(t)
+PY
+nginx -c "$work/gw/nginx.conf" -p "$work/gw/nginx"
+for b in 1 100; do
+  loadgen "http://127.0.0.1:$P" "$S3" "$work/gw-direct-$b.json" "$b"
+  loadgen "http://127.0.0.1:$GP" "$S3" "$work/gw-nginx-$b.json" "$b"
+done
+nginx -c "$work/gw/nginx.conf" -p "$work/gw/nginx" -s stop
+stop
 
 echo "== processing, one core: from the file log vs from Kafka"
 taskset -c 0 "$B" process --events "$PROC_EVENTS" --partitions 2 >"$work/process-file.json"
@@ -113,6 +139,12 @@ P=$(free_port); start "$dir" "$P"; wait_lag0 "$P"
 "$B" queries --url "http://127.0.0.1:$P" --site "$QS" --key "$QK" --from "$FROM" --to "$TODAY" \
   --iterations "$ITER" >"$work/queries-embedded.json"
 stop
+# The answer cache: the same set on the same store with the cache on (memory, 1 s):
+# the first round computes and stores, the rounds after are answered from the cache.
+FOOTFALL_QUERY__CACHE=memory start "$dir" "$P"
+"$B" queries --url "http://127.0.0.1:$P" --site "$QS" --key "$QK" --from "$FROM" --to "$TODAY" \
+  --iterations "$ITER" >"$work/queries-cached.json"
+stop
 # The same log processed into PostgreSQL, then read by query nodes.
 rm -rf "$dir/rollups"
 P=$(free_port)
@@ -137,6 +169,8 @@ j = lambda n: json.load(open(f"{work}/{n}"))
 f, k = j("ingest-file.json"), j("ingest-kafka.json")
 pf, pk = j("process-file.json"), j("process-kafka.json")
 emb = j("queries-embedded.json")
+qc = j("queries-cached.json")
+gw = {(w, b): j(f"gw-{w}-{b}.json") for w in ("direct", "nginx") for b in (1, 100)}
 pgs = [j(f"queries-pg-{c}.json") for c in range(1, cold + 1)]
 firsts = sorted(p["first_round_ms"] for p in pgs)
 cached = sorted(p["set_p99_ms"] for p in pgs)
@@ -153,9 +187,14 @@ out.append(f"| ingest, batched, through a collector on Kafka (tansu, 2 partition
 out.append(f"| processing from Kafka, one core | `taskset -c 0 footfall-bench process --kafka` ({pk['events']:,} events) | {pk['process_events_per_second']:,.0f} events/s (decode-only from Kafka {pk['decode_only_events_per_second']:,.0f}) | from the file log: {pf['process_events_per_second']:,.0f} events/s ({pf['ratio_to_decode_only']:.3f}× of its decode-only pass) | {r_proc:.2f}× | ≥ 0.7×; embedded ≥ 0.19× decode-only | {verdict(r_proc >= 0.7)}; embedded {verdict(pf['ratio_to_decode_only'] >= 0.19)} |")
 out.append(f"| dashboard set from a query node on PostgreSQL, cold ({q_events:,} events over 30 days) | a fresh `serve --role query`, its first round (×{cold} nodes) | first round {', '.join(f'{x:.1f}' for x in firsts)} ms (max {firsts[-1]:.1f}) | — | — | ≤ 20 ms | {verdict(firsts[-1] <= 20)} |")
 out.append(f"| dashboard set from a query node on PostgreSQL, cached | `footfall-bench queries`, {pgs[0]['iterations']} rounds per node | set p99 {max(cached):.2f} ms (p50 {pgs[0]['set_p50_ms']:.2f} ms); answers equal the embedded store's: {'yes' if same else 'NO'} | embedded store: set p99 {emb['set_p99_ms']:.2f} ms (p50 {emb['set_p50_ms']:.2f} ms) | {max(cached) / emb['set_p99_ms']:.1f}× the embedded p99 | ≤ 5 ms | {verdict(max(cached) <= 5 and same)} |")
+for b, what in ((1, "beacons (1 event per request)"), (100, "batches (100 events per request)")):
+    d, n = gw[("direct", b)], gw[("nginx", b)]
+    out.append(f"| ingest, {what}, through nginx | `loadgen --batch {b} --concurrency 8` to nginx (`deploy/nginx/cluster.conf.template`) in front of `serve` | {n['events_per_second']:,.0f} events/s, {n['errors']} errors, request p99 {n['latency_ms_p99']:.1f} ms | straight to `serve`: {d['events_per_second']:,.0f} events/s, request p99 {d['latency_ms_p99']:.1f} ms | {n['events_per_second'] / d['events_per_second']:.2f}× | — | |")
+out.append(f"| dashboard set, answer cache warm ({q_events:,} events, embedded store) | `query.cache = \"memory\"`, `footfall-bench queries`, {qc['iterations']} rounds | set p99 {qc['set_p99_ms']:.2f} ms (p50 {qc['set_p50_ms']:.2f} ms); cold (first round, computed and stored): {qc['first_round_ms']:.1f} ms; answers equal the uncached ones: {'yes' if qc['answers'] == emb['answers'] else 'NO'} | computed every time (`query.cache = \"off\"`): set p99 {emb['set_p99_ms']:.2f} ms | {qc['set_p99_ms'] / emb['set_p99_ms']:.2f}× | — | |")
 print("\n".join(out))
 json.dump({"ingest_file": f, "ingest_kafka": k, "process_file": pf, "process_kafka": pk,
-           "queries_embedded": emb, "queries_pg": pgs}, open(f"{work}/distributed.json", "w"), indent=1)
+           "queries_embedded": emb, "queries_pg": pgs, "queries_cached": qc,
+           "gateway": {f"{w}-{b}": v for (w, b), v in gw.items()}}, open(f"{work}/distributed.json", "w"), indent=1)
 PY
 cat "$work/distributed.md"
 if [ "$mode" = full ]; then

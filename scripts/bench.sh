@@ -53,6 +53,9 @@ cleanup() {
   [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
 }
 trap cleanup EXIT
+# The query rows measure the engine and the store against their baselines, not the
+# answer cache (scripts/bench-distributed.sh measures that on its own).
+export FOOTFALL_QUERY__CACHE=off
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Validates the container image and Kubernetes files offline (neither Docker nor a
-# cluster runs on the build machines):
+# Validates the container image, the Kubernetes files and the production nginx
+# configuration offline (neither Docker nor a cluster runs on the build machines):
 #   - the kustomizations name files that exist (base and overlay);
 #   - every manifest against the Kubernetes API schemas (kubernetes-validate, strict:
 #     unknown fields fail) for the oldest and newest versions we support;
+#   - deploy/nginx/footfall.conf with `nginx -t` (a throwaway certificate in place);
 #   - the manifests and the Dockerfile against checkov's policies. A finding is either
 #     fixed or waived in the file that has it, with its reason
 #     (`checkov.io/skipN: CHECK=reason` annotations; `# checkov:skip=CHECK:reason`).
@@ -44,6 +45,22 @@ for v in 1.29.0 1.37.0; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" "${manifests[@]}"
   echo "kubernetes $v: ok"
 done
+
+echo "== nginx -t: deploy/nginx/footfall.conf"
+if ! command -v nginx >/dev/null; then
+  echo "validate-deploy: installing nginx (Debian)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/tls" "$tmp/logs"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=analytics.example.com" \
+  -keyout "$tmp/tls/analytics.example.com.key" -out "$tmp/tls/analytics.example.com.crt" 2>/dev/null
+# The file as shipped, with its machine paths (certificate, pid, log) moved into $tmp.
+sed -e "s|/etc/nginx/tls/|$tmp/tls/|g" -e "s|/run/nginx-footfall.pid|$tmp/nginx.pid|" \
+  -e "s|/var/log/nginx/|$tmp/logs/|" deploy/nginx/footfall.conf >"$tmp/footfall.conf"
+nginx -t -q -c "$tmp/footfall.conf" -p "$tmp/"
+echo "nginx -t: ok"
 
 echo "== checkov: Kubernetes manifests and the Dockerfile"
 "$venv/bin/checkov" -d deploy/k8s --framework kubernetes --compact --quiet --skip-download

@@ -125,6 +125,9 @@ async fn a_query_node_answers_503_while_its_database_is_cut_and_recovers() {
         ("FOOTFALL_META__URL", proxied.as_str()),
         ("FOOTFALL_STORE__URL", proxied.as_str()),
         ("FOOTFALL_STORE__READ_MAX_STALENESS_MS", "250"),
+        // The answer cache would answer the same query from memory for its ttl: this
+        // test is about the database path.
+        ("FOOTFALL_QUERY__CACHE", "off"),
     ];
     let (wd, qd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let site = create_site_with(wd.path(), "UTC", &direct);
