@@ -171,15 +171,13 @@ TOML
   echo "http://127.0.0.1:$gateway_port"
 }
 
-# Writes nginx's configuration with every collector and query node except the one
-# named (marked `down`: nginx sends it nothing), and starts or reloads nginx. A reload
-# is graceful: workers of the old configuration finish the requests they hold.
+# Writes nginx's configuration with every collector and query node and starts nginx
+# (reloads it if it runs).
 gateway() {
-  local leave_out=${1:-} collectors="" queries="" line
+  local collectors="" queries="" line
   for n in $nodes; do
     IFS=: read -r name role port <<<"$n"
     line="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s"
-    [ "$name" = "$leave_out" ] && line+=" down"
     case "$role" in
       collector) collectors+="$line;"$'\n' ;;
       query) queries+="$line;"$'\n' ;;
@@ -210,10 +208,11 @@ stop_node() {
   kill -9 "$(cat "$pidfile")" || true
 }
 
-# Every node in turn, each back and ready before the next goes: collectors and query
-# nodes leave the gateway first (so no request is in flight to them when they stop)
-# and rejoin once ready; processors hand their partitions to the others while they
-# restart.
+# Every node in turn, each back and ready before the next goes. nginx is not touched:
+# a node sent SIGTERM closes its listener (nginx's next connection to it is refused and
+# retried on another server), answers what still arrives on open connections with
+# `Connection: close`, and exits; nginx idles out its other connections to it first.
+# Processors hand their partitions to the others while they restart.
 roll() {
   local binary=""
   while [ $# -gt 0 ]; do
@@ -225,22 +224,12 @@ roll() {
   [ -n "$binary" ] && echo "$binary" >"$dir/binary"
   for n in $nodes; do
     IFS=: read -r name role port <<<"$n"
-    case "$role" in
-      collector | query)
-        gateway "$name"
-        # Old workers finish what they hold for the node (requests take milliseconds).
-        sleep 1
-        stop_node "$name"
-        start_node "$name" "$role" "$port"
-        wait_http "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/logs/$name.log" >&2; exit 1; }
-        gateway
-        ;;
-      *)
-        stop_node "$name"
-        start_node "$name" "$role" "$port"
-        wait_http "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/logs/$name.log" >&2; exit 1; }
-        ;;
-    esac
+    stop_node "$name"
+    start_node "$name" "$role" "$port"
+    wait_http "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/logs/$name.log" >&2; exit 1; }
+    # nginx counts the node failed for fail_timeout (2 s) after its last refused
+    # connection: wait that out before the next node goes, or both could be marked.
+    sleep 2.5
     log "rolled $name ($(cat "$dir/binary"))"
   done
 }

@@ -45,9 +45,17 @@ const MAX_HEADERS: usize = 48;
 const CORS_HEADERS: &[u8] = b"vary: origin, access-control-request-method, \
 access-control-request-headers\r\naccess-control-allow-origin: *\r\n";
 
-/// Serves `listener` until `signal` completes, then stops accepting, lets each
-/// connection finish the request it is in (idle ones close at once) and returns when
-/// all have closed.
+/// How long a connection stays open once draining starts, waiting for the peer's next
+/// request: a proxy's kept-alive connection is not closed under it (a request it writes
+/// as the connection closes would fail, and a proxy does not resend a POST). Proxies
+/// should close idle upstream connections sooner (nginx: `keepalive_timeout 2s` in the
+/// upstream, deploy/nginx), so that none is left when this runs out.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(3);
+
+/// Serves `listener` until `signal` completes, then drains: the listener closes (new
+/// connections are refused, which proxies retry elsewhere), each open connection
+/// answers the requests that still come — each answer says `connection: close` — and
+/// one that stays idle for [`DRAIN_LINGER`] is closed. Returns when all have closed.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<AppState>,
@@ -128,12 +136,18 @@ impl Connection {
                     }
                     Head::Partial => {}
                 }
-                // Between requests a shutdown closes the connection; inside one, the
-                // request is read and answered first.
+                // Between requests, once draining, the peer has DRAIN_LINGER to send
+                // one more; inside a request, it is read and answered first.
                 let read = if buf.is_empty() {
-                    tokio::select! {
-                        r = read_within_timeout(&mut stream, &mut buf) => r,
-                        _ = self.stop.wait_for(|s| *s) => return,
+                    if *self.stop.borrow() {
+                        tokio::time::timeout(DRAIN_LINGER, read_more(&mut stream, &mut buf))
+                            .await
+                            .unwrap_or(Ok(0))
+                    } else {
+                        tokio::select! {
+                            r = read_within_timeout(&mut stream, &mut buf) => r,
+                            _ = self.stop.wait_for(|s| *s) => continue,
+                        }
                     }
                 } else {
                     read_within_timeout(&mut stream, &mut buf).await
@@ -156,8 +170,9 @@ impl Connection {
                 buf = Vec::with_capacity(2048);
             }
             out.clear();
-            write_answer(&mut out, answer);
-            if stream.write_all(&out).await.is_err() || *self.stop.borrow() {
+            let closing = *self.stop.borrow();
+            write_answer(&mut out, answer, closing);
+            if stream.write_all(&out).await.is_err() || closing {
                 return;
             }
         }
@@ -166,12 +181,23 @@ impl Connection {
     /// Serves the rest of the connection with hyper and the router, replaying `read`.
     async fn hand_to_hyper(mut self, stream: TcpStream, read: Vec<u8>) {
         let (router, peer) = (self.router, self.peer);
+        let draining = self.stop.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let router = router.clone();
+            let draining = draining.clone();
             async move {
-                let resp = tower::ServiceExt::oneshot(router, req).await;
-                Ok::<_, Infallible>(resp.unwrap_or_else(|e| match e {}))
+                let mut resp = tower::ServiceExt::oneshot(router, req)
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                if *draining.borrow() {
+                    // hyper closes the connection after this answer.
+                    resp.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(resp)
             }
         });
         let io = hyper_util::rt::TokioIo::new(Replay {
@@ -190,10 +216,15 @@ impl Connection {
         };
         let r = match done {
             Some(r) => r,
-            None => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+            // Draining: requests still coming are answered (and close the connection);
+            // an idle connection is closed after DRAIN_LINGER.
+            None => match tokio::time::timeout(DRAIN_LINGER, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            },
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
@@ -271,7 +302,11 @@ fn parse_head(buf: &[u8], max_body: usize) -> Head {
 }
 
 /// The HTTP/1.1 answer, as the router would send it.
-fn write_answer(out: &mut Vec<u8>, answer: Result<(StatusCode, serde_json::Value), ApiError>) {
+fn write_answer(
+    out: &mut Vec<u8>,
+    answer: Result<(StatusCode, serde_json::Value), ApiError>,
+    close: bool,
+) {
     let (status, retry_after, body) = match answer {
         Ok((s, b)) => (s, None, b),
         Err(e) => e.into_parts(),
@@ -286,6 +321,9 @@ fn write_answer(out: &mut Vec<u8>, answer: Result<(StatusCode, serde_json::Value
     out.extend_from_slice(CORS_HEADERS);
     if let Some(s) = retry_after {
         let _ = write!(out, "retry-after: {s}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     let _ = write!(out, "content-length: {}\r\ndate: ", body.len());
     date::write(out);

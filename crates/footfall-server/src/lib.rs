@@ -80,8 +80,12 @@ pub struct AppState {
     /// health: each check is named in `/readyz`'s answer when it fails (a database…).
     pub readiness: Vec<ReadinessCheck>,
     pub rules: IngestRules,
-    /// Cleared when shutdown starts: new ingestion gets 503.
+    /// Cleared when ingestion must stop: new ingestion gets 503.
     pub accepting: AtomicBool,
+    /// Set when shutdown starts: `/readyz` answers 503 so that load balancers stop
+    /// sending, while requests still arriving on open connections are answered (see
+    /// [`fast::serve`]).
+    pub draining: AtomicBool,
     /// Reprocessing (absent when the server runs without an archive).
     pub reprocessor: Option<Arc<reprocess::Reprocessor>>,
     /// Segment `messageId`s recently kept, to recognise retries.
@@ -692,7 +696,7 @@ fn query_store(app: &AppState) -> Result<&Arc<dyn RollupRead>, ApiError> {
 
 /// 200 `ready`, or 503 naming what is not: `shutting down`, or each failed check.
 async fn readyz(State(app): State<AppRef>) -> Response {
-    if !app.accepting.load(Ordering::SeqCst) {
+    if !app.accepting.load(Ordering::SeqCst) || app.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down").into_response();
     }
     let mut checks = app.readiness.clone();

@@ -69,6 +69,7 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: String::new(),
         query_cache: None,
+        draining: std::sync::atomic::AtomicBool::new(false),
         reprocessor: None,
     });
     let router = app(state.clone()).layer(MockConnectInfo(SocketAddr::from((

@@ -613,6 +613,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         readiness,
         rules,
         accepting: AtomicBool::new(true),
+        draining: AtomicBool::new(false),
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: cfg.tracker.script_path.clone(),
         reprocessor,
@@ -684,14 +685,16 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         let server = footfall_server::fast::serve(listener, state.clone(), app, async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested: draining");
-            shutdown_state.accepting.store(false, Ordering::SeqCst);
+            // Not ready from now on; requests still arriving on open connections are
+            // answered (footfall_server::fast::serve) until the connections close.
+            shutdown_state.draining.store(true, Ordering::SeqCst);
         });
         // Bound the drain so shutdown finishes inside the timeout.
         let deadline = shutdown_timeout.mul_f32(0.6);
         tokio::select! {
             r = server => r?,
             _ = async {
-                while state.accepting.load(Ordering::SeqCst) {
+                while !state.draining.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 tokio::time::sleep(deadline).await;

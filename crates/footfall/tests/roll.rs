@@ -19,8 +19,8 @@ use common::cluster::Cluster;
 use common::*;
 use serde_json::{json, Value};
 
-/// Long enough to cover both rolls (each about 20 s here) with load on either side.
-const LOAD_SECONDS: u64 = 75;
+/// Long enough to cover both rolls (each about 35 s here) with load on either side.
+const LOAD_SECONDS: u64 = 100;
 
 fn loadgen(
     cluster: &Cluster,
