@@ -4,6 +4,7 @@
 #   - the kustomizations name files that exist (base and overlay);
 #   - every manifest against the Kubernetes API schemas (kubernetes-validate, strict:
 #     unknown fields fail) for the oldest and newest versions we support;
+#   - the ConfigMap's footfall.toml with `footfall config` (it must load and validate);
 #   - deploy/nginx/footfall.conf with `nginx -t` (a throwaway certificate in place);
 #   - the manifests and the Dockerfile against checkov's policies. A finding is either
 #     fixed or waived in the file that has it, with its reason
@@ -45,6 +46,15 @@ for v in 1.29.0 1.37.0; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" "${manifests[@]}"
   echo "kubernetes $v: ok"
 done
+
+echo "== the ConfigMap's footfall.toml is a valid Footfall configuration"
+[ -x target/debug/footfall ] || cargo build -q --locked -p footfall
+"$venv/bin/python" - <<'PY' >"$root/target/k8s-footfall.toml"
+import yaml
+print(yaml.safe_load(open("deploy/k8s/base/configmap.yaml"))["data"]["footfall.toml"])
+PY
+target/debug/footfall --config "$root/target/k8s-footfall.toml" config >/dev/null
+echo "footfall config: ok"
 
 echo "== nginx -t: deploy/nginx/footfall.conf"
 if ! command -v nginx >/dev/null; then
