@@ -177,7 +177,10 @@ gateway() {
   local collectors="" queries="" line
   for n in $nodes; do
     IFS=: read -r name role port <<<"$n"
-    line="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s"
+    # max_fails=0: nginx never counts a node failed. On loopback a stopped node refuses
+    # at once and nginx tries the next one; counted failures outlast a restart, and
+    # two nodes of a kind counted failed at once leave none ("no live upstreams").
+    line="        server 127.0.0.1:$port max_fails=0"
     case "$role" in
       collector) collectors+="$line;"$'\n' ;;
       query) queries+="$line;"$'\n' ;;
@@ -227,9 +230,6 @@ roll() {
     stop_node "$name"
     start_node "$name" "$role" "$port"
     wait_http "http://127.0.0.1:$port/readyz" || { tail -20 "$dir/logs/$name.log" >&2; exit 1; }
-    # nginx counts the node failed for fail_timeout (2 s) after its last refused
-    # connection: wait that out before the next node goes, or both could be marked.
-    sleep 2.5
     log "rolled $name ($(cat "$dir/binary"))"
   done
 }

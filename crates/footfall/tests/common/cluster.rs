@@ -108,6 +108,17 @@ impl Drop for Cluster {
                 "nginx-error",
             ] {
                 if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("logs/{f}.log"))) {
+                    // Ownership changes and trouble over the whole run, then the end.
+                    let story: Vec<&str> = t
+                        .lines()
+                        .filter(|l| {
+                            l.contains("footfall_processor::cluster")
+                                || l.contains("WARN")
+                                || l.contains("ERROR")
+                        })
+                        .filter(|l| !l.contains("librdkafka"))
+                        .collect();
+                    eprintln!("--- {f}: ownership and trouble\n{}", story.join("\n"));
                     let tail: Vec<&str> = t.lines().rev().take(15).collect();
                     eprintln!("--- {f} (last lines, newest first)\n{}", tail.join("\n"));
                 }
