@@ -119,27 +119,25 @@ pub fn parse_body(bytes: &[u8], limits: &Limits) -> Result<Vec<Value>, BodyError
     Ok(events)
 }
 
-fn opt_string(
-    o: &serde_json::Map<String, Value>,
-    key: &str,
-    max_chars: usize,
-) -> Result<Option<String>, Rejection> {
+fn opt_string(o: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, Rejection> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            if s.chars().count() > max_chars {
-                Err(Rejection::new(
-                    "field_too_long",
-                    format!("`{key}` is longer than {max_chars} characters"),
-                ))
-            } else {
-                Ok(Some(s.clone()))
-            }
-        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Rejection::new(
             "wrong_type",
             format!("`{key}` must be a string"),
         )),
+    }
+}
+
+fn check_chars(key: &str, v: Option<&str>, max_chars: usize) -> Result<(), Rejection> {
+    // Bytes bound characters from above: most values are decided without counting.
+    match v {
+        Some(s) if s.len() > max_chars && s.chars().count() > max_chars => Err(Rejection::new(
+            "field_too_long",
+            format!("`{key}` is longer than {max_chars} characters"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -157,7 +155,7 @@ pub fn parse_timestamp(v: &Value) -> Result<Millis, Rejection> {
         Value::Number(n) => n
             .as_i64()
             .or_else(|| n.as_f64().map(|f| f as i64))
-            .filter(|ms| (0..=253_402_300_799_000).contains(ms))
+            .filter(|ms| (0..=MAX_TIMESTAMP).contains(ms))
             .ok_or_else(|| Rejection::new("invalid_timestamp", "`timestamp` is out of range")),
         _ => Err(Rejection::new(
             "wrong_type",
@@ -166,74 +164,15 @@ pub fn parse_timestamp(v: &Value) -> Result<Millis, Rejection> {
     }
 }
 
-/// Validates one event value.
-pub fn parse_event(v: &Value, limits: &Limits) -> Result<NativeEvent, Rejection> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| Rejection::new("wrong_type", "an event must be a JSON object"))?;
-    let tracking_id = opt_string(o, "tracking_id", 64)?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Rejection::new("missing_tracking_id", "`tracking_id` is required"))?;
-    let name = opt_string(o, "name", limits.max_name_chars)?
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| Rejection::new("missing_name", "`name` is required"))?;
-    let url = opt_string(o, "url", limits.max_url_chars)?;
-    let referrer = opt_string(o, "referrer", limits.max_url_chars)?;
-    let title = opt_string(o, "title", limits.max_url_chars)?;
-    let client_id = opt_string(o, "client_id", 256)?;
-    let user_id = opt_string(o, "user_id", 256)?;
-    let user_agent = opt_string(o, "user_agent", 1024)?;
-    let ip = match opt_string(o, "ip", 64)? {
-        None => None,
-        Some(s) => Some(
-            s.parse::<IpAddr>()
-                .map_err(|_| Rejection::new("invalid_ip", "`ip` is not an IP address"))?,
-        ),
-    };
-    let timestamp = match o.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(t) => Some(parse_timestamp(t)?),
-    };
-    let interactive = match o.get("interactive") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(Rejection::new(
-                "wrong_type",
-                "`interactive` must be a boolean",
-            ))
-        }
-    };
+/// An event's `props` object (absent or null: none), typed.
+pub fn parse_props(v: Option<&Value>) -> Result<BTreeMap<String, PropValue>, Rejection> {
     let mut props = BTreeMap::new();
-    match o.get("props") {
+    match v {
         None | Some(Value::Null) => {}
         Some(Value::Object(p)) => {
-            if p.len() > limits.max_props {
-                return Err(Rejection::new(
-                    "too_many_props",
-                    format!("{} props; the limit is {}", p.len(), limits.max_props),
-                ));
-            }
             for (k, v) in p {
-                if k.is_empty() || k.len() > limits.max_prop_key_bytes {
-                    return Err(Rejection::new(
-                        "invalid_prop_key",
-                        format!("prop keys must be 1 to {} bytes", limits.max_prop_key_bytes),
-                    ));
-                }
                 let pv = match v {
-                    Value::String(s) if s.len() <= limits.max_prop_value_bytes => {
-                        PropValue::Str(s.clone())
-                    }
-                    Value::String(_) => {
-                        return Err(Rejection::new(
-                            "prop_value_too_long",
-                            format!(
-                                "prop `{k}` is longer than {} bytes",
-                                limits.max_prop_value_bytes
-                            ),
-                        ))
-                    }
+                    Value::String(s) => PropValue::Str(s.clone()),
                     Value::Number(n) => PropValue::Num(n.as_f64().unwrap_or(0.0)),
                     Value::Bool(b) => PropValue::Bool(*b),
                     _ => {
@@ -248,55 +187,180 @@ pub fn parse_event(v: &Value, limits: &Limits) -> Result<NativeEvent, Rejection>
         }
         Some(_) => return Err(Rejection::new("wrong_type", "`props` must be an object")),
     }
-    let revenue = match o.get("revenue") {
-        None | Some(Value::Null) => None,
+    Ok(props)
+}
+
+/// An event's `revenue` object (absent or null: none), typed; its currency is checked
+/// by [`NativeEvent::validate`].
+pub fn parse_revenue(v: Option<&Value>) -> Result<Option<Revenue>, Rejection> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Object(r)) => {
             let amount = r.get("amount").and_then(Value::as_f64).ok_or_else(|| {
                 Rejection::new("invalid_revenue", "`revenue.amount` must be a number")
             })?;
-            let currency = r
-                .get("currency")
-                .and_then(Value::as_str)
-                .filter(|c| c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()))
-                .ok_or_else(|| {
-                    Rejection::new(
-                        "invalid_revenue",
-                        "`revenue.currency` must be an ISO 4217 code",
-                    )
-                })?;
-            if !amount.is_finite() {
+            let currency = r.get("currency").and_then(Value::as_str).unwrap_or("");
+            Ok(Some(Revenue {
+                amount,
+                currency: currency.to_string(),
+            }))
+        }
+        Some(_) => Err(Rejection::new(
+            "wrong_type",
+            "`revenue` must be {\"amount\": n, \"currency\": \"XXX\"}",
+        )),
+    }
+}
+
+impl NativeEvent {
+    /// An event of `name` for `tracking_id` with nothing else set (interactive, as
+    /// events are unless they say otherwise).
+    pub fn new(tracking_id: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            tracking_id: tracking_id.into(),
+            name: name.into(),
+            url: None,
+            referrer: None,
+            title: None,
+            timestamp: None,
+            client_id: None,
+            user_id: None,
+            props: BTreeMap::new(),
+            revenue: None,
+            interactive: true,
+            ip: None,
+            user_agent: None,
+        }
+    }
+
+    /// Checks the event against the limits every protocol shares, and normalises it
+    /// (currency in upper case). Every protocol's events pass here before admission.
+    pub fn validate(mut self, limits: &Limits) -> Result<Self, Rejection> {
+        if self.tracking_id.is_empty() {
+            return Err(Rejection::new(
+                "missing_tracking_id",
+                "`tracking_id` is required",
+            ));
+        }
+        if self.name.trim().is_empty() {
+            return Err(Rejection::new("missing_name", "`name` is required"));
+        }
+        for (key, v, max) in [
+            ("tracking_id", Some(self.tracking_id.as_str()), 64),
+            ("name", Some(self.name.as_str()), limits.max_name_chars),
+            ("url", self.url.as_deref(), limits.max_url_chars),
+            ("referrer", self.referrer.as_deref(), limits.max_url_chars),
+            ("title", self.title.as_deref(), limits.max_url_chars),
+            ("client_id", self.client_id.as_deref(), 256),
+            ("user_id", self.user_id.as_deref(), 256),
+            ("user_agent", self.user_agent.as_deref(), 1024),
+        ] {
+            check_chars(key, v, max)?;
+        }
+        if let Some(t) = self.timestamp {
+            if !(0..=MAX_TIMESTAMP).contains(&t) {
+                return Err(Rejection::new(
+                    "invalid_timestamp",
+                    "`timestamp` is out of range",
+                ));
+            }
+        }
+        if self.props.len() > limits.max_props {
+            return Err(Rejection::new(
+                "too_many_props",
+                format!(
+                    "{} props; the limit is {}",
+                    self.props.len(),
+                    limits.max_props
+                ),
+            ));
+        }
+        for (k, v) in &self.props {
+            if k.is_empty() || k.len() > limits.max_prop_key_bytes {
+                return Err(Rejection::new(
+                    "invalid_prop_key",
+                    format!("prop keys must be 1 to {} bytes", limits.max_prop_key_bytes),
+                ));
+            }
+            if matches!(v, PropValue::Str(s) if s.len() > limits.max_prop_value_bytes) {
+                return Err(Rejection::new(
+                    "prop_value_too_long",
+                    format!(
+                        "prop `{k}` is longer than {} bytes",
+                        limits.max_prop_value_bytes
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = &mut self.revenue {
+            if r.currency.len() != 3 || !r.currency.chars().all(|c| c.is_ascii_alphabetic()) {
+                return Err(Rejection::new(
+                    "invalid_revenue",
+                    "`revenue.currency` must be an ISO 4217 code",
+                ));
+            }
+            if !r.amount.is_finite() {
                 return Err(Rejection::new(
                     "invalid_revenue",
                     "`revenue.amount` must be finite",
                 ));
             }
-            Some(Revenue {
-                amount,
-                currency: currency.to_ascii_uppercase(),
-            })
+            r.currency.make_ascii_uppercase();
         }
+        Ok(self)
+    }
+}
+
+/// Latest timestamp accepted: the end of year 9999.
+const MAX_TIMESTAMP: Millis = 253_402_300_799_000;
+
+/// Parses and validates one native event object.
+pub fn parse_event(v: &Value, limits: &Limits) -> Result<NativeEvent, Rejection> {
+    read_event(v)?.validate(limits)
+}
+
+/// Reads one native event object into its typed form, checking types only; the
+/// limits are [`NativeEvent::validate`]'s.
+pub fn read_event(v: &Value) -> Result<NativeEvent, Rejection> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| Rejection::new("wrong_type", "an event must be a JSON object"))?;
+    let tracking_id = opt_string(o, "tracking_id")?.unwrap_or_default();
+    let name = opt_string(o, "name")?.unwrap_or_default();
+    let mut e = NativeEvent::new(tracking_id, name);
+    e.url = opt_string(o, "url")?;
+    e.referrer = opt_string(o, "referrer")?;
+    e.title = opt_string(o, "title")?;
+    e.client_id = opt_string(o, "client_id")?;
+    e.user_id = opt_string(o, "user_id")?;
+    e.user_agent = opt_string(o, "user_agent")?;
+    e.ip = match opt_string(o, "ip")? {
+        None => None,
+        Some(s) => Some(parse_ip(&s)?),
+    };
+    e.timestamp = match o.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(parse_timestamp(t)?),
+    };
+    e.interactive = match o.get("interactive") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
         Some(_) => {
             return Err(Rejection::new(
                 "wrong_type",
-                "`revenue` must be {\"amount\": n, \"currency\": \"XXX\"}",
+                "`interactive` must be a boolean",
             ))
         }
     };
-    Ok(NativeEvent {
-        tracking_id,
-        name,
-        url,
-        referrer,
-        title,
-        timestamp,
-        client_id,
-        user_id,
-        props,
-        revenue,
-        interactive,
-        ip,
-        user_agent,
-    })
+    e.props = parse_props(o.get("props"))?;
+    e.revenue = parse_revenue(o.get("revenue"))?;
+    Ok(e)
+}
+
+/// A client address given in an event (`ip`), for server-side senders.
+pub fn parse_ip(s: &str) -> Result<IpAddr, Rejection> {
+    s.parse::<IpAddr>()
+        .map_err(|_| Rejection::new("invalid_ip", "`ip` is not an IP address"))
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@
 //!   readable only once it is durable. A record's offset is its message's Kafka offset
 //!   and its index in the frame ([`frame::offset`]); a read returns whole frames (the
 //!   first one from the record asked for), so it may pass `max_bytes` by one frame.
+//!   Offsets are contiguous (no compaction, no transactions), so a reader that is
+//!   handed a record past the one it expects knows the broker skipped some and fetches
+//!   them again rather than reading on ([`KafkaLog::read`]).
 //! - **Retention** is the topic's (`retention.ms`, `retention.bytes` on the broker):
 //!   `enforce_retention` deletes nothing. Set the topic's retention longer than the
 //!   processor and archiver can fall behind.
@@ -163,11 +166,13 @@ struct Reader {
     consumer: BaseConsumer,
     /// The offset the consumer will hand out next (-1: not assigned yet).
     position: i64,
-    /// Set after an assignment at `position`, until the first record at or past it:
-    /// that record must be at `position` exactly (see [`KafkaLog::read`]).
-    checking: bool,
-    /// How far back the last re-assignment went.
+    /// How far back the last re-fetch after a gap went (0: none since the last record
+    /// in sequence; see [`KafkaLog::read`]).
     rewound: i64,
+    /// No record was taken since the caller's last assignment (for the log line).
+    assigned: bool,
+    /// When the records expected next were first found missing (see [`KafkaLog::read`]).
+    gap_since: Option<Instant>,
 }
 
 fn assign(c: &BaseConsumer, topic: &str, partition: u32, at: i64) -> Result<()> {
@@ -224,6 +229,13 @@ fn consumer(opts: &KafkaOptions) -> Result<BaseConsumer> {
 fn io_error(e: KafkaError) -> Error {
     Error::Io(std::io::Error::other(e.to_string()))
 }
+
+/// How far back a reader fetches again after the broker skipped records, at most.
+const MAX_REWIND: i64 = 4096;
+
+/// How long a reader keeps fetching records the broker skipped before it reads on
+/// without them (an error in the log); a processor's partition stalls meanwhile.
+const GAP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a read waits for records the broker has but has not sent yet.
 const READ_WAIT: Duration = Duration::from_secs(5);
@@ -443,8 +455,9 @@ impl EventLog for KafkaLog {
             *slot = Some(Reader {
                 consumer: consumer(&self.opts)?,
                 position: -1,
-                checking: false,
                 rewound: 0,
+                assigned: false,
+                gap_since: None,
             });
         }
         let reader = slot.as_mut().expect("set above");
@@ -452,8 +465,9 @@ impl EventLog for KafkaLog {
         if reader.position != from {
             assign(&reader.consumer, &self.opts.topic, partition, from)?;
             reader.position = from;
-            reader.checking = true;
             reader.rewound = 0;
+            reader.assigned = true;
+            reader.gap_since = None;
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -484,14 +498,33 @@ impl EventLog for KafkaLog {
             if offset < reader.position {
                 continue; // before the offset asked for (a batch's start, a rewind)
             }
-            if reader.checking {
+            if offset > reader.position {
                 // Footfall's topic has no compaction and no transactions, so offsets
-                // are contiguous: a first record past the one asked for means the
-                // broker answered a fetch from the middle of a batch with the next
-                // batch (tansu 0.6 does). Fetch again from further back, keeping only
-                // what is at or past the offset asked for.
-                if offset > reader.position && reader.rewound < reader.position {
-                    reader.rewound = (reader.rewound * 4).max(64).min(reader.position);
+                // are contiguous and a record past the one expected means the broker
+                // skipped some. tansu 0.6 does, two ways: it answers a fetch from the
+                // middle of a batch with the next batch, and it advances a
+                // partition's end before it stores the batch that end covers, so a
+                // fetch at the end can return a later batch (another producer's)
+                // without the one being stored — which the consumer would never ask
+                // for again. So: fetch again from further back (4× further each time,
+                // up to MAX_REWIND), keeping only what is at or past the expected
+                // offset, until the missing records come. A gap is accepted only
+                // where records are gone by retention, or after GAP_PATIENCE.
+                let since = *reader.gap_since.get_or_insert_with(Instant::now);
+                let retained = self
+                    .watermarks(partition)
+                    .is_none_or(|(low, _)| reader.position >= low);
+                if retained && since.elapsed() < GAP_PATIENCE {
+                    reader.rewound = (reader.rewound * 4)
+                        .clamp(64, MAX_REWIND)
+                        .min(reader.position);
+                    tracing::info!(
+                        partition,
+                        expected = reader.position,
+                        got = offset,
+                        after_assignment = reader.assigned,
+                        "the broker skipped records; fetching again from further back"
+                    );
                     assign(
                         &reader.consumer,
                         &self.opts.topic,
@@ -501,8 +534,25 @@ impl EventLog for KafkaLog {
                     wait = Duration::from_millis(20);
                     continue;
                 }
-                reader.checking = false;
+                if retained {
+                    tracing::error!(
+                        partition,
+                        expected = reader.position,
+                        got = offset,
+                        "the broker has not sent these records for {GAP_PATIENCE:?}; reading on without them"
+                    );
+                } else {
+                    tracing::warn!(
+                        partition,
+                        expected = reader.position,
+                        got = offset,
+                        "records before the log's start are gone (retention); reading on"
+                    );
+                }
             }
+            reader.gap_since = None;
+            reader.rewound = 0;
+            reader.assigned = false;
             // One copy per message; the records are slices of it.
             let body = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
             let Some(records) = frame::unpack(&body) else {

@@ -6,7 +6,10 @@
 //! The SQL is kept portable to PostgreSQL/YugabyteDB for the distributed implementation.
 //! This crate never stores an API key in clear: only its SHA-256.
 
+pub mod cache;
 pub mod contract;
+
+pub use cache::MetaCache;
 
 use std::path::Path;
 use std::sync::Mutex;

@@ -62,6 +62,16 @@ impl Leases for PgLeases {
             .map_err(|e| e.to_string())
     }
 
+    fn leave(&self, owner: &str) -> Result<(), String> {
+        let owner = owner.to_string();
+        self.pool
+            .call(move |c| {
+                c.execute("DELETE FROM ff_processors WHERE owner = $1", &[&owner])
+                    .map(|_| ())
+            })
+            .map_err(|e| e.to_string())
+    }
+
     fn holders(&self) -> Result<Vec<(u32, String)>, String> {
         self.pool
             .call(|c| {

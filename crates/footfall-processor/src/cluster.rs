@@ -64,7 +64,7 @@ pub struct Running {
 /// (which must stop at its stop flag with a checkpoint); a processor that ends on its
 /// own (an error) has its lease released so that the partition is taken again and
 /// resumes from its checkpoint. On `stop`, every partition is checkpointed and
-/// released.
+/// released, and the heartbeat withdrawn.
 pub fn run(
     leases: Arc<dyn Leases>,
     partitions: u32,
@@ -149,6 +149,10 @@ pub fn run(
     for (p, r) in std::mem::take(&mut running) {
         give_back(p, r);
     }
+    // Counted as alive no longer: the others take its share now, not after the ttl.
+    if let Err(e) = leases.leave(&me) {
+        tracing::warn!(error = %e, "forgetting this processor's heartbeat failed; it expires instead");
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +174,10 @@ mod tests {
             let now = Instant::now();
             a.insert(owner.into(), now + ttl);
             Ok(a.values().filter(|t| **t > now).count())
+        }
+        fn leave(&self, owner: &str) -> Result<(), String> {
+            self.alive.lock().unwrap().remove(owner);
+            Ok(())
         }
         fn holders(&self) -> Result<Vec<(u32, String)>, String> {
             let now = Instant::now();

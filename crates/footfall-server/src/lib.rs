@@ -2,7 +2,6 @@
 //! API error type. Handlers reach the subsystems only through their traits, held in
 //! [`AppState`]; the binary chooses the implementations.
 
-pub mod cache;
 pub mod error;
 pub mod fast;
 pub mod metrics;
@@ -10,7 +9,7 @@ pub mod protocols;
 pub mod reprocess;
 pub mod tracker;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,46 +20,20 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use footfall_event::identity::{truncate_ip, visitor_id, IdentitySource};
-use footfall_event::native::{self, Limits, Rejection};
-use footfall_event::{Clock, LoggedEvent};
-use footfall_log::{partition_for, EventLog};
+use footfall_collector::{client_ip, Admitted};
+use footfall_event::native::{self, NativeEvent, Rejection};
+use footfall_event::Clock;
+use footfall_log::EventLog;
 use footfall_meta::Scope;
 use footfall_processor::ProcessorStats;
 use footfall_store::RollupRead;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
 
-pub use cache::MetaCache;
 pub use error::ApiError;
+pub use footfall_collector::{parse_proxy, IngestRules};
+pub use footfall_meta::MetaCache;
 pub use metrics::Metrics;
-
-/// Ingestion time rules.
-#[derive(Debug, Clone)]
-pub struct IngestRules {
-    pub limits: Limits,
-    /// Browser events older than this are refused; write-key senders may backdate.
-    pub max_past_ms: i64,
-    /// Timestamps further than this in the future are clamped to the receive time.
-    pub max_future_ms: i64,
-    /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded` entries
-    /// are believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-impl Default for IngestRules {
-    fn default() -> Self {
-        Self {
-            limits: Limits::default(),
-            max_past_ms: 72 * 3600 * 1000,
-            max_future_ms: 60 * 1000,
-            trusted_proxies: vec![
-                IpAddr::from([127, 0, 0, 1]).into(),
-                IpAddr::from(std::net::Ipv6Addr::LOCALHOST).into(),
-            ],
-        }
-    }
-}
 
 /// Everything handlers need; built once by the binary.
 /// What one node serves. Which parts are present follows its roles: a collector has a
@@ -115,7 +88,7 @@ pub fn app(state: AppRef) -> Router {
         .max_age(std::time::Duration::from_secs(86400));
     let ingest = Router::new()
         .route("/api/v1/events", post(ingest_native))
-        .route("/api/event", post(ingest_plausible))
+        .route("/api/event", post(protocols::ingest_plausible))
         .route("/mp/collect", post(protocols::ga4_collect))
         .route("/debug/mp/collect", post(protocols::ga4_debug))
         .route(
@@ -232,7 +205,8 @@ pub(crate) async fn ingest_native_body(
         header_ua: true,
         check_url_host: true,
     };
-    let (records, bad) = admit_all(app, &values, &sender)?;
+    let events = values.iter().map(native::read_event).enumerate().collect();
+    let (records, bad) = admit(app, events, &sender)?;
     let rejected: Vec<serde_json::Value> = bad.iter().map(|(i, r)| rejection_json(*i, r)).collect();
     if records.is_empty() {
         return Err(no_valid_events(rejected));
@@ -254,7 +228,7 @@ fn check_accepting(app: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// Who sent a request, and what admission may take from it.
+/// Who sent a request, as a handler sees it.
 pub(crate) struct Sender<'a> {
     /// The write key's grant (server-side senders), if any.
     pub grant: Option<&'a footfall_meta::KeyGrant>,
@@ -267,57 +241,56 @@ pub(crate) struct Sender<'a> {
     pub check_url_host: bool,
 }
 
-/// Records ready to append and, per input index, the events refused.
-pub(crate) type Admitted = (Vec<(u32, Vec<u8>)>, Vec<(usize, Rejection)>);
-
-/// Admits native event objects (every protocol translates into them); refusals are
-/// counted in the metrics.
-pub(crate) fn admit_all(
+/// Admits a request's typed events, each with its index in the request (those its
+/// protocol could not read are refusals already): the records to append, and the
+/// refusals by index, counted in the metrics.
+pub(crate) fn admit(
     app: &AppState,
-    events: &[serde_json::Value],
+    items: Vec<(usize, Result<NativeEvent, Rejection>)>,
     s: &Sender<'_>,
 ) -> Result<Admitted, ApiError> {
-    let now = app.clock.now_millis();
-    let salt = app
-        .cache
-        .salt(now.div_euclid(86_400_000))
-        .map_err(internal)?;
-    let secret = *app.cache.secret();
-    let ip = client_ip(s.peer.ip(), s.headers, &app.rules.trusted_proxies);
-    let ua = if s.header_ua {
-        s.headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    } else {
-        None
-    };
-    let (mut ok, mut bad) = (Vec::with_capacity(events.len()), Vec::new());
     let log = app
         .log
         .as_ref()
         .ok_or_else(|| ApiError::unavailable("this node does not collect events"))?;
-    let partitions = log.partitions();
-    for (i, e) in events.iter().enumerate() {
-        match admit(
-            app,
-            e,
-            s.grant,
-            now,
-            ip,
-            &ua,
-            &salt,
-            &secret,
-            s.check_url_host,
-        ) {
-            Ok(ev) => ok.push((partition_for(ev.visitor, partitions), ev.encode())),
-            Err(r) => {
-                app.metrics.reject(r.code);
-                bad.push((i, r));
+    let mut bad = Vec::new();
+    let mut index = Vec::with_capacity(items.len());
+    let mut events = Vec::with_capacity(items.len());
+    for (i, e) in items {
+        match e {
+            Ok(e) => {
+                index.push(i);
+                events.push(e);
             }
+            Err(r) => bad.push((i, r)),
         }
     }
-    Ok((ok, bad))
+    let sender = footfall_collector::Sender {
+        grant: s.grant,
+        ip: client_ip(s.peer.ip(), s.headers, &app.rules.trusted_proxies),
+        user_agent: s
+            .header_ua
+            .then(|| s.headers.get(header::USER_AGENT)?.to_str().ok())
+            .flatten()
+            .map(String::from),
+        check_url_host: s.check_url_host,
+    };
+    let now = app.clock.now_millis();
+    let (records, refused) = footfall_collector::admit_all(
+        &app.cache,
+        &app.rules,
+        now,
+        log.partitions(),
+        events,
+        &sender,
+    )
+    .map_err(internal)?;
+    bad.extend(refused.into_iter().map(|(j, r)| (index[j], r)));
+    bad.sort_by_key(|(i, _)| *i);
+    for (_, r) in &bad {
+        app.metrics.reject(r.code);
+    }
+    Ok((records, bad))
 }
 
 /// One refused item in the native `rejected` list.
@@ -340,98 +313,6 @@ pub(crate) fn no_valid_events(rejected: Vec<serde_json::Value>) -> ApiError {
         .unwrap_or("no events")
         .to_string();
     ApiError::new(status, code, first).with("rejected", json!(rejected))
-}
-
-/// Turns one body item into a log record, or says why not.
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    app: &AppState,
-    v: &serde_json::Value,
-    grant: Option<&footfall_meta::KeyGrant>,
-    now: i64,
-    peer_ip: IpAddr,
-    header_ua: &Option<String>,
-    salt: &[u8; 16],
-    secret: &[u8; 16],
-    check_url_host: bool,
-) -> Result<LoggedEvent, Rejection> {
-    let e = native::parse_event(v, &app.rules.limits)?;
-    let property = app
-        .cache
-        .property(&e.tracking_id)
-        .map_err(|err| Rejection::new("unavailable", err.to_string()))?
-        .ok_or_else(|| {
-            Rejection::new(
-                "unknown_tracking_id",
-                format!("no property has tracking id `{}`", e.tracking_id),
-            )
-        })?;
-    if let Some(g) = grant {
-        if g.property != e.tracking_id {
-            return Err(Rejection::new(
-                "forbidden",
-                "the write key belongs to another property",
-            ));
-        }
-    }
-    let server_side = grant.is_some();
-    let mut ts = e.timestamp.unwrap_or(now);
-    if ts > now + app.rules.max_future_ms {
-        ts = now;
-    }
-    if !server_side && ts < now - app.rules.max_past_ms {
-        return Err(Rejection::new(
-            "timestamp_too_old",
-            "timestamps older than 72 hours need a write key",
-        ));
-    }
-    if check_url_host && !server_side && !property.domains.is_empty() {
-        if let Some(host) = e.url.as_deref().and_then(footfall_event::url_host) {
-            if !property.allows_host(&host) {
-                return Err(Rejection::new(
-                    "domain_not_allowed",
-                    format!("`{host}` is not an allowed domain of this property"),
-                ));
-            }
-        }
-    }
-    let ip = if server_side {
-        e.ip.unwrap_or(peer_ip)
-    } else {
-        peer_ip
-    };
-    let user_agent = if server_side {
-        e.user_agent.clone().or_else(|| header_ua.clone())
-    } else {
-        header_ua.clone()
-    };
-    let source = if let Some(u) = e.user_id.as_deref() {
-        IdentitySource::UserId(u)
-    } else if let Some(c) = e.client_id.as_deref() {
-        IdentitySource::ClientId(c)
-    } else {
-        IdentitySource::Address {
-            ip,
-            user_agent: user_agent.as_deref().unwrap_or(""),
-            daily_salt: salt,
-        }
-    };
-    let visitor = visitor_id(secret, &e.tracking_id, source);
-    Ok(LoggedEvent {
-        property: e.tracking_id,
-        received_at: now,
-        timestamp: ts,
-        visitor,
-        name: e.name,
-        url: e.url,
-        referrer: e.referrer,
-        title: e.title,
-        props: e.props,
-        revenue: e.revenue,
-        interactive: e.interactive,
-        user_agent,
-        ip_prefix: Some(truncate_ip(ip)),
-    })
 }
 
 #[derive(serde::Deserialize)]
@@ -774,75 +655,6 @@ async fn metrics_text(State(app): State<AppRef>) -> Response {
         .into_response()
 }
 
-/// A `server.trusted_proxies` entry: an address (`10.0.0.7`) or a network
-/// (`10.0.0.0/8`, `fd00::/8`).
-pub fn parse_proxy(s: &str) -> Option<ipnet::IpNet> {
-    s.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(Into::into))
-}
-
-/// The client address. From a peer that is not a trusted proxy, the peer's. From a
-/// trusted proxy, the right-most address of `X-Forwarded-For` (else of `Forwarded`'s
-/// `for=`) that is not itself a trusted proxy: each proxy appends the address it was
-/// reached from, so entries to the left of that one were written by the client and
-/// prove nothing — a client cannot choose its address by sending the header. When every
-/// entry is a trusted proxy, the left-most; an entry that is not an address ends the
-/// walk at the proxy that passed it on.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let chain: Vec<Option<IpAddr>> = if !xff.is_empty() {
-        xff.iter().map(|v| v.parse().ok()).collect()
-    } else {
-        headers
-            .get_all("forwarded")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|element| {
-                element.split(';').map(str::trim).find_map(|p| {
-                    p.get(..4)
-                        .filter(|k| k.eq_ignore_ascii_case("for="))
-                        .map(|_| &p[4..])
-                })
-            })
-            .map(forwarded_node)
-            .collect()
-    };
-    let mut client = peer;
-    for hop in chain.iter().rev() {
-        match hop {
-            Some(ip) if is_trusted(ip) => client = *ip,
-            Some(ip) => return *ip,
-            None => return client,
-        }
-    }
-    client
-}
-
-/// The address of a `Forwarded` node (`192.0.2.1`, `"[2001:db8::1]:4711"`, …).
-fn forwarded_node(f: &str) -> Option<IpAddr> {
-    let f = f.trim_matches('"');
-    let f = match f.strip_prefix('[') {
-        Some(x) => x.split(']').next().unwrap_or(x),
-        None => f,
-    };
-    f.parse()
-        .ok()
-        .or_else(|| f.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
-}
-
 /// Appends records and waits until they are durable; a failure is a 503.
 async fn append_durable(app: &AppState, records: Vec<(u32, Vec<u8>)>) -> Result<(), ApiError> {
     let n = records.len();
@@ -873,153 +685,4 @@ async fn append_durable(app: &AppState, records: Vec<(u32, Vec<u8>)>) -> Result<
         .observe(started.elapsed().as_secs_f64());
     app.metrics.accepted.inc_by(n as u64);
     Ok(())
-}
-
-/// `https://x.com/app?q=1#/settings/a` → `https://x.com/app/settings/a?q=1`.
-fn hash_route_url(url: &str) -> String {
-    let Some((base, frag)) = url.split_once('#') else {
-        return url.to_string();
-    };
-    let route = frag.trim_start_matches('/');
-    if route.is_empty() {
-        return base.to_string();
-    }
-    let (path, query) = match base.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (base, None),
-    };
-    let mut out = format!("{}/{route}", path.trim_end_matches('/'));
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-fn plausible_error(status: StatusCode, field: &str, msg: &str) -> Response {
-    (status, Json(json!({"errors": {field: [msg]}}))).into_response()
-}
-
-/// Plausible's Events API (`POST /api/event`): `n`/`name`, `u`/`url`, `d`/`domain`
-/// (comma-separated; each names the properties listing that domain), `r`/`referrer`,
-/// `p`/`props` (an object or a JSON string), `$`/`revenue`, `i`/`interactive`.
-/// Answers 202 `ok` once durable, else Plausible's `{"errors": {...}}` shape.
-async fn ingest_plausible(
-    State(app): State<AppRef>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match plausible_inner(&app, peer, &headers, body).await {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-async fn plausible_inner(
-    app: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, Response> {
-    let bad = |field: &str, msg: &str| plausible_error(StatusCode::BAD_REQUEST, field, msg);
-    check_accepting(app).map_err(IntoResponse::into_response)?;
-    let bytes = read_body(body, app.rules.limits.max_body_bytes)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad("request", &format!("invalid JSON: {e}")))?;
-    let o = v
-        .as_object()
-        .ok_or_else(|| bad("request", "must be a JSON object"))?;
-    let get = |short: &str, long: &str| {
-        o.get(long)
-            .or_else(|| o.get(short))
-            .filter(|x| !x.is_null())
-    };
-    let name = get("n", "name")
-        .and_then(|x| x.as_str())
-        .ok_or_else(|| bad("name", "can't be blank"))?;
-    let url = get("u", "url")
-        .and_then(|x| x.as_str())
-        .ok_or_else(|| bad("url", "can't be blank"))?;
-    let domains = get("d", "domain")
-        .and_then(|x| x.as_str())
-        .ok_or_else(|| bad("domain", "can't be blank"))?;
-    // Hash-based routing (`h`): the route in the fragment is part of the page, joined to
-    // the path as the tracker's `data-hash` does (`/app#/settings` → `/app/settings`).
-    let hash_routing = get("h", "hashMode")
-        .is_some_and(|h| h.as_bool().unwrap_or(false) || h.as_i64().unwrap_or(0) != 0);
-    let url = if hash_routing {
-        hash_route_url(url)
-    } else {
-        url.to_string()
-    };
-    let mut event = json!({"name": name, "url": url});
-    match get("p", "props") {
-        Some(serde_json::Value::String(s)) => {
-            event["props"] =
-                serde_json::from_str(s).map_err(|_| bad("props", "is not valid JSON"))?;
-        }
-        Some(p) => event["props"] = p.clone(),
-        None => {}
-    }
-    if let Some(r) = get("$", "revenue") {
-        let amount = match &r["amount"] {
-            serde_json::Value::String(s) => s.parse::<f64>().ok().map(|a| json!(a)),
-            x => Some(x.clone()),
-        };
-        event["revenue"] = json!({"amount": amount, "currency": r["currency"]});
-    }
-    if let Some(r) = get("r", "referrer") {
-        event["referrer"] = r.clone();
-    }
-    if let Some(i) = get("i", "interactive") {
-        event["interactive"] = i.clone();
-    }
-    let meta_err = |e: footfall_meta::Error| internal(e).into_response();
-    let (mut properties, mut events) = (Vec::new(), Vec::new());
-    for d in domains.split(',') {
-        let d = d.trim().to_ascii_lowercase();
-        let d = d.strip_prefix("www.").unwrap_or(&d);
-        for property in app.cache.properties_for_domain(d).map_err(meta_err)? {
-            let mut e = event.clone();
-            e["tracking_id"] = json!(property);
-            properties.push(property);
-            events.push(e);
-        }
-    }
-    let matched = !events.is_empty();
-    // The `d` parameter named each property by one of its domains; like Plausible, the
-    // page's own host is not checked (one event may go to several).
-    let sender = Sender {
-        grant: None,
-        peer,
-        headers,
-        header_ua: true,
-        check_url_host: false,
-    };
-    let (records, bad) = admit_all(app, &events, &sender).map_err(IntoResponse::into_response)?;
-    let problems: Vec<String> = bad
-        .iter()
-        .map(|(i, r)| format!("{}: {} ({})", properties[*i], r.message, r.code))
-        .collect();
-    if !matched {
-        app.metrics.reject("unknown_domain");
-        return Err(plausible_error(
-            StatusCode::NOT_FOUND,
-            "domain",
-            "no site has this domain",
-        ));
-    }
-    if records.is_empty() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            Json(json!({"errors": {"event": problems}})),
-        )
-            .into_response());
-    }
-    append_durable(app, records)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    Ok((StatusCode::ACCEPTED, "ok").into_response())
 }

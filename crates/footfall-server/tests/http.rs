@@ -652,65 +652,6 @@ async fn plausible_events_api() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
-#[test]
-fn client_address_behind_trusted_proxies_only() {
-    use axum::http::HeaderMap;
-    use footfall_server::{client_ip, parse_proxy};
-    let mut h = HeaderMap::new();
-    h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
-    let trusted = vec![
-        parse_proxy("127.0.0.1").unwrap(),
-        parse_proxy("10.0.0.0/8").unwrap(),
-    ];
-    let proxy: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-    let stranger: std::net::IpAddr = "198.51.100.1".parse().unwrap();
-    // Two trusted proxies (10.0.0.1 appended by the outer one): the client is left of them.
-    assert_eq!(client_ip(proxy, &h, &trusted).to_string(), "203.0.113.7");
-    // A forged entry: the client sent `X-Forwarded-For: 6.6.6.6`, nginx appended the
-    // address it was reached from. The forged address changes nothing.
-    let mut forged = HeaderMap::new();
-    forged.insert("x-forwarded-for", "6.6.6.6, 198.51.100.9".parse().unwrap());
-    assert_eq!(
-        client_ip(proxy, &forged, &trusted).to_string(),
-        "198.51.100.9"
-    );
-    forged.insert(
-        "x-forwarded-for",
-        "6.6.6.6, 10.0.0.3, 198.51.100.9".parse().unwrap(),
-    );
-    assert_eq!(
-        client_ip(proxy, &forged, &trusted).to_string(),
-        "198.51.100.9",
-        "a trusted-looking forged entry left of the client is not reached"
-    );
-    // The header split over two lines reads as one list.
-    let mut two = HeaderMap::new();
-    two.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
-    two.append("x-forwarded-for", "198.51.100.10".parse().unwrap());
-    assert_eq!(
-        client_ip(proxy, &two, &trusted).to_string(),
-        "198.51.100.10"
-    );
-    // Garbage right of the client: the proxy that passed it on is what is known.
-    let mut junk = HeaderMap::new();
-    junk.insert("x-forwarded-for", "198.51.100.11, unknown".parse().unwrap());
-    assert_eq!(client_ip(proxy, &junk, &trusted), proxy);
-    assert_eq!(
-        footfall_server::client_ip(stranger, &h, &trusted),
-        stranger,
-        "untrusted peers cannot choose an address"
-    );
-    let mut f = HeaderMap::new();
-    f.insert(
-        "forwarded",
-        "for=\"[2001:db8::1]:4711\";proto=https".parse().unwrap(),
-    );
-    assert_eq!(
-        footfall_server::client_ip(proxy, &f, &trusted).to_string(),
-        "2001:db8::1"
-    );
-}
-
 /// One HTTP/1.1 answer read off a raw connection: status, headers (lower-case names,
 /// without `date`), body.
 type RawAnswer = (u16, Vec<(String, String)>, Vec<u8>);

@@ -14,8 +14,11 @@ use std::time::Duration;
 /// - `release` gives up the caller's lease (another's is left alone).
 /// - `heartbeat` records that the caller is alive for `ttl` and answers how many
 ///   processors are alive.
+/// - `leave` forgets the caller's heartbeat at once (a processor stopping cleanly), so
+///   that the others count it gone without waiting for it to expire.
 pub trait Leases: Send + Sync {
     fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<usize, String>;
+    fn leave(&self, owner: &str) -> Result<(), String>;
     /// Unexpired leases: (partition, owner).
     fn holders(&self) -> Result<Vec<(u32, String)>, String>;
     fn acquire(&self, partition: u32, owner: &str, ttl: Duration) -> Result<bool, String>;
@@ -30,6 +33,13 @@ pub mod contract {
         let ttl = Duration::from_millis(800);
         assert_eq!(l.heartbeat("a", ttl).unwrap(), 1);
         assert_eq!(l.heartbeat("b", ttl).unwrap(), 2, "two processors alive");
+        assert_eq!(l.heartbeat("c", ttl).unwrap(), 3);
+        l.leave("c").unwrap();
+        assert_eq!(
+            l.heartbeat("b", ttl).unwrap(),
+            2,
+            "one that left is not alive"
+        );
         assert!(l.acquire(0, "a", ttl).unwrap(), "a free partition is taken");
         assert!(!l.acquire(0, "b", ttl).unwrap(), "a held partition is not");
         assert!(l.acquire(0, "a", ttl).unwrap(), "the owner renews");

@@ -79,6 +79,16 @@ enum Command {
     /// Import historical data.
     #[command(subcommand)]
     Import(ImportCmd),
+    /// Inspect the event log (the embedded one or the Kafka topic the configuration names).
+    #[command(subcommand)]
+    Log(LogCmd),
+}
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Per partition: the offsets the log holds and how many events it holds (of one
+    /// property, with --property), read from the start.
+    Count(admin::LogCountArgs),
 }
 
 #[derive(Subcommand)]
@@ -182,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Reprocess(r) => admin::reprocess(&cfg, r),
         Command::Archive(ArchiveCmd::Verify(v)) => admin::verify(&cfg, v),
+        Command::Log(LogCmd::Count(a)) => admin::log_count(&cfg, a),
         Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
         Command::Property(p) => property_cmd(&cfg, p),
         Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),

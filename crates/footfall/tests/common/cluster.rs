@@ -96,17 +96,28 @@ impl Drop for Cluster {
             .args(["down", self.dir.to_str().unwrap(), "--purge"])
             .env("FOOTFALL_CLUSTER_PORT", self.port_base.to_string())
             .status();
+        const NODES: [&str; 8] = [
+            "processor-1",
+            "processor-2",
+            "collector-1",
+            "collector-2",
+            "archiver-1",
+            "query-1",
+            "query-2",
+            "nginx-error",
+        ];
+        // How often readers found the broker skipping records and fetched again
+        // (footfall_kafka::KafkaLog::read): printed always, for the record.
+        for f in NODES {
+            if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("logs/{f}.log"))) {
+                let n = t.matches("the broker skipped records").count();
+                if n > 0 {
+                    eprintln!("{f}: {n} re-fetches after the broker skipped records");
+                }
+            }
+        }
         if std::thread::panicking() {
-            for f in [
-                "processor-1",
-                "processor-2",
-                "collector-1",
-                "collector-2",
-                "archiver-1",
-                "query-1",
-                "query-2",
-                "nginx-error",
-            ] {
+            for f in NODES {
                 if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("logs/{f}.log"))) {
                     // Ownership changes and trouble over the whole run, then the end.
                     let story: Vec<&str> = t

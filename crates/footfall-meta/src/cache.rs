@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use footfall_meta::{KeyGrant, MetaStore, Property};
+use crate::{KeyGrant, MetaStore, Property};
 
 pub struct MetaCache {
     meta: Arc<dyn MetaStore>,
@@ -18,7 +18,7 @@ pub struct MetaCache {
 }
 
 impl MetaCache {
-    pub fn new(meta: Arc<dyn MetaStore>) -> footfall_meta::Result<Self> {
+    pub fn new(meta: Arc<dyn MetaStore>) -> crate::Result<Self> {
         let secret = meta.secret()?;
         let seen = meta.change_counter()?;
         Ok(Self {
@@ -36,7 +36,7 @@ impl MetaCache {
         &self.secret
     }
 
-    pub fn property(&self, id: &str) -> footfall_meta::Result<Option<Arc<Property>>> {
+    pub fn property(&self, id: &str) -> crate::Result<Option<Arc<Property>>> {
         if let Some(p) = self.properties.read().unwrap().get(id) {
             return Ok(p.clone());
         }
@@ -50,7 +50,7 @@ impl MetaCache {
         Ok(p)
     }
 
-    pub fn key(&self, key: &str) -> footfall_meta::Result<Option<KeyGrant>> {
+    pub fn key(&self, key: &str) -> crate::Result<Option<KeyGrant>> {
         if let Some(g) = self.keys.read().unwrap().get(key) {
             return Ok(g.clone());
         }
@@ -64,7 +64,7 @@ impl MetaCache {
     }
 
     /// Properties that list `domain` (lower-case, without `www.`) among their domains.
-    pub fn properties_for_domain(&self, domain: &str) -> footfall_meta::Result<Vec<String>> {
+    pub fn properties_for_domain(&self, domain: &str) -> crate::Result<Vec<String>> {
         if let Some(m) = self.domains.read().unwrap().as_ref() {
             return Ok(m.get(domain).cloned().unwrap_or_default());
         }
@@ -80,7 +80,7 @@ impl MetaCache {
     }
 
     /// The salt for a UTC day number.
-    pub fn salt(&self, day: i64) -> footfall_meta::Result<[u8; 16]> {
+    pub fn salt(&self, day: i64) -> crate::Result<[u8; 16]> {
         let mut s = self.salt.lock().unwrap();
         if let Some((d, salt)) = *s {
             if d == day {
@@ -93,7 +93,7 @@ impl MetaCache {
     }
 
     /// Clears the caches if the store changed since the last call.
-    pub fn refresh(&self) -> footfall_meta::Result<bool> {
+    pub fn refresh(&self) -> crate::Result<bool> {
         let c = self.meta.change_counter()?;
         let mut seen = self.seen_change.lock().unwrap();
         if *seen == c {
