@@ -44,10 +44,15 @@ export FOOTFALL_TEST_CLUSTER=1
 
 # Every feature: the Kafka log is built and tested too.
 cargo build --workspace --all-targets --all-features --locked
+# Figures tests measured (crates/footfall/tests/common/cluster.rs, `figure`), printed below.
+rm -rf target/test-figures
 set +e
 cargo test --workspace --all-features --locked 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
 set -e
+for f in target/test-figures/*.txt; do
+  [ -f "$f" ] && { echo "== figures: $(basename "$f" .txt)"; cat "$f"; }
+done
 # One plain closing line over all test binaries.
 awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' \
   target/test-output.log | tee target/test-summary.txt

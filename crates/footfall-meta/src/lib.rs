@@ -6,9 +6,12 @@
 //! The SQL is kept portable to PostgreSQL/YugabyteDB for the distributed implementation.
 //! This crate never stores an API key in clear: only its SHA-256.
 
+pub mod accounts;
 pub mod cache;
 pub mod contract;
+mod sqlite_accounts;
 
+pub use accounts::{Account, AccountStore, Role, Session, User};
 pub use cache::MetaCache;
 
 use std::path::Path;
@@ -335,6 +338,8 @@ impl SqliteMeta {
                 value BLOB NOT NULL
             );",
         )?;
+        conn.execute_batch(sqlite_accounts::SCHEMA)?;
+        conn.execute_batch("")?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -523,6 +528,15 @@ mod tests {
     #[test]
     fn meta_store_contract() {
         contract::run(&mut Sqlite(tempfile::tempdir().unwrap()));
+    }
+
+    #[test]
+    fn account_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMeta::open(dir.path().join("meta.db")).unwrap();
+        let a = m.create_property("A", "UTC", &[]).unwrap();
+        let b = m.create_property("B", "UTC", &[]).unwrap();
+        accounts::contract::run(&m, &a.tracking_id, &b.tracking_id);
     }
 
     #[test]

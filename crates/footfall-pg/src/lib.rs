@@ -11,6 +11,7 @@
 //! [`MetaStore`]: footfall_meta::MetaStore
 //! [`RollupStore`]: footfall_store::RollupStore
 
+mod accounts;
 mod conn;
 mod leases;
 mod meta;

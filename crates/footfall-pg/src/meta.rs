@@ -57,7 +57,7 @@ const PROPERTY_COLUMNS: &str =
     "tracking_id, name, timezone, domains, created_at, session_gap_minutes";
 
 pub struct PgMeta {
-    pool: Pool,
+    pub(crate) pool: Pool,
 }
 
 /// Creates the tables if they are missing. Nodes starting together may race on
@@ -120,6 +120,7 @@ impl PgMeta {
     pub fn open(url: &str) -> Result<Self> {
         let pool = Pool::new(url, 1, "meta")?;
         ensure_schema(&pool, SCHEMA)?;
+        ensure_schema(&pool, crate::accounts::SCHEMA)?;
         Ok(Self { pool })
     }
 }

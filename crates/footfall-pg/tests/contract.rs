@@ -25,6 +25,17 @@ fn meta_store_contract_on_postgres() {
     footfall_meta::contract::run(&mut Meta(db.url().to_string()));
 }
 
+#[test]
+fn account_store_contract_on_postgres() {
+    let Some(db) = TestDb::create("account_store_contract_on_postgres") else {
+        return;
+    };
+    let m = PgMeta::open(db.url()).unwrap();
+    let a = m.create_property("A", "UTC", &[]).unwrap();
+    let b = m.create_property("B", "UTC", &[]).unwrap();
+    footfall_meta::accounts::contract::run(&m, &a.tracking_id, &b.tracking_id);
+}
+
 struct Rollups {
     url: String,
     reader: Option<Arc<PgRollupStore>>,

@@ -2,6 +2,7 @@
 //! API error type. Handlers reach the subsystems only through their traits, held in
 //! [`AppState`]; the binary chooses the implementations.
 
+pub mod dashboard;
 pub mod error;
 pub mod fast;
 pub mod metrics;
@@ -68,6 +69,11 @@ pub struct AppState {
     /// Answers of `/api/v2/query` kept for a short while (in process or in Redis); None:
     /// every query is computed.
     pub query_cache: Option<Arc<dyn footfall_cache::ResultCache>>,
+    /// Dashboard logins (query role; None: API keys only).
+    pub auth: Option<Arc<footfall_auth::Auth>>,
+    /// Session cookies only over TLS (`server.secure_cookies`); they are also when the
+    /// gateway says the client came over TLS (`X-Forwarded-Proto: https`).
+    pub secure_cookies: bool,
 }
 
 type AppRef = Arc<AppState>;
@@ -113,6 +119,12 @@ pub fn app(state: AppRef) -> Router {
             .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
             .route("/api/v1/stats/realtime", get(realtime_report))
             .route("/api/v1/stats/filtered", get(filtered_report));
+    }
+    if state.store.is_some() && state.auth.is_some() {
+        router = router
+            .route("/api/auth/login", post(dashboard::login))
+            .route("/api/auth/logout", post(dashboard::logout))
+            .route("/api/auth/me", get(dashboard::me));
     }
     if state.reprocessor.is_some() {
         router = router
@@ -321,10 +333,17 @@ struct SiteParam {
 }
 
 /// Checks a read key against `site_id`; the error never carries data.
+/// Reads are authorised by a read key of the property (`Authorization: Bearer`), or by
+/// a dashboard session whose accounts hold it (see [`dashboard`]).
 fn authorise_read(app: &AppState, headers: &HeaderMap, site_id: &str) -> Result<(), ApiError> {
-    let key = bearer(headers).ok_or_else(|| {
-        ApiError::unauthorized("missing `Authorization: Bearer <read key>` header")
-    })?;
+    let Some(key) = bearer(headers) else {
+        return match dashboard::session_of(app, headers)? {
+            Some(s) => dashboard::authorise_session_read(app, &s, site_id),
+            None => Err(ApiError::unauthorized(
+                "missing `Authorization: Bearer <read key>` header (or a dashboard session)",
+            )),
+        };
+    };
     let grant = app
         .cache
         .key(key)
@@ -419,9 +438,9 @@ async fn query(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    if bearer(&headers).is_none() {
+    if bearer(&headers).is_none() && dashboard::session_of(&app, &headers)?.is_none() {
         return Err(ApiError::unauthorized(
-            "missing `Authorization: Bearer <read key>` header",
+            "missing `Authorization: Bearer <read key>` header (or a dashboard session)",
         ));
     }
     let bytes = read_body(body, 64 * 1024).await?;

@@ -71,6 +71,11 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
         query_cache: None,
         draining: std::sync::atomic::AtomicBool::new(false),
         reprocessor: None,
+        auth: Some(Arc::new(footfall_auth::Auth::new(
+            meta.clone(),
+            footfall_auth::AuthOptions::default(),
+        ))),
+        secure_cookies: false,
     });
     let router = app(state.clone()).layer(MockConnectInfo(SocketAddr::from((
         [198, 51, 100, 7],
@@ -914,4 +919,171 @@ async fn beacon_fast_path_answers_as_the_router_and_hands_other_requests_to_it()
         .unwrap()
         .unwrap();
     assert!(read_answer(&mut c5, &mut b5).await.is_none());
+}
+
+/// Dashboard logins: the session cookie's attributes, reads limited to the user's
+/// accounts (another account's property is "not found", as a missing one), CSRF on
+/// logout, and throttling after repeated failures.
+#[tokio::test]
+async fn dashboard_sessions_csrf_throttling_and_tenants() {
+    use footfall_meta::{AccountStore, Role};
+    let h = harness();
+    let pa = h.meta.create_property("Shop A", "UTC", &[]).unwrap();
+    let pb = h.meta.create_property("Shop B", "UTC", &[]).unwrap();
+    let (a, b) = (
+        h.meta.create_account("A").unwrap(),
+        h.meta.create_account("B").unwrap(),
+    );
+    h.meta.assign_property(&a.id, &pa.tracking_id).unwrap();
+    h.meta.assign_property(&b.id, &pb.tracking_id).unwrap();
+    let auth = h.state.auth.clone().unwrap();
+    auth.create_user("ann@a.example", "ann's long password", &a.id, Role::Viewer)
+        .unwrap();
+    auth.create_user("bob@b.example", "bob's long password", &b.id, Role::Owner)
+        .unwrap();
+    let (s, _) = h
+        .ingest(
+            json!({"tracking_id": pa.tracking_id, "name": "pageview", "url": "https://a.example/"}),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    h.processor.lock().unwrap().catch_up().unwrap();
+
+    let json_h = [("content-type", "application/json")];
+    let login = |email: &str, password: &str| {
+        serde_json::to_vec(&json!({"email": email, "password": password})).unwrap()
+    };
+    let (s, _, _) = h.send("GET", "/api/auth/me", &[], vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = h
+        .send(
+            "POST",
+            "/api/auth/login",
+            &json_h,
+            login("ann@a.example", "wrong"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            "/api/auth/login",
+            &json_h,
+            login("Ann@A.example", "ann's long password"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let set = hd["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let csrf = v["csrf_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["accounts"][0]["properties"][0]["tracking_id"],
+        pa.tracking_id
+    );
+    assert_eq!(v["accounts"][0]["role"], "viewer");
+    // Behind a TLS gateway the cookie is Secure.
+    let mut tls = json_h.to_vec();
+    tls.push(("x-forwarded-proto", "https"));
+    let (_, _, hd2) = h
+        .send(
+            "POST",
+            "/api/auth/login",
+            &tls,
+            login("ann@a.example", "ann's long password"),
+        )
+        .await;
+    assert!(hd2["set-cookie"].to_str().unwrap().contains("; Secure"));
+
+    let with_cookie = [
+        ("content-type", "application/json"),
+        ("cookie", cookie.as_str()),
+    ];
+    let (s, v, _) = h.send("GET", "/api/auth/me", &with_cookie, vec![]).await;
+    assert_eq!(
+        (s, v["user"]["email"].as_str()),
+        (StatusCode::OK, Some("ann@a.example"))
+    );
+    let q = |site: &str| {
+        serde_json::to_vec(&json!({"site_id": site, "metrics": ["events"], "date_range": "day"}))
+            .unwrap()
+    };
+    let (s, v, _) = h
+        .send("POST", "/api/v2/query", &with_cookie, q(&pa.tracking_id))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["results"][0]["metrics"][0], 1,
+        "the same engine as API keys: {v}"
+    );
+    // Another account's property, and one that does not exist, answer alike.
+    let (s_other, v_other, _) = h
+        .send("POST", "/api/v2/query", &with_cookie, q(&pb.tracking_id))
+        .await;
+    let (s_none, v_none, _) = h
+        .send("POST", "/api/v2/query", &with_cookie, q("FF-NOPE0000"))
+        .await;
+    assert_eq!(
+        (s_other, s_none),
+        (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND)
+    );
+    assert_eq!(v_other, v_none, "no hint that the other property exists");
+    let (s, _, _) = h
+        .send(
+            "GET",
+            &format!("/api/v1/stats/realtime/visitors?site_id={}", pb.tracking_id),
+            &with_cookie,
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = h
+        .send("POST", "/api/v2/query", &json_h, q(&pa.tracking_id))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "no cookie, no key");
+
+    // Logout needs the CSRF token.
+    let (s, _, _) = h
+        .send("POST", "/api/auth/logout", &with_cookie, vec![])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let mut bad = with_cookie.to_vec();
+    bad.push(("x-csrf-token", "0123"));
+    let (s, _, _) = h.send("POST", "/api/auth/logout", &bad, vec![]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let mut good = with_cookie.to_vec();
+    good.push(("x-csrf-token", csrf.as_str()));
+    let (s, _, hd) = h.send("POST", "/api/auth/logout", &good, vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(hd["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let (s, _, _) = h.send("GET", "/api/auth/me", &with_cookie, vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the session ended");
+
+    // Five failures lock the address out, even for the right password.
+    for _ in 0..5 {
+        let (s, _, _) = h
+            .send(
+                "POST",
+                "/api/auth/login",
+                &json_h,
+                login("bob@b.example", "guess"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            "/api/auth/login",
+            &json_h,
+            login("bob@b.example", "bob's long password"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(hd.contains_key("retry-after"));
 }

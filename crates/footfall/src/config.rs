@@ -214,6 +214,12 @@ pub struct ServerConfig {
     /// What this node runs: `all`, or any of `collector`, `processor`, `query`,
     /// `archiver` (`serve --role` overrides).
     pub roles: Vec<String>,
+    /// Dashboard session cookies only over TLS. They are also whenever the gateway
+    /// says the client came over TLS (`X-Forwarded-Proto: https`); set this when TLS
+    /// ends elsewhere without saying so.
+    pub secure_cookies: bool,
+    /// How long a dashboard login lasts.
+    pub session_hours: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -274,6 +280,8 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 10,
             trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
             roles: vec!["all".into()],
+            secure_cookies: false,
+            session_hours: 12,
         }
     }
 }

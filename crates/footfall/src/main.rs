@@ -79,9 +79,49 @@ enum Command {
     /// Import historical data.
     #[command(subcommand)]
     Import(ImportCmd),
+    /// Manage accounts (merchants) and the properties they own.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Manage dashboard users.
+    #[command(subcommand)]
+    User(UserCmd),
     /// Inspect the event log (the embedded one or the Kafka topic the configuration names).
     #[command(subcommand)]
     Log(LogCmd),
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account and print its id.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A property the account owns (repeatable).
+        #[arg(long = "property")]
+        properties: Vec<String>,
+    },
+    /// Give a property to an account (taking it from any other).
+    AddProperty { account: String, property: String },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user in an account. The password is read from FOOTFALL_PASSWORD, else
+    /// from the first line of standard input.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        account: String,
+        /// owner, admin or viewer.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// Set a user's password (read as for `create`) and end their sessions.
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +233,8 @@ fn main() -> anyhow::Result<()> {
         Command::Reprocess(r) => admin::reprocess(&cfg, r),
         Command::Archive(ArchiveCmd::Verify(v)) => admin::verify(&cfg, v),
         Command::Log(LogCmd::Count(a)) => admin::log_count(&cfg, a),
+        Command::Account(a) => account_cmd(&cfg, a),
+        Command::User(u) => user_cmd(&cfg, u),
         Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
         Command::Property(p) => property_cmd(&cfg, p),
         Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),
@@ -201,16 +243,73 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn open_meta(cfg: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+    Ok(open_metadata(cfg)?.0)
+}
+
+/// The metadata store: properties and keys, and (the same database) accounts, users
+/// and sessions.
+fn open_metadata(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn MetaStore>, Arc<dyn footfall_meta::AccountStore>)> {
     if !cfg.meta.url.is_empty() {
-        return Ok(Arc::new(
-            footfall_pg::PgMeta::open(&cfg.meta.url).context("opening meta.url")?,
-        ));
+        let m = Arc::new(footfall_pg::PgMeta::open(&cfg.meta.url).context("opening meta.url")?);
+        return Ok((m.clone(), m));
     }
     std::fs::create_dir_all(&cfg.server.data_dir)
         .with_context(|| format!("creating {}", cfg.server.data_dir.display()))?;
-    Ok(Arc::new(SqliteMeta::open(
-        cfg.server.data_dir.join("meta.db"),
-    )?))
+    let m = Arc::new(SqliteMeta::open(cfg.server.data_dir.join("meta.db"))?);
+    Ok((m.clone(), m))
+}
+
+fn account_cmd(cfg: &Config, cmd: AccountCmd) -> anyhow::Result<()> {
+    let (_, accounts) = open_metadata(cfg)?;
+    match cmd {
+        AccountCmd::Create { name, properties } => {
+            let a = accounts.create_account(&name)?;
+            for p in properties {
+                accounts.assign_property(&a.id, &p)?;
+            }
+            println!("{}", a.id);
+        }
+        AccountCmd::AddProperty { account, property } => {
+            accounts.assign_property(&account, &property)?;
+        }
+    }
+    Ok(())
+}
+
+/// A password from FOOTFALL_PASSWORD, else the first line of standard input (never an
+/// argument: arguments are visible to every user of the machine).
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("FOOTFALL_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn user_cmd(cfg: &Config, cmd: UserCmd) -> anyhow::Result<()> {
+    let (_, accounts) = open_metadata(cfg)?;
+    let auth = footfall_auth::Auth::new(accounts.clone(), Default::default());
+    match cmd {
+        UserCmd::Create {
+            email,
+            account,
+            role,
+        } => {
+            let role = footfall_meta::Role::parse(&role)?;
+            let u = auth.create_user(&email, &read_password()?, &account, role)?;
+            println!("{}", u.id);
+        }
+        UserCmd::ResetPassword { email } => {
+            let (u, _) = accounts
+                .user_by_email(&email)?
+                .ok_or_else(|| anyhow::anyhow!("no user has address {email}"))?;
+            auth.set_password(&u, &read_password()?)?;
+        }
+    }
+    Ok(())
 }
 
 fn print_property(p: &footfall_meta::Property, json: bool) -> anyhow::Result<()> {
@@ -440,7 +539,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     // The one place implementations are chosen.
-    let meta = open_meta(&cfg)?;
+    let (meta, accounts) = open_metadata(&cfg)?;
     let clock = Arc::new(SystemClock);
     let cache = Arc::new(MetaCache::new(meta.clone())?);
     let mut readiness: Vec<ReadinessCheck> = Vec::new();
@@ -633,6 +732,16 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         } else {
             None
         },
+        auth: roles.query.then(|| {
+            Arc::new(footfall_auth::Auth::new(
+                accounts.clone(),
+                footfall_auth::AuthOptions {
+                    session_ttl: Duration::from_secs(cfg.server.session_hours * 3600),
+                    ..Default::default()
+                },
+            ))
+        }),
+        secure_cookies: cfg.server.secure_cookies,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -68,7 +68,10 @@ fn finish(child: std::process::Child, what: &str) -> Value {
     );
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    println!("{what} through the gateway while rolling: {v}");
+    common::cluster::figure(
+        "roll",
+        &format!("{what} through the gateway while rolling: {v}"),
+    );
     v
 }
 
@@ -176,7 +179,7 @@ async fn rolling_the_cluster_twice_fails_no_request() {
         .unwrap();
         rolls.push(started.elapsed());
     }
-    println!("rolls took {rolls:?}");
+    common::cluster::figure("roll", &format!("rolls took {rolls:?}"));
 
     let beacons =
         tokio::task::spawn_blocking(move || finish(beacons, "beacons (1 event per request)"))
@@ -193,9 +196,9 @@ async fn rolling_the_cluster_twice_fails_no_request() {
         failed.load(Ordering::Relaxed),
         retried.load(Ordering::Relaxed),
     );
-    println!(
+    common::cluster::figure("roll", &format!(
         "dashboard queries while rolling: {asked} asked, {failed} not answered 200, {retried} sent again after the gateway closed a kept-alive connection"
-    );
+    ));
 
     assert_eq!(beacons["errors"], 0, "beacons: {beacons}");
     assert_eq!(batches["errors"], 0, "batches: {batches}");
@@ -241,10 +244,13 @@ async fn rolling_the_cluster_twice_fails_no_request() {
                 String::from_utf8_lossy(&count.stderr)
             );
         }
-        println!(
-            "{}: {} events acknowledged, {counted} counted",
-            site.tracking_id,
-            acknowledged(lg),
+        common::cluster::figure(
+            "roll",
+            &format!(
+                "{}: {} events acknowledged, {counted} counted",
+                site.tracking_id,
+                acknowledged(lg)
+            ),
         );
         assert_eq!(counted, acknowledged(lg), "events counted");
     }

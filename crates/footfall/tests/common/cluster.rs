@@ -42,6 +42,23 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Prints a figure a test measured and appends it to `target/test-figures/<test>.txt`,
+/// which scripts/test.sh prints after the suite (cargo shows a passing test's output to
+/// no one).
+pub fn figure(test: &str, line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    let dir = root().join("target/test-figures");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{test}.txt")))
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// Stops the cluster however the test ends.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -112,7 +129,10 @@ impl Drop for Cluster {
             if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("logs/{f}.log"))) {
                 let n = t.matches("the broker skipped records").count();
                 if n > 0 {
-                    eprintln!("{f}: {n} re-fetches after the broker skipped records");
+                    figure(
+                        "cluster-refetches",
+                        &format!("{f}: {n} re-fetches after the broker skipped records"),
+                    );
                 }
             }
         }

@@ -1,0 +1,402 @@
+//! Dashboard logins over [`AccountStore`]:
+//!
+//! - **Passwords** are hashed with argon2id (the `argon2` crate's defaults: 19 MiB,
+//!   2 passes, OWASP's minimum) and stored as PHC strings; at least
+//!   [`MIN_PASSWORD_CHARS`] characters.
+//! - **Sessions**: a login gets a random 256-bit token (the cookie) and a random CSRF
+//!   token; the store keeps only the token's SHA-256, so a copy of the database opens no
+//!   session. Sessions expire after [`AuthOptions::session_ttl`]; logout and a password
+//!   change end them.
+//! - **CSRF**: every state-changing request with a session must echo the session's CSRF
+//!   token in `X-CSRF-Token` ([`check_csrf`], compared in constant time); the cookie is
+//!   also `SameSite=Strict`.
+//! - **Throttling**: after [`AuthOptions::max_failures`] failed logins for one address,
+//!   or four times as many from one client address, within
+//!   [`AuthOptions::failure_window`], further attempts are refused with a retry time,
+//!   whatever the password — so guessing costs a window per few tries. A login for an
+//!   unknown address costs the same hashing time as one for a known address.
+//! - **Roles**: a user sees the properties of the accounts they belong to, and nothing
+//!   else; what each role may change is [`Role::may`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use footfall_meta::{Account, AccountStore, Role, Session, User};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("wrong e-mail address or password")]
+    BadCredentials,
+    #[error("too many failed logins; try again in {} s", .0.as_secs())]
+    Throttled(Duration),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] footfall_meta::Error),
+}
+
+pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct AuthOptions {
+    pub session_ttl: Duration,
+    /// Failed logins for one e-mail address within the window before logins for it
+    /// are refused; from one client address, four times as many.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+}
+
+impl Default for AuthOptions {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_failures: 5,
+            failure_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// What may be done in an account, by the least role that may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read the account's reports.
+    View,
+    /// Create and revoke API keys and shared links; change properties.
+    Manage,
+    /// Invite users and change their roles.
+    ManageUsers,
+}
+
+/// Whether `role` may do `action`.
+pub fn may(role: Role, action: Action) -> bool {
+    role >= match action {
+        Action::View => Role::Viewer,
+        Action::Manage => Role::Admin,
+        Action::ManageUsers => Role::Owner,
+    }
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// The session cookie's value (shown once; only its hash is stored).
+    pub token: String,
+    pub csrf: String,
+    pub user: User,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+/// One of a user's accounts, with the role held and its properties.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Membership {
+    #[serde(flatten)]
+    pub account: Account,
+    pub role: Role,
+    pub properties: Vec<String>,
+}
+
+/// Hashes a password (argon2id, random salt) into a PHC string.
+pub fn hash_password(password: &str) -> Result<String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(AuthError::Invalid(format!(
+            "a password needs at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    let mut salt = [0u8; 16];
+    rand::rng().fill(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| AuthError::Invalid(e.to_string()))?
+        .to_string())
+}
+
+/// Whether `password` matches a PHC string made by [`hash_password`].
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Whether a request's CSRF token is the session's.
+pub fn check_csrf(session: &Session, sent: Option<&str>) -> bool {
+    let Some(sent) = sent else { return false };
+    let (a, b) = (session.csrf.as_bytes(), sent.as_bytes());
+    // Constant time in the token's content.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Logins, sessions and what a user may see.
+pub struct Auth {
+    store: Arc<dyn AccountStore>,
+    opts: AuthOptions,
+    /// Verified against when the address is unknown, so that answering takes as long.
+    dummy_hash: String,
+}
+
+impl Auth {
+    pub fn new(store: Arc<dyn AccountStore>, opts: AuthOptions) -> Self {
+        let dummy_hash = hash_password("not a password of anyone").expect("long enough");
+        Self {
+            store,
+            opts,
+            dummy_hash,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn AccountStore> {
+        &self.store
+    }
+
+    /// Checks a password and opens a session; `client` is the client's address (for
+    /// throttling) and `now` Unix milliseconds.
+    pub fn login(&self, email: &str, password: &str, client: &str, now: i64) -> Result<Login> {
+        let email = email.trim().to_ascii_lowercase();
+        let window = self.opts.failure_window.as_millis() as i64;
+        let (by_email, by_client) = (format!("email:{email}"), format!("client:{client}"));
+        let since = now - window;
+        if self.store.login_failures(&by_email, since)? >= self.opts.max_failures
+            || self.store.login_failures(&by_client, since)? >= self.opts.max_failures * 4
+        {
+            return Err(AuthError::Throttled(self.opts.failure_window));
+        }
+        let found = self.store.user_by_email(&email)?;
+        let hash = found
+            .as_ref()
+            .map(|(_, h)| h.as_str())
+            .unwrap_or(&self.dummy_hash);
+        let ok = verify_password(hash, password) && found.is_some();
+        let Some((user, _)) = found.filter(|_| ok) else {
+            self.store.record_login_failure(&by_email, now)?;
+            self.store.record_login_failure(&by_client, now)?;
+            return Err(AuthError::BadCredentials);
+        };
+        self.store.clear_login_failures(&by_email)?;
+        let (token, csrf) = (random_token(), random_token());
+        let expires_at = now + self.opts.session_ttl.as_millis() as i64;
+        self.store
+            .create_session(&token_hash(&token), &user.id, &csrf, expires_at)?;
+        Ok(Login {
+            token,
+            csrf,
+            user,
+            expires_at,
+        })
+    }
+
+    /// The session a cookie names, if it is open at `now`.
+    pub fn session(&self, token: &str, now: i64) -> Result<Option<Session>> {
+        Ok(self.store.session(&token_hash(token), now)?)
+    }
+
+    pub fn logout(&self, token: &str) -> Result<()> {
+        Ok(self.store.delete_session(&token_hash(token))?)
+    }
+
+    /// Sets a user's password and ends their sessions.
+    pub fn set_password(&self, user: &User, password: &str) -> Result<()> {
+        self.store
+            .set_password(&user.id, &hash_password(password)?)?;
+        Ok(self.store.delete_user_sessions(&user.id)?)
+    }
+
+    /// A new user with a password, member of `account` with `role`.
+    pub fn create_user(
+        &self,
+        email: &str,
+        password: &str,
+        account: &str,
+        role: Role,
+    ) -> Result<User> {
+        if self.store.account(account)?.is_none() {
+            return Err(AuthError::Invalid(format!(
+                "account `{account}` does not exist"
+            )));
+        }
+        let user = self.store.create_user(email, &hash_password(password)?)?;
+        self.store.add_member(account, &user.id, role)?;
+        Ok(user)
+    }
+
+    /// The user's accounts, roles and properties.
+    pub fn memberships(&self, user: &User) -> Result<Vec<Membership>> {
+        self.store
+            .memberships(&user.id)?
+            .into_iter()
+            .map(|(account, role)| {
+                let properties = self.store.account_properties(&account.id)?;
+                Ok(Membership {
+                    account,
+                    role,
+                    properties,
+                })
+            })
+            .collect()
+    }
+
+    /// The role the user holds over a property (through its account), or `None` when
+    /// the property is not theirs to see — which callers answer as "not found".
+    pub fn role_for_property(&self, user: &User, tracking_id: &str) -> Result<Option<Role>> {
+        Ok(self
+            .memberships(user)?
+            .into_iter()
+            .filter(|m| m.properties.iter().any(|p| p == tracking_id))
+            .map(|m| m.role)
+            .max())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use footfall_meta::{MetaStore, SqliteMeta};
+
+    fn setup() -> (tempfile::TempDir, Arc<SqliteMeta>, Auth) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(SqliteMeta::open(dir.path().join("meta.db")).unwrap());
+        let auth = Auth::new(m.clone(), AuthOptions::default());
+        (dir, m, auth)
+    }
+
+    #[test]
+    fn passwords_are_argon2id_and_checked() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, "correct horse battery"));
+        assert!(!verify_password(&h, "correct horse batterx"));
+        assert!(!verify_password("garbage", "x"));
+        assert!(matches!(hash_password("short"), Err(AuthError::Invalid(_))));
+        assert_ne!(h, hash_password("correct horse battery").unwrap(), "salted");
+    }
+
+    #[test]
+    fn login_session_logout() {
+        let (_d, m, auth) = setup();
+        let a = m.create_account("Acme").unwrap();
+        let u = auth
+            .create_user("ann@acme.example", "a long password", &a.id, Role::Viewer)
+            .unwrap();
+        assert!(matches!(
+            auth.login("ann@acme.example", "wrong password!", "1.2.3.4", 1_000),
+            Err(AuthError::BadCredentials)
+        ));
+        assert!(matches!(
+            auth.login("nobody@acme.example", "a long password", "1.2.3.4", 1_000),
+            Err(AuthError::BadCredentials)
+        ));
+        let l = auth
+            .login("Ann@Acme.example", "a long password", "1.2.3.4", 1_000)
+            .unwrap();
+        assert_eq!(l.user, u);
+        assert_eq!(l.token.len(), 64);
+        let s = auth.session(&l.token, 2_000).unwrap().expect("open");
+        assert!(check_csrf(&s, Some(&l.csrf)));
+        assert!(!check_csrf(&s, Some("x")));
+        assert!(!check_csrf(&s, None));
+        let ttl = AuthOptions::default().session_ttl.as_millis() as i64;
+        assert!(
+            auth.session(&l.token, 1_000 + ttl).unwrap().is_none(),
+            "expired"
+        );
+        auth.logout(&l.token).unwrap();
+        assert!(
+            auth.session(&l.token, 2_000).unwrap().is_none(),
+            "logged out"
+        );
+        // A password change ends every session.
+        let l2 = auth
+            .login("ann@acme.example", "a long password", "1.2.3.4", 3_000)
+            .unwrap();
+        auth.set_password(&u, "another long password").unwrap();
+        assert!(auth.session(&l2.token, 3_001).unwrap().is_none());
+        assert!(auth
+            .login(
+                "ann@acme.example",
+                "another long password",
+                "1.2.3.4",
+                4_000
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn repeated_failures_are_throttled_even_with_the_right_password() {
+        let (_d, m, auth) = setup();
+        let a = m.create_account("Acme").unwrap();
+        auth.create_user("ann@acme.example", "a long password", &a.id, Role::Owner)
+            .unwrap();
+        for i in 0..5 {
+            assert!(matches!(
+                auth.login("ann@acme.example", "guess", "1.2.3.4", 1_000 + i),
+                Err(AuthError::BadCredentials)
+            ));
+        }
+        assert!(matches!(
+            auth.login("ann@acme.example", "a long password", "5.6.7.8", 2_000),
+            Err(AuthError::Throttled(_))
+        ));
+        // After the window, the right password works again and clears the count.
+        let later = 2_000 + AuthOptions::default().failure_window.as_millis() as i64;
+        assert!(auth
+            .login("ann@acme.example", "a long password", "5.6.7.8", later)
+            .is_ok());
+        // One client guessing many addresses is stopped too.
+        for i in 0..20 {
+            let _ = auth.login(&format!("u{i}@acme.example"), "guess", "9.9.9.9", later);
+        }
+        assert!(matches!(
+            auth.login("ann@acme.example", "a long password", "9.9.9.9", later + 1),
+            Err(AuthError::Throttled(_))
+        ));
+    }
+
+    #[test]
+    fn users_see_their_accounts_properties_only() {
+        let (_d, m, auth) = setup();
+        let (a, b) = (
+            m.create_account("A").unwrap(),
+            m.create_account("B").unwrap(),
+        );
+        let pa = m.create_property("Shop A", "UTC", &[]).unwrap();
+        let pb = m.create_property("Shop B", "UTC", &[]).unwrap();
+        m.assign_property(&a.id, &pa.tracking_id).unwrap();
+        m.assign_property(&b.id, &pb.tracking_id).unwrap();
+        let u = auth
+            .create_user("ann@a.example", "a long password", &a.id, Role::Admin)
+            .unwrap();
+        assert_eq!(
+            auth.role_for_property(&u, &pa.tracking_id).unwrap(),
+            Some(Role::Admin)
+        );
+        assert_eq!(auth.role_for_property(&u, &pb.tracking_id).unwrap(), None);
+        let ms = auth.memberships(&u).unwrap();
+        assert_eq!(ms.len(), 1);
+        assert_eq!(ms[0].properties, vec![pa.tracking_id.clone()]);
+        assert!(may(Role::Admin, Action::Manage) && !may(Role::Admin, Action::ManageUsers));
+        assert!(may(Role::Viewer, Action::View) && !may(Role::Viewer, Action::Manage));
+        assert!(may(Role::Owner, Action::ManageUsers));
+    }
+}

@@ -1,0 +1,210 @@
+//! Dashboard logins over HTTP (`footfall_auth`): `POST /api/auth/login`,
+//! `POST /api/auth/logout`, `GET /api/auth/me`. A session is the `ff_session` cookie
+//! (HttpOnly, SameSite=Strict, Secure when served over TLS); reads with it go through the
+//! same endpoints and query engine as API keys (`/api/v2/query`, realtime), limited to
+//! the properties of the user's accounts — any other property is "not found", so its
+//! existence is not revealed. Every state-changing call with a session must send the
+//! session's CSRF token in `X-CSRF-Token`.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use footfall_auth::{check_csrf, AuthError};
+use footfall_meta::Session;
+use serde_json::json;
+
+use crate::{internal, read_body, ApiError, AppRef, AppState};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "ff_session";
+
+fn auth(app: &AppState) -> Result<&footfall_auth::Auth, ApiError> {
+    app.auth
+        .as_deref()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no dashboard here"))
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::BadCredentials => ApiError::unauthorized(e.to_string()),
+        AuthError::Throttled(d) => {
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_logins",
+                e.to_string(),
+            );
+            r.retry_after = Some(d.as_secs().max(1) as u32);
+            r
+        }
+        AuthError::Invalid(m) => ApiError::bad_request("invalid", m),
+        AuthError::Store(e) => internal(e),
+    }
+}
+
+/// The session cookie's value, if the request has one.
+fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|t| !t.is_empty())
+}
+
+/// The open session the request's cookie names, if any (none without a dashboard).
+pub(crate) fn session_of(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
+    let (Some(auth), Some(token)) = (app.auth.as_deref(), cookie_token(headers)) else {
+        return Ok(None);
+    };
+    auth.session(token, app.clock.now_millis())
+        .map_err(auth_error)
+}
+
+/// Whether a session may read a property: yes for the properties of its accounts;
+/// otherwise "not found", as for a property that does not exist.
+pub(crate) fn authorise_session_read(
+    app: &AppState,
+    s: &Session,
+    site_id: &str,
+) -> Result<(), ApiError> {
+    match auth(app)?.role_for_property(&s.user, site_id) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such site_id",
+        )),
+        Err(e) => Err(auth_error(e)),
+    }
+}
+
+/// The session of a state-changing call, its CSRF token checked.
+fn changing_session(app: &AppState, headers: &HeaderMap) -> Result<(Session, String), ApiError> {
+    let token = cookie_token(headers)
+        .ok_or_else(|| ApiError::unauthorized("not logged in"))?
+        .to_string();
+    let s = session_of(app, headers)?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    if !check_csrf(&s, sent) {
+        return Err(ApiError::forbidden(
+            "missing or wrong `X-CSRF-Token` header",
+        ));
+    }
+    Ok((s, token))
+}
+
+fn set_cookie(app: &AppState, headers: &HeaderMap, value: &str, max_age_s: i64) -> HeaderValue {
+    // Secure when configured, or when the gateway says the client came over TLS.
+    let tls = app.secure_cookies
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let secure = if tls { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
+    ))
+    .expect("a token is a valid header value")
+}
+
+#[derive(serde::Deserialize)]
+struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+/// `POST /api/auth/login` `{"email", "password"}`: 200 with the user, the CSRF token
+/// and the accounts, and the session cookie; 401 for a wrong address or password; 429
+/// with Retry-After once throttled.
+pub(crate) async fn login(
+    State(app): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, 16 * 1024).await?;
+    let req: LoginRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid",
+            format!("expected {{\"email\", \"password\"}}: {e}"),
+        )
+    })?;
+    let client = footfall_collector::client_ip(peer.ip(), &headers, &app.rules.trusted_proxies);
+    let now = app.clock.now_millis();
+    let a = app.clone();
+    // Hashing takes tens of milliseconds: off the event loop.
+    let login = tokio::task::spawn_blocking(move || {
+        auth(&a)?
+            .login(&req.email, &req.password, &client.to_string(), now)
+            .map_err(auth_error)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let memberships = auth(&app)?.memberships(&login.user).map_err(auth_error)?;
+    let max_age = (login.expires_at - now) / 1000;
+    let mut r = Json(json!({
+        "user": login.user,
+        "csrf_token": login.csrf,
+        "expires_at": login.expires_at,
+        "accounts": accounts_json(&app, memberships)?,
+    }))
+    .into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(&app, &headers, &login.token, max_age),
+    );
+    Ok(r)
+}
+
+/// `POST /api/auth/logout` (CSRF-checked): ends the session, clears the cookie.
+pub(crate) async fn logout(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_, token) = changing_session(&app, &headers)?;
+    auth(&app)?.logout(&token).map_err(auth_error)?;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&app, &headers, "", 0));
+    Ok(r)
+}
+
+/// `GET /api/auth/me`: the session's user, CSRF token and accounts with their
+/// properties (names and time zones); 401 without a session.
+pub(crate) async fn me(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = session_of(&app, &headers)?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
+    let memberships = auth(&app)?.memberships(&s.user).map_err(auth_error)?;
+    Ok(Json(json!({
+        "user": s.user,
+        "csrf_token": s.csrf,
+        "expires_at": s.expires_at,
+        "accounts": accounts_json(&app, memberships)?,
+    }))
+    .into_response())
+}
+
+fn accounts_json(
+    app: &AppState,
+    memberships: Vec<footfall_auth::Membership>,
+) -> Result<serde_json::Value, ApiError> {
+    let mut out = Vec::new();
+    for m in memberships {
+        let mut props = Vec::new();
+        for id in &m.properties {
+            if let Some(p) = app.cache.property(id).map_err(internal)? {
+                props.push(
+                    json!({"tracking_id": p.tracking_id, "name": p.name, "timezone": p.timezone}),
+                );
+            }
+        }
+        out.push(json!({"id": m.account.id, "name": m.account.name, "role": m.role, "properties": props}));
+    }
+    Ok(json!(out))
+}
