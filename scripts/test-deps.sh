@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests drive besides Rust: headless Chromium (Debian) and the published
-# browser client libraries and user-agent lists (npm), pinned, into target/test-data/npm.
+# browser client libraries and user-agent lists, and playwright-core and axe-core for the
+# dashboard test (npm), pinned, into target/test-data/npm.
 # Idempotent. Prints nothing when everything is already there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +12,7 @@ if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 dest="$root/target/test-data/npm"
-want="@plausible-analytics/tracker@0.4.6 @minimal-analytics/ga4@1.8.7 user-agents@2.1.198"
+want="@plausible-analytics/tracker@0.4.6 @minimal-analytics/ga4@1.8.7 user-agents@2.1.198 playwright-core@1.65.1 axe-core@4.14.1"
 if [ -f "$dest/VERSIONS" ] && [ "$(cat "$dest/VERSIONS")" = "$want" ]; then
   exit 0
 fi

@@ -124,7 +124,10 @@ pub fn app(state: AppRef) -> Router {
         router = router
             .route("/api/auth/login", post(dashboard::login))
             .route("/api/auth/logout", post(dashboard::logout))
-            .route("/api/auth/me", get(dashboard::me));
+            .route("/api/auth/me", get(dashboard::me))
+            .route("/", get(dashboard::page))
+            .route("/dashboard.js", get(dashboard::script))
+            .route("/dashboard.css", get(dashboard::style));
     }
     if state.reprocessor.is_some() {
         router = router

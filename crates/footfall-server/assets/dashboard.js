@@ -1,0 +1,324 @@
+// Footfall's dashboard: every number comes from /api/v2/query (the same engine and
+// answers as API keys), read with the session cookie. No framework and nothing from a
+// CDN; text from events is only ever set as text (never as HTML).
+
+const METRICS = [
+  ["visitors", "Visitors"],
+  ["visits", "Visits"],
+  ["pageviews", "Page views"],
+  ["views_per_visit", "Views per visit"],
+  ["bounce_rate", "Bounce rate"],
+  ["visit_duration", "Visit duration"],
+];
+const PANELS = [
+  ["event:page", "Pages"],
+  ["visit:entry_page", "Entry pages"],
+  ["visit:source", "Sources"],
+  ["visit:channel", "Channels"],
+  ["visit:utm_campaign", "UTM campaigns"],
+  ["visit:country", "Countries"],
+  ["visit:device", "Devices"],
+  ["visit:browser", "Browsers"],
+  ["visit:os", "Operating systems"],
+  ["event:name", "Events"],
+];
+const RANGES = [
+  ["day", "Today"],
+  ["7d", "Last 7 days"],
+  ["30d", "Last 30 days"],
+  ["month", "Month to date"],
+  ["12mo", "Last 12 months"],
+];
+
+const state = { csrf: null, accounts: [], site: null, range: "7d", filters: [], data: {} };
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+async function api(method, path, body) {
+  const headers = { "content-type": "application/json" };
+  if (state.csrf) headers["x-csrf-token"] = state.csrf;
+  const r = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch { json = null; }
+  return { status: r.status, json };
+}
+
+// The view lives in the URL fragment, so it can be bookmarked and shared.
+function readHash() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  state.site = p.get("site") || state.site;
+  state.range = p.get("range") || state.range;
+  state.filters = p.getAll("f").map((f) => {
+    const [dim, ...rest] = f.split("|");
+    return [dim, rest.join("|")];
+  });
+}
+
+function writeHash() {
+  const p = new URLSearchParams();
+  if (state.site) p.set("site", state.site);
+  p.set("range", state.range);
+  for (const [dim, v] of state.filters) p.append("f", `${dim}|${v}`);
+  const next = "#" + p.toString();
+  if (location.hash !== next) history.replaceState(null, "", next);
+}
+
+function properties() {
+  return state.accounts.flatMap((a) => a.properties.map((p) => ({ ...p, account: a.name })));
+}
+
+function query(extra) {
+  return api("POST", "/api/v2/query", {
+    site_id: state.site,
+    date_range: state.range,
+    filters: state.filters.map(([dim, v]) => ["is", dim, [v]]),
+    ...extra,
+  });
+}
+
+function fmt(metric, v) {
+  if (v === null || v === undefined) return "–";
+  if (metric === "bounce_rate") return `${Math.round(v)}%`;
+  if (metric === "visit_duration") {
+    const s = Math.round(v);
+    return s >= 60 ? `${Math.floor(s / 60)}m ${s % 60}s` : `${s}s`;
+  }
+  if (metric === "views_per_visit") return Number(v).toFixed(2);
+  return Number(v).toLocaleString("en");
+}
+
+function showLogin(message) {
+  const app = document.getElementById("app");
+  const email = h("input", { type: "email", name: "email", autocomplete: "username", required: true, id: "email" });
+  const password = h("input", { type: "password", name: "password", autocomplete: "current-password", required: true, id: "password" });
+  const error = h("p", { class: "error", role: "alert" }, message || "");
+  const form = h(
+    "form",
+    { class: "login", onsubmit: async (e) => {
+      e.preventDefault();
+      const r = await api("POST", "/api/auth/login", { email: email.value, password: password.value });
+      if (r.status === 200) {
+        state.csrf = r.json.csrf_token;
+        state.accounts = r.json.accounts;
+        start();
+      } else {
+        error.textContent = (r.json && r.json.error && r.json.error.message) || `Login failed (${r.status})`;
+      }
+    } },
+    h("h1", {}, "Footfall"),
+    h("label", { for: "email" }, "E-mail address", email),
+    h("label", { for: "password" }, "Password", password),
+    h("button", { class: "primary", type: "submit" }, "Log in"),
+    error,
+  );
+  app.replaceChildren(form);
+  email.focus();
+}
+
+async function boot() {
+  const r = await api("GET", "/api/auth/me");
+  if (r.status !== 200) return showLogin();
+  state.csrf = r.json.csrf_token;
+  state.accounts = r.json.accounts;
+  start();
+}
+
+function start() {
+  readHash();
+  const props = properties();
+  if (!props.some((p) => p.tracking_id === state.site)) {
+    if (state.site && location.hash.includes("site=")) return notFound();
+    state.site = props.length ? props[0].tracking_id : null;
+  }
+  writeHash();
+  render();
+  load();
+}
+
+function notFound() {
+  const app = document.getElementById("app");
+  app.replaceChildren(
+    h("h1", {}, "Not found"),
+    h("p", {}, "There is no such property among yours."),
+    h("button", { onclick: () => { location.hash = ""; state.site = null; start(); } }, "Back to my properties"),
+  );
+}
+
+function render() {
+  const app = document.getElementById("app");
+  const props = properties();
+  if (!state.site) {
+    app.replaceChildren(h("h1", {}, "Footfall"), h("p", {}, "Your accounts have no properties yet."), logoutButton());
+    return;
+  }
+  const siteSel = h(
+    "select",
+    { id: "site", onchange: (e) => { state.site = e.target.value; state.filters = []; writeHash(); render(); load(); } },
+    props.map((p) => h("option", { value: p.tracking_id, selected: p.tracking_id === state.site }, `${p.name} (${p.account})`)),
+  );
+  const rangeSel = h(
+    "select",
+    { id: "range", onchange: (e) => { state.range = e.target.value; writeHash(); load(); } },
+    RANGES.map(([v, label]) => h("option", { value: v, selected: v === state.range }, label)),
+  );
+  const chips = h(
+    "ul",
+    { class: "chips", "aria-label": "Filters" },
+    state.filters.map(([dim, v], i) =>
+      h("li", {}, h("button", {
+        "aria-label": `Remove filter ${dim} is ${v}`,
+        onclick: () => { state.filters.splice(i, 1); writeHash(); render(); load(); },
+      }, `${dim.split(":")[1]} is ${v} ✕`)),
+    ),
+  );
+  app.replaceChildren(
+    h("header", {},
+      h("h1", {}, "Footfall"),
+      h("div", { class: "controls" },
+        h("label", { for: "site" }, "Property", siteSel),
+        h("label", { for: "range" }, "Dates", rangeSel),
+        logoutButton())),
+    chips,
+    h("section", { class: "cards", id: "cards", "aria-label": "Totals" }),
+    h("section", { class: "chart", id: "chart", "aria-label": "Visitors over time" }),
+    h("section", { class: "panels", id: "panels" },
+      PANELS.map(([dim, title]) => h("div", { class: "panel", id: `panel-${dim.replace(":", "-")}` }, h("h2", {}, title)))),
+  );
+}
+
+function logoutButton() {
+  return h("button", { id: "logout", onclick: async () => {
+    await api("POST", "/api/auth/logout");
+    // Nothing of this user's view stays for the next one.
+    Object.assign(state, { csrf: null, accounts: [], site: null, filters: [] });
+    history.replaceState(null, "", location.pathname);
+    showLogin("Logged out.");
+  } }, "Log out");
+}
+
+async function load() {
+  const site = state.site;
+  const timeDim = state.range === "day" ? "time:hour" : state.range === "12mo" ? "time:month" : "time:day";
+  const [totals, series, ...panels] = await Promise.all([
+    totalsQuery(),
+    query({ metrics: ["visitors"], dimensions: [timeDim] }),
+    ...PANELS.map(([dim]) => query({ metrics: ["visitors", "pageviews"], dimensions: [dim], order_by: [["visitors", "desc"]], pagination: { limit: 10 } })),
+  ]);
+  if (site !== state.site) return; // the property changed meanwhile
+  if (totals.status === 401) return showLogin("Your session has ended.");
+  if (totals.status === 404) return notFound();
+  if (series.status !== 200) {
+    document.getElementById("chart").replaceChildren(h("h2", {}, "Visitors"), h("p", { class: "muted" }, series.json?.error?.message || "unavailable"));
+  }
+  renderTotals(totals);
+  if (series.status === 200) renderChart(series.json);
+  PANELS.forEach(([dim, title], i) => renderPanel(dim, title, panels[i]));
+}
+
+// Every metric; where the engine cannot answer them all under the filters (visit
+// metrics under an event filter), the ones it can.
+async function totalsQuery() {
+  const all = await query({ metrics: METRICS.map(([m]) => m) });
+  if (all.status !== 400) return { ...all, metrics: METRICS.map(([m]) => m) };
+  const some = ["visitors", "pageviews"];
+  return { ...(await query({ metrics: some })), metrics: some };
+}
+
+function renderTotals(t) {
+  const row = (t.json && t.json.results && t.json.results[0]) || { metrics: [] };
+  document.getElementById("cards").replaceChildren(
+    ...METRICS.map(([m, label]) => {
+      const i = t.metrics.indexOf(m);
+      return h("div", { class: "card", "data-metric": m },
+        h("div", { class: "label" }, label),
+        h("div", { class: "value", title: i < 0 ? "Not available with these filters" : null }, i < 0 ? "–" : fmt(m, row.metrics[i])));
+    }),
+  );
+}
+
+function renderChart(j) {
+  const rows = (j && j.results) || [];
+  const max = Math.max(1, ...rows.map((r) => r.metrics[0]));
+  const w = 1000, hgt = 180, bw = rows.length ? w / rows.length : w;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `Visitors per ${rows.length > 0 ? "period" : "day"}: ` + rows.map((r) => `${r.dimensions[0]} ${r.metrics[0]}`).join(", "));
+  rows.forEach((r, i) => {
+    const rect = document.createElementNS(ns, "rect");
+    const bh = (r.metrics[0] / max) * (hgt - 4);
+    rect.setAttribute("x", i * bw + bw * 0.1);
+    rect.setAttribute("width", bw * 0.8);
+    rect.setAttribute("y", hgt - bh);
+    rect.setAttribute("height", bh);
+    const t = document.createElementNS(ns, "title");
+    t.textContent = `${r.dimensions[0]}: ${r.metrics[0]} visitors`;
+    rect.append(t);
+    svg.append(rect);
+  });
+  document.getElementById("chart").replaceChildren(h("h2", {}, "Visitors"), svg);
+}
+
+function csv(dim, rows) {
+  const q = (s) => `"${String(s).replaceAll('"', '""')}"`;
+  const lines = [[dim, "visitors", "pageviews"].map(q).join(",")];
+  for (const r of rows) lines.push([q(r.dimensions[0]), r.metrics[0], r.metrics[1]].join(","));
+  return lines.join("\r\n") + "\r\n";
+}
+
+function renderPanel(dim, title, r) {
+  const panel = document.getElementById(`panel-${dim.replace(":", "-")}`);
+  if (!panel) return;
+  if (r.status !== 200) {
+    // The engine says why (e.g. a breakdown it cannot combine with the filters).
+    const why = (r.json && r.json.error && r.json.error.message) || `unavailable (${r.status})`;
+    panel.replaceChildren(h("h2", {}, title), h("p", { class: "muted" }, why));
+    return;
+  }
+  const rows = (r.json && r.json.results) || [];
+  const download = h("button", {
+    "aria-label": `Export ${title} as CSV`,
+    onclick: () => {
+      const a = h("a", {
+        href: URL.createObjectURL(new Blob([csv(dim, rows)], { type: "text/csv" })),
+        download: `${state.site}-${dim.replace(":", "-")}-${state.range}.csv`,
+      });
+      document.body.append(a);
+      a.click();
+      a.remove();
+    },
+  }, "CSV");
+  const table = h("table", {},
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, title), h("th", { scope: "col", class: "num" }, "Visitors"))),
+    h("tbody", {}, rows.length === 0
+      ? h("tr", {}, h("td", { colspan: 2, class: "muted" }, "No data"))
+      : rows.map((r) => h("tr", {},
+          h("td", {}, h("button", {
+            title: `Filter by ${r.dimensions[0] === "" ? "(none)" : r.dimensions[0]}`,
+            onclick: () => { state.filters.push([dim, String(r.dimensions[0])]); writeHash(); render(); load(); },
+          }, r.dimensions[0] === "" ? "(none)" : String(r.dimensions[0]))),
+          h("td", { class: "num" }, fmt("visitors", r.metrics[0]))))),
+  );
+  panel.replaceChildren(h("div", { class: "head" }, h("h2", {}, title), download), table);
+}
+
+window.addEventListener("hashchange", () => { if (state.csrf) { readHash(); render(); load(); } });
+boot();

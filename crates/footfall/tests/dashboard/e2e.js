@@ -1,0 +1,133 @@
+// Drives Footfall's dashboard in Debian's headless Chromium through playwright-core
+// (crates/footfall/tests/dashboard.rs runs it). Arguments: base URL, screenshot dir.
+// Environment: NPM (the test packages' directory), A1, A2, B (tracking ids), ANN_PW,
+// BOB_PW. Prints one JSON object of what it saw; the Rust side checks it against the API.
+const path = require("path");
+const fs = require("fs");
+const { chromium } = require(path.join(process.env.NPM, "playwright-core-1.65.1"));
+const axeSource = fs.readFileSync(path.join(process.env.NPM, "axe-core-4.14.1", "axe.min.js"), "utf8");
+
+const [base, shots] = process.argv.slice(2);
+const out = {};
+let current = null; // the page a failure is shown from
+const consoleLines = [];
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+}
+
+async function cards(page) {
+  await page.waitForSelector('.card[data-metric="visitors"] .value');
+  return page.$eval('.card[data-metric="visitors"] .value', (e) => e.textContent);
+}
+
+// Waits until the visitors card shows something other than `before`.
+async function cardsChange(page, before) {
+  await page.waitForFunction(
+    (b) => { const e = document.querySelector('.card[data-metric="visitors"] .value'); return e && e.textContent !== b; },
+    before,
+  );
+  return cards(page);
+}
+
+async function login(page, email, password) {
+  await page.fill("#email", email);
+  await page.fill("#password", password);
+  await page.click('button[type="submit"]');
+}
+
+(async () => {
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1200, height: 900 } });
+  const page = await context.newPage();
+  current = page;
+  page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+  const started = Date.now();
+  await page.goto(base + "/");
+  await page.waitForSelector("#email");
+  out.login_form_ms = Date.now() - started;
+  await shot(page, "01-login");
+
+  await login(page, "ann@a.example", process.env.ANN_PW);
+  out.visitors_7d = await cards(page);
+  await page.waitForSelector("#panel-event-page tbody button");
+  out.site_after_login = await page.$eval("#site", (e) => e.value);
+  await shot(page, "02-dashboard");
+
+  // Through the debugging protocol: the page's CSP (rightly) refuses inline scripts.
+  await page.evaluate(axeSource);
+  const axe = await page.evaluate(async () => {
+    const r = await window.axe.run(document);
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length }));
+  });
+  out.axe_violations = axe;
+
+  // Switch property and back.
+  await page.selectOption("#site", process.env.A2);
+  out.visitors_a2 = await cardsChange(page, out.visitors_7d);
+  out.hash_a2 = await page.evaluate(() => location.hash);
+  await shot(page, "03-switched-property");
+  await page.selectOption("#site", process.env.A1);
+  await page.waitForFunction((v) => document.querySelector('.card[data-metric="visitors"] .value')?.textContent === v, out.visitors_7d);
+
+  // Another date range.
+  await page.selectOption("#range", "30d");
+  await page.waitForFunction(() => location.hash.includes("range=30d"));
+  out.visitors_30d = await cards(page);
+  await shot(page, "04-date-range");
+
+  // Filter by clicking a row of the pages panel.
+  await page.click('#panel-event-page tbody button:text-is("/pricing")');
+  out.visitors_filtered = await cardsChange(page, out.visitors_30d);
+  out.hash_filtered = await page.evaluate(() => location.hash);
+  out.chips = await page.$$eval(".chips button", (bs) => bs.map((b) => b.textContent));
+  await page.waitForSelector("#panel-event-page tbody button");
+  await shot(page, "05-filtered");
+
+  // The pages panel, filtered, as CSV; a breakdown the engine cannot combine with
+  // the filter says so.
+  out.sources_filtered = await page.$eval("#panel-visit-source", (e) => e.textContent);
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.click('#panel-event-page button[aria-label^="Export"]'),
+  ]);
+  out.csv_name = download.suggestedFilename();
+  out.csv = fs.readFileSync(await download.path(), "utf8");
+
+  // A bookmarked view opens as it was.
+  const bookmarked = page.url();
+  const second = await context.newPage();
+  await second.goto(bookmarked);
+  out.visitors_bookmarked = await cards(second);
+  await second.close();
+
+  await page.click("#logout");
+  await page.waitForSelector("#email");
+  out.after_logout_me = await page.evaluate(async () => (await fetch("/api/auth/me")).status);
+  await shot(page, "06-logged-out");
+
+  // A user of another account: the first account's property is not found, by URL or API.
+  await login(page, "bob@b.example", process.env.BOB_PW);
+  await cards(page);
+  await page.goto(`${base}/#site=${process.env.A1}&range=7d`);
+  await page.reload();
+  await page.waitForSelector("h1:text-is('Not found')");
+  out.bob_api_status = await page.evaluate(async (site) => {
+    const me = await (await fetch("/api/auth/me")).json();
+    const r = await fetch("/api/v2/query", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ site_id: site, metrics: ["visitors"], date_range: "7d" }),
+    });
+    return [me.user.email, r.status];
+  }, process.env.A1);
+  await shot(page, "07-other-account-not-found");
+  await browser.close();
+  console.log(JSON.stringify(out));
+})().catch(async (e) => {
+  console.error(e);
+  console.error(consoleLines.join("\n"));
+  if (current) await current.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }).catch(() => {});
+  process.exit(1);
+});
