@@ -168,6 +168,13 @@ async fn dashboard_end_to_end_in_chromium() {
     );
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("dashboard run: {seen}");
+    common::cluster::figure(
+        "dashboard",
+        &format!(
+            "login page shown {} ms after navigation (debug build, headless Chromium); axe-core violations: {}",
+            seen["login_form_ms"], seen["axe_violations"]
+        ),
+    );
 
     let total = |site: &Site, range: &str, filters: Value| {
         let q = json!({"site_id": site.tracking_id, "metrics": ["visitors"], "date_range": range, "filters": filters});
