@@ -32,6 +32,11 @@ impl MetaCache {
         })
     }
 
+    /// The store behind the cache (for changes; reads go through the cache).
+    pub fn store(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
     pub fn secret(&self) -> &[u8; 16] {
         &self.secret
     }
@@ -90,6 +95,14 @@ impl MetaCache {
         let salt = self.meta.daily_salt(day)?;
         *s = Some((day, salt));
         Ok(salt)
+    }
+
+    /// Forgets everything cached (after a change made through this process, which its
+    /// own store's `change_counter` may not report).
+    pub fn invalidate(&self) {
+        self.properties.write().unwrap().clear();
+        self.keys.write().unwrap().clear();
+        *self.domains.write().unwrap() = None;
     }
 
     /// Clears the caches if the store changed since the last call.

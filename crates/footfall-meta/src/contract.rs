@@ -93,7 +93,7 @@ fn keys(m: &dyn MetaStore, other: &dyn MetaStore) {
         key.starts_with(&grant.key_id),
         "keys: the id is the key's public prefix"
     );
-    assert_eq!(other.verify_key(&key).unwrap(), Some(grant));
+    assert_eq!(other.verify_key(&key).unwrap(), Some(grant.clone()));
     assert_eq!(m.verify_key("ffr_nope").unwrap(), None);
     assert_eq!(m.verify_key(&key[..key.len() - 1]).unwrap(), None);
     let (w, wg) = m.create_key(&p.tracking_id, Scope::Write).unwrap();
@@ -107,6 +107,28 @@ fn keys(m: &dyn MetaStore, other: &dyn MetaStore) {
     let (a, ag) = m.create_key(ALL_PROPERTIES, Scope::Admin).unwrap();
     assert_eq!(ag.property, ALL_PROPERTIES);
     assert_eq!(other.verify_key(&a).unwrap().unwrap().scope, Scope::Admin);
+    // Listing shows ids and scopes, never a key; revoking stops a key everywhere.
+    let listed = other.keys(&p.tracking_id).unwrap();
+    assert_eq!(listed.len(), 2, "keys: listed");
+    assert_eq!(listed[0].key_id, grant.key_id);
+    assert!(listed
+        .iter()
+        .all(|k| k.key_id.len() == 10 && k.property == p.tracking_id));
+    assert_eq!(other.keys(ALL_PROPERTIES).unwrap()[0].key_id, ag.key_id);
+    assert!(
+        !m.revoke_key("FF-NOPE0000", &grant.key_id).unwrap(),
+        "keys: another property's id"
+    );
+    let before = other.change_counter().unwrap();
+    assert!(m.revoke_key(&p.tracking_id, &grant.key_id).unwrap());
+    assert_eq!(other.verify_key(&key).unwrap(), None, "keys: revoked");
+    assert_ne!(
+        other.change_counter().unwrap(),
+        before,
+        "keys: others see the change"
+    );
+    assert!(!m.revoke_key(&p.tracking_id, &grant.key_id).unwrap());
+    assert_eq!(m.keys(&p.tracking_id).unwrap().len(), 1);
 }
 
 fn secrets_and_salts(m: &dyn MetaStore, other: &dyn MetaStore) {

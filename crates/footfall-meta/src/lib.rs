@@ -122,6 +122,15 @@ pub struct KeyGrant {
     pub scope: Scope,
 }
 
+/// An API key as it may be listed: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub property: String,
+    pub scope: Scope,
+    pub created_at: String,
+}
+
 /// Metadata store contract.
 ///
 /// - Every successful write is durable (committed) when the call returns and visible to
@@ -137,6 +146,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Creates a key; returns the clear key (shown once) and its grant.
     fn create_key(&self, tracking_id: &str, scope: Scope) -> Result<(String, KeyGrant)>;
     fn verify_key(&self, key: &str) -> Result<Option<KeyGrant>>;
+    /// The keys of a property (`*`: the admin keys), oldest first.
+    fn keys(&self, tracking_id: &str) -> Result<Vec<KeyInfo>>;
+    /// Revokes a property's key by its id: it stops working at once here, and on other
+    /// nodes at their next metadata refresh (`change_counter`). Whether there was one.
+    fn revoke_key(&self, tracking_id: &str, key_id: &str) -> Result<bool>;
     /// The installation's 16-byte secret for visitor hashing (created on first use).
     fn secret(&self) -> Result<[u8; 16]>;
     /// The salt of a UTC day (days since the epoch), created on first use. Salts of days
@@ -439,6 +453,31 @@ impl MetaStore for SqliteMeta {
                 },
             )
             .optional()?)
+    }
+
+    fn keys(&self, tracking_id: &str) -> Result<Vec<KeyInfo>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare(
+            "SELECT key_id, tracking_id, scope, created_at FROM api_keys WHERE tracking_id = ?1
+             ORDER BY created_at, key_id",
+        )?;
+        let rows = st.query_map(params![tracking_id], |r| {
+            let scope: String = r.get(2)?;
+            Ok(KeyInfo {
+                key_id: r.get(0)?,
+                property: r.get(1)?,
+                scope: Scope::parse(&scope).unwrap_or(Scope::Read),
+                created_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revoke_key(&self, tracking_id: &str, key_id: &str) -> Result<bool> {
+        Ok(self.conn.lock().unwrap().execute(
+            "DELETE FROM api_keys WHERE tracking_id = ?1 AND key_id = ?2",
+            params![tracking_id, key_id],
+        )? > 0)
     }
 
     fn secret(&self) -> Result<[u8; 16]> {

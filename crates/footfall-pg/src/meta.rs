@@ -2,7 +2,7 @@
 //! every node of a cluster.
 
 use footfall_meta::{
-    hash_key, mint_key, new_property, now_text, Error, KeyGrant, MetaStore, Property,
+    hash_key, mint_key, new_property, now_text, Error, KeyGrant, KeyInfo, MetaStore, Property,
     PropertyChanges, Result, Scope,
 };
 use postgres::{GenericClient, Row};
@@ -227,6 +227,39 @@ impl MetaStore for PgMeta {
                     scope: Scope::parse(&scope).unwrap_or(Scope::Read),
                 }
             }))
+        })?)
+    }
+
+    fn keys(&self, tracking_id: &str) -> Result<Vec<KeyInfo>> {
+        let id = tracking_id.to_string();
+        Ok(self.pool.call(move |c| {
+            Ok(c.query(
+                "SELECT key_id, tracking_id, scope, created_at FROM ff_api_keys
+                 WHERE tracking_id = $1 ORDER BY created_at, key_id",
+                &[&id],
+            )?
+            .iter()
+            .map(|r| KeyInfo {
+                key_id: r.get(0),
+                property: r.get(1),
+                scope: Scope::parse(r.get::<_, &str>(2)).unwrap_or(Scope::Read),
+                created_at: r.get(3),
+            })
+            .collect())
+        })?)
+    }
+
+    fn revoke_key(&self, tracking_id: &str, key_id: &str) -> Result<bool> {
+        let (id, k) = (tracking_id.to_string(), key_id.to_string());
+        Ok(self.pool.call(move |c| {
+            let mut t = c.transaction()?;
+            let n = t.execute(
+                "DELETE FROM ff_api_keys WHERE tracking_id = $1 AND key_id = $2",
+                &[&id, &k],
+            )?;
+            t.execute(BUMP, &[])?;
+            t.commit()?;
+            Ok(n > 0)
         })?)
     }
 

@@ -80,7 +80,11 @@ function writeHash() {
 }
 
 function properties() {
-  return state.accounts.flatMap((a) => a.properties.map((p) => ({ ...p, account: a.name })));
+  return state.accounts.flatMap((a) => a.properties.map((p) => ({ ...p, account: a.name, role: a.role })));
+}
+
+function currentRole() {
+  return properties().find((p) => p.tracking_id === state.site)?.role;
 }
 
 function query(extra) {
@@ -199,7 +203,44 @@ function render() {
     h("section", { class: "chart", id: "chart", "aria-label": "Visitors over time" }),
     h("section", { class: "panels", id: "panels" },
       PANELS.map(([dim, title]) => h("div", { class: "panel", id: `panel-${dim.replace(":", "-")}` }, h("h2", {}, title)))),
+    ["admin", "owner"].includes(currentRole()) ? keysSection() : null,
   );
+}
+
+// API keys of the property, for admins and owners: listed by id, created (shown once),
+// revoked.
+function keysSection() {
+  const list = h("ul", { id: "keys-list" });
+  const fresh = h("p", { id: "new-key", role: "status" });
+  const url = `/api/ui/properties/${encodeURIComponent(state.site)}/keys`;
+  const refresh = async () => {
+    const r = await api("GET", url);
+    const keys = (r.json && r.json.keys) || [];
+    list.replaceChildren(...keys.map((k) => h("li", {},
+      `${k.key_id}… (${k.scope}, ${k.created_at}) `,
+      h("button", { "aria-label": `Revoke key ${k.key_id}`, onclick: async () => {
+        await api("DELETE", `${url}/${encodeURIComponent(k.key_id)}`);
+        fresh.textContent = `Key ${k.key_id}… revoked.`;
+        refresh();
+      } }, "Revoke"))));
+  };
+  const create = (scope) => async () => {
+    const r = await api("POST", url, { scope });
+    if (r.status === 201) {
+      fresh.replaceChildren(`New ${scope} key (shown once): `, h("code", {}, r.json.key));
+      refresh();
+    } else {
+      fresh.textContent = r.json?.error?.message || `failed (${r.status})`;
+    }
+  };
+  const details = h("details", { class: "panel", id: "keys", ontoggle: (e) => { if (e.target.open) refresh(); } },
+    h("summary", {}, "API keys"),
+    h("div", { class: "controls" },
+      h("button", { onclick: create("read") }, "New read key"),
+      h("button", { onclick: create("write") }, "New write key")),
+    fresh,
+    list);
+  return details;
 }
 
 function logoutButton() {

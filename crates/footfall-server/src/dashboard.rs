@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -207,6 +207,107 @@ fn accounts_json(
         out.push(json!({"id": m.account.id, "name": m.account.name, "role": m.role, "properties": props}));
     }
     Ok(json!(out))
+}
+
+/// The session of a call about one property, with at least `least` role there: 401
+/// without a session, 404 for a property not among the user's (as for a missing one),
+/// 403 below the role, and for a state-changing call without the CSRF token.
+fn session_for(
+    app: &AppState,
+    headers: &HeaderMap,
+    property: &str,
+    least: footfall_meta::Role,
+    changing: bool,
+) -> Result<Session, ApiError> {
+    let s = if changing {
+        changing_session(app, headers)?.0
+    } else {
+        session_of(app, headers)?.ok_or_else(|| ApiError::unauthorized("not logged in"))?
+    };
+    match auth(app)?
+        .role_for_property(&s.user, property)
+        .map_err(auth_error)?
+    {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such property",
+        )),
+        Some(r) if r < least => Err(ApiError::forbidden(format!(
+            "this needs the {} role",
+            least.as_str()
+        ))),
+        Some(_) => Ok(s),
+    }
+}
+
+/// `GET /api/ui/properties/{id}/keys` (admins): the property's API keys, ids and
+/// scopes only.
+pub(crate) async fn list_keys(
+    State(app): State<AppRef>,
+    Path(property): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    session_for(&app, &headers, &property, footfall_meta::Role::Admin, false)?;
+    let keys = app.cache.store().keys(&property).map_err(internal)?;
+    Ok(Json(json!({ "keys": keys })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct NewKey {
+    scope: String,
+}
+
+/// `POST /api/ui/properties/{id}/keys` `{"scope": "read"|"write"}` (admins, CSRF): a
+/// new key, shown this once.
+pub(crate) async fn create_key(
+    State(app): State<AppRef>,
+    Path(property): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    session_for(&app, &headers, &property, footfall_meta::Role::Admin, true)?;
+    let bytes = read_body(body, 4096).await?;
+    let req: NewKey = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid", format!("expected {{\"scope\"}}: {e}")))?;
+    let scope = match footfall_meta::Scope::parse(&req.scope) {
+        Some(s @ (footfall_meta::Scope::Read | footfall_meta::Scope::Write)) => s,
+        _ => return Err(ApiError::bad_request("invalid", "scope is read or write")),
+    };
+    let (key, grant) = app
+        .cache
+        .store()
+        .create_key(&property, scope)
+        .map_err(internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"key": key, "key_id": grant.key_id, "scope": grant.scope, "property": grant.property})),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/ui/properties/{id}/keys/{key_id}` (admins, CSRF): the key stops
+/// working (at once here; on other nodes within their metadata refresh).
+pub(crate) async fn revoke_key(
+    State(app): State<AppRef>,
+    Path((property, key_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    session_for(&app, &headers, &property, footfall_meta::Role::Admin, true)?;
+    let found = app
+        .cache
+        .store()
+        .revoke_key(&property, &key_id)
+        .map_err(internal)?;
+    app.cache.invalidate();
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such key",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The dashboard's page, script and style sheet, embedded in the binary (written by

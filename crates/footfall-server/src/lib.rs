@@ -125,6 +125,14 @@ pub fn app(state: AppRef) -> Router {
             .route("/api/auth/login", post(dashboard::login))
             .route("/api/auth/logout", post(dashboard::logout))
             .route("/api/auth/me", get(dashboard::me))
+            .route(
+                "/api/ui/properties/{id}/keys",
+                get(dashboard::list_keys).post(dashboard::create_key),
+            )
+            .route(
+                "/api/ui/properties/{id}/keys/{key_id}",
+                axum::routing::delete(dashboard::revoke_key),
+            )
             .route("/", get(dashboard::page))
             .route("/dashboard.js", get(dashboard::script))
             .route("/dashboard.css", get(dashboard::style));

@@ -1087,3 +1087,126 @@ async fn dashboard_sessions_csrf_throttling_and_tenants() {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert!(hd.contains_key("retry-after"));
 }
+
+/// Logs in through the API; returns the cookie pair and the CSRF token.
+async fn log_in(h: &Harness, email: &str, password: &str) -> (String, String) {
+    let body = serde_json::to_vec(&json!({"email": email, "password": password})).unwrap();
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            "/api/auth/login",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let cookie = hd["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (cookie, v["csrf_token"].as_str().unwrap().to_string())
+}
+
+/// API keys from the dashboard: admins list, create and revoke them (CSRF-checked); a
+/// viewer may not; another account's user finds no such property; a revoked key stops
+/// working at once.
+#[tokio::test]
+async fn dashboard_api_keys_by_role() {
+    use footfall_meta::{AccountStore, Role};
+    let h = harness();
+    let pa = h.meta.create_property("Shop A", "UTC", &[]).unwrap();
+    let pb = h.meta.create_property("Shop B", "UTC", &[]).unwrap();
+    let (a, b) = (
+        h.meta.create_account("A").unwrap(),
+        h.meta.create_account("B").unwrap(),
+    );
+    h.meta.assign_property(&a.id, &pa.tracking_id).unwrap();
+    h.meta.assign_property(&b.id, &pb.tracking_id).unwrap();
+    let auth = h.state.auth.clone().unwrap();
+    for (email, account, role) in [
+        ("ann@a.example", &a.id, Role::Admin),
+        ("vic@a.example", &a.id, Role::Viewer),
+        ("bob@b.example", &b.id, Role::Owner),
+    ] {
+        auth.create_user(email, "a long enough password", account, role)
+            .unwrap();
+    }
+    let keys = format!("/api/ui/properties/{}/keys", pa.tracking_id);
+    let (cookie, csrf) = log_in(&h, "ann@a.example", "a long enough password").await;
+    let plain = [
+        ("content-type", "application/json"),
+        ("cookie", cookie.as_str()),
+    ];
+    let mut with_csrf = plain.to_vec();
+    with_csrf.push(("x-csrf-token", csrf.as_str()));
+    let read = serde_json::to_vec(&json!({"scope": "read"})).unwrap();
+    let (s, _, _) = h.send("POST", &keys, &plain, read.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, v, _) = h.send("POST", &keys, &with_csrf, read.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (key, key_id) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["key_id"].as_str().unwrap().to_string(),
+    );
+    let admin_only = serde_json::to_vec(&json!({"scope": "admin"})).unwrap();
+    let (s, _, _) = h.send("POST", &keys, &with_csrf, admin_only).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "no admin keys from the dashboard"
+    );
+    let (s, v, _) = h.send("GET", &keys, &plain, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["keys"][0]["key_id"], key_id.as_str());
+    assert!(!v.to_string().contains(&key), "a listing never shows a key");
+    let (s, _) = h
+        .query(
+            &key,
+            json!({"site_id": pa.tracking_id, "metrics": ["visitors"], "date_range": "day"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the new key reads");
+
+    let (vc, _) = log_in(&h, "vic@a.example", "a long enough password").await;
+    let (s, _, _) = h
+        .send("GET", &keys, &[("cookie", vc.as_str())], vec![])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "viewers do not manage keys");
+    let (bc, bcsrf) = log_in(&h, "bob@b.example", "a long enough password").await;
+    let (s, _, _) = h
+        .send("GET", &keys, &[("cookie", bc.as_str())], vec![])
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another account's property");
+    let (s, _, _) = h
+        .send(
+            "DELETE",
+            &format!("{keys}/{key_id}"),
+            &[("cookie", bc.as_str()), ("x-csrf-token", bcsrf.as_str())],
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, _, _) = h
+        .send("DELETE", &format!("{keys}/{key_id}"), &plain, vec![])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, _, _) = h
+        .send("DELETE", &format!("{keys}/{key_id}"), &with_csrf, vec![])
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = h
+        .query(
+            &key,
+            json!({"site_id": pa.tracking_id, "metrics": ["visitors"], "date_range": "day"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a revoked key stops at once");
+    let (s, _, _) = h
+        .send("DELETE", &format!("{keys}/{key_id}"), &with_csrf, vec![])
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -185,6 +185,19 @@ enum PropertyCmd {
 enum KeyCmd {
     /// Create an API key (shown once).
     Create(KeyCreate),
+    /// List a property's keys (`*`: the admin keys): ids and scopes, never the keys.
+    List {
+        #[arg(long)]
+        property: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id (the first 10 characters, as `list` shows).
+    Revoke {
+        #[arg(long)]
+        property: String,
+        key_id: String,
+    },
 }
 
 #[derive(Args)]
@@ -238,6 +251,23 @@ fn main() -> anyhow::Result<()> {
         Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
         Command::Property(p) => property_cmd(&cfg, p),
         Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),
+        Command::Key(KeyCmd::List { property, json }) => {
+            let keys = open_meta(&cfg)?.keys(&property)?;
+            if json {
+                println!("{}", serde_json::to_string(&keys)?);
+            } else {
+                for k in keys {
+                    println!("{}\t{}\t{}", k.key_id, k.scope.as_str(), k.created_at);
+                }
+            }
+            Ok(())
+        }
+        Command::Key(KeyCmd::Revoke { property, key_id }) => {
+            if !open_meta(&cfg)?.revoke_key(&property, &key_id)? {
+                bail!("property {property} has no key {key_id}");
+            }
+            Ok(())
+        }
         Command::Loadgen(_) => unreachable!(),
     }
 }

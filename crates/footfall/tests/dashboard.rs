@@ -237,6 +237,55 @@ async fn dashboard_end_to_end_in_chromium() {
         "{seen}"
     );
     assert_eq!(seen["after_logout_me"], 401);
+    // Keys from the page: the new one read (200) until revoked (401); never listed in full.
+    assert_eq!(
+        (
+            seen["new_key_status"].as_u64(),
+            seen["revoked_key_status"].as_u64()
+        ),
+        (Some(200), Some(401)),
+        "{seen}"
+    );
+    let new_key = seen["new_key"].as_str().unwrap();
+    assert!(new_key.starts_with("ffr_"));
+    assert!(!seen["keys_listed"].to_string().contains(new_key));
+    // And from the command line: list shows ids, revoke stops a key.
+    let listed: Value = serde_json::from_str(&cli(
+        data,
+        &["key", "list", "--property", &a1.tracking_id, "--json"],
+    ))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    cli(
+        data,
+        &[
+            "key",
+            "revoke",
+            "--property",
+            &a1.tracking_id,
+            &a1.read_key[..10],
+        ],
+    );
+    let q = json!({"site_id": a1.tracking_id, "metrics": ["visitors"], "date_range": "7d"});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = c
+            .post(format!("{}/api/v2/query", server.url))
+            .bearer_auth(&a1.read_key)
+            .json(&q)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if s == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a key revoked by the CLI still reads: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_eq!(seen["bob_api_status"], json!(["bob@b.example", 404]));
     let serious: Vec<&Value> = seen["axe_violations"]
         .as_array()

@@ -95,6 +95,28 @@ async function login(page, email, password) {
   out.csv_name = download.suggestedFilename();
   out.csv = fs.readFileSync(await download.path(), "utf8");
 
+  // API keys (ann is the account's owner): create a read key, see it listed, revoke it.
+  await page.click("#keys summary");
+  await page.click('#keys button:text-is("New read key")');
+  await page.waitForSelector("#new-key code");
+  out.new_key = await page.$eval("#new-key code", (e) => e.textContent);
+  await page.waitForSelector("#keys-list li");
+  out.keys_listed = await page.$$eval("#keys-list li", (ls) => ls.map((l) => l.textContent));
+  await shot(page, "05b-api-keys");
+  out.new_key_status = await page.evaluate(async ([site, key]) => (await fetch("/api/v2/query", {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ site_id: site, metrics: ["visitors"], date_range: "7d" }),
+  })).status, [process.env.A1, out.new_key]);
+  const id = out.new_key.slice(0, 10);
+  await page.click(`#keys button[aria-label="Revoke key ${id}"]`);
+  await page.waitForFunction((i) => !document.querySelector(`#keys button[aria-label="Revoke key ${i}"]`), id);
+  out.revoked_key_status = await page.evaluate(async ([site, key]) => (await fetch("/api/v2/query", {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ site_id: site, metrics: ["visitors"], date_range: "7d" }),
+  })).status, [process.env.A1, out.new_key]);
+
   // A bookmarked view opens as it was.
   const bookmarked = page.url();
   const second = await context.newPage();
