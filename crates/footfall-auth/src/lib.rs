@@ -241,6 +241,19 @@ impl Auth {
         Ok(user)
     }
 
+    /// A read-only link to a property: its token (shown once; only its hash is kept)
+    /// and the link.
+    pub fn create_share(&self, tracking_id: &str) -> Result<(String, footfall_meta::ShareLink)> {
+        let token = random_token();
+        let link = self.store.create_share(tracking_id, &token_hash(&token))?;
+        Ok((token, link))
+    }
+
+    /// The property a share token opens, if its link exists.
+    pub fn shared_property(&self, token: &str) -> Result<Option<String>> {
+        Ok(self.store.shared_property(&token_hash(token))?)
+    }
+
     /// The user's accounts, roles and properties.
     pub fn memberships(&self, user: &User) -> Result<Vec<Membership>> {
         self.store

@@ -68,6 +68,19 @@ pub struct Session {
     pub expires_at: i64,
 }
 
+/// A property's read-only link (the token itself is shown once, when made).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShareLink {
+    pub id: String,
+    pub tracking_id: String,
+    pub created_at: String,
+}
+
+/// A new share link id (`SH-` and 8 characters).
+pub fn new_share_id() -> String {
+    format!("SH-{}", random_string(ID_ALPHABET, 8))
+}
+
 /// A new account id (`AC-` and 8 characters).
 pub fn new_account_id() -> String {
     format!("AC-{}", random_string(ID_ALPHABET, 8))
@@ -103,6 +116,7 @@ pub fn normalise_email(email: &str) -> Result<String> {
 /// - `session` finds an unexpired session only; `delete_session` and expiry end it.
 /// - `login_failures` counts the failures recorded for a key since a time;
 ///   `clear_login_failures` forgets them.
+/// - A share link names one property by its token's hash until it is revoked.
 pub trait AccountStore: Send + Sync {
     fn create_account(&self, name: &str) -> Result<Account>;
     fn account(&self, id: &str) -> Result<Option<Account>>;
@@ -131,6 +145,11 @@ pub trait AccountStore: Send + Sync {
     fn record_login_failure(&self, key: &str, at: i64) -> Result<()>;
     fn login_failures(&self, key: &str, since: i64) -> Result<u32>;
     fn clear_login_failures(&self, key: &str) -> Result<()>;
+    fn create_share(&self, tracking_id: &str, token_hash: &str) -> Result<ShareLink>;
+    fn shares(&self, tracking_id: &str) -> Result<Vec<ShareLink>>;
+    /// The property a share link's token (hashed) opens, if the link exists.
+    fn shared_property(&self, token_hash: &str) -> Result<Option<String>>;
+    fn revoke_share(&self, tracking_id: &str, id: &str) -> Result<bool>;
 }
 
 /// The [`AccountStore`] contract as a test suite every implementation runs.
@@ -201,5 +220,21 @@ pub mod contract {
         assert_eq!(s.login_failures("other", 0).unwrap(), 0);
         s.clear_login_failures("ann@acme.example").unwrap();
         assert_eq!(s.login_failures("ann@acme.example", 0).unwrap(), 0);
+
+        let l = s.create_share(property_a, "t1").unwrap();
+        assert!(l.id.starts_with("SH-"));
+        assert_eq!(s.shares(property_a).unwrap(), vec![l.clone()]);
+        assert!(s.shares(property_b).unwrap().is_empty());
+        assert_eq!(
+            s.shared_property("t1").unwrap().as_deref(),
+            Some(property_a)
+        );
+        assert_eq!(s.shared_property("t2").unwrap(), None);
+        assert!(
+            !s.revoke_share(property_b, &l.id).unwrap(),
+            "shares: another property's"
+        );
+        assert!(s.revoke_share(property_a, &l.id).unwrap());
+        assert_eq!(s.shared_property("t1").unwrap(), None, "shares: revoked");
     }
 }

@@ -3,7 +3,8 @@
 use rusqlite::{params, OptionalExtension};
 
 use crate::accounts::{
-    new_account_id, new_user_id, normalise_email, Account, AccountStore, Role, Session, User,
+    new_account_id, new_share_id, new_user_id, normalise_email, Account, AccountStore, Role,
+    Session, ShareLink, User,
 };
 use crate::{now_text, Error, Result, SqliteMeta};
 
@@ -40,6 +41,12 @@ CREATE TABLE IF NOT EXISTS login_failures (
     at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures (key, at);
+CREATE TABLE IF NOT EXISTS share_links (
+    id TEXT PRIMARY KEY,
+    tracking_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
 ";
 
 impl AccountStore for SqliteMeta {
@@ -284,5 +291,53 @@ impl AccountStore for SqliteMeta {
             .unwrap()
             .execute("DELETE FROM login_failures WHERE key = ?1", params![key])?;
         Ok(())
+    }
+
+    fn create_share(&self, tracking_id: &str, token_hash: &str) -> Result<ShareLink> {
+        let l = ShareLink {
+            id: new_share_id(),
+            tracking_id: tracking_id.to_string(),
+            created_at: now_text(),
+        };
+        self.conn.lock().unwrap().execute(
+            "INSERT INTO share_links (id, tracking_id, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![l.id, l.tracking_id, token_hash, l.created_at],
+        )?;
+        Ok(l)
+    }
+
+    fn shares(&self, tracking_id: &str) -> Result<Vec<ShareLink>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare(
+            "SELECT id, tracking_id, created_at FROM share_links WHERE tracking_id = ?1 ORDER BY created_at, id",
+        )?;
+        let rows = st.query_map(params![tracking_id], |r| {
+            Ok(ShareLink {
+                id: r.get(0)?,
+                tracking_id: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn shared_property(&self, token_hash: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT tracking_id FROM share_links WHERE token_hash = ?1",
+                params![token_hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn revoke_share(&self, tracking_id: &str, id: &str) -> Result<bool> {
+        Ok(self.conn.lock().unwrap().execute(
+            "DELETE FROM share_links WHERE tracking_id = ?1 AND id = ?2",
+            params![tracking_id, id],
+        )? > 0)
     }
 }

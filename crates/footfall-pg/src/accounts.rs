@@ -1,8 +1,10 @@
 //! [`AccountStore`] on PostgreSQL: the same tables as the embedded store, so every query
 //! node of a cluster knows every user and session.
 
-use footfall_meta::accounts::{new_account_id, new_user_id, normalise_email};
-use footfall_meta::{now_text, Account, AccountStore, Error, Result, Role, Session, User};
+use footfall_meta::accounts::{new_account_id, new_share_id, new_user_id, normalise_email};
+use footfall_meta::{
+    now_text, Account, AccountStore, Error, Result, Role, Session, ShareLink, User,
+};
 
 use crate::meta::PgMeta;
 
@@ -39,6 +41,12 @@ CREATE TABLE IF NOT EXISTS ff_login_failures (
     at BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ff_login_failures_key ON ff_login_failures (key, at);
+CREATE TABLE IF NOT EXISTS ff_share_links (
+    id TEXT PRIMARY KEY,
+    tracking_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
 ";
 
 impl AccountStore for PgMeta {
@@ -299,5 +307,59 @@ impl AccountStore for PgMeta {
         self.pool
             .call(move |c| c.execute("DELETE FROM ff_login_failures WHERE key = $1", &[&k]))?;
         Ok(())
+    }
+
+    fn create_share(&self, tracking_id: &str, token_hash: &str) -> Result<ShareLink> {
+        let l = ShareLink {
+            id: new_share_id(),
+            tracking_id: tracking_id.to_string(),
+            created_at: now_text(),
+        };
+        let (m, h) = (l.clone(), token_hash.to_string());
+        self.pool.call(move |c| {
+            c.execute(
+                "INSERT INTO ff_share_links (id, tracking_id, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+                &[&m.id, &m.tracking_id, &h, &m.created_at],
+            )
+        })?;
+        Ok(l)
+    }
+
+    fn shares(&self, tracking_id: &str) -> Result<Vec<ShareLink>> {
+        let t = tracking_id.to_string();
+        Ok(self.pool.call(move |c| {
+            Ok(c.query(
+                "SELECT id, tracking_id, created_at FROM ff_share_links WHERE tracking_id = $1 ORDER BY created_at, id",
+                &[&t],
+            )?
+            .iter()
+            .map(|r| ShareLink {
+                id: r.get(0),
+                tracking_id: r.get(1),
+                created_at: r.get(2),
+            })
+            .collect())
+        })?)
+    }
+
+    fn shared_property(&self, token_hash: &str) -> Result<Option<String>> {
+        let h = token_hash.to_string();
+        Ok(self.pool.call(move |c| {
+            Ok(c.query_opt(
+                "SELECT tracking_id FROM ff_share_links WHERE token_hash = $1",
+                &[&h],
+            )?
+            .map(|r| r.get(0)))
+        })?)
+    }
+
+    fn revoke_share(&self, tracking_id: &str, id: &str) -> Result<bool> {
+        let (t, i) = (tracking_id.to_string(), id.to_string());
+        Ok(self.pool.call(move |c| {
+            Ok(c.execute(
+                "DELETE FROM ff_share_links WHERE tracking_id = $1 AND id = $2",
+                &[&t, &i],
+            )? > 0)
+        })?)
     }
 }

@@ -24,13 +24,69 @@ const PANELS = [
 ];
 const RANGES = [
   ["day", "Today"],
+  ["yesterday", "Yesterday"],
   ["7d", "Last 7 days"],
   ["30d", "Last 30 days"],
   ["month", "Month to date"],
+  ["lastmonth", "Last month"],
   ["12mo", "Last 12 months"],
+  ["custom", "Custom…"],
+];
+const COMPARE = [
+  ["", "No comparison"],
+  ["previous", "Previous period"],
+  ["year", "Year before"],
 ];
 
-const state = { csrf: null, accounts: [], site: null, range: "7d", filters: [], data: {} };
+// A read-only link: /share/<token>, sent with every query.
+const shareToken = location.pathname.startsWith("/share/")
+  ? decodeURIComponent(location.pathname.slice("/share/".length))
+  : null;
+
+const state = {
+  csrf: null, accounts: [], site: null, range: "7d", from: "", to: "", compare: "",
+  filters: [], shared: false,
+};
+
+// Dates are local to the property ("YYYY-MM-DD"), computed as the query engine does.
+function todayIn(tz) {
+  return new Intl.DateTimeFormat("en-CA", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date());
+}
+const toDate = (s) => new Date(`${s}T00:00:00Z`);
+const iso = (d) => d.toISOString().slice(0, 10);
+const addDays = (s, n) => { const d = toDate(s); d.setUTCDate(d.getUTCDate() + n); return iso(d); };
+const monthStart = (s, back = 0) => { const d = toDate(s); d.setUTCDate(1); d.setUTCMonth(d.getUTCMonth() - back); return iso(d); };
+const yearBefore = (s) => { const d = toDate(s); d.setUTCFullYear(d.getUTCFullYear() - 1); return iso(d); };
+
+// The current range as [from, to] local dates.
+function resolveRange() {
+  const tz = properties().find((p) => p.tracking_id === state.site)?.timezone || "UTC";
+  const t = todayIn(tz);
+  switch (state.range) {
+    case "day": return [t, t];
+    case "yesterday": return [addDays(t, -1), addDays(t, -1)];
+    case "7d": return [addDays(t, -6), t];
+    case "30d": return [addDays(t, -29), t];
+    case "month": return [monthStart(t), t];
+    case "lastmonth": return [monthStart(t, 1), addDays(monthStart(t), -1)];
+    case "12mo": return [monthStart(t, 11), t];
+    case "custom": return state.from && state.to && state.from <= state.to ? [state.from, state.to] : [t, t];
+    default: return [addDays(t, -6), t];
+  }
+}
+
+// What a query sends: the engine's own names where it has them (so the page and the
+// API agree by construction), else the dates.
+function rangeValue() {
+  return ["day", "7d", "30d", "month", "12mo"].includes(state.range) ? state.range : resolveRange();
+}
+
+function comparedRange() {
+  const [from, to] = resolveRange();
+  if (state.compare === "year") return [yearBefore(from), yearBefore(to)];
+  const days = Math.round((toDate(to) - toDate(from)) / 86400000) + 1;
+  return [addDays(from, -days), addDays(from, -1)];
+}
 
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -47,6 +103,7 @@ function h(tag, attrs = {}, ...children) {
 async function api(method, path, body) {
   const headers = { "content-type": "application/json" };
   if (state.csrf) headers["x-csrf-token"] = state.csrf;
+  if (shareToken) headers["x-footfall-share"] = shareToken;
   const r = await fetch(path, {
     method,
     headers,
@@ -64,6 +121,9 @@ function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
   state.site = p.get("site") || state.site;
   state.range = p.get("range") || state.range;
+  state.from = p.get("from") || "";
+  state.to = p.get("to") || "";
+  state.compare = p.get("compare") || "";
   state.filters = p.getAll("f").map((f) => {
     const [dim, ...rest] = f.split("|");
     return [dim, rest.join("|")];
@@ -74,6 +134,8 @@ function writeHash() {
   const p = new URLSearchParams();
   if (state.site) p.set("site", state.site);
   p.set("range", state.range);
+  if (state.range === "custom") { p.set("from", state.from); p.set("to", state.to); }
+  if (state.compare) p.set("compare", state.compare);
   for (const [dim, v] of state.filters) p.append("f", `${dim}|${v}`);
   const next = "#" + p.toString();
   if (location.hash !== next) history.replaceState(null, "", next);
@@ -87,10 +149,10 @@ function currentRole() {
   return properties().find((p) => p.tracking_id === state.site)?.role;
 }
 
-function query(extra) {
+function query(extra, range) {
   return api("POST", "/api/v2/query", {
     site_id: state.site,
-    date_range: state.range,
+    date_range: range || rangeValue(),
     filters: state.filters.map(([dim, v]) => ["is", dim, [v]]),
     ...extra,
   });
@@ -136,6 +198,16 @@ function showLogin(message) {
 }
 
 async function boot() {
+  if (shareToken) {
+    const r = await api("GET", "/api/share/me");
+    if (r.status !== 200) {
+      document.getElementById("app").replaceChildren(h("h1", {}, "Not found"), h("p", {}, "This link opens nothing (any more)."));
+      return;
+    }
+    state.shared = true;
+    state.accounts = [{ name: "shared", role: "viewer", properties: [r.json.property] }];
+    return start();
+  }
   const r = await api("GET", "/api/auth/me");
   if (r.status !== 200) return showLogin();
   state.csrf = r.json.csrf_token;
@@ -191,19 +263,37 @@ function render() {
       }, `${dim.split(":")[1]} is ${v} ✕`)),
     ),
   );
+  const compareSel = h(
+    "select",
+    { id: "compare", onchange: (e) => { state.compare = e.target.value; writeHash(); load(); } },
+    COMPARE.map(([v, label]) => h("option", { value: v, selected: v === state.compare }, label)),
+  );
+  const custom = state.range === "custom"
+    ? [
+        h("label", { for: "from" }, "From", h("input", { id: "from", type: "date", value: state.from, onchange: (e) => { state.from = e.target.value; writeHash(); load(); } })),
+        h("label", { for: "to" }, "To", h("input", { id: "to", type: "date", value: state.to, onchange: (e) => { state.to = e.target.value; writeHash(); load(); } })),
+      ]
+    : [];
+  rangeSel.addEventListener("change", () => {
+    if (state.range === "custom" && !state.from) [state.from, state.to] = resolveRange();
+    writeHash();
+    render();
+  });
   app.replaceChildren(
     h("header", {},
-      h("h1", {}, "Footfall"),
+      h("h1", {}, "Footfall", state.shared ? h("span", { class: "muted" }, " · shared, read-only") : null),
       h("div", { class: "controls" },
         h("label", { for: "site" }, "Property", siteSel),
         h("label", { for: "range" }, "Dates", rangeSel),
-        logoutButton())),
+        ...custom,
+        h("label", { for: "compare" }, "Compare", compareSel),
+        state.shared ? null : logoutButton())),
     chips,
     h("section", { class: "cards", id: "cards", "aria-label": "Totals" }),
     h("section", { class: "chart", id: "chart", "aria-label": "Visitors over time" }),
     h("section", { class: "panels", id: "panels" },
       PANELS.map(([dim, title]) => h("div", { class: "panel", id: `panel-${dim.replace(":", "-")}` }, h("h2", {}, title)))),
-    ["admin", "owner"].includes(currentRole()) ? keysSection() : null,
+    ...(!state.shared && ["admin", "owner"].includes(currentRole()) ? [keysSection(), sharesSection()] : []),
   );
 }
 
@@ -256,8 +346,9 @@ function logoutButton() {
 async function load() {
   const site = state.site;
   const timeDim = state.range === "day" ? "time:hour" : state.range === "12mo" ? "time:month" : "time:day";
-  const [totals, series, ...panels] = await Promise.all([
+  const [totals, before, series, ...panels] = await Promise.all([
     totalsQuery(),
+    state.compare ? totalsQuery(comparedRange()) : Promise.resolve(null),
     query({ metrics: ["visitors"], dimensions: [timeDim] }),
     ...PANELS.map(([dim]) => query({ metrics: ["visitors", "pageviews"], dimensions: [dim], order_by: [["visitors", "desc"]], pagination: { limit: 10 } })),
   ]);
@@ -267,28 +358,38 @@ async function load() {
   if (series.status !== 200) {
     document.getElementById("chart").replaceChildren(h("h2", {}, "Visitors"), h("p", { class: "muted" }, series.json?.error?.message || "unavailable"));
   }
-  renderTotals(totals);
+  renderTotals(totals, before);
   if (series.status === 200) renderChart(series.json);
   PANELS.forEach(([dim, title], i) => renderPanel(dim, title, panels[i]));
 }
 
 // Every metric; where the engine cannot answer them all under the filters (visit
 // metrics under an event filter), the ones it can.
-async function totalsQuery() {
-  const all = await query({ metrics: METRICS.map(([m]) => m) });
+async function totalsQuery(range) {
+  const all = await query({ metrics: METRICS.map(([m]) => m) }, range);
   if (all.status !== 400) return { ...all, metrics: METRICS.map(([m]) => m) };
   const some = ["visitors", "pageviews"];
-  return { ...(await query({ metrics: some })), metrics: some };
+  return { ...(await query({ metrics: some }, range)), metrics: some };
 }
 
-function renderTotals(t) {
+function renderTotals(t, before) {
   const row = (t.json && t.json.results && t.json.results[0]) || { metrics: [] };
+  const old = before && before.json && before.json.results && before.json.results[0];
+  const what = state.compare === "year" ? "the year before" : "the previous period";
   document.getElementById("cards").replaceChildren(
     ...METRICS.map(([m, label]) => {
       const i = t.metrics.indexOf(m);
+      const j = before ? before.metrics.indexOf(m) : -1;
+      let delta = null;
+      if (i >= 0 && j >= 0 && old) {
+        const [now, then] = [Number(row.metrics[i]), Number(old.metrics[j])];
+        const text = then === 0 ? (now === 0 ? "no change" : "new") : `${now >= then ? "▲" : "▼"} ${Math.abs(Math.round(((now - then) / then) * 100))}%`;
+        delta = h("div", { class: "delta", "data-before": String(old.metrics[j]) }, `${text} vs ${what} (${fmt(m, old.metrics[j])})`);
+      }
       return h("div", { class: "card", "data-metric": m },
         h("div", { class: "label" }, label),
-        h("div", { class: "value", title: i < 0 ? "Not available with these filters" : null }, i < 0 ? "–" : fmt(m, row.metrics[i])));
+        h("div", { class: "value", title: i < 0 ? "Not available with these filters" : null }, i < 0 ? "–" : fmt(m, row.metrics[i])),
+        delta);
     }),
   );
 }
@@ -361,5 +462,37 @@ function renderPanel(dim, title, r) {
   panel.replaceChildren(h("div", { class: "head" }, h("h2", {}, title), download), table);
 }
 
-window.addEventListener("hashchange", () => { if (state.csrf) { readHash(); render(); load(); } });
+// Read-only links of the property, for admins and owners.
+function sharesSection() {
+  const list = h("ul", { id: "shares-list" });
+  const fresh = h("p", { id: "new-share", role: "status" });
+  const url = `/api/ui/properties/${encodeURIComponent(state.site)}/shares`;
+  const refresh = async () => {
+    const r = await api("GET", url);
+    const links = (r.json && r.json.shares) || [];
+    list.replaceChildren(...links.map((l) => h("li", {},
+      `${l.id} (${l.created_at}) `,
+      h("button", { "aria-label": `Revoke link ${l.id}`, onclick: async () => {
+        await api("DELETE", `${url}/${encodeURIComponent(l.id)}`);
+        fresh.textContent = `Link ${l.id} revoked.`;
+        refresh();
+      } }, "Revoke"))));
+  };
+  return h("details", { class: "panel", id: "shares", ontoggle: (e) => { if (e.target.open) refresh(); } },
+    h("summary", {}, "Shared links"),
+    h("button", { onclick: async () => {
+      const r = await api("POST", url);
+      if (r.status === 201) {
+        const link = location.origin + r.json.path;
+        fresh.replaceChildren("Anyone with this link sees this property, read-only (shown once): ", h("code", {}, link));
+        refresh();
+      } else {
+        fresh.textContent = r.json?.error?.message || `failed (${r.status})`;
+      }
+    } }, "New read-only link"),
+    fresh,
+    list);
+}
+
+window.addEventListener("hashchange", () => { if (state.csrf || state.shared) { readHash(); render(); load(); } });
 boot();

@@ -310,6 +310,108 @@ pub(crate) async fn revoke_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The share token a request carries (`X-Footfall-Share`), if any.
+pub(crate) fn share_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-footfall-share")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a share token opens `site_id`: reads only, that property only; anything else
+/// is "not found".
+pub(crate) fn authorise_share_read(
+    app: &AppState,
+    token: &str,
+    site_id: &str,
+) -> Result<(), ApiError> {
+    match auth(app)?.shared_property(token).map_err(auth_error)? {
+        Some(p) if p == site_id => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such site_id",
+        )),
+    }
+}
+
+/// `GET /api/share/me` with `X-Footfall-Share`: the shared property (id, name, zone).
+pub(crate) async fn share_me(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such link");
+    let token = share_token(&headers).ok_or_else(not_found)?;
+    let id = auth(&app)?
+        .shared_property(token)
+        .map_err(auth_error)?
+        .ok_or_else(not_found)?;
+    let p = app
+        .cache
+        .property(&id)
+        .map_err(internal)?
+        .ok_or_else(not_found)?;
+    Ok(Json(
+        json!({"property": {"tracking_id": p.tracking_id, "name": p.name, "timezone": p.timezone}}),
+    )
+    .into_response())
+}
+
+/// `GET /api/ui/properties/{id}/shares` (admins): the property's read-only links.
+pub(crate) async fn list_shares(
+    State(app): State<AppRef>,
+    Path(property): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    session_for(&app, &headers, &property, footfall_meta::Role::Admin, false)?;
+    let links = auth(&app)?.store().shares(&property).map_err(internal)?;
+    Ok(Json(json!({ "shares": links })).into_response())
+}
+
+/// `POST /api/ui/properties/{id}/shares` (admins, CSRF): a new read-only link, its URL
+/// shown this once.
+pub(crate) async fn create_share(
+    State(app): State<AppRef>,
+    Path(property): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    session_for(&app, &headers, &property, footfall_meta::Role::Admin, true)?;
+    let (token, link) = auth(&app)?.create_share(&property).map_err(auth_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": link.id, "path": format!("/share/{token}"), "created_at": link.created_at})),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/ui/properties/{id}/shares/{share_id}` (admins, CSRF): the link stops
+/// opening anything.
+pub(crate) async fn revoke_share(
+    State(app): State<AppRef>,
+    Path((property, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    session_for(&app, &headers, &property, footfall_meta::Role::Admin, true)?;
+    if !auth(&app)?
+        .store()
+        .revoke_share(&property, &id)
+        .map_err(internal)?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such link",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /share/{token}`: the dashboard, read-only for the linked property (the page
+/// reads the token from its address and sends it with each query).
+pub(crate) async fn shared_page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
+}
+
 /// The dashboard's page, script and style sheet, embedded in the binary (written by
 /// hand, no build step, nothing from a CDN).
 const PAGE: &str = include_str!("../assets/dashboard.html");

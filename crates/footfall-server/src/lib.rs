@@ -133,6 +133,16 @@ pub fn app(state: AppRef) -> Router {
                 "/api/ui/properties/{id}/keys/{key_id}",
                 axum::routing::delete(dashboard::revoke_key),
             )
+            .route(
+                "/api/ui/properties/{id}/shares",
+                get(dashboard::list_shares).post(dashboard::create_share),
+            )
+            .route(
+                "/api/ui/properties/{id}/shares/{share_id}",
+                axum::routing::delete(dashboard::revoke_share),
+            )
+            .route("/api/share/me", get(dashboard::share_me))
+            .route("/share/{token}", get(dashboard::shared_page))
             .route("/", get(dashboard::page))
             .route("/dashboard.js", get(dashboard::script))
             .route("/dashboard.css", get(dashboard::style));
@@ -344,10 +354,14 @@ struct SiteParam {
 }
 
 /// Checks a read key against `site_id`; the error never carries data.
-/// Reads are authorised by a read key of the property (`Authorization: Bearer`), or by
-/// a dashboard session whose accounts hold it (see [`dashboard`]).
+/// Reads are authorised by a read key of the property (`Authorization: Bearer`), by a
+/// share link's token for it (`X-Footfall-Share`), or by a dashboard session whose
+/// accounts hold it (see [`dashboard`]).
 fn authorise_read(app: &AppState, headers: &HeaderMap, site_id: &str) -> Result<(), ApiError> {
     let Some(key) = bearer(headers) else {
+        if let Some(token) = dashboard::share_token(headers) {
+            return dashboard::authorise_share_read(app, token, site_id);
+        }
         return match dashboard::session_of(app, headers)? {
             Some(s) => dashboard::authorise_session_read(app, &s, site_id),
             None => Err(ApiError::unauthorized(
@@ -449,7 +463,10 @@ async fn query(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    if bearer(&headers).is_none() && dashboard::session_of(&app, &headers)?.is_none() {
+    if bearer(&headers).is_none()
+        && dashboard::share_token(&headers).is_none()
+        && dashboard::session_of(&app, &headers)?.is_none()
+    {
         return Err(ApiError::unauthorized(
             "missing `Authorization: Bearer <read key>` header (or a dashboard session)",
         ));

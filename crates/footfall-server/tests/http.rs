@@ -1114,7 +1114,7 @@ async fn log_in(h: &Harness, email: &str, password: &str) -> (String, String) {
 /// viewer may not; another account's user finds no such property; a revoked key stops
 /// working at once.
 #[tokio::test]
-async fn dashboard_api_keys_by_role() {
+async fn dashboard_api_keys_and_shared_links_by_role() {
     use footfall_meta::{AccountStore, Role};
     let h = harness();
     let pa = h.meta.create_property("Shop A", "UTC", &[]).unwrap();
@@ -1209,4 +1209,61 @@ async fn dashboard_api_keys_by_role() {
         .send("DELETE", &format!("{keys}/{key_id}"), &with_csrf, vec![])
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Read-only links: made by admins (CSRF), read that property only, until revoked.
+    let shares = format!("/api/ui/properties/{}/shares", pa.tracking_id);
+    let (s, _, _) = h.send("POST", &shares, &plain, vec![]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, v, _) = h.send("POST", &shares, &with_csrf, vec![]).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let token = v["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("/share/")
+        .unwrap()
+        .to_string();
+    let share_id = v["id"].as_str().unwrap().to_string();
+    let (s, v, _) = h.send("GET", &shares, &plain, vec![]).await;
+    assert_eq!(
+        (s, v["shares"][0]["id"].as_str()),
+        (StatusCode::OK, Some(share_id.as_str()))
+    );
+    assert!(
+        !v.to_string().contains(&token),
+        "a listing never shows a token"
+    );
+    let by_token = |site: &str| {
+        serde_json::to_vec(&json!({"site_id": site, "metrics": ["visitors"], "date_range": "day"}))
+            .unwrap()
+    };
+    let shared = [
+        ("content-type", "application/json"),
+        ("x-footfall-share", token.as_str()),
+    ];
+    let (s, _, _) = h
+        .send("POST", "/api/v2/query", &shared, by_token(&pa.tracking_id))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = h
+        .send("POST", "/api/v2/query", &shared, by_token(&pb.tracking_id))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a link opens its property only");
+    let (s, v, _) = h.send("GET", "/api/share/me", &shared, vec![]).await;
+    assert_eq!(
+        (s, v["property"]["tracking_id"].as_str()),
+        (StatusCode::OK, Some(pa.tracking_id.as_str()))
+    );
+    let (s, _, _) = h
+        .send(
+            "DELETE",
+            &format!("{shares}/{share_id}"),
+            &with_csrf,
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = h
+        .send("POST", "/api/v2/query", &shared, by_token(&pa.tracking_id))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a revoked link opens nothing");
 }

@@ -237,6 +237,27 @@ async fn dashboard_end_to_end_in_chromium() {
         "{seen}"
     );
     assert_eq!(seen["after_logout_me"], 401);
+    // The comparison: the 30 days before the last 30, as the API counts them.
+    let today = {
+        let tz: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
+        chrono::Utc::now().with_timezone(&tz).date_naive()
+    };
+    let (from, to) = (
+        today - chrono::Duration::days(59),
+        today - chrono::Duration::days(30),
+    );
+    let q = json!({"site_id": a1.tracking_id, "metrics": ["visitors"], "date_range": [from.to_string(), to.to_string()]});
+    let previous = visitors(&c, &server.url, &a1, q).await[0].1;
+    assert_eq!(seen["compare_before"], previous.to_string(), "{seen}");
+    assert!(seen["hash_compare"]
+        .as_str()
+        .unwrap()
+        .contains("compare=previous"));
+    // The shared link, logged out: the property's numbers, no logout button, and no
+    // other property through its token.
+    assert_eq!(seen["shared_visitors"], seen["visitors_7d"]);
+    assert_eq!(seen["shared_logout_button"], false);
+    assert_eq!(seen["shared_other_status"], 404);
     // Keys from the page: the new one read (200) until revoked (401); never listed in full.
     assert_eq!(
         (

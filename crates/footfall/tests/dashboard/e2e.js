@@ -77,6 +77,15 @@ async function login(page, email, password) {
   out.visitors_30d = await cards(page);
   await shot(page, "04-date-range");
 
+  // Compared with the previous 30 days.
+  await page.selectOption("#compare", "previous");
+  await page.waitForSelector('.card[data-metric="visitors"] .delta');
+  out.compare_before = await page.$eval('.card[data-metric="visitors"] .delta', (e) => e.getAttribute("data-before"));
+  out.compare_text = await page.$eval('.card[data-metric="visitors"] .delta', (e) => e.textContent);
+  out.hash_compare = await page.evaluate(() => location.hash);
+  await shot(page, "04b-comparison");
+  await page.selectOption("#compare", "");
+
   // Filter by clicking a row of the pages panel.
   await page.click('#panel-event-page tbody button:text-is("/pricing")');
   out.visitors_filtered = await cardsChange(page, out.visitors_30d);
@@ -117,6 +126,12 @@ async function login(page, email, password) {
     body: JSON.stringify({ site_id: site, metrics: ["visitors"], date_range: "7d" }),
   })).status, [process.env.A1, out.new_key]);
 
+  // A read-only link to the property.
+  await page.click("#shares summary");
+  await page.click('#shares button:text-is("New read-only link")');
+  await page.waitForSelector("#new-share code");
+  out.share_link = await page.$eval("#new-share code", (e) => e.textContent);
+
   // A bookmarked view opens as it was.
   const bookmarked = page.url();
   const second = await context.newPage();
@@ -128,6 +143,19 @@ async function login(page, email, password) {
   await page.waitForSelector("#email");
   out.after_logout_me = await page.evaluate(async () => (await fetch("/api/auth/me")).status);
   await shot(page, "06-logged-out");
+
+  // The shared link, logged out: the property, read-only; nothing else.
+  const shared = await context.newPage();
+  await shared.goto(out.share_link + "#range=7d");
+  out.shared_visitors = await cards(shared);
+  out.shared_logout_button = await shared.$("#logout") !== null;
+  out.shared_other_status = await shared.evaluate(async ([token, site]) => (await fetch("/api/v2/query", {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-footfall-share": token },
+    body: JSON.stringify({ site_id: site, metrics: ["visitors"], date_range: "7d" }),
+  })).status, [out.share_link.split("/share/")[1], process.env.A2]);
+  await shot(shared, "06b-shared-link");
+  await shared.close();
 
   // A user of another account: the first account's property is not found, by URL or API.
   await login(page, "bob@b.example", process.env.BOB_PW);
