@@ -141,8 +141,11 @@ function writeHash() {
   if (location.hash !== next) history.replaceState(null, "", next);
 }
 
+// The user's properties, by name (then account) for the switcher.
 function properties() {
-  return state.accounts.flatMap((a) => a.properties.map((p) => ({ ...p, account: a.name, role: a.role })));
+  return state.accounts
+    .flatMap((a) => a.properties.map((p) => ({ ...p, account: a.name, role: a.role })))
+    .sort((x, y) => x.name.localeCompare(y.name) || x.account.localeCompare(y.account));
 }
 
 function currentRole() {

@@ -50,6 +50,7 @@ async function login(page, email, password) {
   await shot(page, "01-login");
 
   await login(page, "ann@a.example", process.env.ANN_PW);
+  // The switcher lists properties by name: "Shop A1" comes first.
   out.visitors_7d = await cards(page);
   await page.waitForSelector("#panel-event-page tbody button");
   out.site_after_login = await page.$eval("#site", (e) => e.value);
