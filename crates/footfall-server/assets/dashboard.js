@@ -15,8 +15,13 @@ const PANELS = [
   ["visit:entry_page", "Entry pages"],
   ["visit:source", "Sources"],
   ["visit:channel", "Channels"],
+  ["visit:referrer", "Referrers"],
+  ["visit:utm_source", "UTM sources"],
+  ["visit:utm_medium", "UTM media"],
   ["visit:utm_campaign", "UTM campaigns"],
   ["visit:country", "Countries"],
+  ["visit:region", "Regions"],
+  ["visit:city", "Cities"],
   ["visit:device", "Devices"],
   ["visit:browser", "Browsers"],
   ["visit:os", "Operating systems"],
@@ -285,6 +290,7 @@ function render() {
   app.replaceChildren(
     h("header", {},
       h("h1", {}, "Footfall", state.shared ? h("span", { class: "muted" }, " · shared, read-only") : null),
+      h("p", { id: "realtime", class: "muted", "aria-live": "polite" }),
       h("div", { class: "controls" },
         h("label", { for: "site" }, "Property", siteSel),
         h("label", { for: "range" }, "Dates", rangeSel),
@@ -346,8 +352,20 @@ function logoutButton() {
   } }, "Log out");
 }
 
+// Visitors of the last five minutes, refreshed every 30 s while the page is open.
+async function realtime() {
+  const el = document.getElementById("realtime");
+  if (!el || !state.site) return;
+  const r = await api("GET", `/api/v1/stats/realtime/visitors?site_id=${encodeURIComponent(state.site)}`);
+  if (r.status === 200 && typeof r.json === "number") {
+    el.textContent = `● ${r.json.toLocaleString("en")} current visitor${r.json === 1 ? "" : "s"}`;
+  }
+}
+setInterval(realtime, 30000);
+
 async function load() {
   const site = state.site;
+  realtime();
   const timeDim = state.range === "day" ? "time:hour" : state.range === "12mo" ? "time:month" : "time:day";
   const [totals, before, series, ...panels] = await Promise.all([
     totalsQuery(),

@@ -182,6 +182,25 @@ async fn dashboard_end_to_end_in_chromium() {
         async move { visitors(&c, &url, &site, q).await[0].1.to_string() }
     };
     assert_eq!(seen["site_after_login"], a1.tracking_id.as_str());
+    // Realtime: the same figure as the API's realtime endpoint.
+    let rt: Value = c
+        .get(format!(
+            "{}/api/v1/stats/realtime/visitors?site_id={}",
+            server.url, a1.tracking_id
+        ))
+        .bearer_auth(&a1.read_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["realtime"],
+        format!("● {rt} current visitors"),
+        "{seen}"
+    );
+    assert_eq!(rt, 5);
     assert_eq!(
         seen["visitors_7d"],
         total(&a1, "7d", json!([])).await,

@@ -54,6 +54,8 @@ async function login(page, email, password) {
   out.visitors_7d = await cards(page);
   await page.waitForSelector("#panel-event-page tbody button");
   out.site_after_login = await page.$eval("#site", (e) => e.value);
+  await page.waitForFunction(() => document.getElementById("realtime")?.textContent.includes("current visitor"));
+  out.realtime = await page.$eval("#realtime", (e) => e.textContent);
   await shot(page, "02-dashboard");
 
   // Through the debugging protocol: the page's CSP (rightly) refuses inline scripts.
