@@ -76,19 +76,34 @@ pub struct ShareLink {
     pub created_at: String,
 }
 
-/// A new share link id (`SH-` and 8 characters).
-pub fn new_share_id() -> String {
-    format!("SH-{}", random_string(ID_ALPHABET, 8))
+/// A new read-only link of a property (every [`AccountStore`] makes links through this).
+pub fn new_share(tracking_id: &str) -> ShareLink {
+    ShareLink {
+        id: format!("SH-{}", random_string(ID_ALPHABET, 8)),
+        tracking_id: tracking_id.to_string(),
+        created_at: crate::now_text(),
+    }
 }
 
-/// A new account id (`AC-` and 8 characters).
-pub fn new_account_id() -> String {
-    format!("AC-{}", random_string(ID_ALPHABET, 8))
+/// A new account with a fresh id, its name checked (every [`AccountStore`] creates
+/// accounts through this).
+pub fn new_account(name: &str) -> Result<Account> {
+    if name.trim().is_empty() {
+        return Err(Error::Invalid("an account needs a name".into()));
+    }
+    Ok(Account {
+        id: format!("AC-{}", random_string(ID_ALPHABET, 8)),
+        name: name.trim().to_string(),
+    })
 }
 
-/// A new user id (`US-` and 8 characters).
-pub fn new_user_id() -> String {
-    format!("US-{}", random_string(ID_ALPHABET, 8))
+/// A new user with a fresh id and the address normalised (every [`AccountStore`]
+/// creates users through this).
+pub fn new_user(email: &str) -> Result<User> {
+    Ok(User {
+        id: format!("US-{}", random_string(ID_ALPHABET, 8)),
+        email: normalise_email(email)?,
+    })
 }
 
 /// An e-mail address as users are found by: trimmed, lower case, with one `@`.

@@ -3,8 +3,8 @@
 use rusqlite::{params, OptionalExtension};
 
 use crate::accounts::{
-    new_account_id, new_share_id, new_user_id, normalise_email, Account, AccountStore, Role,
-    Session, ShareLink, User,
+    new_account, new_share, new_user, normalise_email, Account, AccountStore, Role, Session,
+    ShareLink, User,
 };
 use crate::{now_text, Error, Result, SqliteMeta};
 
@@ -51,13 +51,7 @@ CREATE TABLE IF NOT EXISTS share_links (
 
 impl AccountStore for SqliteMeta {
     fn create_account(&self, name: &str) -> Result<Account> {
-        if name.trim().is_empty() {
-            return Err(Error::Invalid("an account needs a name".into()));
-        }
-        let a = Account {
-            id: new_account_id(),
-            name: name.trim().to_string(),
-        };
+        let a = new_account(name)?;
         self.conn.lock().unwrap().execute(
             "INSERT INTO accounts (id, name, created_at) VALUES (?1, ?2, ?3)",
             params![a.id, a.name, now_text()],
@@ -121,10 +115,7 @@ impl AccountStore for SqliteMeta {
     }
 
     fn create_user(&self, email: &str, password_hash: &str) -> Result<User> {
-        let u = User {
-            id: new_user_id(),
-            email: normalise_email(email)?,
-        };
+        let u = new_user(email)?;
         let n = self.conn.lock().unwrap().execute(
             "INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (email) DO NOTHING",
@@ -294,11 +285,7 @@ impl AccountStore for SqliteMeta {
     }
 
     fn create_share(&self, tracking_id: &str, token_hash: &str) -> Result<ShareLink> {
-        let l = ShareLink {
-            id: new_share_id(),
-            tracking_id: tracking_id.to_string(),
-            created_at: now_text(),
-        };
+        let l = new_share(tracking_id);
         self.conn.lock().unwrap().execute(
             "INSERT INTO share_links (id, tracking_id, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![l.id, l.tracking_id, token_hash, l.created_at],

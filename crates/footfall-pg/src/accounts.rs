@@ -1,7 +1,7 @@
 //! [`AccountStore`] on PostgreSQL: the same tables as the embedded store, so every query
 //! node of a cluster knows every user and session.
 
-use footfall_meta::accounts::{new_account_id, new_share_id, new_user_id, normalise_email};
+use footfall_meta::accounts::{new_account, new_share, new_user, normalise_email};
 use footfall_meta::{
     now_text, Account, AccountStore, Error, Result, Role, Session, ShareLink, User,
 };
@@ -51,13 +51,7 @@ CREATE TABLE IF NOT EXISTS ff_share_links (
 
 impl AccountStore for PgMeta {
     fn create_account(&self, name: &str) -> Result<Account> {
-        if name.trim().is_empty() {
-            return Err(Error::Invalid("an account needs a name".into()));
-        }
-        let a = Account {
-            id: new_account_id(),
-            name: name.trim().to_string(),
-        };
+        let a = new_account(name)?;
         let b = a.clone();
         self.pool.call(move |c| {
             c.execute(
@@ -122,10 +116,7 @@ impl AccountStore for PgMeta {
     }
 
     fn create_user(&self, email: &str, password_hash: &str) -> Result<User> {
-        let u = User {
-            id: new_user_id(),
-            email: normalise_email(email)?,
-        };
+        let u = new_user(email)?;
         let (v, h) = (u.clone(), password_hash.to_string());
         let n = self.pool.call(move |c| {
             c.execute(
@@ -310,11 +301,7 @@ impl AccountStore for PgMeta {
     }
 
     fn create_share(&self, tracking_id: &str, token_hash: &str) -> Result<ShareLink> {
-        let l = ShareLink {
-            id: new_share_id(),
-            tracking_id: tracking_id.to_string(),
-            created_at: now_text(),
-        };
+        let l = new_share(tracking_id);
         let (m, h) = (l.clone(), token_hash.to_string());
         self.pool.call(move |c| {
             c.execute(

@@ -46,7 +46,7 @@ fn auth_error(e: AuthError) -> ApiError {
 }
 
 /// The session cookie's value, if the request has one.
-fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn cookie_token(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
