@@ -70,6 +70,23 @@ async fn cluster_counts_every_acknowledged_event_once_through_kills() {
     let site = cluster.site("Shop", "Asia/Kolkata");
     let probe_site = cluster.site("Probes", "UTC");
 
+    // The dashboard and its login are served through the gateway by the query nodes.
+    for (path, want) in [("/", "dashboard.js"), ("/dashboard.js", "/api/auth/me")] {
+        let r = c
+            .get(format!("{}{path}", cluster.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {path} through the gateway");
+        assert!(r.text().await.unwrap().contains(want), "GET {path}");
+    }
+    let r = c
+        .get(format!("{}/api/auth/me", cluster.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the login endpoints are the query nodes'");
+
     // A forged X-Forwarded-For changes nothing: beacons through the gateway from one
     // browser, each claiming another address, are one visitor (nginx appends the
     // address it was reached from, and that right-most entry is the one used). The
