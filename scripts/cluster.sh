@@ -18,6 +18,8 @@
 # property create …` works against the cluster), DIR/pids/<name>.pid and DIR/logs/,
 # and prints the gateway URL last. Ports start at FOOTFALL_CLUSTER_PORT (18000).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools=${FOOTFALL_TOOLS:-$HOME/.cache/footfall-tools}
 cmd=${1:-}
@@ -279,10 +281,10 @@ down() {
     if alive "$dir/pids/$name.pid"; then kill -9 "$(cat "$dir/pids/$name.pid")" || true; fi
     rm -f "$dir/pids/$name.pid"
   done
-  if alive "$dir/pids/nginx.pid"; then nginx -c "$dir/nginx.conf" -p "$dir/nginx" -s stop || true; fi
+  if alive "$dir/pids/nginx.pid"; then stop_and_wait "$(cat "$dir/pids/nginx.pid")"; fi
   "$root/scripts/kafka.sh" stop "$dir/pids"
   "$root/scripts/redis.sh" stop "$dir/pids"
-  if alive "$dir/pids/moto.pid"; then kill "$(cat "$dir/pids/moto.pid")" || true; fi
+  if alive "$dir/pids/moto.pid"; then stop_and_wait "$(cat "$dir/pids/moto.pid")"; fi
   rm -f "$dir/pids/moto.pid"
   if [ "$purge" = "--purge" ]; then
     local db

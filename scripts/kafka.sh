@@ -11,6 +11,8 @@
 # The broker keeps its data in memory (tansu's `memory://` engine): enough for tests
 # and for trying the cluster; a production deployment uses a real Kafka cluster.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 tools=${FOOTFALL_TOOLS:-$HOME/.cache/footfall-tools}
 tansu="$tools/tansu/bin/tansu"
 version=0.6.0
@@ -66,7 +68,7 @@ case "${1:-}" in
   stop)
     dir=${2:?dir}
     if [ -f "$dir/tansu.pid" ]; then
-      kill "$(cat "$dir/tansu.pid")" 2>/dev/null || true
+      stop_and_wait "$(cat "$dir/tansu.pid")"
       rm -f "$dir/tansu.pid"
     fi
     ;;

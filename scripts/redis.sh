@@ -6,6 +6,8 @@
 #   scripts/redis.sh start PORT DIR   # prints redis://127.0.0.1:PORT/ (pid in DIR/redis.pid)
 #   scripts/redis.sh stop DIR
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 cmd=${1:-}
 if ! command -v redis-server >/dev/null; then
   echo "redis.sh: installing redis-server from Debian" >&2
@@ -39,7 +41,7 @@ case "$cmd" in
   stop)
     dir=${2:?directory}
     if [ -f "$dir/redis.pid" ]; then
-      kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+      stop_and_wait "$(cat "$dir/redis.pid")"
       rm -f "$dir/redis.pid"
     fi
     ;;
