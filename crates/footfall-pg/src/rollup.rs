@@ -606,8 +606,8 @@ impl RollupRead for PgRollupStore {
 }
 
 impl RollupStore for PgRollupStore {
-    fn last_checkpoint(&self) -> Option<Checkpoint> {
-        self.writer.as_ref().and_then(|w| w.loaded.clone())
+    fn last_checkpoint(&self) -> footfall_store::Result<Option<Checkpoint>> {
+        Ok(self.writer.as_ref().and_then(|w| w.loaded.clone()))
     }
 
     fn update(&self, f: &mut dyn FnMut(&mut Rollups)) {
@@ -617,7 +617,13 @@ impl RollupStore for PgRollupStore {
         }
     }
 
-    fn checkpoint(&self, offsets: &[u64], processor_state: &[u8]) -> footfall_store::Result<()> {
+    fn checkpoint(
+        &self,
+        offsets: &[u64],
+        processor_state: footfall_store::StateWriter<'_>,
+    ) -> footfall_store::Result<()> {
+        // A bytea parameter: the state is collected once.
+        let state = footfall_store::collect_state(processor_state)?;
         let w = self.writer.as_ref().ok_or_else(|| {
             footfall_store::Error::Unavailable("checkpoint on a read-only rollup store".into())
         })?;
@@ -655,9 +661,8 @@ impl RollupStore for PgRollupStore {
             .flat_map(|d| d.2.iter().map(|c| c.len() as u64))
             .sum::<u64>()
             + minutes.iter().map(|m| m.1.len() as u64).sum::<u64>()
-            + processor_state.len() as u64;
+            + state.len() as u64;
         let offsets = encode(&offsets.to_vec())?;
-        let state = processor_state.to_vec();
         let fenced = self.pool.call(move |c| {
             let mut t = c.transaction()?;
             // The checkpoint row is claimed first: by generation (no other writer

@@ -103,7 +103,8 @@ fn a_reader_trusts_what_it_saw_for_max_staleness() {
                 d.events.pageviews += n;
             }
         });
-        w.checkpoint(&[0], b"").unwrap();
+        w.checkpoint(&[0], &footfall_store::state_bytes(b""))
+            .unwrap();
     };
     add(5);
     let staleness = Duration::from_millis(400);
@@ -133,14 +134,23 @@ fn a_replaced_writer_is_fenced_off() {
         return;
     };
     let first = PgRollupStore::open_writer(db.url(), 0, None).unwrap();
-    first.checkpoint(&[1], b"a").unwrap();
+    first
+        .checkpoint(&[1], &footfall_store::state_bytes(b"a"))
+        .unwrap();
     let second = PgRollupStore::open_writer(db.url(), 0, None).unwrap();
-    assert_eq!(second.last_checkpoint().unwrap().offsets, vec![1]);
-    second.checkpoint(&[2], b"b").unwrap();
-    let err = first.checkpoint(&[3], b"c").unwrap_err();
+    assert_eq!(second.last_checkpoint().unwrap().unwrap().offsets, vec![1]);
+    second
+        .checkpoint(&[2], &footfall_store::state_bytes(b"b"))
+        .unwrap();
+    let err = first
+        .checkpoint(&[3], &footfall_store::state_bytes(b"c"))
+        .unwrap_err();
     assert!(err.to_string().contains("another writer"), "{err}");
     let third = PgRollupStore::open_writer(db.url(), 0, None).unwrap();
-    assert_eq!(third.last_checkpoint().unwrap().processor_state, b"b");
+    assert_eq!(
+        third.last_checkpoint().unwrap().unwrap().processor_state,
+        b"b"
+    );
 }
 
 /// A database that cannot be reached is an error (a 503 upstream), never an empty answer.
@@ -171,18 +181,32 @@ fn checkpoints_need_the_lease() {
     };
     let leases = footfall_pg::PgLeases::open(db.url()).unwrap();
     let a = PgRollupStore::open_writer(db.url(), 3, Some("a".into())).unwrap();
-    assert!(a.checkpoint(&[1], b"x").is_err(), "no lease, no checkpoint");
+    assert!(
+        a.checkpoint(&[1], &footfall_store::state_bytes(b"x"))
+            .is_err(),
+        "no lease, no checkpoint"
+    );
     let ttl = std::time::Duration::from_millis(600);
     assert!(leases.acquire(3, "a", ttl).unwrap());
-    a.checkpoint(&[1], b"a1").unwrap();
-    a.checkpoint(&[2], b"a2").unwrap();
+    a.checkpoint(&[1], &footfall_store::state_bytes(b"a1"))
+        .unwrap();
+    a.checkpoint(&[2], &footfall_store::state_bytes(b"a2"))
+        .unwrap();
     // a stalls past its lease; b takes the partition and resumes from a's checkpoint.
     std::thread::sleep(ttl + std::time::Duration::from_millis(200));
     assert!(leases.acquire(3, "b", ttl).unwrap());
     let b = PgRollupStore::open_writer(db.url(), 3, Some("b".into())).unwrap();
-    assert_eq!(b.last_checkpoint().unwrap().processor_state, b"a2");
-    assert!(a.checkpoint(&[3], b"a3").is_err(), "a lost its lease");
-    b.checkpoint(&[3], b"b3").unwrap();
+    assert_eq!(b.last_checkpoint().unwrap().unwrap().processor_state, b"a2");
+    assert!(
+        a.checkpoint(&[3], &footfall_store::state_bytes(b"a3"))
+            .is_err(),
+        "a lost its lease"
+    );
+    b.checkpoint(&[3], &footfall_store::state_bytes(b"b3"))
+        .unwrap();
     let again = PgRollupStore::open_writer(db.url(), 3, None).unwrap();
-    assert_eq!(again.last_checkpoint().unwrap().processor_state, b"b3");
+    assert_eq!(
+        again.last_checkpoint().unwrap().unwrap().processor_state,
+        b"b3"
+    );
 }

@@ -221,7 +221,7 @@ impl Processor {
         stats: Arc<ProcessorStats>,
     ) -> Result<Self> {
         let n = log.partitions();
-        let (offsets, state) = match store.last_checkpoint() {
+        let (offsets, state) = match store.last_checkpoint()? {
             Some(c) => {
                 if c.offsets.len() != n as usize {
                     return Err(Error::PartitionMismatch(c.offsets.len(), n));
@@ -326,7 +326,9 @@ impl Processor {
     /// Writes a checkpoint of rollups, offsets and session state.
     pub fn checkpoint(&mut self) -> Result<()> {
         let started = Instant::now();
-        self.store.checkpoint(&self.offsets, &self.state.encode())?;
+        let state = &self.state;
+        self.store
+            .checkpoint(&self.offsets, &|w| state.write_to(w))?;
         for (p, o) in self.offsets.iter().enumerate() {
             self.stats.checkpointed[p].store(*o, Ordering::SeqCst);
         }

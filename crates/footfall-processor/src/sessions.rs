@@ -433,6 +433,13 @@ impl SessionState {
         postcard::to_stdvec(self).expect("serialising to memory cannot fail")
     }
 
+    /// Streams the encoding of [`Self::encode`] into `w`.
+    pub fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        postcard::to_io(self, w)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let mut s: Self = postcard::from_bytes(bytes)?;
         for p in &mut s.partitions {

@@ -206,7 +206,9 @@ fn run_case(case: &Case, evicting: bool) {
             }
         });
         if evicting {
-            store.checkpoint(&[0], &[]).unwrap();
+            store
+                .checkpoint(&[0], &footfall_store::state_bytes(&[]))
+                .unwrap();
         }
     }
     let from = local(&tz, case.events.iter().map(|e| e.ts).min().unwrap()).date();

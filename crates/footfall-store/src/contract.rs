@@ -113,7 +113,10 @@ fn merged_sections(store: &dyn RollupRead, property: &str, day: i32, sections: S
 
 fn empty_store(h: &mut dyn Harness) {
     let s = h.open();
-    assert!(s.last_checkpoint().is_none(), "empty_store: no checkpoint");
+    assert!(
+        s.last_checkpoint().unwrap().is_none(),
+        "empty_store: no checkpoint"
+    );
     assert_eq!(s.first_day(P).unwrap(), None, "empty_store: no first day");
     assert!(totals(s.as_ref(), P, D0 - 10, D0 + 10, Grain::Day).is_empty());
     let mut called = 0;
@@ -157,7 +160,8 @@ fn updates_are_visible_at_once(h: &mut dyn Harness) {
     assert_eq!(s.first_day(P).unwrap(), Some(LocalDay(D0)));
     // Unique counts survive the parts: the day's sketch has every visitor once.
     assert_eq!(merged_day(s.as_ref(), P, D0 + 2).events.visitors.count(), 2);
-    s.checkpoint(&[1, 2, 3], b"state-0").expect("checkpoint");
+    s.checkpoint(&[1, 2, 3], &crate::state_bytes(b"state-0"))
+        .expect("checkpoint");
 }
 
 fn checkpoint_round_trip(h: &mut dyn Harness) {
@@ -171,7 +175,8 @@ fn checkpoint_round_trip(h: &mut dyn Harness) {
             p.count_minute(60_000 * 1_000, true, 7);
             p.count_minute(60_000 * 1_001, false, 8);
         });
-        s.checkpoint(&[11, 22, 33], b"state-1").expect("checkpoint");
+        s.checkpoint(&[11, 22, 33], &crate::state_bytes(b"state-1"))
+            .expect("checkpoint");
         before_days = totals(s.as_ref(), P, D0 - 1, D0 + 5, Grain::Day);
         before_hours = totals(s.as_ref(), P, D0 - 1, D0 + 5, Grain::Hour);
         assert!(
@@ -182,6 +187,7 @@ fn checkpoint_round_trip(h: &mut dyn Harness) {
     let s = h.open();
     let c = s
         .last_checkpoint()
+        .unwrap()
         .expect("checkpoint_round_trip: a checkpoint");
     assert_eq!(c.offsets, vec![11, 22, 33]);
     assert_eq!(c.processor_state, b"state-1");
@@ -202,10 +208,14 @@ fn checkpoint_round_trip(h: &mut dyn Harness) {
     assert_eq!((minutes[0].1.pageviews, minutes[1].1.events), (1, 1));
     // A later checkpoint that changes one day keeps the others as they were.
     write(s.as_ref(), P, hour(D0 + 3, 2), 64);
-    s.checkpoint(&[12, 23, 34], b"state-2").unwrap();
+    s.checkpoint(&[12, 23, 34], &crate::state_bytes(b"state-2"))
+        .unwrap();
     drop(s);
     let s = h.open();
-    assert_eq!(s.last_checkpoint().unwrap().processor_state, b"state-2");
+    assert_eq!(
+        s.last_checkpoint().unwrap().unwrap().processor_state,
+        b"state-2"
+    );
     let days = totals(s.as_ref(), P, D0, D0 + 3, Grain::Day);
     assert_eq!(days.last(), Some(&((D0 + 3) as i64, 96)));
     assert_eq!(days.first(), Some(&(D0 as i64, 17)));
@@ -225,7 +235,10 @@ fn uncheckpointed_changes_are_lost_on_restart(h: &mut dyn Harness) {
         before,
         "uncheckpointed_changes_are_lost_on_restart"
     );
-    assert_eq!(s.last_checkpoint().unwrap().offsets, vec![12, 23, 34]);
+    assert_eq!(
+        s.last_checkpoint().unwrap().unwrap().offsets,
+        vec![12, 23, 34]
+    );
 }
 
 fn ranges_are_exact(h: &mut dyn Harness) {
@@ -321,8 +334,13 @@ fn remote_readers_see_checkpoints(h: &mut dyn Harness) {
         committed,
         "remote_readers_see_checkpoints: nothing before a checkpoint"
     );
-    let offsets = s.last_checkpoint().map(|c| c.offsets).unwrap_or_default();
-    s.checkpoint(&offsets, b"state-remote").unwrap();
+    let offsets = s
+        .last_checkpoint()
+        .unwrap()
+        .map(|c| c.offsets)
+        .unwrap_or_default();
+    s.checkpoint(&offsets, &crate::state_bytes(b"state-remote"))
+        .unwrap();
     let now = totals(reader.as_ref(), P, range.0, range.1, Grain::Day);
     assert_eq!(
         now.last(),
@@ -337,7 +355,8 @@ fn remote_readers_see_checkpoints(h: &mut dyn Harness) {
         now
     );
     write(s.as_ref(), P, hour(DAY, 5), 1);
-    s.checkpoint(&offsets, b"state-remote-2").unwrap();
+    s.checkpoint(&offsets, &crate::state_bytes(b"state-remote-2"))
+        .unwrap();
     let again = totals(reader.as_ref(), P, range.0, range.1, Grain::Day);
     assert_eq!(again.last(), Some(&(DAY as i64, 8)));
     let mut reader_minutes = Vec::new();
@@ -372,7 +391,8 @@ fn remote_readers_see_checkpoints(h: &mut dyn Harness) {
             add(d);
         }
     });
-    s.checkpoint(&offsets, b"state-remote-3").unwrap();
+    s.checkpoint(&offsets, &crate::state_bytes(b"state-remote-3"))
+        .unwrap();
     let want = merged_day(s.as_ref(), P, DAY);
     assert_eq!(want.pages.len(), 1);
     let t = merged_sections(reader.as_ref(), P, DAY, Sections::TOTALS);

@@ -100,6 +100,23 @@ pub trait RollupRead: Send + Sync + 'static {
     ) -> Result<()>;
 }
 
+/// Writes the processor's state into whatever a checkpoint keeps it in (a file, a
+/// column). The store streams it, so a state of gigabytes is never held twice in
+/// memory at a checkpoint; a store that needs the bytes collects them.
+pub type StateWriter<'a> = &'a dyn Fn(&mut dyn std::io::Write) -> std::io::Result<()>;
+
+/// A [`StateWriter`] of bytes already in memory.
+pub fn state_bytes(bytes: &[u8]) -> impl Fn(&mut dyn std::io::Write) -> std::io::Result<()> + '_ {
+    move |w| w.write_all(bytes)
+}
+
+/// Collects what a [`StateWriter`] writes.
+pub fn collect_state(state: StateWriter<'_>) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    state(&mut out)?;
+    Ok(out)
+}
+
 /// The rollup store contract: what the processor writes, on top of what queries read.
 ///
 /// - **Visible**: a change made inside `update` is seen by every read that starts after
@@ -111,14 +128,17 @@ pub trait RollupRead: Send + Sync + 'static {
 ///   Replaying the log from those offsets therefore counts every record exactly once.
 /// - There is one writer (the processor); readers are concurrent.
 pub trait RollupStore: RollupRead {
-    /// The checkpoint the store was opened at (None for a new store).
-    fn last_checkpoint(&self) -> Option<Checkpoint>;
+    /// The checkpoint the store was opened at (None for a new store). The processor
+    /// asks once, when it starts; a store may answer a later checkpoint of its own
+    /// instead once it has written one.
+    fn last_checkpoint(&self) -> Result<Option<Checkpoint>>;
 
     /// Applies changes; visible to readers when it returns.
     fn update(&self, f: &mut dyn FnMut(&mut Rollups));
 
-    /// Makes the current rollups durable together with `offsets` and `processor_state`.
-    fn checkpoint(&self, offsets: &[u64], processor_state: &[u8]) -> Result<()>;
+    /// Makes the current rollups durable together with `offsets` and the processor
+    /// state that `processor_state` writes.
+    fn checkpoint(&self, offsets: &[u64], processor_state: StateWriter<'_>) -> Result<()>;
 
     /// Size in bytes of the last checkpoint written or loaded.
     fn checkpoint_bytes(&self) -> u64;

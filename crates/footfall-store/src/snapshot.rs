@@ -4,12 +4,15 @@
 //! Layout of the store directory:
 //! - `days/<property>/<local day>-<generation>.bin`: one local day of one property (the
 //!   day bucket and its hour buckets). Written only when that day changed.
-//! - `CURRENT`: the manifest — generation, log offsets, processor state, realtime
-//!   minutes, and which file holds each day. Replaced atomically (write `CURRENT.tmp`,
-//!   fsync, rename, fsync the directory).
+//! - `state-<generation>.bin`: the processor state saved with that checkpoint, streamed
+//!   to the file as it is encoded (it is the largest thing a checkpoint writes, and
+//!   holding it in memory once more would set the process's peak).
+//! - `CURRENT`: the manifest — generation, log offsets, realtime minutes, and which
+//!   file holds each day. Replaced atomically (write `CURRENT.tmp`, fsync, rename,
+//!   fsync the directory).
 //!
-//! A checkpoint writes and fsyncs the changed days' files under a new generation, then
-//! commits the manifest; only then are superseded files deleted. A crash at any point
+//! A checkpoint writes and fsyncs the changed days' files and the state file under a
+//! new generation, then commits the manifest; only then are superseded files deleted. A crash at any point
 //! leaves the previous manifest and every file it names intact, so the store reopens at
 //! exactly one completed checkpoint. Files no manifest names are deleted on open.
 //!
@@ -34,17 +37,135 @@ use crate::{
     Sections,
 };
 
-const MANIFEST_MAGIC: &[u8; 8] = b"FFMANI02";
+const MANIFEST_MAGIC: &[u8; 8] = b"FFMANI03";
+/// Manifests written before the state had a file of its own.
+const MANIFEST_MAGIC_INLINE_STATE: &[u8; 8] = b"FFMANI02";
 const DAY_MAGIC: &[u8; 8] = b"FFDAY002";
+const STATE_MAGIC: &[u8; 8] = b"FFSTAT01";
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     generation: u64,
     offsets: Vec<u64>,
-    processor_state: Vec<u8>,
+    /// Bytes of `state-<generation>.bin`.
+    state_bytes: u64,
     minutes: Vec<(String, BTreeMap<i64, MinuteStats>)>,
     /// (property, local day, generation of its file, file bytes)
     days: Vec<(String, i32, u64, u64)>,
+}
+
+/// The manifest as written before the state had a file of its own; still read.
+#[derive(Serialize, Deserialize)]
+struct ManifestInlineState {
+    generation: u64,
+    offsets: Vec<u64>,
+    processor_state: Vec<u8>,
+    minutes: Vec<(String, BTreeMap<i64, MinuteStats>)>,
+    days: Vec<(String, i32, u64, u64)>,
+}
+
+/// The last committed checkpoint, and where its processor state is.
+struct Committed {
+    offsets: Vec<u64>,
+    state: StateAt,
+}
+
+enum StateAt {
+    /// `state-<generation>.bin`.
+    File(u64),
+    /// Inside a manifest of the earlier format; replaced by a file at the next
+    /// checkpoint.
+    Inline(Vec<u8>),
+}
+
+/// Hashes what passes through to the inner writer.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams the state into `path` (`magic | state | crc32(state)`) and fsyncs it;
+/// returns the file's bytes.
+fn write_state(path: &Path, state: crate::StateWriter<'_>) -> Result<u64> {
+    let mut f = File::create(path)?;
+    f.write_all(STATE_MAGIC)?;
+    // Buffered before hashing: the encoder writes a few bytes at a time.
+    let mut w = std::io::BufWriter::with_capacity(
+        1 << 20,
+        CrcWriter {
+            inner: f,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        },
+    );
+    state(&mut w)?;
+    let CrcWriter {
+        inner: mut f,
+        crc,
+        bytes,
+    } = w.into_inner().map_err(|e| e.into_error())?;
+    f.write_all(&crc.finalize().to_le_bytes())?;
+    f.sync_all()?;
+    Ok(bytes + 12)
+}
+
+/// Reads a state file, checking its header and checksum.
+fn read_state(path: &Path) -> Result<Vec<u8>> {
+    let mut data = fs::read(path)?;
+    let corrupt = |why: &str| Error::Corrupt(path.display().to_string(), why.into());
+    if data.len() < 12 || &data[..8] != STATE_MAGIC {
+        return Err(corrupt("bad header"));
+    }
+    let crc = u32::from_le_bytes(data[data.len() - 4..].try_into().unwrap());
+    data.truncate(data.len() - 4);
+    if crc32fast::hash(&data[8..]) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    data.drain(..8);
+    Ok(data)
+}
+
+/// Checks a state file's header and checksum reading it in pieces, so opening the
+/// store does not hold the state in memory.
+fn verify_state(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let corrupt = |why: &str| Error::Corrupt(path.display().to_string(), why.into());
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut magic = [0u8; 8];
+    if len < 12 || f.read_exact(&mut magic).is_err() || &magic != STATE_MAGIC {
+        return Err(corrupt("bad header"));
+    }
+    let mut body = (&mut f).take(len - 12);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let mut crc = [0u8; 4];
+    f.read_exact(&mut crc)?;
+    if hasher.finalize() != u32::from_le_bytes(crc) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok(len)
 }
 
 /// Where each day lives on disk: (generation, bytes).
@@ -175,7 +296,7 @@ impl Files {
 pub struct SnapshotStore {
     dir: PathBuf,
     rollups: RwLock<Rollups>,
-    loaded: Option<Checkpoint>,
+    committed: Mutex<Option<Committed>>,
     files: Arc<Files>,
     /// The last committed generation; held by a checkpoint from start to end.
     generation: Mutex<u64>,
@@ -204,6 +325,28 @@ fn unframe<T: DeserializeOwned>(path: &Path, magic: &[u8; 8]) -> Result<T> {
         return Err(corrupt("checksum mismatch"));
     }
     postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))
+}
+
+/// Reads a manifest of either format; the second value is the processor state of the
+/// earlier format, which kept it inside the manifest.
+fn read_manifest(path: &Path) -> Result<(Manifest, Option<Vec<u8>>)> {
+    let mut magic = [0u8; 8];
+    {
+        use std::io::Read;
+        let _ = File::open(path)?.read(&mut magic)?;
+    }
+    if &magic == MANIFEST_MAGIC_INLINE_STATE {
+        let m: ManifestInlineState = unframe(path, MANIFEST_MAGIC_INLINE_STATE)?;
+        let manifest = Manifest {
+            generation: m.generation,
+            offsets: m.offsets,
+            state_bytes: 0,
+            minutes: m.minutes,
+            days: m.days,
+        };
+        return Ok((manifest, Some(m.processor_state)));
+    }
+    Ok((unframe(path, MANIFEST_MAGIC)?, None))
 }
 
 /// Checks a file's header and checksum without decoding it.
@@ -288,8 +431,15 @@ impl SnapshotStore {
         let mut rollups = Rollups::default();
         let mut index = FileIndex::new();
         let (loaded, generation, mut total) = if current.exists() {
-            let m: Manifest = unframe(&current, MANIFEST_MAGIC)?;
+            let (m, state) = read_manifest(&current)?;
             let mut total = fs::metadata(&current)?.len();
+            let state = match state {
+                Some(inline) => StateAt::Inline(inline),
+                None => {
+                    total += verify_state(&Self::state_path(&dir, m.generation))?;
+                    StateAt::File(m.generation)
+                }
+            };
             let resident = resident_at_open(&m.days, budget);
             for (prop, day, gen, bytes) in &m.days {
                 let path = Self::day_path(&dir, prop, LocalDay(*day), *gen);
@@ -309,9 +459,9 @@ impl SnapshotStore {
                 rollups.property_mut(&prop).minutes = minutes;
             }
             (
-                Some(Checkpoint {
+                Some(Committed {
                     offsets: m.offsets,
-                    processor_state: m.processor_state,
+                    state,
                 }),
                 m.generation,
                 total,
@@ -324,6 +474,14 @@ impl SnapshotStore {
             .iter()
             .map(|((p, d), (g, _))| Self::day_path(&dir, p, *d, *g))
             .collect();
+        for f in fs::read_dir(&dir)?.flatten() {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("state-") && f.path() != Self::state_path(&dir, generation) {
+                tracing::info!(file = %f.path().display(), "removing uncommitted state file");
+                fs::remove_file(f.path())?;
+            }
+        }
         for pd in fs::read_dir(dir.join("days"))?.flatten() {
             for f in fs::read_dir(pd.path())?.flatten() {
                 if !named.contains(&f.path()) {
@@ -351,7 +509,7 @@ impl SnapshotStore {
         Ok(Self {
             dir,
             rollups: RwLock::new(rollups),
-            loaded,
+            committed: Mutex::new(loaded),
             files,
             generation: Mutex::new(generation),
             budget,
@@ -412,6 +570,10 @@ impl SnapshotStore {
             }
         }
         tracing::debug!(evicted, resident, "rollup days evicted from memory");
+    }
+
+    fn state_path(dir: &Path, gen: u64) -> PathBuf {
+        dir.join(format!("state-{gen:012}.bin"))
     }
 
     pub(crate) fn day_path(dir: &Path, prop: &str, day: LocalDay, gen: u64) -> PathBuf {
@@ -505,15 +667,26 @@ impl RollupRead for SnapshotStore {
 }
 
 impl RollupStore for SnapshotStore {
-    fn last_checkpoint(&self) -> Option<Checkpoint> {
-        self.loaded.clone()
+    fn last_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let c = self.committed.lock().unwrap();
+        let Some(c) = c.as_ref() else {
+            return Ok(None);
+        };
+        let processor_state = match &c.state {
+            StateAt::File(g) => read_state(&Self::state_path(&self.dir, *g))?,
+            StateAt::Inline(s) => s.clone(),
+        };
+        Ok(Some(Checkpoint {
+            offsets: c.offsets.clone(),
+            processor_state,
+        }))
     }
 
     fn update(&self, f: &mut dyn FnMut(&mut Rollups)) {
         f(&mut self.rollups.write().unwrap())
     }
 
-    fn checkpoint(&self, offsets: &[u64], processor_state: &[u8]) -> Result<()> {
+    fn checkpoint(&self, offsets: &[u64], processor_state: crate::StateWriter<'_>) -> Result<()> {
         let mut committed = self.generation.lock().unwrap();
         let generation = *committed + 1;
         let mut written: Vec<((String, LocalDay), u64)> = Vec::new();
@@ -548,6 +721,7 @@ impl RollupStore for SnapshotStore {
             sync_dir(d)?;
         }
         sync_dir(&self.dir.join("days"))?;
+        let state_bytes = write_state(&Self::state_path(&self.dir, generation), processor_state)?;
         let mut index = self.files.index.read().unwrap().clone();
         let mut superseded = Vec::new();
         for (key, bytes) in &written {
@@ -558,7 +732,7 @@ impl RollupStore for SnapshotStore {
         let manifest = Manifest {
             generation,
             offsets: offsets.to_vec(),
-            processor_state: processor_state.to_vec(),
+            state_bytes,
             minutes,
             days: index
                 .iter()
@@ -579,10 +753,16 @@ impl RollupStore for SnapshotStore {
                 }
             }
         }
+        *self.committed.lock().unwrap() = Some(Committed {
+            offsets: offsets.to_vec(),
+            state: StateAt::File(generation),
+        });
+        superseded.push(Self::state_path(&self.dir, *committed));
         for old in superseded {
             let _ = fs::remove_file(old);
         }
-        let total: u64 = index.values().map(|(_, b)| b).sum::<u64>() + data.len() as u64;
+        let total: u64 =
+            index.values().map(|(_, b)| b).sum::<u64>() + data.len() as u64 + state_bytes;
         self.bytes.store(total, Ordering::Relaxed);
         tracing::debug!(
             generation,
@@ -677,7 +857,7 @@ mod tests {
         for d in 1..=5 {
             bump(&s, d, d as u64);
         }
-        s.checkpoint(&[1], b"").unwrap();
+        s.checkpoint(&[1], &crate::state_bytes(b"")).unwrap();
         let (resident, evicted) = s.resident_and_evicted_days();
         assert_eq!((resident, evicted), (0, 5), "every clean day evicted");
         assert_eq!(pageviews(&s, 3), Some(3), "read back from its file");
@@ -691,7 +871,7 @@ mod tests {
         });
         assert_eq!(pageviews(&s, 2), Some(12));
         assert_eq!(s.resident_and_evicted_days(), (1, 4));
-        s.checkpoint(&[2], b"").unwrap();
+        s.checkpoint(&[2], &crate::state_bytes(b"")).unwrap();
         // Day 2 holds the property's newest hour, not yet folded: it stays.
         assert_eq!(s.resident_and_evicted_days(), (1, 4));
         assert_eq!(pageviews(&s, 2), Some(12));
@@ -706,22 +886,115 @@ mod tests {
     }
 
     #[test]
+    fn state_files_are_streamed_verified_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_files = || {
+            let mut v: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("state-"))
+                .collect();
+            v.sort();
+            v
+        };
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        {
+            let s = SnapshotStore::open(dir.path()).unwrap();
+            bump(&s, 1, 5);
+            s.checkpoint(&[1], &crate::state_bytes(&big)).unwrap();
+            s.checkpoint(&[2], &crate::state_bytes(b"second")).unwrap();
+            // The store answers its own latest checkpoint.
+            let c = s.last_checkpoint().unwrap().unwrap();
+            assert_eq!(
+                (c.offsets, c.processor_state),
+                (vec![2], b"second".to_vec())
+            );
+            s.checkpoint(&[3], &crate::state_bytes(&big)).unwrap();
+        }
+        assert_eq!(
+            state_files(),
+            vec!["state-000000000003.bin"],
+            "old states deleted"
+        );
+        // A state file of a checkpoint that never committed is removed on open.
+        fs::write(dir.path().join("state-000000000004.bin"), b"partial").unwrap();
+        let s = SnapshotStore::open(dir.path()).unwrap();
+        assert_eq!(s.last_checkpoint().unwrap().unwrap().processor_state, big);
+        assert_eq!(state_files(), vec!["state-000000000003.bin"]);
+        drop(s);
+        // A damaged state file: the store refuses to open and names the file.
+        let path = dir.path().join("state-000000000003.bin");
+        let mut data = fs::read(&path).unwrap();
+        data[1_000_000] ^= 1;
+        fs::write(&path, &data).unwrap();
+        let err = SnapshotStore::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("state-000000000003.bin"), "{err}");
+        data[1_000_000] ^= 1;
+        fs::write(&path, &data[..data.len() - 1]).unwrap();
+        assert!(
+            SnapshotStore::open(dir.path()).is_err(),
+            "truncated state refused"
+        );
+    }
+
+    #[test]
+    fn manifests_with_the_state_inside_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SnapshotStore::open(dir.path()).unwrap();
+            bump(&s, 1, 5);
+            s.checkpoint(&[7], &crate::state_bytes(b"unused")).unwrap();
+        }
+        // Rewrite the store as the earlier format left it.
+        let current = dir.path().join("CURRENT");
+        let (m, _) = read_manifest(&current).unwrap();
+        let old = ManifestInlineState {
+            generation: m.generation,
+            offsets: m.offsets,
+            processor_state: b"inline".to_vec(),
+            minutes: m.minutes,
+            days: m.days,
+        };
+        fs::write(&current, frame(MANIFEST_MAGIC_INLINE_STATE, &old).unwrap()).unwrap();
+        fs::remove_file(SnapshotStore::state_path(dir.path(), m.generation)).unwrap();
+        {
+            let s = SnapshotStore::open(dir.path()).unwrap();
+            let c = s.last_checkpoint().unwrap().unwrap();
+            assert_eq!(
+                (c.offsets, c.processor_state),
+                (vec![7], b"inline".to_vec())
+            );
+            assert_eq!(pageviews(&s, 1), Some(5));
+            s.checkpoint(&[8], &crate::state_bytes(b"moved")).unwrap();
+        }
+        let s = SnapshotStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.last_checkpoint().unwrap().unwrap().processor_state,
+            b"moved"
+        );
+        assert_eq!(pageviews(&s, 1), Some(5));
+    }
+
+    #[test]
     fn checkpoint_round_trip_and_atomicity() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SnapshotStore::open(dir.path()).unwrap();
-            assert!(s.last_checkpoint().is_none());
+            assert!(s.last_checkpoint().unwrap().is_none());
             bump(&s, 1, 5);
             bump(&s, 2, 7);
-            s.checkpoint(&[10, 20], b"state").unwrap();
+            s.checkpoint(&[10, 20], &crate::state_bytes(b"state"))
+                .unwrap();
             // Only day 2 changes; day 1's file must be kept as it is.
             bump(&s, 2, 8);
-            s.checkpoint(&[11, 21], b"state2").unwrap();
+            s.checkpoint(&[11, 21], &crate::state_bytes(b"state2"))
+                .unwrap();
             // Changed after the last checkpoint: must not survive a "crash".
             bump(&s, 1, 99);
         }
         let s = SnapshotStore::open(dir.path()).unwrap();
-        let c = s.last_checkpoint().unwrap();
+        let c = s.last_checkpoint().unwrap().unwrap();
         assert_eq!(c.offsets, vec![11, 21]);
         assert_eq!(c.processor_state, b"state2");
         assert_eq!(pageviews(&s, 1), Some(5));
