@@ -23,12 +23,15 @@ use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use footfall_meta::{Account, AccountStore, Role, Session, User};
+use footfall_meta::{Account, AccountStore, Invite, Role, Session, User};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_CHARS: usize = 10;
+
+/// How long an invitation can be accepted.
+pub const INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -38,6 +41,12 @@ pub enum AuthError {
     Throttled(Duration),
     #[error("{0}")]
     Invalid(String),
+    /// Not there, or not the caller's to see (answered alike, as "not found").
+    #[error("not found")]
+    NotFound,
+    /// The invited address already has a login: accept while logged in as it.
+    #[error("{0} already has a login: log in as that address, then open the invitation again")]
+    LogInFirst(String),
     #[error(transparent)]
     Store(#[from] footfall_meta::Error),
 }
@@ -195,6 +204,10 @@ impl Auth {
             return Err(AuthError::BadCredentials);
         };
         self.store.clear_login_failures(&by_email)?;
+        self.open_session(user, now)
+    }
+
+    fn open_session(&self, user: User, now: i64) -> Result<Login> {
         let (token, csrf) = (random_token(), random_token());
         let expires_at = now + self.opts.session_ttl.as_millis() as i64;
         self.store
@@ -268,6 +281,128 @@ impl Auth {
                 })
             })
             .collect()
+    }
+
+    /// The role the user holds in an account, if a member.
+    pub fn role_in_account(&self, user: &User, account_id: &str) -> Result<Option<Role>> {
+        Ok(self
+            .store
+            .memberships(&user.id)?
+            .into_iter()
+            .find(|(a, _)| a.id == account_id)
+            .map(|(_, r)| r))
+    }
+
+    /// Fails with `NotFound` unless `user` may manage the account's users.
+    fn owner_of(&self, user: &User, account_id: &str) -> Result<()> {
+        match self.role_in_account(user, account_id)? {
+            Some(r) if may(r, Action::ManageUsers) => Ok(()),
+            _ => Err(AuthError::NotFound),
+        }
+    }
+
+    /// An invitation to join `account_id` with `role`, made by one of its owners: the
+    /// token (shown once; only its hash is kept) and the invitation.
+    pub fn create_invite(
+        &self,
+        by: &User,
+        account_id: &str,
+        email: &str,
+        role: Role,
+        now: i64,
+    ) -> Result<(String, Invite)> {
+        self.owner_of(by, account_id)?;
+        let email = footfall_meta::accounts::normalise_email(email)?;
+        if let Some((u, _)) = self.store.user_by_email(&email)? {
+            if self.role_in_account(&u, account_id)?.is_some() {
+                return Err(AuthError::Invalid(format!(
+                    "{email} is already a member of this account"
+                )));
+            }
+        }
+        let expires_at = now + INVITE_TTL.as_millis() as i64;
+        let invite = footfall_meta::accounts::new_invite(account_id, &email, role, expires_at)?;
+        let token = random_token();
+        self.store.create_invite(&invite, &token_hash(&token))?;
+        Ok((token, invite))
+    }
+
+    /// An account's pending invitations, for its owners.
+    pub fn invites(&self, by: &User, account_id: &str) -> Result<Vec<Invite>> {
+        self.owner_of(by, account_id)?;
+        Ok(self.store.invites(account_id)?)
+    }
+
+    /// Withdraws an invitation; `NotFound` if there is none of that id in the account.
+    pub fn revoke_invite(&self, by: &User, account_id: &str, id: &str) -> Result<()> {
+        self.owner_of(by, account_id)?;
+        match self.store.revoke_invite(account_id, id)? {
+            true => Ok(()),
+            false => Err(AuthError::NotFound),
+        }
+    }
+
+    /// What an invitation token offers (left unused), with its account and whether its
+    /// address already has a login.
+    pub fn invite(&self, token: &str, now: i64) -> Result<(Invite, Account, bool)> {
+        let invite = self
+            .store
+            .invite(&token_hash(token), now)?
+            .ok_or(AuthError::NotFound)?;
+        let account = self
+            .store
+            .account(&invite.account_id)?
+            .ok_or(AuthError::NotFound)?;
+        let exists = self.store.user_by_email(&invite.email)?.is_some();
+        Ok((invite, account, exists))
+    }
+
+    /// Accepts an invitation: as the logged-in user `as_user` (whose address it must
+    /// be), or, for an address without a login, by choosing `password` — which creates
+    /// the user and logs them in. The invitation is used up; a role the user already
+    /// holds in the account is never lowered by it.
+    pub fn accept_invite(
+        &self,
+        token: &str,
+        as_user: Option<&User>,
+        password: Option<&str>,
+        now: i64,
+    ) -> Result<(User, Option<Login>)> {
+        let (invite, _, exists) = self.invite(token, now)?;
+        // Everything that can be refused is checked before the invitation is used up.
+        enum Joiner<'a> {
+            Existing(&'a User),
+            New { password_hash: String },
+        }
+        let joiner = match as_user {
+            Some(u) if u.email != invite.email => {
+                return Err(AuthError::Invalid(format!(
+                    "this invitation is for {}; log out and open it again",
+                    invite.email
+                )))
+            }
+            Some(u) => Joiner::Existing(u),
+            None if exists => return Err(AuthError::LogInFirst(invite.email)),
+            None => Joiner::New {
+                password_hash: hash_password(password.unwrap_or(""))?,
+            },
+        };
+        let invite = self
+            .store
+            .take_invite(&token_hash(token), now)?
+            .ok_or(AuthError::NotFound)?;
+        let (user, login) = match joiner {
+            Joiner::Existing(u) => (u.clone(), None),
+            Joiner::New { password_hash } => {
+                let u = self.store.create_user(&invite.email, &password_hash)?;
+                let login = self.open_session(u.clone(), now)?;
+                (u, Some(login))
+            }
+        };
+        let held = self.role_in_account(&user, &invite.account_id)?;
+        let role = held.map_or(invite.role, |h| h.max(invite.role));
+        self.store.add_member(&invite.account_id, &user.id, role)?;
+        Ok((user, login))
     }
 
     /// The role the user holds over a property (through its account), or `None` when
@@ -411,5 +546,102 @@ mod tests {
         assert!(may(Role::Admin, Action::Manage) && !may(Role::Admin, Action::ManageUsers));
         assert!(may(Role::Viewer, Action::View) && !may(Role::Viewer, Action::Manage));
         assert!(may(Role::Owner, Action::ManageUsers));
+    }
+
+    #[test]
+    fn owners_invite_and_the_invited_join_once() {
+        let (_d, m, auth) = setup();
+        let (a, b) = (
+            m.create_account("A").unwrap(),
+            m.create_account("B").unwrap(),
+        );
+        let owner = auth
+            .create_user("own@a.example", "a long password", &a.id, Role::Owner)
+            .unwrap();
+        let admin = auth
+            .create_user("adm@a.example", "a long password", &a.id, Role::Admin)
+            .unwrap();
+        let other = auth
+            .create_user("own@b.example", "a long password", &b.id, Role::Owner)
+            .unwrap();
+        let now = 1_000_000;
+        // Only an owner of the account invites; others are told "not found".
+        for (who, account) in [(&admin, &a.id), (&other, &a.id), (&owner, &b.id)] {
+            assert!(matches!(
+                auth.create_invite(who, account, "new@a.example", Role::Viewer, now),
+                Err(AuthError::NotFound)
+            ));
+        }
+        assert!(matches!(
+            auth.create_invite(&owner, &a.id, "adm@a.example", Role::Viewer, now),
+            Err(AuthError::Invalid(_))
+        ));
+        let (token, inv) = auth
+            .create_invite(&owner, &a.id, "New@A.example", Role::Admin, now)
+            .unwrap();
+        assert_eq!(inv.email, "new@a.example");
+        assert_eq!(auth.invites(&owner, &a.id).unwrap(), vec![inv.clone()]);
+        assert!(matches!(
+            auth.invites(&other, &a.id),
+            Err(AuthError::NotFound)
+        ));
+        let (seen, account, exists) = auth.invite(&token, now).unwrap();
+        assert_eq!(
+            (seen, account.id.as_str(), exists),
+            (inv.clone(), a.id.as_str(), false)
+        );
+        // A short password is refused and leaves the invitation usable.
+        assert!(auth
+            .accept_invite(&token, None, Some("short"), now)
+            .is_err());
+        // Someone else's session cannot take it.
+        assert!(auth.accept_invite(&token, Some(&other), None, now).is_err());
+        let (user, login) = auth
+            .accept_invite(&token, None, Some("another long one"), now)
+            .unwrap();
+        assert_eq!(user.email, "new@a.example");
+        let login = login.expect("a new user is logged in");
+        assert!(auth.session(&login.token, now).unwrap().is_some());
+        assert_eq!(
+            auth.role_in_account(&user, &a.id).unwrap(),
+            Some(Role::Admin)
+        );
+        assert!(auth
+            .login("new@a.example", "another long one", "c", now)
+            .is_ok());
+        // Used up.
+        assert!(matches!(
+            auth.accept_invite(&token, None, Some("another long one"), now),
+            Err(AuthError::NotFound)
+        ));
+        // An address with a login joins while logged in as it; a role is not lowered.
+        let (t2, _) = auth
+            .create_invite(&other, &b.id, "adm@a.example", Role::Viewer, now)
+            .unwrap();
+        assert!(matches!(
+            auth.accept_invite(&t2, None, Some("any long password"), now),
+            Err(AuthError::LogInFirst(_))
+        ));
+        auth.accept_invite(&t2, Some(&admin), None, now).unwrap();
+        assert_eq!(
+            auth.role_in_account(&admin, &b.id).unwrap(),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            auth.role_in_account(&admin, &a.id).unwrap(),
+            Some(Role::Admin)
+        );
+        // Expired and revoked invitations open nothing.
+        let (t3, i3) = auth
+            .create_invite(&owner, &a.id, "late@a.example", Role::Viewer, now)
+            .unwrap();
+        let later = now + INVITE_TTL.as_millis() as i64;
+        assert!(matches!(auth.invite(&t3, later), Err(AuthError::NotFound)));
+        assert!(matches!(
+            auth.revoke_invite(&other, &a.id, &i3.id),
+            Err(AuthError::NotFound)
+        ));
+        auth.revoke_invite(&owner, &a.id, &i3.id).unwrap();
+        assert!(matches!(auth.invite(&t3, now), Err(AuthError::NotFound)));
     }
 }

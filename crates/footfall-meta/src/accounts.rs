@@ -76,6 +76,31 @@ pub struct ShareLink {
     pub created_at: String,
 }
 
+/// An invitation to join an account (the token itself is shown once, when made).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Invite {
+    pub id: String,
+    pub account_id: String,
+    /// Lower case.
+    pub email: String,
+    pub role: Role,
+    pub created_at: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+/// A new invitation (every [`AccountStore`] makes invitations through this).
+pub fn new_invite(account_id: &str, email: &str, role: Role, expires_at: i64) -> Result<Invite> {
+    Ok(Invite {
+        id: format!("IN-{}", random_string(ID_ALPHABET, 8)),
+        account_id: account_id.to_string(),
+        email: normalise_email(email)?,
+        role,
+        created_at: crate::now_text(),
+        expires_at,
+    })
+}
+
 /// A new read-only link of a property (every [`AccountStore`] makes links through this).
 pub fn new_share(tracking_id: &str) -> ShareLink {
     ShareLink {
@@ -132,6 +157,9 @@ pub fn normalise_email(email: &str) -> Result<String> {
 /// - `login_failures` counts the failures recorded for a key since a time;
 ///   `clear_login_failures` forgets them.
 /// - A share link names one property by its token's hash until it is revoked.
+/// - An invitation is taken once: `take_invite` returns it (if unexpired) and removes
+///   it in one step, so two people racing with one link cannot both join; `invites`
+///   lists an account's pending ones; `revoke_invite` removes one of that account's.
 pub trait AccountStore: Send + Sync {
     fn create_account(&self, name: &str) -> Result<Account>;
     fn account(&self, id: &str) -> Result<Option<Account>>;
@@ -165,6 +193,16 @@ pub trait AccountStore: Send + Sync {
     /// The property a share link's token (hashed) opens, if the link exists.
     fn shared_property(&self, token_hash: &str) -> Result<Option<String>>;
     fn revoke_share(&self, tracking_id: &str, id: &str) -> Result<bool>;
+    /// Stores `invite`, found later by its token's hash.
+    fn create_invite(&self, invite: &Invite, token_hash: &str) -> Result<()>;
+    fn invites(&self, account_id: &str) -> Result<Vec<Invite>>;
+    /// The invitation of a token (hashed) if it exists and is unexpired at `now`, left
+    /// in place (to show the invited person what they are joining).
+    fn invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>>;
+    /// The invitation of a token (hashed), removed as it is returned; None if there is
+    /// none or it expired before `now` (Unix milliseconds).
+    fn take_invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>>;
+    fn revoke_invite(&self, account_id: &str, id: &str) -> Result<bool>;
 }
 
 /// The [`AccountStore`] contract as a test suite every implementation runs.
@@ -251,5 +289,43 @@ pub mod contract {
         );
         assert!(s.revoke_share(property_a, &l.id).unwrap());
         assert_eq!(s.shared_property("t1").unwrap(), None, "shares: revoked");
+
+        let i = new_invite(&a.id, " Bob@Acme.Example", Role::Viewer, 5_000).unwrap();
+        assert_eq!(i.email, "bob@acme.example", "invites: e-mail normalised");
+        s.create_invite(&i, "i1").unwrap();
+        let j = new_invite(&a.id, "cy@acme.example", Role::Admin, 5_000).unwrap();
+        s.create_invite(&j, "i2").unwrap();
+        let k = new_invite(&b.id, "di@other.example", Role::Owner, 5_000).unwrap();
+        s.create_invite(&k, "i3").unwrap();
+        let mut listed = s.invites(&a.id).unwrap();
+        listed.sort_by(|x, y| x.id.cmp(&y.id));
+        let mut expected = vec![i.clone(), j.clone()];
+        expected.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(listed, expected, "invites: an account's pending ones");
+        assert_eq!(s.invite("i1", 4_999).unwrap(), Some(i.clone()));
+        assert_eq!(
+            s.invite("i1", 4_999).unwrap(),
+            Some(i.clone()),
+            "invites: peeked"
+        );
+        assert_eq!(s.invite("nope", 0).unwrap(), None);
+        assert_eq!(s.invite("i1", 5_000).unwrap(), None, "invites: expired");
+        assert_eq!(
+            s.take_invite("i1", 5_000).unwrap(),
+            None,
+            "invites: expired"
+        );
+        assert_eq!(s.take_invite("i2", 4_999).unwrap(), Some(j.clone()));
+        assert_eq!(
+            s.take_invite("i2", 4_999).unwrap(),
+            None,
+            "invites: taken once"
+        );
+        assert!(
+            !s.revoke_invite(&a.id, &k.id).unwrap(),
+            "invites: another account's"
+        );
+        assert!(s.revoke_invite(&b.id, &k.id).unwrap());
+        assert_eq!(s.take_invite("i3", 0).unwrap(), None, "invites: revoked");
     }
 }

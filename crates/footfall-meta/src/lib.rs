@@ -11,7 +11,7 @@ pub mod cache;
 pub mod contract;
 mod sqlite_accounts;
 
-pub use accounts::{Account, AccountStore, Role, Session, ShareLink, User};
+pub use accounts::{Account, AccountStore, Invite, Role, Session, ShareLink, User};
 pub use cache::MetaCache;
 
 use std::path::Path;

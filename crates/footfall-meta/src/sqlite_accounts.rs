@@ -3,8 +3,8 @@
 use rusqlite::{params, OptionalExtension};
 
 use crate::accounts::{
-    new_account, new_share, new_user, normalise_email, Account, AccountStore, Role, Session,
-    ShareLink, User,
+    new_account, new_share, new_user, normalise_email, Account, AccountStore, Invite, Role,
+    Session, ShareLink, User,
 };
 use crate::{now_text, Error, Result, SqliteMeta};
 
@@ -46,6 +46,15 @@ CREATE TABLE IF NOT EXISTS share_links (
     tracking_id TEXT NOT NULL,
     token_hash TEXT NOT NULL UNIQUE,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS invites (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 ";
 
@@ -327,4 +336,99 @@ impl AccountStore for SqliteMeta {
             params![tracking_id, id],
         )? > 0)
     }
+
+    fn create_invite(&self, i: &Invite, token_hash: &str) -> Result<()> {
+        self.conn.lock().unwrap().execute(
+            "INSERT INTO invites (id, account_id, email, role, token_hash, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                i.id,
+                i.account_id,
+                i.email,
+                i.role.as_str(),
+                token_hash,
+                i.created_at,
+                i.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn invites(&self, account_id: &str) -> Result<Vec<Invite>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare(
+            "SELECT id, account_id, email, role, created_at, expires_at FROM invites
+             WHERE account_id = ?1 ORDER BY created_at, id",
+        )?;
+        let rows = st.query_map(params![account_id], invite_row)?;
+        rows.map(|r| invite_of(r?)).collect()
+    }
+
+    fn invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
+        let row = self
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT id, account_id, email, role, created_at, expires_at FROM invites
+                 WHERE token_hash = ?1 AND expires_at > ?2",
+                params![token_hash, now],
+                invite_row,
+            )
+            .optional()?;
+        row.map(invite_of).transpose()
+    }
+
+    fn take_invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
+        let mut c = self.conn.lock().unwrap();
+        let t = c.transaction()?;
+        let found = t
+            .query_row(
+                "SELECT id, account_id, email, role, created_at, expires_at FROM invites
+                 WHERE token_hash = ?1",
+                params![token_hash],
+                invite_row,
+            )
+            .optional()?
+            .map(invite_of)
+            .transpose()?;
+        t.execute(
+            "DELETE FROM invites WHERE token_hash = ?1",
+            params![token_hash],
+        )?;
+        t.commit()?;
+        Ok(found.filter(|i| i.expires_at > now))
+    }
+
+    fn revoke_invite(&self, account_id: &str, id: &str) -> Result<bool> {
+        Ok(self.conn.lock().unwrap().execute(
+            "DELETE FROM invites WHERE account_id = ?1 AND id = ?2",
+            params![account_id, id],
+        )? > 0)
+    }
+}
+
+/// An `invites` row: id, account, e-mail, role, created, expires.
+type InviteRow = (String, String, String, String, String, i64);
+
+fn invite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn invite_of(row: InviteRow) -> Result<Invite> {
+    Ok(Invite {
+        id: row.0,
+        account_id: row.1,
+        email: row.2,
+        role: Role::parse(&row.3)?,
+        created_at: row.4,
+        expires_at: row.5,
+    })
 }

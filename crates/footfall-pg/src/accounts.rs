@@ -3,7 +3,7 @@
 
 use footfall_meta::accounts::{new_account, new_share, new_user, normalise_email};
 use footfall_meta::{
-    now_text, Account, AccountStore, Error, Result, Role, Session, ShareLink, User,
+    now_text, Account, AccountStore, Error, Invite, Result, Role, Session, ShareLink, User,
 };
 
 use crate::meta::PgMeta;
@@ -46,6 +46,15 @@ CREATE TABLE IF NOT EXISTS ff_share_links (
     tracking_id TEXT NOT NULL,
     token_hash TEXT NOT NULL UNIQUE,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ff_invites (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
 );
 ";
 
@@ -349,4 +358,89 @@ impl AccountStore for PgMeta {
             )? > 0)
         })?)
     }
+
+    fn create_invite(&self, i: &Invite, token_hash: &str) -> Result<()> {
+        let (i, h) = (i.clone(), token_hash.to_string());
+        self.pool.call(move |c| {
+            c.execute(
+                "INSERT INTO ff_invites (id, account_id, email, role, token_hash, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&i.id, &i.account_id, &i.email, &i.role.as_str(), &h, &i.created_at, &i.expires_at],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn invites(&self, account_id: &str) -> Result<Vec<Invite>> {
+        let a = account_id.to_string();
+        let rows = self.pool.call(move |c| {
+            Ok(c.query(
+                "SELECT id, account_id, email, role, created_at, expires_at FROM ff_invites
+                 WHERE account_id = $1 ORDER BY created_at, id",
+                &[&a],
+            )?
+            .iter()
+            .map(invite_row)
+            .collect::<Vec<_>>())
+        })?;
+        rows.into_iter().map(invite_of).collect()
+    }
+
+    fn invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
+        let h = token_hash.to_string();
+        let row = self.pool.call(move |c| {
+            Ok(c.query_opt(
+                "SELECT id, account_id, email, role, created_at, expires_at FROM ff_invites
+                 WHERE token_hash = $1 AND expires_at > $2",
+                &[&h, &now],
+            )?
+            .map(|r| invite_row(&r)))
+        })?;
+        row.map(invite_of).transpose()
+    }
+
+    fn take_invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
+        let h = token_hash.to_string();
+        // One statement: a second taker finds nothing to delete.
+        let row = self.pool.call(move |c| {
+            Ok(c.query_opt(
+                "DELETE FROM ff_invites WHERE token_hash = $1
+                 RETURNING id, account_id, email, role, created_at, expires_at",
+                &[&h],
+            )?
+            .map(|r| invite_row(&r)))
+        })?;
+        Ok(row
+            .map(invite_of)
+            .transpose()?
+            .filter(|i| i.expires_at > now))
+    }
+
+    fn revoke_invite(&self, account_id: &str, id: &str) -> Result<bool> {
+        let (a, i) = (account_id.to_string(), id.to_string());
+        Ok(self.pool.call(move |c| {
+            Ok(c.execute(
+                "DELETE FROM ff_invites WHERE account_id = $1 AND id = $2",
+                &[&a, &i],
+            )? > 0)
+        })?)
+    }
+}
+
+/// An `ff_invites` row: id, account, e-mail, role, created, expires.
+type InviteRow = (String, String, String, String, String, i64);
+
+fn invite_row(r: &postgres::Row) -> InviteRow {
+    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
+}
+
+fn invite_of(row: InviteRow) -> Result<Invite> {
+    Ok(Invite {
+        id: row.0,
+        account_id: row.1,
+        email: row.2,
+        role: Role::parse(&row.3)?,
+        created_at: row.4,
+        expires_at: row.5,
+    })
 }

@@ -117,6 +117,8 @@ impl Metric {
 enum TimeDim {
     Hour,
     Day,
+    /// Weeks from Monday, labelled by their Monday.
+    Week,
     Month,
 }
 
@@ -134,7 +136,7 @@ enum KeyDim {
     Prop,
 }
 
-const SUPPORTED_DIMS: &str = "time:hour, time:day, time:month, event:page, event:name, event:props:<key>, visit:entry_page, visit:source, visit:referrer, visit:channel, visit:utm_source, visit:utm_medium, visit:utm_campaign, visit:utm_content, visit:utm_term, visit:browser, visit:browser_version, visit:os, visit:os_version, visit:device, visit:country, visit:region, visit:city";
+const SUPPORTED_DIMS: &str = "time:hour, time:day, time:week, time:month, event:page, event:name, event:props:<key>, visit:entry_page, visit:source, visit:referrer, visit:channel, visit:utm_source, visit:utm_medium, visit:utm_campaign, visit:utm_content, visit:utm_term, visit:browser, visit:browser_version, visit:os, visit:os_version, visit:device, visit:country, visit:region, visit:city";
 
 impl KeyDim {
     /// The dimension and, for `event:props:<key>`, its property key.
@@ -669,13 +671,14 @@ pub fn execute(
     };
     for d in &req.dimensions {
         match d.as_str() {
-            "time:hour" | "time:day" | "time:month" => {
+            "time:hour" | "time:day" | "time:week" | "time:month" => {
                 if time_dim.is_some() {
                     return bad("at most one time dimension");
                 }
                 time_dim = Some(match d.as_str() {
                     "time:hour" => TimeDim::Hour,
                     "time:day" => TimeDim::Day,
+                    "time:week" => TimeDim::Week,
                     _ => TimeDim::Month,
                 });
             }
@@ -821,6 +824,10 @@ pub fn execute(
             .map(|(k, b)| {
                 let key = match time_dim {
                     Some(TimeDim::Hour) | Some(TimeDim::Day) => Some(*k),
+                    Some(TimeDim::Week) => {
+                        let day = LocalDay(*k as i32);
+                        Some((day.0 - day.date().weekday().num_days_from_monday() as i32) as i64)
+                    }
                     Some(TimeDim::Month) => {
                         Some(LocalDay::from_date(month_start(LocalDay(*k as i32).date())).0 as i64)
                     }

@@ -41,6 +41,11 @@ fn auth_error(e: AuthError) -> ApiError {
             r
         }
         AuthError::Invalid(m) => ApiError::bad_request("invalid", m),
+        AuthError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found"),
+        AuthError::LogInFirst(_) => {
+            ApiError::new(StatusCode::CONFLICT, "log_in_first", e.to_string())
+        }
+        AuthError::Store(footfall_meta::Error::Invalid(m)) => ApiError::bad_request("invalid", m),
         AuthError::Store(e) => internal(e),
     }
 }
@@ -406,8 +411,152 @@ pub(crate) async fn revoke_share(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /share/{token}`: the dashboard, read-only for the linked property (the page
-/// reads the token from its address and sends it with each query).
+#[derive(serde::Deserialize)]
+struct NewInvite {
+    email: String,
+    role: String,
+}
+
+/// `GET /api/ui/accounts/{id}/invites` (owners): the account's pending invitations.
+pub(crate) async fn list_invites(
+    State(app): State<AppRef>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = session_of(&app, &headers)?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
+    let invites = auth(&app)?.invites(&s.user, &account).map_err(auth_error)?;
+    Ok(Json(json!({ "invites": invites })).into_response())
+}
+
+/// `POST /api/ui/accounts/{id}/invites` `{"email", "role"}` (owners, CSRF): an
+/// invitation link, shown this once (Footfall sends no mail: the owner passes it on).
+pub(crate) async fn create_invite(
+    State(app): State<AppRef>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (s, _) = changing_session(&app, &headers)?;
+    let bytes = read_body(body, 4096).await?;
+    let req: NewInvite = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("invalid", format!("expected {{\"email\", \"role\"}}: {e}"))
+    })?;
+    let role = footfall_meta::Role::parse(&req.role)
+        .map_err(|e| ApiError::bad_request("invalid", e.to_string()))?;
+    let (token, invite) = auth(&app)?
+        .create_invite(&s.user, &account, &req.email, role, app.clock.now_millis())
+        .map_err(auth_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"invite": invite, "path": format!("/invite/{token}")})),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/ui/accounts/{id}/invites/{invite_id}` (owners, CSRF).
+pub(crate) async fn revoke_invite(
+    State(app): State<AppRef>,
+    Path((account, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (s, _) = changing_session(&app, &headers)?;
+    auth(&app)?
+        .revoke_invite(&s.user, &account, &id)
+        .map_err(auth_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/invites/{token}`: what an invitation offers — the account's name, the
+/// address and role, and whether that address already has a login; 404 once used,
+/// revoked or expired.
+pub(crate) async fn show_invite(
+    State(app): State<AppRef>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (invite, account, exists) = auth(&app)?
+        .invite(&token, app.clock.now_millis())
+        .map_err(auth_error)?;
+    Ok(Json(json!({
+        "account": {"name": account.name},
+        "email": invite.email,
+        "role": invite.role,
+        "expires_at": invite.expires_at,
+        "has_login": exists,
+    }))
+    .into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct AcceptInvite {
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `POST /api/invites/{token}/accept`: with a session (CSRF-checked) of the invited
+/// address, joins its account; without one, for an address with no login,
+/// `{"password"}` creates the user, joins, and logs in (sets the cookie). 409 when the
+/// address already has a login and the caller is not logged in as it.
+pub(crate) async fn accept_invite(
+    State(app): State<AppRef>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, 4096).await?;
+    let req: AcceptInvite = if bytes.is_empty() {
+        AcceptInvite { password: None }
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request("invalid", format!("expected {{\"password\"}}: {e}"))
+        })?
+    };
+    let session = match cookie_token(&headers) {
+        Some(_) => session_of(&app, &headers)?
+            .map(|_| changing_session(&app, &headers))
+            .transpose()?
+            .map(|(s, _)| s),
+        None => None,
+    };
+    let now = app.clock.now_millis();
+    let a = app.clone();
+    // A new password is hashed: off the event loop.
+    let (user, login) = tokio::task::spawn_blocking(move || {
+        auth(&a)?
+            .accept_invite(
+                &token,
+                session.as_ref().map(|s| &s.user),
+                req.password.as_deref(),
+                now,
+            )
+            .map_err(auth_error)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let memberships = auth(&app)?.memberships(&user).map_err(auth_error)?;
+    let mut body = json!({"user": user, "accounts": accounts_json(&app, memberships)?});
+    let mut r;
+    if let Some(login) = login {
+        body["csrf_token"] = json!(login.csrf);
+        body["expires_at"] = json!(login.expires_at);
+        r = Json(body).into_response();
+        r.headers_mut().insert(
+            header::SET_COOKIE,
+            set_cookie(
+                &app,
+                &headers,
+                &login.token,
+                (login.expires_at - now) / 1000,
+            ),
+        );
+    } else {
+        r = Json(body).into_response();
+    }
+    Ok(r)
+}
+
+/// `GET /share/{token}` and `GET /invite/{token}`: the dashboard — read-only for the
+/// linked property, or showing the invitation (the page reads the token from its
+/// address).
 pub(crate) async fn shared_page() -> Response {
     asset("text/html; charset=utf-8", PAGE)
 }

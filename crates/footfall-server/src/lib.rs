@@ -141,8 +141,22 @@ pub fn app(state: AppRef) -> Router {
                 "/api/ui/properties/{id}/shares/{share_id}",
                 axum::routing::delete(dashboard::revoke_share),
             )
+            .route(
+                "/api/ui/accounts/{id}/invites",
+                get(dashboard::list_invites).post(dashboard::create_invite),
+            )
+            .route(
+                "/api/ui/accounts/{id}/invites/{invite_id}",
+                axum::routing::delete(dashboard::revoke_invite),
+            )
+            .route("/api/invites/{token}", get(dashboard::show_invite))
+            .route(
+                "/api/invites/{token}/accept",
+                post(dashboard::accept_invite),
+            )
             .route("/api/share/me", get(dashboard::share_me))
             .route("/share/{token}", get(dashboard::shared_page))
+            .route("/invite/{token}", get(dashboard::shared_page))
             .route("/", get(dashboard::page))
             .route("/dashboard.js", get(dashboard::script))
             .route("/dashboard.css", get(dashboard::style));

@@ -1267,3 +1267,227 @@ async fn dashboard_api_keys_and_shared_links_by_role() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "a revoked link opens nothing");
 }
+
+/// Invitations from the dashboard: owners make, list and withdraw them (CSRF-checked);
+/// admins and other accounts' owners cannot; a new address accepts by choosing a
+/// password and is logged in; an address with a login accepts while logged in as it;
+/// a used link opens nothing.
+#[tokio::test]
+async fn dashboard_invitations_by_owners() {
+    use footfall_meta::{AccountStore, Role};
+    let h = harness();
+    let pa = h.meta.create_property("Shop A", "UTC", &[]).unwrap();
+    let (a, b) = (
+        h.meta.create_account("A").unwrap(),
+        h.meta.create_account("B").unwrap(),
+    );
+    h.meta.assign_property(&a.id, &pa.tracking_id).unwrap();
+    let auth = h.state.auth.clone().unwrap();
+    for (email, account, role) in [
+        ("own@a.example", &a.id, Role::Owner),
+        ("adm@a.example", &a.id, Role::Admin),
+        ("own@b.example", &b.id, Role::Owner),
+    ] {
+        auth.create_user(email, "a long enough password", account, role)
+            .unwrap();
+    }
+    let url = format!("/api/ui/accounts/{}/invites", a.id);
+    let json_body = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    let (oc, ocsrf) = log_in(&h, "own@a.example", "a long enough password").await;
+    let owner = [
+        ("content-type", "application/json"),
+        ("cookie", oc.as_str()),
+        ("x-csrf-token", ocsrf.as_str()),
+    ];
+    let invite = json_body(json!({"email": "New@A.example", "role": "viewer"}));
+    let (s, _, _) = h.send("POST", &url, &owner[..2], invite.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    for (who, status) in [
+        ("adm@a.example", StatusCode::NOT_FOUND),
+        ("own@b.example", StatusCode::NOT_FOUND),
+    ] {
+        let (c, t) = log_in(&h, who, "a long enough password").await;
+        let hd = [
+            ("content-type", "application/json"),
+            ("cookie", c.as_str()),
+            ("x-csrf-token", t.as_str()),
+        ];
+        let (s, _, _) = h.send("POST", &url, &hd, invite.clone()).await;
+        assert_eq!(s, status, "{who} may not invite to A");
+        let (s, _, _) = h.send("GET", &url, &hd[1..2], vec![]).await;
+        assert_eq!(s, status, "{who} may not list A's invitations");
+    }
+    let bad = json_body(json!({"email": "x@a.example", "role": "god"}));
+    let (s, _, _) = h.send("POST", &url, &owner, bad).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v, _) = h.send("POST", &url, &owner, invite).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let path = v["path"].as_str().unwrap().to_string();
+    let token = path.strip_prefix("/invite/").unwrap().to_string();
+    let (s, v, _) = h.send("GET", &url, &owner[1..2], vec![]).await;
+    assert_eq!(
+        (s, v["invites"][0]["email"].as_str()),
+        (StatusCode::OK, Some("new@a.example"))
+    );
+    assert!(
+        !v.to_string().contains(&token),
+        "a listing never shows a token"
+    );
+    let (s, _, hd) = h.send("GET", &path, &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK, "the invitation page");
+    assert!(hd["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let (s, v, _) = h
+        .send("GET", &format!("/api/invites/{token}"), &[], vec![])
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            v["account"]["name"].as_str(),
+            v["role"].as_str(),
+            v["has_login"].as_bool()
+        ),
+        (Some("A"), Some("viewer"), Some(false))
+    );
+    let accept = format!("/api/invites/{token}/accept");
+    let ct = [("content-type", "application/json")];
+    let (s, _, _) = h
+        .send(
+            "POST",
+            &accept,
+            &ct,
+            json_body(json!({"password": "short"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a short password");
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            &accept,
+            &ct,
+            json_body(json!({"password": "the new one, long"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["accounts"][0]["name"], "A");
+    let cookie = hd["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (s, v, _) = h
+        .send(
+            "GET",
+            "/api/auth/me",
+            &[("cookie", cookie.as_str())],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (s, v["user"]["email"].as_str()),
+        (StatusCode::OK, Some("new@a.example"))
+    );
+    let (s, _, _) = h
+        .send(
+            "POST",
+            "/api/v2/query",
+            &[
+                ("content-type", "application/json"),
+                ("cookie", cookie.as_str()),
+            ],
+            json_body(
+                json!({"site_id": pa.tracking_id, "metrics": ["visitors"], "date_range": "day"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the new viewer reads A's property");
+    let (s, _, _) = h
+        .send(
+            "POST",
+            &accept,
+            &ct,
+            json_body(json!({"password": "the new one, long"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "used up");
+
+    // An address with a login: 409 logged out, joins while logged in as it.
+    let (bc, bt) = log_in(&h, "own@b.example", "a long enough password").await;
+    let burl = format!("/api/ui/accounts/{}/invites", b.id);
+    let (s, v, _) = h
+        .send(
+            "POST",
+            &burl,
+            &[
+                ("content-type", "application/json"),
+                ("cookie", bc.as_str()),
+                ("x-csrf-token", bt.as_str()),
+            ],
+            json_body(json!({"email": "adm@a.example", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let t2 = v["path"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("/invite/")
+        .unwrap()
+        .to_string();
+    let a2 = format!("/api/invites/{t2}/accept");
+    let (s, _, _) = h
+        .send(
+            "POST",
+            &a2,
+            &ct,
+            json_body(json!({"password": "whatever long"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (ac, at) = log_in(&h, "adm@a.example", "a long enough password").await;
+    let (s, _, _) = h
+        .send("POST", &a2, &[("cookie", ac.as_str())], vec![])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "logged in: CSRF token needed");
+    let (s, v, _) = h
+        .send(
+            "POST",
+            &a2,
+            &[("cookie", ac.as_str()), ("x-csrf-token", at.as_str())],
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["accounts"].as_array().unwrap().len(), 2, "{v}");
+
+    // Withdrawn invitations open nothing.
+    let (s, v, _) = h
+        .send(
+            "POST",
+            &url,
+            &owner,
+            json_body(json!({"email": "late@a.example", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (id, t3) = (
+        v["invite"]["id"].as_str().unwrap().to_string(),
+        v["path"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("/invite/")
+            .unwrap()
+            .to_string(),
+    );
+    let (s, _, _) = h
+        .send("DELETE", &format!("{url}/{id}"), &owner, vec![])
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = h
+        .send("GET", &format!("/api/invites/{t3}"), &[], vec![])
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -120,6 +120,33 @@ pub fn check_report(
         );
     }
 
+    // Per week and per month.
+    for (dim, expected) in [("time:week", &r.weeks), ("time:month", &r.months)] {
+        let v = query(q(
+            json!(["visitors", "visits", "pageviews", "bounce_rate"]),
+            json!([dim]),
+        ));
+        let got = rows_by_dim(&v);
+        assert_eq!(
+            got.keys().cloned().collect::<Vec<_>>(),
+            expected.keys().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "{dim}: groups with data"
+        );
+        for (d, s) in expected {
+            let m = &got[&d.to_string()];
+            assert_visitors(&m[0], s.visitors.len(), &format!("{dim} {d}"));
+            assert_eq!(
+                (&m[1], &m[2], &m[3]),
+                (
+                    &json!(s.visits),
+                    &json!(s.pageviews),
+                    &json!(s.bounce_rate())
+                ),
+                "{dim} {d}: visits, pageviews, bounce_rate"
+            );
+        }
+    }
+
     // Per hour: counts.
     let v = query(q(json!(["pageviews", "visits"]), json!(["time:hour"])));
     let got = rows_by_dim(&v);

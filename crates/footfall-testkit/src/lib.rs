@@ -9,7 +9,7 @@ pub mod check;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{NaiveDate, NaiveDateTime, Timelike};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use chrono_tz::Tz;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -158,6 +158,10 @@ pub struct Report {
     pub days: BTreeMap<NaiveDate, Stats>,
     /// Local wall-clock hour starts.
     pub hours: BTreeMap<NaiveDateTime, Stats>,
+    /// Keyed by the local week's Monday.
+    pub weeks: BTreeMap<NaiveDate, Stats>,
+    /// Keyed by the local month's first day.
+    pub months: BTreeMap<NaiveDate, Stats>,
     pub pages: BTreeMap<String, Stats>,
     pub names: BTreeMap<String, Stats>,
     pub sources: BTreeMap<String, Stats>,
@@ -169,6 +173,10 @@ pub fn report(events: &[OEvent], tz: Tz, gap_ms: i64, from: NaiveDate, to: Naive
     let mut r = Report::default();
     let in_range = |t: &NaiveDateTime| t.date() >= from && t.date() <= to;
     let hour_of = |t: NaiveDateTime| t.date().and_hms_opt(t.hour(), 0, 0).unwrap();
+    let week_of = |t: NaiveDateTime| {
+        t.date() - chrono::Duration::days(t.date().weekday().num_days_from_monday() as i64)
+    };
+    let month_of = |t: NaiveDateTime| t.date().with_day(1).unwrap();
     fn count_event(g: &mut Stats, e: &OEvent) {
         g.visitors.insert(e.visitor.clone());
         g.events += 1;
@@ -190,6 +198,8 @@ pub fn report(events: &[OEvent], tz: Tz, gap_ms: i64, from: NaiveDate, to: Naive
         count_event(&mut r.total, e);
         count_event(r.days.entry(t.date()).or_default(), e);
         count_event(r.hours.entry(hour_of(t)).or_default(), e);
+        count_event(r.weeks.entry(week_of(t)).or_default(), e);
+        count_event(r.months.entry(month_of(t)).or_default(), e);
         if let Some(p) = &e.page {
             count_event(r.pages.entry(p.clone()).or_default(), e);
         }
@@ -203,6 +213,8 @@ pub fn report(events: &[OEvent], tz: Tz, gap_ms: i64, from: NaiveDate, to: Naive
         count_visit(&mut r.total, &v);
         count_visit(r.days.entry(t.date()).or_default(), &v);
         count_visit(r.hours.entry(hour_of(t)).or_default(), &v);
+        count_visit(r.weeks.entry(week_of(t)).or_default(), &v);
+        count_visit(r.months.entry(month_of(t)).or_default(), &v);
         count_visit(r.sources.entry(v.source.clone()).or_default(), &v);
         count_visit(r.channels.entry(v.channel.clone()).or_default(), &v);
         if let Some(p) = &v.entry_page {
