@@ -19,6 +19,8 @@ const PANELS = [
   ["visit:utm_source", "UTM sources"],
   ["visit:utm_medium", "UTM media"],
   ["visit:utm_campaign", "UTM campaigns"],
+  ["visit:utm_content", "UTM content"],
+  ["visit:utm_term", "UTM terms"],
   ["visit:country", "Countries"],
   ["visit:region", "Regions"],
   ["visit:city", "Cities"],
@@ -37,6 +39,18 @@ const RANGES = [
   ["12mo", "Last 12 months"],
   ["custom", "Custom…"],
 ];
+const GRAINS = [
+  ["", "Automatic"],
+  ["hour", "By hour"],
+  ["day", "By day"],
+  ["week", "By week"],
+  ["month", "By month"],
+];
+const ROLES = [
+  ["viewer", "Viewer (reads reports)"],
+  ["admin", "Admin (also keys and links)"],
+  ["owner", "Owner (also users)"],
+];
 const COMPARE = [
   ["", "No comparison"],
   ["previous", "Previous period"],
@@ -47,10 +61,14 @@ const COMPARE = [
 const shareToken = location.pathname.startsWith("/share/")
   ? decodeURIComponent(location.pathname.slice("/share/".length))
   : null;
+// An invitation to an account: /invite/<token>.
+const inviteToken = location.pathname.startsWith("/invite/")
+  ? decodeURIComponent(location.pathname.slice("/invite/".length))
+  : null;
 
 const state = {
   csrf: null, accounts: [], site: null, range: "7d", from: "", to: "", compare: "",
-  filters: [], shared: false,
+  filters: [], shared: false, metric: "visitors", grain: "", prop: "",
 };
 
 // Dates are local to the property ("YYYY-MM-DD"), computed as the query engine does.
@@ -129,6 +147,9 @@ function readHash() {
   state.from = p.get("from") || "";
   state.to = p.get("to") || "";
   state.compare = p.get("compare") || "";
+  state.metric = METRICS.some(([m]) => m === p.get("metric")) ? p.get("metric") : "visitors";
+  state.grain = GRAINS.some(([g]) => g === p.get("grain")) ? p.get("grain") : "";
+  state.prop = p.get("prop") || "";
   state.filters = p.getAll("f").map((f) => {
     const [dim, ...rest] = f.split("|");
     return [dim, rest.join("|")];
@@ -141,6 +162,9 @@ function writeHash() {
   p.set("range", state.range);
   if (state.range === "custom") { p.set("from", state.from); p.set("to", state.to); }
   if (state.compare) p.set("compare", state.compare);
+  if (state.metric !== "visitors") p.set("metric", state.metric);
+  if (state.grain) p.set("grain", state.grain);
+  if (state.prop) p.set("prop", state.prop);
   for (const [dim, v] of state.filters) p.append("f", `${dim}|${v}`);
   const next = "#" + p.toString();
   if (location.hash !== next) history.replaceState(null, "", next);
@@ -164,6 +188,17 @@ function query(extra, range) {
     filters: state.filters.map(([dim, v]) => ["is", dim, [v]]),
     ...extra,
   });
+}
+
+// "visit:utm_source" → "utm_source", "event:props:plan" → "props:plan".
+function dimLabel(dim) {
+  return dim.replace(/^(visit|event):/, "");
+}
+
+// The chart's time dimension: the chosen grain, or one that suits the range.
+function timeDimension() {
+  if (state.grain) return `time:${state.grain}`;
+  return state.range === "day" || state.range === "yesterday" ? "time:hour" : state.range === "12mo" ? "time:month" : "time:day";
 }
 
 function fmt(metric, v) {
@@ -190,7 +225,7 @@ function showLogin(message) {
       if (r.status === 200) {
         state.csrf = r.json.csrf_token;
         state.accounts = r.json.accounts;
-        start();
+        if (inviteToken) showInvite(); else start();
       } else {
         error.textContent = (r.json && r.json.error && r.json.error.message) || `Login failed (${r.status})`;
       }
@@ -205,7 +240,55 @@ function showLogin(message) {
   email.focus();
 }
 
+// An invitation: what it offers, then joining — by choosing a password (a new
+// address), or logged in as the invited address.
+async function showInvite() {
+  const app = document.getElementById("app");
+  const r = await api("GET", `/api/invites/${encodeURIComponent(inviteToken)}`);
+  if (r.status !== 200) {
+    app.replaceChildren(h("h1", {}, "Invitation not found"), h("p", {}, "This invitation was used, withdrawn or has expired. Ask the account's owner for a new one."));
+    return;
+  }
+  const inv = r.json;
+  const me = await api("GET", "/api/auth/me");
+  if (me.status === 200) state.csrf = me.json.csrf_token;
+  const error = h("p", { class: "error", role: "alert" });
+  const joined = (res) => {
+    if (res.status === 200) { location.replace("/"); return; }
+    error.textContent = res.json?.error?.message || `failed (${res.status})`;
+  };
+  const intro = h("p", {}, `You are invited to join ${inv.account.name} as ${inv.role}, as ${inv.email}.`);
+  if (me.status === 200 && me.json.user.email === inv.email) {
+    app.replaceChildren(h("div", { class: "login" }, h("h1", {}, "Join an account"), intro,
+      h("button", { class: "primary", id: "accept", onclick: async () => joined(await api("POST", `/api/invites/${encodeURIComponent(inviteToken)}/accept`)) }, `Join ${inv.account.name}`),
+      error));
+    return;
+  }
+  if (me.status === 200) {
+    app.replaceChildren(h("div", { class: "login" }, h("h1", {}, "Join an account"), intro,
+      h("p", {}, `You are logged in as ${me.json.user.email}. Log out, then open this invitation again.`), logoutButton()));
+    return;
+  }
+  if (inv.has_login) return showLogin(`Log in as ${inv.email} to accept the invitation to ${inv.account.name}.`);
+  const email = h("input", { type: "email", id: "email", autocomplete: "username", value: inv.email, readonly: true });
+  const pw = h("input", { type: "password", id: "new-password", autocomplete: "new-password", required: true, minlength: 10 });
+  const again = h("input", { type: "password", id: "new-password-again", autocomplete: "new-password", required: true, minlength: 10 });
+  app.replaceChildren(h("form", { class: "login", onsubmit: async (e) => {
+    e.preventDefault();
+    if (pw.value !== again.value) { error.textContent = "The two passwords differ."; return; }
+    joined(await api("POST", `/api/invites/${encodeURIComponent(inviteToken)}/accept`, { password: pw.value }));
+  } },
+    h("h1", {}, "Join an account"), intro,
+    h("label", { for: "email" }, "E-mail address", email),
+    h("label", { for: "new-password" }, "Choose a password (at least 10 characters)", pw),
+    h("label", { for: "new-password-again" }, "The same password again", again),
+    h("button", { class: "primary", type: "submit" }, "Join"),
+    error));
+  pw.focus();
+}
+
 async function boot() {
+  if (inviteToken) return showInvite();
   if (shareToken) {
     const r = await api("GET", "/api/share/me");
     if (r.status !== 200) {
@@ -268,8 +351,13 @@ function render() {
       h("li", {}, h("button", {
         "aria-label": `Remove filter ${dim} is ${v}`,
         onclick: () => { state.filters.splice(i, 1); writeHash(); render(); load(); },
-      }, `${dim.split(":")[1]} is ${v} ✕`)),
+      }, `${dimLabel(dim)} is ${v} ✕`)),
     ),
+  );
+  const grainSel = h(
+    "select",
+    { id: "grain", onchange: (e) => { state.grain = e.target.value; writeHash(); load(); } },
+    GRAINS.map(([v, label]) => h("option", { value: v, selected: v === state.grain }, label)),
   );
   const compareSel = h(
     "select",
@@ -296,13 +384,17 @@ function render() {
         h("label", { for: "range" }, "Dates", rangeSel),
         ...custom,
         h("label", { for: "compare" }, "Compare", compareSel),
+        h("label", { for: "grain" }, "Chart", grainSel),
         state.shared ? null : logoutButton())),
     chips,
     h("section", { class: "cards", id: "cards", "aria-label": "Totals" }),
-    h("section", { class: "chart", id: "chart", "aria-label": "Visitors over time" }),
+    h("section", { class: "chart", id: "chart", "aria-label": "Chart over time" }),
     h("section", { class: "panels", id: "panels" },
-      PANELS.map(([dim, title]) => h("div", { class: "panel", id: `panel-${dim.replace(":", "-")}` }, h("h2", {}, title)))),
+      PANELS.map(([dim, title]) => h("div", { class: "panel", id: `panel-${dim.replace(":", "-")}` }, h("h2", {}, title))),
+      propsPanel(),
+      h("div", { class: "panel", id: "panel-revenue" }, h("h2", {}, "Revenue"))),
     ...(!state.shared && ["admin", "owner"].includes(currentRole()) ? [keysSection(), sharesSection()] : []),
+    ...(!state.shared && currentRole() === "owner" ? [usersSection()] : []),
   );
 }
 
@@ -363,25 +455,65 @@ async function realtime() {
 }
 setInterval(realtime, 30000);
 
+const topQuery = (dim) => query({ metrics: ["visitors", "pageviews"], dimensions: [dim], order_by: [["visitors", "desc"]], pagination: { limit: 10 } });
+
 async function load() {
   const site = state.site;
   realtime();
-  const timeDim = state.range === "day" ? "time:hour" : state.range === "12mo" ? "time:month" : "time:day";
-  const [totals, before, series, ...panels] = await Promise.all([
+  const propDim = state.prop ? `event:props:${state.prop}` : null;
+  const [totals, before, series, revenue, props, ...panels] = await Promise.all([
     totalsQuery(),
     state.compare ? totalsQuery(comparedRange()) : Promise.resolve(null),
-    query({ metrics: ["visitors"], dimensions: [timeDim] }),
-    ...PANELS.map(([dim]) => query({ metrics: ["visitors", "pageviews"], dimensions: [dim], order_by: [["visitors", "desc"]], pagination: { limit: 10 } })),
+    query({ metrics: [state.metric], dimensions: [timeDimension()] }),
+    query({ metrics: ["total_revenue", "events"], dimensions: ["event:name"], pagination: { limit: 1000 } }),
+    propDim ? topQuery(propDim) : Promise.resolve(null),
+    ...PANELS.map(([dim]) => topQuery(dim)),
   ]);
   if (site !== state.site) return; // the property changed meanwhile
   if (totals.status === 401) return showLogin("Your session has ended.");
   if (totals.status === 404) return notFound();
-  if (series.status !== 200) {
-    document.getElementById("chart").replaceChildren(h("h2", {}, "Visitors"), h("p", { class: "muted" }, series.json?.error?.message || "unavailable"));
-  }
   renderTotals(totals, before);
-  if (series.status === 200) renderChart(series.json);
+  renderChart(series);
   PANELS.forEach(([dim, title], i) => renderPanel(dim, title, panels[i]));
+  if (props) renderPanel(propDim, `Values of ${state.prop}`, props, "panel-props-body");
+  renderRevenue(revenue);
+}
+
+// Custom event properties: the values of one property key, chosen by the user.
+function propsPanel() {
+  const key = h("input", { id: "prop-key", value: state.prop, placeholder: "e.g. plan", size: 12 });
+  return h("div", { class: "panel", id: "panel-props" },
+    h("div", { class: "head" }, h("h2", {}, "Event properties")),
+    h("form", { class: "inline", onsubmit: (e) => {
+      e.preventDefault();
+      state.prop = key.value.trim();
+      writeHash();
+      render();
+      load();
+    } }, h("label", { for: "prop-key" }, "Property key", key), h("button", { type: "submit" }, "Show")),
+    h("div", { id: "panel-props-body" }, h("p", { class: "muted" }, "Values of a custom event property, by visitors.")));
+}
+
+// Revenue by event name, per currency (amounts are never converted).
+function renderRevenue(r) {
+  const panel = document.getElementById("panel-revenue");
+  if (!panel) return;
+  if (r.status !== 200) {
+    panel.replaceChildren(h("h2", {}, "Revenue"), h("p", { class: "muted" }, r.json?.error?.message || `unavailable (${r.status})`));
+    return;
+  }
+  const rows = (r.json.results || []).filter((x) => Object.keys(x.metrics[0] || {}).length > 0);
+  const total = (x) => Object.values(x.metrics[0]).reduce((a, b) => a + b, 0);
+  rows.sort((a, b) => total(b) - total(a));
+  const money = (m) => Object.entries(m).map(([c, v]) => `${c} ${Number(v).toLocaleString("en", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`).join(", ");
+  panel.replaceChildren(h("h2", {}, "Revenue"), h("table", {},
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Event"), h("th", { scope: "col", class: "num" }, "Revenue"), h("th", { scope: "col", class: "num" }, "Events"))),
+    h("tbody", {}, rows.length === 0
+      ? h("tr", {}, h("td", { colspan: 3, class: "muted" }, "No revenue"))
+      : rows.slice(0, 10).map((x) => h("tr", {},
+          h("td", {}, String(x.dimensions[0])),
+          h("td", { class: "num" }, money(x.metrics[0])),
+          h("td", { class: "num" }, fmt("events", x.metrics[1])))))));
 }
 
 // Every metric; where the engine cannot answer them all under the filters (visit
@@ -408,23 +540,31 @@ function renderTotals(t, before) {
         delta = h("div", { class: "delta", "data-before": String(old.metrics[j]) }, `${text} vs ${what} (${fmt(m, old.metrics[j])})`);
       }
       return h("div", { class: "card", "data-metric": m },
-        h("div", { class: "label" }, label),
+        h("button", {
+          class: "label", "aria-pressed": String(state.metric === m), title: `Chart ${label.toLowerCase()}`,
+          onclick: () => { state.metric = m; writeHash(); renderTotals(t, before); load(); },
+        }, label),
         h("div", { class: "value", title: i < 0 ? "Not available with these filters" : null }, i < 0 ? "–" : fmt(m, row.metrics[i])),
         delta);
     }),
   );
 }
 
-function renderChart(j) {
-  const rows = (j && j.results) || [];
-  const max = Math.max(1, ...rows.map((r) => r.metrics[0]));
+function renderChart(r) {
+  const label = METRICS.find(([m]) => m === state.metric)[1];
+  if (r.status !== 200) {
+    document.getElementById("chart").replaceChildren(h("h2", {}, label), h("p", { class: "muted" }, r.json?.error?.message || "unavailable"));
+    return;
+  }
+  const rows = r.json.results || [];
+  const max = Math.max(1e-9, ...rows.map((r) => r.metrics[0]));
   const w = 1000, hgt = 180, bw = rows.length ? w / rows.length : w;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `Visitors per ${rows.length > 0 ? "period" : "day"}: ` + rows.map((r) => `${r.dimensions[0]} ${r.metrics[0]}`).join(", "));
+  svg.setAttribute("aria-label", `${label} per ${timeDimension().slice(5)}: ` + rows.map((r) => `${r.dimensions[0]} ${fmt(state.metric, r.metrics[0])}`).join(", "));
   rows.forEach((r, i) => {
     const rect = document.createElementNS(ns, "rect");
     const bh = (r.metrics[0] / max) * (hgt - 4);
@@ -433,11 +573,11 @@ function renderChart(j) {
     rect.setAttribute("y", hgt - bh);
     rect.setAttribute("height", bh);
     const t = document.createElementNS(ns, "title");
-    t.textContent = `${r.dimensions[0]}: ${r.metrics[0]} visitors`;
+    t.textContent = `${r.dimensions[0]}: ${fmt(state.metric, r.metrics[0])} (${label.toLowerCase()})`;
     rect.append(t);
     svg.append(rect);
   });
-  document.getElementById("chart").replaceChildren(h("h2", {}, "Visitors"), svg);
+  document.getElementById("chart").replaceChildren(h("h2", {}, `${label} by ${timeDimension().slice(5)}`), svg);
 }
 
 function csv(dim, rows) {
@@ -447,8 +587,8 @@ function csv(dim, rows) {
   return lines.join("\r\n") + "\r\n";
 }
 
-function renderPanel(dim, title, r) {
-  const panel = document.getElementById(`panel-${dim.replace(":", "-")}`);
+function renderPanel(dim, title, r, id) {
+  const panel = document.getElementById(id || `panel-${dim.replace(":", "-")}`);
   if (!panel) return;
   if (r.status !== 200) {
     // The engine says why (e.g. a breakdown it cannot combine with the filters).
@@ -481,6 +621,47 @@ function renderPanel(dim, title, r) {
           h("td", { class: "num" }, fmt("visitors", r.metrics[0]))))),
   );
   panel.replaceChildren(h("div", { class: "head" }, h("h2", {}, title), download), table);
+}
+
+// Invitations to the account of the current property, for its owners. Footfall sends
+// no mail: the link is shown once, for the owner to pass on.
+function usersSection() {
+  const account = state.accounts.find((a) => a.properties.some((p) => p.tracking_id === state.site));
+  const url = `/api/ui/accounts/${encodeURIComponent(account.id)}/invites`;
+  const list = h("ul", { id: "invites-list" });
+  const fresh = h("p", { id: "new-invite", role: "status" });
+  const email = h("input", { type: "email", id: "invite-email", required: true, autocomplete: "off" });
+  const role = h("select", { id: "invite-role" }, ROLES.map(([v, label]) => h("option", { value: v }, label)));
+  const refresh = async () => {
+    const r = await api("GET", url);
+    const invites = (r.json && r.json.invites) || [];
+    list.replaceChildren(...invites.map((i) => h("li", {},
+      `${i.email} as ${i.role} (until ${new Date(i.expires_at).toISOString().slice(0, 10)}) `,
+      h("button", { "aria-label": `Withdraw the invitation of ${i.email}`, onclick: async () => {
+        await api("DELETE", `${url}/${encodeURIComponent(i.id)}`);
+        fresh.textContent = `The invitation of ${i.email} was withdrawn.`;
+        refresh();
+      } }, "Withdraw"))));
+  };
+  return h("details", { class: "panel", id: "users", ontoggle: (e) => { if (e.target.open) refresh(); } },
+    h("summary", {}, `Users of ${account.name}`),
+    h("form", { class: "inline", onsubmit: async (e) => {
+      e.preventDefault();
+      const r = await api("POST", url, { email: email.value, role: role.value });
+      if (r.status === 201) {
+        fresh.replaceChildren(`Send this link to ${r.json.invite.email} (shown once, valid 7 days): `, h("code", {}, location.origin + r.json.path));
+        email.value = "";
+        refresh();
+      } else {
+        fresh.textContent = r.json?.error?.message || `failed (${r.status})`;
+      }
+    } },
+      h("label", { for: "invite-email" }, "E-mail address", email),
+      h("label", { for: "invite-role" }, "Role", role),
+      h("button", { type: "submit" }, "Invite")),
+    fresh,
+    h("h3", {}, "Pending invitations"),
+    list);
 }
 
 // Read-only links of the property, for admins and owners.

@@ -136,12 +136,18 @@ async fn dashboard_end_to_end_in_chromium() {
         if v < 3 {
             events.push(json!({"tracking_id": a1.tracking_id, "name": "pageview", "client_id": format!("v{v}"), "url": "https://a1.example/pricing"}));
         }
+        if v < 2 {
+            let plan = if v == 0 { "pro" } else { "team" };
+            events.push(json!({"tracking_id": a1.tracking_id, "name": "purchase", "client_id": format!("v{v}"), "url": "https://a1.example/pricing",
+                "props": {"plan": plan}, "revenue": {"amount": 19.99, "currency": "EUR"}}));
+        }
     }
     let a2_events: Vec<Value> = (0..2)
         .map(|v| json!({"tracking_id": a2.tracking_id, "name": "pageview", "client_id": format!("w{v}"), "url": "https://a2.example/"}))
         .collect();
     let n1 = post_events(&c, &server.url, &a1.write_key, &json!(events)).await;
     let n2 = post_events(&c, &server.url, &a2.write_key, &json!(a2_events)).await;
+    assert_eq!(n1, events.len() as u64, "every event accepted");
     wait_for_events(&c, &server.url, &a1, json!("7d"), n1).await;
     wait_for_events(&c, &server.url, &a2, json!("7d"), n2).await;
 
@@ -256,6 +262,94 @@ async fn dashboard_end_to_end_in_chromium() {
         "{seen}"
     );
     assert_eq!(seen["after_logout_me"], 401);
+    // The chart: page views by week, as the API answers them.
+    let weeks = visitors(
+        &c,
+        &server.url,
+        &a1,
+        json!({"site_id": a1.tracking_id, "metrics": ["pageviews"], "dimensions": ["time:week"], "date_range": "30d"}),
+    )
+    .await;
+    let bars: Vec<(String, u64)> = seen["chart_week"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let (d, rest) = t.as_str().unwrap().split_once(": ").unwrap();
+            (
+                d.to_string(),
+                rest.split(' ')
+                    .next()
+                    .unwrap()
+                    .replace(',', "")
+                    .parse()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(bars, weeks, "{seen}");
+    assert_eq!(seen["chart_title"], "Page views by week");
+    assert!(seen["hash_chart"]
+        .as_str()
+        .unwrap()
+        .contains("metric=pageviews"));
+    // Custom event properties and revenue, as the API answers them.
+    let plans = visitors(
+        &c,
+        &server.url,
+        &a1,
+        json!({"site_id": a1.tracking_id, "metrics": ["visitors", "pageviews"], "dimensions": ["event:props:plan"], "date_range": "30d", "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+    )
+    .await;
+    assert_eq!(plans.len(), 2, "{plans:?}");
+    let shown: Vec<String> = seen["props_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        shown,
+        plans
+            .iter()
+            .map(|(k, n)| format!("{k}|{n}"))
+            .collect::<Vec<_>>(),
+        "{seen}"
+    );
+    let rev = query(
+        &c,
+        &server.url,
+        &a1,
+        json!({"site_id": a1.tracking_id, "metrics": ["total_revenue"], "dimensions": ["event:name"], "date_range": "30d"}),
+    )
+    .await;
+    let eur = rev["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dimensions"][0] == "purchase")
+        .unwrap()["metrics"][0]["EUR"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(eur, 39.98);
+    assert_eq!(
+        seen["revenue_row"],
+        format!("purchase|EUR {eur:.2}|2"),
+        "{seen}"
+    );
+    // The invitation: cy joined Acme as a viewer and sees its properties, not Bravo's.
+    assert_eq!(seen["invited_visitors"], seen["visitors_7d"], "{seen}");
+    assert_eq!(
+        seen["invited_me"],
+        json!(["cy@a.example", "Acme", "viewer"]),
+        "{seen}"
+    );
+    assert_eq!(seen["invite_reused_status"], 404);
+    // A phone-sized screen: nothing wider than the screen.
+    assert!(
+        seen["phone_overflow_px"].as_i64().unwrap() <= 0,
+        "the page is wider than a phone: {seen}"
+    );
     // The comparison: the 30 days before the last 30, as the API counts them.
     let today = {
         let tz: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
@@ -334,11 +428,23 @@ async fn dashboard_end_to_end_in_chromium() {
         .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
         .collect();
     assert!(serious.is_empty(), "axe-core: {serious:?}");
+    common::cluster::figure(
+        "dashboard",
+        &format!(
+            "first contentful paint {} ms; login to every panel filled {} ms (debug build, headless Chromium, tiny data set)",
+            seen["first_paint_ms"], seen["panels_ms"]
+        ),
+    );
     for step in [
         "01-login",
         "02-dashboard",
         "05-filtered",
+        "05c-chart-by-week",
+        "05d-properties-and-revenue",
         "07-other-account-not-found",
+        "08-invitation",
+        "09-invited-user",
+        "10-phone",
     ] {
         assert!(shots.join(format!("{step}.png")).exists(), "{step}");
     }

@@ -49,10 +49,14 @@ async function login(page, email, password) {
   out.login_form_ms = Date.now() - started;
   await shot(page, "01-login");
 
+  out.first_paint_ms = await page.evaluate(() => Math.round(performance.getEntriesByName("first-contentful-paint")[0]?.startTime ?? -1));
+  const loggingIn = Date.now();
   await login(page, "ann@a.example", process.env.ANN_PW);
   // The switcher lists properties by name: "Shop A1" comes first.
   out.visitors_7d = await cards(page);
   await page.waitForSelector("#panel-event-page tbody button");
+  await page.waitForFunction(() => document.querySelectorAll(".panel table").length >= 18);
+  out.panels_ms = Date.now() - loggingIn;
   out.site_after_login = await page.$eval("#site", (e) => e.value);
   await page.waitForFunction(() => document.getElementById("realtime")?.textContent.includes("current visitor"));
   out.realtime = await page.$eval("#realtime", (e) => e.textContent);
@@ -142,6 +146,45 @@ async function login(page, email, password) {
   out.visitors_bookmarked = await cards(second);
   await second.close();
 
+  // The chart: page views, by week (clear the filter first).
+  await page.click(".chips button");
+  await page.waitForFunction(() => !location.hash.includes("f="));
+  await page.click('.card[data-metric="pageviews"] button.label');
+  await page.selectOption("#grain", "week");
+  await page.waitForFunction(() => document.querySelector("#chart h2")?.textContent === "Page views by week");
+  await page.waitForFunction(() => location.hash.includes("grain=week") && location.hash.includes("metric=pageviews"));
+  out.chart_title = await page.$eval("#chart h2", (e) => e.textContent);
+  out.chart_week = await page.$$eval("#chart rect title", (ts) => ts.map((t) => t.textContent));
+  out.hash_chart = await page.evaluate(() => location.hash);
+  await shot(page, "05c-chart-by-week");
+
+  // Custom event properties (by key) and revenue.
+  await page.fill("#prop-key", "plan");
+  await page.click('#panel-props button:text-is("Show")');
+  await page.waitForSelector("#panel-props-body tbody button");
+  out.props_rows = await page.$$eval("#panel-props-body tbody tr", (rs) => rs.map((r) => [...r.querySelectorAll("td")].map((d) => d.textContent).join("|")));
+  await page.waitForSelector("#panel-revenue tbody td");
+  out.revenue_row = await page.$eval("#panel-revenue tbody tr", (r) => [...r.querySelectorAll("td")].map((d) => d.textContent).join("|"));
+  await page.$eval("#panel-revenue", (e) => e.scrollIntoView());
+  await shot(page, "05d-properties-and-revenue");
+
+  // An invitation (ann owns Acme): cy is invited as a viewer.
+  await page.click("#users summary");
+  await page.fill("#invite-email", "cy@a.example");
+  await page.selectOption("#invite-role", "viewer");
+  await page.click('#users button:text-is("Invite")');
+  await page.waitForSelector("#new-invite code");
+  out.invite_link = await page.$eval("#new-invite code", (e) => e.textContent);
+  await page.waitForSelector("#invites-list li");
+  out.invites_listed = await page.$$eval("#invites-list li", (ls) => ls.map((l) => l.textContent));
+  // axe-core again, with the chart choices, the property and revenue panels and the
+  // users section open.
+  const axe2 = await page.evaluate(async () => {
+    const r = await window.axe.run(document);
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length }));
+  });
+  out.axe_violations = out.axe_violations.concat(axe2);
+
   await page.click("#logout");
   await page.waitForSelector("#email");
   out.after_logout_me = await page.evaluate(async () => (await fetch("/api/auth/me")).status);
@@ -176,6 +219,44 @@ async function login(page, email, password) {
     return [me.user.email, r.status];
   }, process.env.A1);
   await shot(page, "07-other-account-not-found");
+
+  // The invitation, opened logged out in a fresh browser: cy chooses a password and
+  // lands on Acme's dashboard; the link then opens nothing.
+  const cyContext = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const cy = await cyContext.newPage();
+  current = cy;
+  await cy.goto(out.invite_link);
+  await cy.waitForSelector("#new-password");
+  await shot(cy, "08-invitation");
+  await cy.evaluate(axeSource);
+  out.axe_violations = out.axe_violations.concat(await cy.evaluate(async () => {
+    const r = await window.axe.run(document);
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length }));
+  }));
+  await cy.fill("#new-password", "cy's own long passphrase");
+  await cy.fill("#new-password-again", "cy's own long passphrase");
+  await cy.click('button[type="submit"]');
+  await cy.waitForURL((u) => !u.pathname.startsWith("/invite/"));
+  await cy.goto(`${base}/#site=${process.env.A1}&range=7d`);
+  await cy.reload();
+  out.invited_visitors = await cards(cy);
+  out.invited_me = await cy.evaluate(async () => {
+    const me = await (await fetch("/api/auth/me")).json();
+    return [me.user.email, me.accounts.map((a) => a.name).join(","), me.accounts.map((a) => a.role).join(",")];
+  });
+  out.invite_reused_status = await cy.evaluate(async (link) => (await fetch(`/api/invites/${link.split("/invite/")[1]}`)).status, out.invite_link);
+  await shot(cy, "09-invited-user");
+
+  // A phone-sized screen: the page fits its width.
+  const phone = await browser.newContext({ viewport: { width: 375, height: 740 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+  const p2 = await phone.newPage();
+  current = p2;
+  await p2.context().addCookies(await cyContext.cookies());
+  await p2.goto(`${base}/#site=${process.env.A1}&range=30d`);
+  await cards(p2);
+  await p2.waitForSelector("#panel-event-page tbody button");
+  out.phone_overflow_px = await p2.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await shot(p2, "10-phone");
   await browser.close();
   console.log(JSON.stringify(out));
 })().catch(async (e) => {
