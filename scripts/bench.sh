@@ -9,6 +9,10 @@
 #   scripts/bench.sh --scale N the dashboard query set alone at N events over 30 days
 #                              (fill, catch-up, queries, memory, disk; no comparisons),
 #                              for the scale row: writes target/bench/scale-N.json
+#   scripts/bench.sh --dashboard N  the dashboard page at N events over 30 days: every
+#                              query the page sends (alone and as a page load), and the
+#                              page in headless Chromium (first paint, all panels
+#                              filled): writes target/bench/dashboard-N.json
 #
 # Load comes from separate processes on this machine over loopback (footfall loadgen,
 # wrk), every run bounded in time.
@@ -20,6 +24,11 @@ mode=full
 if [ "${1:-}" = "--scale" ]; then
   mode=scale
   SCALE_N=${2:?"--scale needs a number of events"}
+fi
+if [ "${1:-}" = "--dashboard" ]; then
+  mode=dashboard
+  SCALE_N=${2:?"--dashboard needs a number of events"}
+  scripts/test-deps.sh
 fi
 
 work="$root/target/bench/work-$mode"
@@ -89,6 +98,38 @@ new_site() { # DIR -> "TRACKING_ID READ_KEY"
   key=$("$F" --data-dir "$1" key create --property "$tid" --scope read)
   echo "$tid $key"
 }
+
+if [ "$mode" = dashboard ]; then
+  N=$SCALE_N; dir="$work/d$N"; mkdir -p "$dir"
+  TODAY=$(python3 -c "import datetime as d; print((d.datetime.now(d.timezone.utc)+d.timedelta(minutes=$OFFSET_MIN)).date())")
+  FROM=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$TODAY')-d.timedelta(days=29))")
+  END=$(python3 -c "import datetime as d; print(d.datetime.now(d.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+  read -r QSITE QKEY <<<"$(new_site "$dir")"
+  ACCT=$("$F" --data-dir "$dir" account create --name Bench --property "$QSITE")
+  PW="a bench password, long enough"
+  FOOTFALL_PASSWORD="$PW" "$F" --data-dir "$dir" user create --email bench@footfall.example --account "$ACCT" --role owner >/dev/null
+  echo "== fill $N events over 30 days"
+  "$B" fill --data-dir "$dir" --property "$QSITE" --events "$N" --days 30 --end "$END" --partitions 2
+  PORT=$(free_port)
+  start_server "$dir" "$PORT"
+  wait_caught_up "$PORT" 18000
+  echo "== every query of the page, 100 times; then 100 page loads"
+  "$B" queries --url "http://127.0.0.1:$PORT" --site "$QSITE" --key "$QKEY" --from "$FROM" --to "$TODAY" \
+    --iterations 100 --set page > "$work/page-queries.json"
+  echo "== the page in headless Chromium, 20 rounds"
+  NPM="$root/target/test-data/npm" node benches/dashboard-paint.js "http://127.0.0.1:$PORT" \
+    bench@footfall.example "$PW" "$QSITE" 20 > "$work/paint.json"
+  stop_server
+  "$PY" - "$work/page-queries.json" "$work/paint.json" "$N" > "$root/target/bench/dashboard-$N.json" <<'PY'
+import json, sys
+q = json.load(open(sys.argv[1])); paint = json.load(open(sys.argv[2]))
+q.pop("answers", None)
+print(json.dumps({"events": int(sys.argv[3]), "queries": q, "browser": paint}, indent=1))
+PY
+  cat "$root/target/bench/dashboard-$N.json"
+  rm -rf "$dir"
+  exit 0
+fi
 
 if [ "$mode" = scale ]; then
   N=$SCALE_N; dir="$work/q$N"; mkdir -p "$dir"

@@ -108,6 +108,11 @@ enum Cmd {
         to: String,
         #[arg(long, default_value_t = 50)]
         iterations: usize,
+        /// `api`: four typical API queries; `page`: every query the dashboard page sends
+        /// for the range, also timed all sent at once over six connections, as a
+        /// browser sends them.
+        #[arg(long, default_value = "api")]
+        set: String,
     },
     /// Writes the data set as CSV (ts_ms, visitor, name, page, source) for other engines.
     Csv {
@@ -155,7 +160,8 @@ fn main() -> anyhow::Result<()> {
             from,
             to,
             iterations,
-        } => queries(&url, &site, &key, &from, &to, iterations),
+            set,
+        } => queries(&url, &site, &key, &from, &to, iterations, &set),
         Cmd::Csv { data, out } => {
             let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
             writeln!(w, "ts_ms,visitor,name,page,source")?;
@@ -367,6 +373,55 @@ pub fn dashboard(site: &str, from: &str, to: &str) -> Vec<(&'static str, serde_j
     ]
 }
 
+/// What the dashboard page asks for one range (crates/footfall-server/assets/
+/// dashboard.js, `load`): the totals, the chart, every top-10 panel and revenue.
+pub fn page(site: &str, from: &str, to: &str) -> Vec<(String, serde_json::Value)> {
+    const PANELS: [&str; 17] = [
+        "event:page",
+        "visit:entry_page",
+        "visit:source",
+        "visit:channel",
+        "visit:referrer",
+        "visit:utm_source",
+        "visit:utm_medium",
+        "visit:utm_campaign",
+        "visit:utm_content",
+        "visit:utm_term",
+        "visit:country",
+        "visit:region",
+        "visit:city",
+        "visit:device",
+        "visit:browser",
+        "visit:os",
+        "event:name",
+    ];
+    let range = json!([from, to]);
+    let mut set = vec![
+        (
+            "totals".to_string(),
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "visits", "pageviews",
+                "views_per_visit", "bounce_rate", "visit_duration"]}),
+        ),
+        (
+            "chart".to_string(),
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors"], "dimensions": ["time:day"]}),
+        ),
+        (
+            "revenue".to_string(),
+            json!({"site_id": site, "date_range": range, "metrics": ["total_revenue", "events"],
+                "dimensions": ["event:name"], "pagination": {"limit": 1000}}),
+        ),
+    ];
+    set.extend(PANELS.iter().map(|d| {
+        (
+            d.to_string(),
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "pageviews"],
+                "dimensions": [d], "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+        )
+    }));
+    set
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -383,13 +438,21 @@ fn queries(
     from: &str,
     to: &str,
     iterations: usize,
+    which: &str,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let client = reqwest::Client::new();
-        let set = dashboard(site, from, to);
+        let set: Vec<(String, serde_json::Value)> = match which {
+            "api" => dashboard(site, from, to)
+                .into_iter()
+                .map(|(n, q)| (n.to_string(), q))
+                .collect(),
+            "page" => page(site, from, to),
+            other => anyhow::bail!("--set is api or page, not {other}"),
+        };
         let endpoint = format!("{}/api/v2/query", url.trim_end_matches('/'));
         let mut answers = serde_json::Map::new();
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); set.len()];
@@ -424,11 +487,49 @@ fn queries(
             }
         }
         let mut per_query = serde_json::Map::new();
+        let mut worst_p99 = 0.0f64;
         for (i, (name, _)) in set.iter().enumerate() {
+            let p99 = pct(&mut per[i], 0.99);
+            worst_p99 = worst_p99.max(p99);
             per_query.insert(
                 name.to_string(),
-                json!({"p50_ms": pct(&mut per[i], 0.5), "p99_ms": pct(&mut per[i], 0.99), "first_ms": first[i]}),
+                json!({"p50_ms": pct(&mut per[i], 0.5), "p99_ms": p99, "first_ms": first[i]}),
             );
+        }
+        // As a page load: every query at once, six in flight (a browser's limit per
+        // origin over HTTP/1.1); the time until the last answer.
+        let mut loads = Vec::new();
+        if which == "page" {
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(6));
+            for _ in 0..iterations {
+                let t = Instant::now();
+                let mut tasks = Vec::new();
+                for (name, q) in &set {
+                    let (client, gate, endpoint, key) = (
+                        client.clone(),
+                        gate.clone(),
+                        endpoint.clone(),
+                        key.to_string(),
+                    );
+                    let (name, q) = (name.clone(), q.clone());
+                    tasks.push(async move {
+                        let _permit = gate.acquire().await?;
+                        let r = client
+                            .post(&endpoint)
+                            .bearer_auth(&key)
+                            .json(&q)
+                            .send()
+                            .await?;
+                        anyhow::ensure!(r.status().is_success(), "{name}: HTTP {}", r.status());
+                        r.bytes().await?;
+                        anyhow::Ok(())
+                    });
+                }
+                for r in futures::future::join_all(tasks).await {
+                    r?;
+                }
+                loads.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
         }
         println!(
             "{}",
@@ -436,6 +537,9 @@ fn queries(
                 "iterations": iterations,
                 "set_p50_ms": pct(&mut totals, 0.5),
                 "set_p99_ms": pct(&mut totals, 0.99),
+                "worst_query_p99_ms": worst_p99,
+                "page_load_p50_ms": pct(&mut loads, 0.5),
+                "page_load_p99_ms": pct(&mut loads, 0.99),
                 "first_round_ms": first_round,
                 "per_query": per_query,
                 "answers": answers,

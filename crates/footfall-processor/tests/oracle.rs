@@ -159,13 +159,26 @@ const NOTHING_RESIDENT: MemoryBudget = MemoryBudget {
     resident_bytes: 0,
     keep_newest_days: 0,
     read_cache_bytes: 1 << 20,
+    cold_hours_on_disk: true,
+};
+
+/// Every clean day's hours leave memory at each checkpoint; day buckets stay.
+const HOURS_ON_DISK: MemoryBudget = MemoryBudget {
+    resident_bytes: u64::MAX,
+    ..NOTHING_RESIDENT
 };
 
 fn run_case(case: &Case, evicting: bool) {
     let tz: Tz = case.zone.parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = if evicting {
-        SnapshotStore::open_with(dir.path(), NOTHING_RESIDENT).unwrap()
+        // Half the cases evict whole days, half only their hours.
+        let budget = if case.order.len() % 2 == 0 {
+            NOTHING_RESIDENT
+        } else {
+            HOURS_ON_DISK
+        };
+        SnapshotStore::open_with(dir.path(), budget).unwrap()
     } else {
         SnapshotStore::open(dir.path()).unwrap()
     };

@@ -391,6 +391,11 @@ pub struct PropertyRollup {
     /// `loader`.
     #[serde(skip)]
     pub evicted: BTreeSet<LocalDay>,
+    /// Days whose day bucket is in memory but whose hour buckets are only in the
+    /// store's files (most of a day's bytes are its 24 hours, and only hour-grain reads
+    /// need them). A write to one loads them first, through `loader`.
+    #[serde(skip)]
+    pub hours_evicted: BTreeSet<LocalDay>,
     #[serde(skip)]
     pub loader: DayLoader,
 }
@@ -543,7 +548,7 @@ impl PropertyRollup {
         // comparing keys. A dirty day is never evicted, so only another day can need
         // loading.
         if self.dirty_days.last() != Some(&h.day()) {
-            if !self.evicted.is_empty() {
+            if !self.evicted.is_empty() || !self.hours_evicted.is_empty() {
                 self.make_resident(h.day());
             }
             self.dirty_days.insert(h.day());
@@ -566,18 +571,44 @@ impl PropertyRollup {
         }
     }
 
-    /// Loads an evicted day back (before a write to it).
+    /// Loads an evicted day, or its evicted hours, back (before a write to it).
     pub fn make_resident(&mut self, day: LocalDay) {
-        if self.evicted.remove(&day) {
+        let whole = self.evicted.remove(&day);
+        let hours = self.hours_evicted.remove(&day);
+        if whole || hours {
             let loader = self
                 .loader
                 .0
                 .as_ref()
                 .expect("a rollup with evicted days has a loader");
             let d = loader(day);
-            self.days.insert(day, d.day);
+            if whole {
+                self.days.insert(day, d.day);
+            }
             self.hours.extend(d.hours);
         }
+    }
+
+    /// Drops a day's hour buckets from memory, keeping its day bucket: only a clean day
+    /// (its file holds it) without unfolded hours. Returns whether any were dropped.
+    pub fn evict_hours(&mut self, day: LocalDay) -> bool {
+        if self.dirty_days.contains(&day) || !self.days.contains_key(&day) {
+            return false;
+        }
+        let lo = LocalHour(day.0 as i64 * 24);
+        let hi = LocalHour(day.0 as i64 * 24 + 24);
+        if self.unfolded.range(lo..hi).next().is_some() {
+            return false;
+        }
+        let hours: Vec<LocalHour> = self.hours.range(lo..hi).map(|(h, _)| *h).collect();
+        if hours.is_empty() {
+            return false;
+        }
+        for h in hours {
+            self.hours.remove(&h);
+        }
+        self.hours_evicted.insert(day);
+        true
     }
 
     /// Drops a day from memory, leaving it to the store's files: only a clean day (its
@@ -596,6 +627,7 @@ impl PropertyRollup {
         for h in hours {
             self.hours.remove(&h);
         }
+        self.hours_evicted.remove(&day);
         self.evicted.insert(day);
         true
     }

@@ -182,6 +182,10 @@ pub struct MemoryBudget {
     pub keep_newest_days: u32,
     /// Decoded evicted days kept for reads, in estimated bytes.
     pub read_cache_bytes: u64,
+    /// Whether the hour buckets of days older than `keep_newest_days` stay only in
+    /// their files (the day buckets stay in memory): about three quarters of a day's
+    /// bytes, read only by hour-grain queries of those days.
+    pub cold_hours_on_disk: bool,
 }
 
 impl MemoryBudget {
@@ -190,6 +194,7 @@ impl MemoryBudget {
         resident_bytes: u64::MAX,
         keep_newest_days: u32::MAX,
         read_cache_bytes: 0,
+        cold_hours_on_disk: false,
     };
 }
 
@@ -441,6 +446,16 @@ impl SnapshotStore {
                 }
             };
             let resident = resident_at_open(&m.days, budget);
+            // Each property's newest day: hours of days before its window stay in files.
+            let mut newest: HashMap<&str, i32> = HashMap::new();
+            for (prop, day, _, _) in &m.days {
+                let n = newest.entry(prop.as_str()).or_insert(*day);
+                *n = (*n).max(*day);
+            }
+            let keep = budget
+                .keep_newest_days
+                .saturating_sub(1)
+                .min(i32::MAX as u32) as i32;
             for (prop, day, gen, bytes) in &m.days {
                 let path = Self::day_path(&dir, prop, LocalDay(*day), *gen);
                 index.insert((prop.clone(), LocalDay(*day)), (*gen, *bytes));
@@ -449,7 +464,13 @@ impl SnapshotStore {
                 if resident.contains(&(prop.as_str(), *day)) {
                     let f: DayData = unframe(&path, DAY_MAGIC)?;
                     p.days.insert(LocalDay(*day), f.day);
-                    p.hours.extend(f.hours);
+                    let cold = budget.cold_hours_on_disk
+                        && *day < newest[prop.as_str()].saturating_sub(keep);
+                    if cold && !f.hours.is_empty() {
+                        p.hours_evicted.insert(LocalDay(*day));
+                    } else {
+                        p.hours.extend(f.hours);
+                    }
                 } else {
                     verify(&path, DAY_MAGIC)?;
                     p.evicted.insert(LocalDay(*day));
@@ -502,7 +523,7 @@ impl SnapshotStore {
             }),
         });
         for (id, p) in rollups.properties.iter_mut() {
-            if !p.evicted.is_empty() {
+            if !p.evicted.is_empty() || !p.hours_evicted.is_empty() {
                 p.loader = files.loader(id);
             }
         }
@@ -525,6 +546,50 @@ impl SnapshotStore {
         })
     }
 
+    /// After a checkpoint: drops from memory the hour buckets of each property's clean
+    /// days before its newest `keep_newest_days` (their day buckets stay).
+    fn evict_cold_hours(&self) {
+        if !self.budget.cold_hours_on_disk {
+            return;
+        }
+        let keep = self
+            .budget
+            .keep_newest_days
+            .saturating_sub(1)
+            .min(i32::MAX as u32) as i32;
+        // The rollups first, then the index: the order a loader takes them in.
+        let mut r = self.rollups.write().unwrap();
+        let index = self.files.index.read().unwrap();
+        let mut dropped = 0usize;
+        for (id, p) in r.properties.iter_mut() {
+            let Some(newest) = p.days.keys().next_back().copied() else {
+                continue;
+            };
+            let limit = LocalDay(newest.0.saturating_sub(keep));
+            // Resident hours before the window: none in the steady state, so this
+            // looks at the hours that just aged out, not at all history.
+            let mut cold: Vec<LocalDay> = p
+                .hours
+                .range(..crate::LocalHour(limit.0 as i64 * 24))
+                .map(|(h, _)| h.day())
+                .collect();
+            cold.dedup();
+            let mut any = false;
+            for d in cold {
+                if index.contains_key(&(id.clone(), d)) && p.evict_hours(d) {
+                    dropped += 1;
+                    any = true;
+                }
+            }
+            if any && p.loader.0.is_none() {
+                p.loader = self.files.loader(id);
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(days = dropped, "hours of cold days left to their files");
+        }
+    }
+
     /// After a checkpoint: evicts the oldest clean days while the resident estimate is
     /// over the budget, keeping each property's newest days.
     fn evict_over_budget(&self) {
@@ -541,7 +606,9 @@ impl SnapshotStore {
             });
             for d in p.days.keys() {
                 let bytes = index.get(&(id.clone(), *d)).map(|e| e.1).unwrap_or(0);
-                resident += bytes * MEMORY_PER_FILE_BYTE;
+                // Without its hours a day holds about a quarter of its file's bytes.
+                let share = if p.hours_evicted.contains(d) { 4 } else { 1 };
+                resident += bytes * MEMORY_PER_FILE_BYTE / share;
                 if keep_from.is_some_and(|k| d.0 < k || self.budget.keep_newest_days == 0) {
                     candidates.push((*d, id.clone()));
                 }
@@ -561,11 +628,12 @@ impl SnapshotStore {
             };
             let files = &self.files;
             let p = r.properties.get_mut(&id).expect("listed above");
+            let share = if p.hours_evicted.contains(&day) { 4 } else { 1 };
             if p.evict(day) {
                 if p.loader.0.is_none() {
                     p.loader = files.loader(&id);
                 }
-                resident = resident.saturating_sub(bytes * MEMORY_PER_FILE_BYTE);
+                resident = resident.saturating_sub(bytes * MEMORY_PER_FILE_BYTE / share);
                 evicted += 1;
             }
         }
@@ -599,6 +667,16 @@ impl RollupRead for SnapshotStore {
         // Evicted days of the range are loaded without holding the lock (the processor
         // keeps writing meanwhile); a day evicted in between is loaded on a second try.
         let mut loaded: BTreeMap<LocalDay, Arc<DayData>> = BTreeMap::new();
+        // Days of the range this scan reads from files: evicted days, and at hour
+        // grain the days whose hours are evicted.
+        let from_files = |p: &crate::rollup::PropertyRollup| -> Vec<LocalDay> {
+            let mut d: Vec<LocalDay> = p.evicted.range(days.clone()).copied().collect();
+            if grain == Grain::Hour {
+                d.extend(p.hours_evicted.range(days.clone()).copied());
+                d.sort();
+            }
+            d
+        };
         for _ in 0..4 {
             let missing: Vec<LocalDay> = {
                 let r = self.rollups.read().unwrap();
@@ -609,10 +687,9 @@ impl RollupRead for SnapshotStore {
                 if days.start() > days.end() {
                     Vec::new()
                 } else {
-                    p.evicted
-                        .range(days.clone())
+                    from_files(p)
+                        .into_iter()
                         .filter(|d| !loaded.contains_key(d))
-                        .copied()
                         .collect()
                 }
             };
@@ -627,7 +704,7 @@ impl RollupRead for SnapshotStore {
             let evicted: Vec<LocalDay> = if days.start() > days.end() {
                 Vec::new()
             } else {
-                p.evicted.range(days.clone()).copied().collect()
+                from_files(p)
             };
             if evicted.iter().any(|d| !loaded.contains_key(d)) {
                 continue;
@@ -773,6 +850,7 @@ impl RollupStore for SnapshotStore {
         *self.files.index.write().unwrap() = index;
         *committed = generation;
         drop(committed);
+        self.evict_cold_hours();
         self.evict_over_budget();
         Ok(())
     }
@@ -843,11 +921,107 @@ mod tests {
         resident_bytes: 0,
         keep_newest_days: 0,
         read_cache_bytes: 1 << 20,
+        cold_hours_on_disk: true,
     };
+
+    /// Day buckets stay; every clean day's hours go to its file.
+    const HOURS_ON_DISK: MemoryBudget = MemoryBudget {
+        resident_bytes: u64::MAX,
+        keep_newest_days: 0,
+        read_cache_bytes: 1 << 20,
+        cold_hours_on_disk: true,
+    };
+
+    struct HoursOnDisk(tempfile::TempDir);
+
+    impl crate::contract::Harness for HoursOnDisk {
+        fn open(&mut self) -> std::sync::Arc<dyn RollupStore> {
+            std::sync::Arc::new(SnapshotStore::open_with(self.0.path(), HOURS_ON_DISK).unwrap())
+        }
+    }
 
     #[test]
     fn rollup_store_contract_with_every_clean_day_evicted() {
         crate::contract::run(&mut Evicting(tempfile::tempdir().unwrap()));
+    }
+
+    #[test]
+    fn rollup_store_contract_with_every_clean_days_hours_on_disk() {
+        crate::contract::run(&mut HoursOnDisk(tempfile::tempdir().unwrap()));
+    }
+
+    #[test]
+    fn cold_hours_are_read_from_files_and_loaded_back_for_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemoryBudget {
+            keep_newest_days: 2,
+            ..HOURS_ON_DISK
+        };
+        let hour_totals = |s: &SnapshotStore| {
+            let mut v = Vec::new();
+            s.scan(
+                "FF-A",
+                LocalDay(0)..=LocalDay(9),
+                Grain::Hour,
+                Sections::ALL,
+                &mut |parts| {
+                    v = parts
+                        .iter()
+                        .map(|(k, b)| (*k, b.events.pageviews))
+                        .collect();
+                },
+            )
+            .unwrap();
+            v
+        };
+        let s = SnapshotStore::open_with(dir.path(), budget).unwrap();
+        for d in 1..=5 {
+            bump(&s, d, d as u64);
+        }
+        let before = hour_totals(&s);
+        s.checkpoint(&[1], &crate::state_bytes(b"")).unwrap();
+        let cold = |s: &SnapshotStore| {
+            let r = s.rollups.read().unwrap();
+            let p = &r.properties["FF-A"];
+            (
+                p.hours_evicted.iter().map(|d| d.0).collect::<Vec<_>>(),
+                p.hours.len(),
+                p.days.len(),
+            )
+        };
+        assert_eq!(
+            cold(&s),
+            (vec![1, 2, 3], 2, 5),
+            "the two newest days keep their hours"
+        );
+        assert_eq!(hour_totals(&s), before, "hours read from files");
+        assert_eq!(pageviews(&s, 2), Some(2), "day buckets stay in memory");
+        // A write to a day whose hours are on disk loads them first.
+        s.update(&mut |r| {
+            let (h, d) = r.property_mut("FF-A").buckets_mut(LocalHour(2 * 24 + 7));
+            h.events.pageviews += 10;
+            if let Some(d) = d {
+                d.events.pageviews += 10;
+            }
+        });
+        assert_eq!(
+            cold(&s),
+            (vec![1, 3], 4, 5),
+            "day 2's hours are back, and the new one"
+        );
+        assert_eq!(pageviews(&s, 2), Some(12));
+        s.checkpoint(&[2], &crate::state_bytes(b"")).unwrap();
+        // Day 2 holds the property's newest hour, not yet folded: it keeps its hours.
+        assert_eq!(cold(&s).0, vec![1, 3]);
+        drop(s);
+        // Reopened: cold days' hours are not loaded at all.
+        let s = SnapshotStore::open_with(dir.path(), budget).unwrap();
+        assert_eq!(cold(&s), (vec![1, 2, 3], 2, 5));
+        let after = hour_totals(&s);
+        assert_eq!(after.len(), before.len() + 1);
+        assert_eq!(pageviews(&s, 2), Some(12));
+        let s = SnapshotStore::open(dir.path()).unwrap();
+        assert_eq!(hour_totals(&s), after, "the same with everything in memory");
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct StoreConfig {
     /// Decoded days kept for reads: days read from files (embedded), day rows read
     /// from the database (query nodes), in MiB.
     pub read_cache_mib: u64,
+    /// The embedded store: keep every day's hour buckets in memory. By default the
+    /// hours of days older than the lateness window (three quarters of a day's bytes)
+    /// are read from the day's file when an hour-grain query asks for them.
+    pub cold_hours_in_memory: bool,
     /// Query nodes on a database: connections used for reads.
     pub read_connections: usize,
     /// Query nodes on a database: how long one look at the database answers later
@@ -88,6 +92,7 @@ impl Default for StoreConfig {
             url: String::new(),
             memory_mib: 0,
             read_cache_mib: 256,
+            cold_hours_in_memory: false,
             read_connections: 4,
             read_max_staleness_ms: 250,
         }

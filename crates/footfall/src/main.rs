@@ -425,6 +425,7 @@ fn open_writer_store(cfg: &Config) -> anyhow::Result<Arc<dyn RollupStore>> {
             // Late events reach back the lateness bound: those days stay in memory.
             keep_newest_days: (cfg.processor.lateness_hours / 24 + 2) as u32,
             read_cache_bytes: cfg.store.read_cache_mib << 20,
+            cold_hours_on_disk: !cfg.store.cold_hours_in_memory,
         };
         Ok(Arc::new(SnapshotStore::open_with(
             cfg.server.data_dir.join("rollups"),
