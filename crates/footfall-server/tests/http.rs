@@ -1491,3 +1491,376 @@ async fn dashboard_invitations_by_owners() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// One endpoint of the tenant-isolation table: its route as `app()` mounts it, how the
+/// request is made with a credential, and what the credential may do there.
+struct Endpoint {
+    route: &'static str,
+    method: &'static str,
+    kind: Access,
+    /// The request with `cred` (a key, or none): path, headers, body.
+    make: Box<dyn Fn(Option<&str>) -> (String, Vec<(String, String)>, Vec<u8>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Access {
+    /// Reads property A's data with A's read key; every other credential: an error.
+    Read,
+    /// Writes events into property A with A's write key (or, keyless, as a browser);
+    /// another credential must not write into A.
+    Ingest { keyless: bool },
+    /// Browser protocols (Plausible, gtag): keyless by design, a credential sent is
+    /// ignored and the events are taken as a browser's (no server-side privileges).
+    Browser,
+    /// A dashboard session or a share or invitation token; keys open nothing here.
+    Session,
+    /// No property's data whatever is sent (pages, scripts, health, metrics).
+    Public,
+    /// Mounted only with an archive (the harness has none: 404 for all).
+    Admin,
+}
+
+/// The routes `app()` mounts, read from its source, so that a new endpoint without a
+/// row in the table below fails the test.
+fn mounted_routes() -> std::collections::BTreeSet<String> {
+    let src = include_str!("../src/lib.rs");
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = src;
+    while let Some(i) = rest.find(".route(") {
+        rest = &rest[i + ".route(".len()..];
+        let t = rest.trim_start();
+        if let Some(q) = t.strip_prefix('"') {
+            out.insert(q[..q.find('"').unwrap()].to_string());
+        }
+    }
+    out
+}
+
+/// Tenant isolation: every endpoint × (no key, a wrong key, another property's key, a
+/// write key where a read key is needed, a revoked key) → an error, never data; and no
+/// credential but A's own writes into A.
+#[tokio::test]
+async fn tenant_isolation_every_endpoint_every_wrong_credential() {
+    let h = harness();
+    let a = h.meta.create_property("Shop A", "UTC", &[]).unwrap();
+    let b = h.meta.create_property("Shop B", "UTC", &[]).unwrap();
+    let key =
+        |p: &footfall_meta::Property, s: Scope| h.meta.create_key(&p.tracking_id, s).unwrap().0;
+    let (a_read, a_write, b_read, b_write) = (
+        key(&a, Scope::Read),
+        key(&a, Scope::Write),
+        key(&b, Scope::Read),
+        key(&b, Scope::Write),
+    );
+    let (revoked, grant) = h.meta.create_key(&a.tracking_id, Scope::Read).unwrap();
+    assert!(h.meta.revoke_key(&a.tracking_id, &grant.key_id).unwrap());
+    h.state.cache.invalidate();
+    const MARK: &str = "tenant-secret-page";
+    let (s, _) = h
+        .ingest(
+            json!([{"tracking_id": a.tracking_id, "name": "pageview", "url": format!("https://a.example/{MARK}"), "client_id": "v1"}]),
+            Some(&a_write),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    h.processor.lock().unwrap().catch_up().unwrap();
+    let a_events = || async {
+        h.processor.lock().unwrap().catch_up().unwrap();
+        let (_, v) = h
+            .query(
+                &a_read,
+                json!({"site_id": a.tracking_id, "metrics": ["events"], "date_range": "day"}),
+            )
+            .await;
+        v["results"][0]["metrics"][0].as_u64().unwrap()
+    };
+    assert_eq!(a_events().await, 1);
+
+    let site = a.tracking_id.clone();
+    fn bearer(c: Option<&str>) -> Vec<(String, String)> {
+        let mut v = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(c) = c {
+            v.push(("authorization".into(), format!("Bearer {c}")));
+        }
+        v
+    }
+    let get = |route: &'static str, kind: Access, path: String| Endpoint {
+        route,
+        method: "GET",
+        kind,
+        make: Box::new(move |c| (path.clone(), bearer(c), vec![])),
+    };
+    let post = |route: &'static str, kind: Access, path: String, body: Value| Endpoint {
+        route,
+        method: "POST",
+        kind,
+        make: Box::new(move |c| (path.clone(), bearer(c), serde_json::to_vec(&body).unwrap())),
+    };
+    let delete = |route: &'static str, path: String| Endpoint {
+        route,
+        method: "DELETE",
+        kind: Access::Session,
+        make: Box::new(move |c| (path.clone(), bearer(c), vec![])),
+    };
+    let ui = format!("/api/ui/properties/{site}");
+    let event = json!([{"tracking_id": site, "name": "pageview", "url": "https://a.example/x", "client_id": "w"}]);
+    let s2 = site.clone();
+    let s3 = site.clone();
+    let table: Vec<Endpoint> = vec![
+        post(
+            "/api/v2/query",
+            Access::Read,
+            "/api/v2/query".into(),
+            json!({"site_id": site, "metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "date_range": "day"}),
+        ),
+        get(
+            "/api/v1/stats/realtime/visitors",
+            Access::Read,
+            format!("/api/v1/stats/realtime/visitors?site_id={site}"),
+        ),
+        get(
+            "/api/v1/stats/realtime",
+            Access::Read,
+            format!("/api/v1/stats/realtime?site_id={site}"),
+        ),
+        get(
+            "/api/v1/stats/filtered",
+            Access::Read,
+            format!("/api/v1/stats/filtered?site_id={site}&date_range=day"),
+        ),
+        post(
+            "/api/v1/events",
+            Access::Ingest { keyless: true },
+            "/api/v1/events".into(),
+            event.clone(),
+        ),
+        Endpoint {
+            route: "/api/event",
+            method: "POST",
+            kind: Access::Browser,
+            make: Box::new(|c| {
+                let mut hd = bearer(c);
+                hd.push((
+                    "user-agent".into(),
+                    "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0".into(),
+                ));
+                (
+                    "/api/event".into(),
+                    hd,
+                    json!({"n": "pageview", "u": "https://a.example/p", "d": "a.example"})
+                        .to_string()
+                        .into_bytes(),
+                )
+            }),
+        },
+        Endpoint {
+            route: "/mp/collect",
+            method: "POST",
+            kind: Access::Ingest { keyless: false },
+            make: Box::new(move |c| {
+                (
+                format!("/mp/collect?measurement_id={s2}&api_secret={}", c.unwrap_or("")),
+                vec![],
+                json!({"client_id": "g1", "events": [{"name": "page_view", "params": {"page_location": "https://a.example/g"}}]}).to_string().into_bytes(),
+            )
+            }),
+        },
+        Endpoint {
+            route: "/debug/mp/collect",
+            method: "POST",
+            kind: Access::Public,
+            make: Box::new(move |c| {
+                (
+                    format!(
+                        "/debug/mp/collect?measurement_id={s3}&api_secret={}",
+                        c.unwrap_or("")
+                    ),
+                    vec![],
+                    json!({"client_id": "g1", "events": [{"name": "page_view"}]})
+                        .to_string()
+                        .into_bytes(),
+                )
+            }),
+        },
+        Endpoint {
+            route: "/g/collect",
+            method: "POST",
+            kind: Access::Browser,
+            make: Box::new({
+                let site = site.clone();
+                move |c| {
+                    (
+                    format!("/g/collect?v=2&tid={site}&cid=1.2&en=page_view&dl=https%3A%2F%2Fa.example%2Fgt"),
+                    {
+                        let mut hd = bearer(c);
+                        hd.push(("user-agent".into(), "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0".into()));
+                        hd
+                    },
+                    vec![],
+                )
+                }
+            }),
+        },
+        Endpoint {
+            route: "/v1/{kind}",
+            method: "POST",
+            kind: Access::Ingest { keyless: false },
+            make: Box::new(|c| {
+                (
+                "/v1/page".into(),
+                vec![("content-type".into(), "application/json".into())],
+                json!({"writeKey": c.unwrap_or(""), "anonymousId": "s1", "type": "page", "properties": {"url": "https://a.example/s"}}).to_string().into_bytes(),
+            )
+            }),
+        },
+        get("/footfall.js", Access::Public, "/footfall.js".into()),
+        post(
+            "/api/auth/login",
+            Access::Public,
+            "/api/auth/login".into(),
+            json!({"email": "x@y.example", "password": "wrong password"}),
+        ),
+        post(
+            "/api/auth/logout",
+            Access::Session,
+            "/api/auth/logout".into(),
+            json!({}),
+        ),
+        get("/api/auth/me", Access::Session, "/api/auth/me".into()),
+        get(
+            "/api/ui/properties/{id}/keys",
+            Access::Session,
+            format!("{ui}/keys"),
+        ),
+        post(
+            "/api/ui/properties/{id}/keys",
+            Access::Session,
+            format!("{ui}/keys"),
+            json!({"scope": "read"}),
+        ),
+        delete(
+            "/api/ui/properties/{id}/keys/{key_id}",
+            format!("{ui}/keys/{}", &a_read[..10]),
+        ),
+        get(
+            "/api/ui/properties/{id}/shares",
+            Access::Session,
+            format!("{ui}/shares"),
+        ),
+        post(
+            "/api/ui/properties/{id}/shares",
+            Access::Session,
+            format!("{ui}/shares"),
+            json!({}),
+        ),
+        delete(
+            "/api/ui/properties/{id}/shares/{share_id}",
+            format!("{ui}/shares/SH-AAAAAAAA"),
+        ),
+        get(
+            "/api/ui/accounts/{id}/invites",
+            Access::Session,
+            "/api/ui/accounts/AC-AAAAAAAA/invites".into(),
+        ),
+        post(
+            "/api/ui/accounts/{id}/invites",
+            Access::Session,
+            "/api/ui/accounts/AC-AAAAAAAA/invites".into(),
+            json!({"email": "x@y.example", "role": "owner"}),
+        ),
+        delete(
+            "/api/ui/accounts/{id}/invites/{invite_id}",
+            "/api/ui/accounts/AC-AAAAAAAA/invites/IN-AAAAAAAA".into(),
+        ),
+        get(
+            "/api/invites/{token}",
+            Access::Session,
+            "/api/invites/not-a-token".into(),
+        ),
+        post(
+            "/api/invites/{token}/accept",
+            Access::Session,
+            "/api/invites/not-a-token/accept".into(),
+            json!({"password": "a long password"}),
+        ),
+        get("/api/share/me", Access::Session, "/api/share/me".into()),
+        get(
+            "/share/{token}",
+            Access::Public,
+            "/share/not-a-token".into(),
+        ),
+        get(
+            "/invite/{token}",
+            Access::Public,
+            "/invite/not-a-token".into(),
+        ),
+        get("/", Access::Public, "/".into()),
+        get("/dashboard.js", Access::Public, "/dashboard.js".into()),
+        get("/dashboard.css", Access::Public, "/dashboard.css".into()),
+        post(
+            "/api/v1/admin/reprocess",
+            Access::Admin,
+            "/api/v1/admin/reprocess".into(),
+            json!({"property": site}),
+        ),
+        get(
+            "/api/v1/admin/reprocess/{id}",
+            Access::Admin,
+            "/api/v1/admin/reprocess/1".into(),
+        ),
+        get("/healthz", Access::Public, "/healthz".into()),
+        get("/readyz", Access::Public, "/readyz".into()),
+        get("/metrics", Access::Public, "/metrics".into()),
+    ];
+    let listed: std::collections::BTreeSet<String> =
+        table.iter().map(|e| e.route.to_string()).collect();
+    assert_eq!(
+        listed,
+        mounted_routes(),
+        "every mounted route needs rows in this table (and no row a route that is gone)"
+    );
+
+    // Authorised, the read rows do show the data (so their check below can fail).
+    let (path, hd, body) = (table[0].make)(Some(&a_read));
+    let hd: Vec<(&str, &str)> = hd.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (s, v, _) = h.send("POST", &path, &hd, body).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.to_string().contains(MARK));
+
+    let wrong = "ffr_0000000000000000000000000000000000000000";
+    let creds: [(&str, Option<&str>); 6] = [
+        ("no key", None),
+        ("a wrong key", Some(wrong)),
+        ("another property's read key", Some(&b_read)),
+        ("another property's write key", Some(&b_write)),
+        ("a write key for a read", Some(&a_write)),
+        ("a revoked key", Some(&revoked)),
+    ];
+    let mut rows = 0;
+    for e in &table {
+        for (what, cred) in creds {
+            let (path, hd, body) = (e.make)(cred);
+            let hd: Vec<(&str, &str)> = hd.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let before = a_events().await;
+            let (s, v, _) = h.send(e.method, &path, &hd, body).await;
+            let after = a_events().await;
+            let ctx = format!("{} {} with {what}: {s} {v}", e.method, e.route);
+            assert!(!v.to_string().contains(MARK), "data leaked: {ctx}");
+            assert!(!s.is_server_error(), "{ctx}");
+            match e.kind {
+                Access::Read | Access::Session | Access::Admin => {
+                    assert!(s.is_client_error(), "{ctx}");
+                }
+                Access::Ingest { keyless } => {
+                    let own = cred == Some(a_write.as_str()) || (keyless && cred.is_none());
+                    if !own {
+                        assert_eq!(after, before, "written into A: {ctx}");
+                    }
+                }
+                Access::Public | Access::Browser => {}
+            }
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, table.len() * creds.len());
+}
