@@ -1492,14 +1492,17 @@ async fn dashboard_invitations_by_owners() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// A request: path, headers, body.
+type Made = (String, Vec<(String, String)>, Vec<u8>);
+
 /// One endpoint of the tenant-isolation table: its route as `app()` mounts it, how the
 /// request is made with a credential, and what the credential may do there.
 struct Endpoint {
     route: &'static str,
     method: &'static str,
     kind: Access,
-    /// The request with `cred` (a key, or none): path, headers, body.
-    make: Box<dyn Fn(Option<&str>) -> (String, Vec<(String, String)>, Vec<u8>)>,
+    /// The request with `cred` (a key, or none).
+    make: Box<dyn Fn(Option<&str>) -> Made>,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
