@@ -1494,6 +1494,8 @@ async fn dashboard_invitations_by_owners() {
 
 /// A request: path, headers, body.
 type Made = (String, Vec<(String, String)>, Vec<u8>);
+/// Makes the request of a row with a credential (a key, or none).
+type Maker = Box<dyn Fn(Option<&str>) -> Made>;
 
 /// One endpoint of the tenant-isolation table: its route as `app()` mounts it, how the
 /// request is made with a credential, and what the credential may do there.
@@ -1501,8 +1503,7 @@ struct Endpoint {
     route: &'static str,
     method: &'static str,
     kind: Access,
-    /// The request with `cred` (a key, or none).
-    make: Box<dyn Fn(Option<&str>) -> Made>,
+    make: Maker,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
