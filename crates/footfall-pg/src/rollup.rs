@@ -159,7 +159,6 @@ struct Writer {
     /// When set, a checkpoint commits only while this owner holds the part's lease.
     lease_owner: Option<String>,
     rollups: RwLock<Rollups>,
-    loaded: Option<Checkpoint>,
     /// The generation of the part's checkpoint row this writer holds (0: none yet).
     generation: Mutex<i64>,
 }
@@ -217,15 +216,16 @@ impl PgRollupStore {
                 .isolation_level(postgres::IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
+            // The processor state is read when the processor asks for it, not kept.
             let cp = t.query_opt(
-                "SELECT generation, offsets, state FROM ff_checkpoints WHERE part = $1",
+                "SELECT generation, offsets, length(state) FROM ff_checkpoints WHERE part = $1",
                 &[&part],
             )?;
             let cp = cp.map(|r| {
                 (
                     r.get::<_, i64>(0),
                     r.get::<_, Vec<u8>>(1),
-                    r.get::<_, Vec<u8>>(2),
+                    r.get::<_, i32>(2),
                 )
             });
             let rows = t.query(select.as_str(), &[&part])?;
@@ -256,18 +256,12 @@ impl PgRollupStore {
             bytes += body.len() as u64;
             rollups.property_mut(&property).minutes = decode(&body, "minutes row")?;
         }
-        let (generation, loaded) = match checkpoint {
-            Some((g, offsets, state)) => {
-                bytes += (offsets.len() + state.len()) as u64;
-                (
-                    g,
-                    Some(Checkpoint {
-                        offsets: decode(&offsets, "offsets")?,
-                        processor_state: state,
-                    }),
-                )
+        let generation = match checkpoint {
+            Some((g, offsets, state_len)) => {
+                bytes += offsets.len() as u64 + state_len.max(0) as u64;
+                g
             }
-            None => (0, None),
+            None => 0,
         };
         Ok(Self {
             pool,
@@ -275,7 +269,6 @@ impl PgRollupStore {
                 part,
                 lease_owner,
                 rollups: RwLock::new(rollups),
-                loaded,
                 generation: Mutex::new(generation),
             }),
             cache: moka::sync::Cache::new(0),
@@ -606,8 +599,33 @@ impl RollupRead for PgRollupStore {
 }
 
 impl RollupStore for PgRollupStore {
+    /// The part's checkpoint at the generation this writer holds (the one it opened
+    /// at, or its own latest), read from the database: the processor state is not kept
+    /// in memory between checkpoints.
     fn last_checkpoint(&self) -> footfall_store::Result<Option<Checkpoint>> {
-        Ok(self.writer.as_ref().and_then(|w| w.loaded.clone()))
+        let Some(w) = &self.writer else {
+            return Ok(None);
+        };
+        let generation = *w.generation.lock().unwrap();
+        if generation == 0 {
+            return Ok(None);
+        }
+        let part = w.part;
+        let row = self.pool.call(move |c| {
+            c.query_opt(
+                "SELECT offsets, state FROM ff_checkpoints WHERE part = $1 AND generation = $2",
+                &[&part, &generation],
+            )
+        })?;
+        let Some(row) = row else {
+            return Err(footfall_store::Error::Unavailable(format!(
+                "the checkpoint of part {part} moved past generation {generation}: another writer holds it"
+            )));
+        };
+        Ok(Some(Checkpoint {
+            offsets: decode(&row.get::<_, Vec<u8>>(0), "offsets")?,
+            processor_state: row.get(1),
+        }))
     }
 
     fn update(&self, f: &mut dyn FnMut(&mut Rollups)) {
