@@ -577,7 +577,16 @@ function renderChart(r) {
     rect.append(t);
     svg.append(rect);
   });
-  document.getElementById("chart").replaceChildren(h("h2", {}, `${label} by ${timeDimension().slice(5)}`), svg);
+  // The first, middle and last periods under the bars, and the scale's top.
+  const tick = (r) => {
+    const d = String(r.dimensions[0]);
+    const grain = timeDimension().slice(5);
+    return grain === "hour" ? d.slice(5, 16) : grain === "month" ? d.slice(0, 7) : grain === "week" ? `week of ${d}` : d;
+  };
+  const picks = rows.length > 2 ? [rows[0], rows[Math.floor(rows.length / 2)], rows[rows.length - 1]] : rows;
+  const axis = h("div", { class: "axis", "aria-hidden": "true" }, picks.map((r) => h("span", {}, tick(r))));
+  const top = h("div", { class: "muted scale", "aria-hidden": "true" }, rows.length ? `top: ${fmt(state.metric, Math.max(...rows.map((r) => r.metrics[0])))}` : "no data");
+  document.getElementById("chart").replaceChildren(h("div", { class: "head" }, h("h2", {}, `${label} by ${timeDimension().slice(5)}`), top), svg, axis);
 }
 
 function csv(dim, rows) {
