@@ -74,6 +74,10 @@ pub struct AppState {
     /// Session cookies only over TLS (`server.secure_cookies`); they are also when the
     /// gateway says the client came over TLS (`X-Forwarded-Proto: https`).
     pub secure_cookies: bool,
+    /// Bytes of events handed to the log and not yet acknowledged by it, across all
+    /// requests (`ingest.max_pending_mib`): beyond it, ingest answers 503 with
+    /// `Retry-After` instead of queueing without bound.
+    pub pending: Arc<tokio::sync::Semaphore>,
 }
 
 type AppRef = Arc<AppState>;
@@ -725,6 +729,24 @@ async fn append_durable(app: &AppState, records: Vec<(u32, Vec<u8>)>) -> Result<
     let (tx, rx) = tokio::sync::oneshot::channel();
     let Some(log) = &app.log else {
         return Err(ApiError::unavailable("this node does not collect events"));
+    };
+    // Held until the log answers: the queue in front of the log stays bounded.
+    let bytes: usize = records.iter().map(|(_, r)| r.len() + 16).sum();
+    let _pending = match app
+        .pending
+        .try_acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
+    {
+        Ok(p) => p,
+        Err(_) => {
+            app.metrics.reject("overloaded");
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many events are waiting to be stored; retry shortly",
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        }
     };
     log.append(
         records,

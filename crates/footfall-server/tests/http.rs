@@ -29,6 +29,10 @@ struct Harness {
 }
 
 fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
+    harness_with(log, 64 << 20)
+}
+
+fn harness_with(log: Option<Arc<dyn EventLog>>, pending_bytes: usize) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let meta = Arc::new(SqliteMeta::open(dir.path().join("meta.db")).unwrap());
     let log: Arc<dyn EventLog> = log.unwrap_or_else(|| {
@@ -76,6 +80,7 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
             footfall_auth::AuthOptions::default(),
         ))),
         secure_cookies: false,
+        pending: Arc::new(tokio::sync::Semaphore::new(pending_bytes)),
     });
     let router = app(state.clone()).layer(MockConnectInfo(SocketAddr::from((
         [198, 51, 100, 7],
@@ -1867,4 +1872,112 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
         }
     }
     assert_eq!(rows, table.len() * creds.len());
+}
+
+/// A log that answers no append until told to.
+#[derive(Default)]
+struct StalledLog {
+    waiting: Mutex<Vec<AppendCallback>>,
+}
+
+impl StalledLog {
+    fn release(&self) -> usize {
+        let waiting: Vec<AppendCallback> = std::mem::take(&mut *self.waiting.lock().unwrap());
+        let n = waiting.len();
+        for done in waiting {
+            done(Ok(vec![0]));
+        }
+        n
+    }
+}
+
+impl EventLog for StalledLog {
+    fn partitions(&self) -> u32 {
+        1
+    }
+    fn append(&self, _: Vec<(u32, Vec<u8>)>, done: AppendCallback) {
+        self.waiting.lock().unwrap().push(done);
+    }
+    fn end_offset(&self, _: u32) -> Offset {
+        0
+    }
+    fn start_offset(&self, _: u32) -> Offset {
+        0
+    }
+    fn read(&self, _: u32, _: Offset, _: usize) -> footfall_log::Result<Vec<Record>> {
+        Ok(vec![])
+    }
+    fn wait_for_append(&self, g: u64, _: Duration) -> u64 {
+        g
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+    fn enforce_retention(&self, _: &[Offset], _: Duration, _: u64) -> footfall_log::Result<u64> {
+        Ok(0)
+    }
+    fn healthy(&self) -> bool {
+        true
+    }
+    fn retained_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// A slow log does not make the server queue without bound: beyond the pending budget
+/// ingest answers 503 with Retry-After (nothing acknowledged), and once the log catches
+/// up the same request is taken.
+#[tokio::test]
+async fn ingest_beyond_the_pending_budget_answers_503() {
+    let log = Arc::new(StalledLog::default());
+    const BUDGET: usize = 1 << 20;
+    let h = harness_with(Some(log.clone()), BUDGET);
+    let p = h.meta.create_property("Shop", "UTC", &[]).unwrap();
+    let (key, _) = h.meta.create_key(&p.tracking_id, Scope::Write).unwrap();
+    let batch = |tag: &str| {
+        json!((0..10)
+            .map(|i| json!({"tracking_id": p.tracking_id, "name": "pageview",
+                "url": format!("https://shop.example/{tag}/{i}"), "client_id": format!("c{i}")}))
+            .collect::<Vec<_>>())
+    };
+    let (first, second) = tokio::join!(h.ingest(batch("a"), Some(&key)), async {
+        // The first batch is waiting on the log by now. Shrink what is left of the
+        // budget to half a batch, so that a second batch of the same size is over it.
+        while log.waiting.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let left = h.state.pending.available_permits();
+        let batch_bytes = BUDGET - left;
+        assert!(
+            batch_bytes > 0,
+            "the waiting batch holds part of the budget"
+        );
+        h.state.pending.forget_permits(left - batch_bytes / 2);
+        let (s, v, hd) = h
+            .send(
+                "POST",
+                "/api/v1/events",
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &format!("Bearer {key}")),
+                ],
+                serde_json::to_vec(&batch("b")).unwrap(),
+            )
+            .await;
+        assert_eq!(log.release(), 1, "only the first batch reached the log");
+        (s, v, hd)
+    });
+    assert_eq!(first.0, StatusCode::ACCEPTED, "{}", first.1);
+    let (s, v, hd) = second;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], "overloaded");
+    assert_eq!(hd["retry-after"], "1");
+    // The budget is back once the log answered: the refused batch is taken now.
+    let (s, v) = tokio::join!(h.ingest(batch("b"), Some(&key)), async {
+        while log.release() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .0;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
 }

@@ -275,6 +275,9 @@ pub struct IngestConfig {
     pub max_past_hours: u64,
     /// Timestamps further than this in the future are clamped to the receive time.
     pub max_future_seconds: u64,
+    /// Events handed to the log and not yet stored, over all requests, in MiB; beyond
+    /// it ingest answers 503 with `Retry-After` (a bound on the memory a flood takes).
+    pub max_pending_mib: u64,
 }
 
 impl Default for ServerConfig {
@@ -329,6 +332,7 @@ impl Default for IngestConfig {
             max_events_per_request: 500,
             max_past_hours: 72,
             max_future_seconds: 60,
+            max_pending_mib: 256,
         }
     }
 }

@@ -773,6 +773,9 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             ))
         }),
         secure_cookies: cfg.server.secure_cookies,
+        pending: Arc::new(tokio::sync::Semaphore::new(
+            (cfg.ingest.max_pending_mib.max(1) << 20).min(u32::MAX as u64) as usize,
+        )),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
