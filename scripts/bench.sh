@@ -99,11 +99,17 @@ new_site() { # DIR -> "TRACKING_ID READ_KEY"
   echo "$tid $key"
 }
 
-if [ "$mode" = dashboard ]; then
-  N=$SCALE_N; dir="$work/d$N"; mkdir -p "$dir"
+# Sets TODAY (local to the bench zone), FROM (29 days before) and END (now, UTC): the
+# 30 days the scale and dashboard runs fill and query.
+last_30_days() {
   TODAY=$(python3 -c "import datetime as d; print((d.datetime.now(d.timezone.utc)+d.timedelta(minutes=$OFFSET_MIN)).date())")
   FROM=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$TODAY')-d.timedelta(days=29))")
   END=$(python3 -c "import datetime as d; print(d.datetime.now(d.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+}
+
+if [ "$mode" = dashboard ]; then
+  N=$SCALE_N; dir="$work/d$N"; mkdir -p "$dir"
+  last_30_days
   read -r QSITE QKEY <<<"$(new_site "$dir")"
   ACCT=$("$F" --data-dir "$dir" account create --name Bench --property "$QSITE")
   PW="a bench password, long enough"
@@ -133,9 +139,7 @@ fi
 
 if [ "$mode" = scale ]; then
   N=$SCALE_N; dir="$work/q$N"; mkdir -p "$dir"
-  TODAY=$(python3 -c "import datetime as d; print((d.datetime.now(d.timezone.utc)+d.timedelta(minutes=$OFFSET_MIN)).date())")
-  FROM=$(python3 -c "import datetime as d; print(d.date.fromisoformat('$TODAY')-d.timedelta(days=29))")
-  END=$(python3 -c "import datetime as d; print(d.datetime.now(d.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+  last_30_days
   read -r QSITE QKEY <<<"$(new_site "$dir")"
   echo "== fill $N events over 30 days"
   t0=$(date +%s.%N)

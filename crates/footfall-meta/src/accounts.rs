@@ -89,6 +89,24 @@ pub struct Invite {
     pub expires_at: i64,
 }
 
+/// An invitation as stores keep it: id, account, e-mail, role (as text), created,
+/// expires.
+pub type InviteRow = (String, String, String, String, String, i64);
+
+impl Invite {
+    /// An invitation read back from a store (the role is checked).
+    pub fn from_row(row: InviteRow) -> Result<Invite> {
+        Ok(Invite {
+            id: row.0,
+            account_id: row.1,
+            email: row.2,
+            role: Role::parse(&row.3)?,
+            created_at: row.4,
+            expires_at: row.5,
+        })
+    }
+}
+
 /// A new invitation (every [`AccountStore`] makes invitations through this).
 pub fn new_invite(account_id: &str, email: &str, role: Role, expires_at: i64) -> Result<Invite> {
     Ok(Invite {

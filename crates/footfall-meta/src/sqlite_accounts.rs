@@ -361,7 +361,7 @@ impl AccountStore for SqliteMeta {
              WHERE account_id = ?1 ORDER BY created_at, id",
         )?;
         let rows = st.query_map(params![account_id], invite_row)?;
-        rows.map(|r| invite_of(r?)).collect()
+        rows.map(|r| Invite::from_row(r?)).collect()
     }
 
     fn invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
@@ -376,7 +376,7 @@ impl AccountStore for SqliteMeta {
                 invite_row,
             )
             .optional()?;
-        row.map(invite_of).transpose()
+        row.map(Invite::from_row).transpose()
     }
 
     fn take_invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
@@ -390,7 +390,7 @@ impl AccountStore for SqliteMeta {
                 invite_row,
             )
             .optional()?
-            .map(invite_of)
+            .map(Invite::from_row)
             .transpose()?;
         t.execute(
             "DELETE FROM invites WHERE token_hash = ?1",
@@ -408,10 +408,8 @@ impl AccountStore for SqliteMeta {
     }
 }
 
-/// An `invites` row: id, account, e-mail, role, created, expires.
-type InviteRow = (String, String, String, String, String, i64);
-
-fn invite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
+/// An `invites` row as [`InviteRow`](crate::accounts::InviteRow).
+fn invite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::accounts::InviteRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -420,15 +418,4 @@ fn invite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
         r.get(4)?,
         r.get(5)?,
     ))
-}
-
-fn invite_of(row: InviteRow) -> Result<Invite> {
-    Ok(Invite {
-        id: row.0,
-        account_id: row.1,
-        email: row.2,
-        role: Role::parse(&row.3)?,
-        created_at: row.4,
-        expires_at: row.5,
-    })
 }

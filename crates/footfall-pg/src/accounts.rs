@@ -383,7 +383,7 @@ impl AccountStore for PgMeta {
             .map(invite_row)
             .collect::<Vec<_>>())
         })?;
-        rows.into_iter().map(invite_of).collect()
+        rows.into_iter().map(Invite::from_row).collect()
     }
 
     fn invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
@@ -396,7 +396,7 @@ impl AccountStore for PgMeta {
             )?
             .map(|r| invite_row(&r)))
         })?;
-        row.map(invite_of).transpose()
+        row.map(Invite::from_row).transpose()
     }
 
     fn take_invite(&self, token_hash: &str, now: i64) -> Result<Option<Invite>> {
@@ -411,7 +411,7 @@ impl AccountStore for PgMeta {
             .map(|r| invite_row(&r)))
         })?;
         Ok(row
-            .map(invite_of)
+            .map(Invite::from_row)
             .transpose()?
             .filter(|i| i.expires_at > now))
     }
@@ -427,20 +427,7 @@ impl AccountStore for PgMeta {
     }
 }
 
-/// An `ff_invites` row: id, account, e-mail, role, created, expires.
-type InviteRow = (String, String, String, String, String, i64);
-
-fn invite_row(r: &postgres::Row) -> InviteRow {
+/// An `ff_invites` row as [`InviteRow`](footfall_meta::accounts::InviteRow).
+fn invite_row(r: &postgres::Row) -> footfall_meta::accounts::InviteRow {
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
-}
-
-fn invite_of(row: InviteRow) -> Result<Invite> {
-    Ok(Invite {
-        id: row.0,
-        account_id: row.1,
-        email: row.2,
-        role: Role::parse(&row.3)?,
-        created_at: row.4,
-        expires_at: row.5,
-    })
 }

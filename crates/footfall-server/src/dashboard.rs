@@ -94,13 +94,19 @@ fn changing_session(app: &AppState, headers: &HeaderMap) -> Result<(Session, Str
         .ok_or_else(|| ApiError::unauthorized("not logged in"))?
         .to_string();
     let s = session_of(app, headers)?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
+    csrf_sent(&s, headers)?;
+    Ok((s, token))
+}
+
+/// 403 unless the request echoes the session's CSRF token in `X-CSRF-Token`.
+fn csrf_sent(s: &Session, headers: &HeaderMap) -> Result<(), ApiError> {
     let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-    if !check_csrf(&s, sent) {
+    if !check_csrf(s, sent) {
         return Err(ApiError::forbidden(
             "missing or wrong `X-CSRF-Token` header",
         ));
     }
-    Ok((s, token))
+    Ok(())
 }
 
 fn set_cookie(app: &AppState, headers: &HeaderMap, value: &str, max_age_s: i64) -> HeaderValue {
@@ -510,13 +516,11 @@ pub(crate) async fn accept_invite(
             ApiError::bad_request("invalid", format!("expected {{\"password\"}}: {e}"))
         })?
     };
-    let session = match cookie_token(&headers) {
-        Some(_) => session_of(&app, &headers)?
-            .map(|_| changing_session(&app, &headers))
-            .transpose()?
-            .map(|(s, _)| s),
-        None => None,
-    };
+    // An open session must send its CSRF token; an expired one counts as none.
+    let session = session_of(&app, &headers)?;
+    if let Some(s) = &session {
+        csrf_sent(s, &headers)?;
+    }
     let now = app.clock.now_millis();
     let a = app.clone();
     // A new password is hashed: off the event loop.

@@ -589,23 +589,38 @@ impl PropertyRollup {
         }
     }
 
+    /// Whether a day may leave memory (whole, or its hours): a clean day (its file
+    /// holds it) in memory, with no unfolded hour.
+    fn evictable(&self, day: LocalDay) -> bool {
+        let lo = LocalHour(day.0 as i64 * 24);
+        !self.dirty_days.contains(&day)
+            && self.days.contains_key(&day)
+            && self
+                .unfolded
+                .range(lo..LocalHour(lo.0 + 24))
+                .next()
+                .is_none()
+    }
+
+    /// Removes a day's hour buckets from memory; returns how many there were.
+    fn drop_hours(&mut self, day: LocalDay) -> usize {
+        let lo = LocalHour(day.0 as i64 * 24);
+        let hours: Vec<LocalHour> = self
+            .hours
+            .range(lo..LocalHour(lo.0 + 24))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &hours {
+            self.hours.remove(h);
+        }
+        hours.len()
+    }
+
     /// Drops a day's hour buckets from memory, keeping its day bucket: only a clean day
     /// (its file holds it) without unfolded hours. Returns whether any were dropped.
     pub fn evict_hours(&mut self, day: LocalDay) -> bool {
-        if self.dirty_days.contains(&day) || !self.days.contains_key(&day) {
+        if !self.evictable(day) || self.drop_hours(day) == 0 {
             return false;
-        }
-        let lo = LocalHour(day.0 as i64 * 24);
-        let hi = LocalHour(day.0 as i64 * 24 + 24);
-        if self.unfolded.range(lo..hi).next().is_some() {
-            return false;
-        }
-        let hours: Vec<LocalHour> = self.hours.range(lo..hi).map(|(h, _)| *h).collect();
-        if hours.is_empty() {
-            return false;
-        }
-        for h in hours {
-            self.hours.remove(&h);
         }
         self.hours_evicted.insert(day);
         true
@@ -614,19 +629,11 @@ impl PropertyRollup {
     /// Drops a day from memory, leaving it to the store's files: only a clean day (its
     /// file holds it) without unfolded hours. Returns whether it was evicted.
     pub fn evict(&mut self, day: LocalDay) -> bool {
-        if self.dirty_days.contains(&day) || !self.days.contains_key(&day) {
-            return false;
-        }
-        let lo = LocalHour(day.0 as i64 * 24);
-        let hi = LocalHour(day.0 as i64 * 24 + 24);
-        if self.unfolded.range(lo..hi).next().is_some() {
+        if !self.evictable(day) {
             return false;
         }
         self.days.remove(&day);
-        let hours: Vec<LocalHour> = self.hours.range(lo..hi).map(|(h, _)| *h).collect();
-        for h in hours {
-            self.hours.remove(&h);
-        }
+        self.drop_hours(day);
         self.hours_evicted.remove(&day);
         self.evicted.insert(day);
         true
