@@ -104,6 +104,17 @@ impl Archive {
         })
     }
 
+    /// The object store the archive is on; files kept beside the archive (the columnar
+    /// files) share it, named by [`Self::path_of`].
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The full path of a name relative to the archive's prefix.
+    pub fn path_of(&self, rel: &str) -> Path {
+        self.key(rel)
+    }
+
     fn key(&self, rel: &str) -> Path {
         let mut p = self.prefix.clone();
         for part in rel.split('/') {

@@ -5,6 +5,7 @@
 //! acknowledge anything to clients and never write to the log.
 
 pub mod cluster;
+pub mod rows;
 pub mod sessions;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

@@ -232,7 +232,7 @@ impl std::fmt::Debug for KeyMemo {
 }
 
 /// The [`VisitKey`] of a visit whose first event is `ev`.
-fn visit_key(ev: &EventView<'_>, ua: &footfall_enrich::UaInfo) -> String {
+pub(crate) fn visit_key(ev: &EventView<'_>, ua: &footfall_enrich::UaInfo) -> String {
     // Reads url, referrer, user_agent (as `ua`) and ip_prefix: the memo's `KeyInputs`.
     let a = attribution(ev.url, ev.referrer);
     let geo = footfall_enrich::global().geo(ev.ip_prefix);

@@ -69,6 +69,9 @@ pub struct AppState {
     /// Answers of `/api/v2/query` kept for a short while (in process or in Redis); None:
     /// every query is computed.
     pub query_cache: Option<Arc<dyn footfall_cache::ResultCache>>,
+    /// The columnar engine (raw events), asked for what the rollups cannot answer; None:
+    /// such queries get a 400 naming what the rollups lack.
+    pub events: Option<Arc<dyn footfall_query::EventQuery>>,
     /// Dashboard logins (query role; None: API keys only).
     pub auth: Option<Arc<footfall_auth::Auth>>,
     /// Session cookies only over TLS (`server.secure_cookies`); they are also when the
@@ -522,11 +525,7 @@ async fn query(
         }
         app.metrics.query_cache_misses.inc();
     }
-    let result =
-        tokio::task::spawn_blocking(move || footfall_query::execute(&req, tz, store.as_ref(), now))
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?
-            .map_err(query_error)?;
+    let result = plan(&app, req, tz, store, now).await.map_err(query_error)?;
     let answer = Bytes::from(serde_json::to_vec(&result).map_err(internal)?);
     if let (Some(cache), Some(key)) = (&app.query_cache, &key) {
         cache.put(key, answer.clone()).await;
@@ -562,11 +561,59 @@ fn json_bytes(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The planner: the rollups answer when they can (milliseconds); what they cannot answer
+/// (several dimensions, a filter on another dimension than the breakdown, logical and
+/// regular-expression filters…) goes to the columnar engine over raw events. The
+/// answer's `meta.engine` says which answered, and `meta.engine_reason` why not the
+/// rollups.
+async fn plan(
+    app: &AppState,
+    req: footfall_query::QueryRequest,
+    tz: chrono_tz::Tz,
+    store: Arc<dyn RollupRead>,
+    now: i64,
+) -> Result<serde_json::Value, footfall_query::QueryError> {
+    use footfall_query::QueryError;
+    let blocking = |e: tokio::task::JoinError| QueryError::Unavailable(e.to_string());
+    let (req, store, first) = tokio::task::spawn_blocking(move || {
+        let r = footfall_query::execute(&req, tz, store.as_ref(), now);
+        (req, store, r)
+    })
+    .await
+    .map_err(blocking)?;
+    let why = match first {
+        Err(QueryError::Unsupported(why)) => why,
+        other => return other,
+    };
+    let Some(engine) = &app.events else {
+        return Err(QueryError::Invalid(format!(
+            "{why}; the columnar engine that answers such queries is not enabled on this node (the `columnar` feature and `columnar.enabled`)"
+        )));
+    };
+    let (req, dates) = tokio::task::spawn_blocking(move || {
+        let d = footfall_query::property_date_range(
+            store.as_ref(),
+            &req.site_id,
+            &req.date_range,
+            tz,
+            now,
+        );
+        (req, d)
+    })
+    .await
+    .map_err(blocking)?;
+    let mut answer = engine.query(&req, tz, dates?).await?;
+    answer["meta"]["engine_reason"] = serde_json::Value::String(why);
+    Ok(answer)
+}
+
 /// An invalid query is the client's to fix (400); a store that cannot answer now is
 /// retried (503 with Retry-After).
 fn query_error(e: footfall_query::QueryError) -> ApiError {
     match e {
-        footfall_query::QueryError::Invalid(m) => ApiError::bad_request("invalid_query", m),
+        footfall_query::QueryError::Invalid(m) | footfall_query::QueryError::Unsupported(m) => {
+            ApiError::bad_request("invalid_query", m)
+        }
         footfall_query::QueryError::Unavailable(m) => {
             tracing::warn!(error = %m, "query store unavailable");
             ApiError::unavailable(m)

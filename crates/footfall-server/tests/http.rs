@@ -73,6 +73,7 @@ fn harness_with(log: Option<Arc<dyn EventLog>>, pending_bytes: usize) -> Harness
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: String::new(),
         query_cache: None,
+        events: None,
         draining: std::sync::atomic::AtomicBool::new(false),
         reprocessor: None,
         auth: Some(Arc::new(footfall_auth::Auth::new(

@@ -20,6 +20,27 @@ pub struct Config {
     pub meta: MetaConfig,
     pub store: StoreConfig,
     pub query: QueryConfig,
+    pub columnar: ColumnarConfig,
+}
+
+/// Raw events in columns (docs/QUERIES.md): the files the archiver role makes from the
+/// archive and the engine query nodes answer from when the rollups cannot. Only in a
+/// binary built with the `columnar` feature; elsewhere these settings do nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColumnarConfig {
+    pub enabled: bool,
+    /// How often the archiver role makes the days whose archive files changed.
+    pub refresh_interval: String,
+}
+
+impl Default for ColumnarConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            refresh_interval: "1m".into(),
+        }
+    }
 }
 
 /// The query API's answer cache.
@@ -429,6 +450,7 @@ impl Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::roles::Roles::parse(&self.server.roles)?;
+        parse_duration(&self.columnar.refresh_interval).context("columnar.refresh_interval")?;
         for (key, url) in [("meta.url", &self.meta.url), ("store.url", &self.store.url)] {
             if !url.is_empty()
                 && !url.starts_with("postgres://")

@@ -733,6 +733,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         _ => None,
     };
 
+    // Raw events in columns: the archiver role makes the files, query nodes answer
+    // from them what the rollups cannot.
+    let events = columnar(&cfg, &roles, &cache, &session_rules)?;
+
     let mut rules = IngestRules::default();
     rules.limits.max_body_bytes = cfg.ingest.max_body_bytes;
     rules.limits.max_events = cfg.ingest.max_events_per_request;
@@ -758,6 +762,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: cfg.tracker.script_path.clone(),
         reprocessor,
+        events,
         query_cache: if roles.query {
             query_cache(&cfg)?
         } else {
@@ -914,4 +919,52 @@ fn query_cache(cfg: &Config) -> anyhow::Result<Option<Arc<dyn footfall_cache::Re
         )),
         _ => None,
     })
+}
+
+/// The columnar engine of a query node (None without one), and on an archiver node the
+/// loop that makes the files.
+#[cfg(feature = "columnar")]
+fn columnar(
+    cfg: &config::Config,
+    roles: &roles::Roles,
+    cache: &Arc<MetaCache>,
+    rules: &SessionRules,
+) -> anyhow::Result<Option<Arc<dyn footfall_query::EventQuery>>> {
+    if !cfg.columnar.enabled || !(roles.query || roles.archiver) {
+        return Ok(None);
+    }
+    let columns = Arc::new(footfall_columnar::Columns::new(admin::open_archive(cfg)?));
+    if roles.archiver {
+        let interval = config::parse_duration(&cfg.columnar.refresh_interval)?;
+        let (cache, default_gap) = (cache.clone(), rules.gap_ms);
+        let settings = Arc::new(move |id: &str| {
+            let p = cache.property(id).ok().flatten()?;
+            let gap = p
+                .session_gap_minutes
+                .map_or(default_gap, |m| m as i64 * 60_000);
+            Some((p.tz(), gap))
+        });
+        tokio::spawn(footfall_columnar::refresh_loop(
+            columns.clone(),
+            interval,
+            settings,
+        ));
+    }
+    Ok(roles.query.then(|| {
+        Arc::new(footfall_columnar::ColumnarEngine::new(columns))
+            as Arc<dyn footfall_query::EventQuery>
+    }))
+}
+
+#[cfg(not(feature = "columnar"))]
+fn columnar(
+    cfg: &config::Config,
+    roles: &roles::Roles,
+    _: &Arc<MetaCache>,
+    _: &SessionRules,
+) -> anyhow::Result<Option<Arc<dyn footfall_query::EventQuery>>> {
+    if cfg.columnar.enabled && roles.query {
+        tracing::info!("this binary is built without the `columnar` feature: queries the rollups cannot answer get a 400");
+    }
+    Ok(None)
 }

@@ -1,0 +1,714 @@
+//! `/api/v2/query` answered from the columnar files with DataFusion: any number of
+//! dimensions, any filter (with `and`, `or`, `not`, regular expressions) with any
+//! breakdown. The numbers follow docs/METRICS.md exactly as the rollups do:
+//!
+//! - With no dimension and no filter, or only visit attributes: visit figures count the
+//!   visits that *started* in the range and group, from each visit's first row; with no
+//!   dimension or filter at all, `visitors`, `pageviews` and `events` count events by their
+//!   own time (as the rollups do).
+//! - Otherwise (an event dimension or filter): figures count the *events* that match, by
+//!   their own time; a visit attribute in a filter or breakdown is that of the event's
+//!   visit; visit figures (`visits`, `bounce_rate`, …) count the visits that have a
+//!   matching event in the group.
+//!
+//! SQL is built here from whitelisted column names and quoted literals only; a regular
+//! expression runs on Rust's `regex` engine (linear time) and is bounded in length.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{NaiveDate, TimeZone};
+use chrono_tz::Tz;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use footfall_query::{round_to, QueryError, QueryRequest};
+use footfall_store::VISIT_FIELDS;
+use serde_json::{json, Value};
+
+use crate::files::Columns;
+use crate::table::{column_of, schema};
+
+/// The longest regular expression a `matches` filter takes.
+pub const MAX_PATTERN: usize = 1000;
+
+fn bad<T>(msg: impl Into<String>) -> Result<T, QueryError> {
+    Err(QueryError::Invalid(msg.into()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    Visitors,
+    Visits,
+    Pageviews,
+    Events,
+    ViewsPerVisit,
+    BounceRate,
+    VisitDuration,
+}
+
+impl Metric {
+    fn parse(s: &str) -> Result<Self, QueryError> {
+        Ok(match s {
+            "visitors" => Metric::Visitors,
+            "visits" => Metric::Visits,
+            "pageviews" => Metric::Pageviews,
+            "events" => Metric::Events,
+            "views_per_visit" => Metric::ViewsPerVisit,
+            "bounce_rate" => Metric::BounceRate,
+            "visit_duration" => Metric::VisitDuration,
+            _ => {
+                return bad(format!(
+                    "metric `{s}` is not supported from raw events; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration"
+                ))
+            }
+        })
+    }
+    fn is_visit_level(self) -> bool {
+        matches!(
+            self,
+            Metric::Visits | Metric::ViewsPerVisit | Metric::BounceRate | Metric::VisitDuration
+        )
+    }
+}
+
+/// A dimension: its SQL expression and whether it belongs to the visit.
+#[derive(Debug, Clone)]
+struct Dim {
+    /// The expression over the event's row (for time: over the event's local time).
+    sql: String,
+    /// For time dimensions, the same over the visit's start.
+    visit_sql: Option<String>,
+    visit_level: bool,
+    time: Option<&'static str>,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn dimension(name: &str) -> Result<Dim, QueryError> {
+    let col = |c: &str, visit_level| Dim {
+        sql: c.to_string(),
+        visit_sql: None,
+        visit_level,
+        time: None,
+    };
+    let time = |unit: &'static str| Dim {
+        sql: format!("CAST(date_trunc('{unit}', local_ts) AS BIGINT)"),
+        visit_sql: Some(format!(
+            "CAST(date_trunc('{unit}', visit_local_ts) AS BIGINT)"
+        )),
+        visit_level: false,
+        time: Some(unit),
+    };
+    Ok(match name {
+        "time:hour" => time("hour"),
+        "time:day" | "time" => time("day"),
+        "time:week" => time("week"),
+        "time:month" => time("month"),
+        "event:page" => col("event_page", false),
+        "event:name" => col("event_name", false),
+        "event:hostname" => col("event_hostname", false),
+        "visit:entry_page" => col("visit_entry_page", true),
+        "visit:exit_page" => col("visit_exit_page", true),
+        _ => {
+            if let Some(k) = name.strip_prefix("event:props:").filter(|k| !k.is_empty()) {
+                return Ok(col(
+                    &format!(
+                        "array_element(prop_values, array_position(prop_keys, {}))",
+                        quote(k)
+                    ),
+                    false,
+                ));
+            }
+            if VISIT_FIELDS.contains(&name) {
+                return Ok(col(&column_of(name), true));
+            }
+            return bad(format!(
+                "dimension `{name}` is not supported; supported: time, time:hour, time:day, time:week, time:month, event:page, event:name, event:hostname, event:props:<key>, visit:entry_page, visit:exit_page, {}",
+                VISIT_FIELDS.join(", ")
+            ));
+        }
+    })
+}
+
+/// A filter as SQL, and whether it reads only visit attributes.
+fn filter(f: &Value) -> Result<(String, bool), QueryError> {
+    let a = f
+        .as_array()
+        .ok_or_else(|| QueryError::Invalid(format!("filter {f} must be a list")))?;
+    let op = a.first().and_then(Value::as_str).unwrap_or("");
+    match op {
+        "and" | "or" => {
+            let parts = a
+                .get(1)
+                .and_then(Value::as_array)
+                .filter(|p| !p.is_empty() && a.len() == 2)
+                .ok_or_else(|| {
+                    QueryError::Invalid(format!("`{op}` takes one non-empty list of filters"))
+                })?;
+            let mut visit = true;
+            let mut sql = Vec::new();
+            for p in parts {
+                let (s, v) = filter(p)?;
+                visit &= v;
+                sql.push(format!("({s})"));
+            }
+            Ok((sql.join(if op == "and" { " AND " } else { " OR " }), visit))
+        }
+        "not" => {
+            let inner = a
+                .get(1)
+                .filter(|_| a.len() == 2)
+                .ok_or_else(|| QueryError::Invalid("`not` takes one filter".into()))?;
+            let (s, v) = filter(inner)?;
+            // A missing value is neither matched nor not matched (as in `is_not`).
+            Ok((format!("NOT coalesce(({s}), false)"), v))
+        }
+        "is" | "is_not" | "contains" | "contains_not" | "matches" | "matches_not" => {
+            if !(3..=4).contains(&a.len()) {
+                return bad(format!(
+                    "filter {f} must be [operator, dimension, [values]] or with a fourth {{\"case_sensitive\": …}}"
+                ));
+            }
+            let dim_name = a[1].as_str().unwrap_or("");
+            let d = dimension(dim_name)?;
+            if d.time.is_some() {
+                return bad(format!(
+                    "filtering on `{dim_name}` is not supported: use date_range"
+                ));
+            }
+            let values: Vec<&str> = a[2]
+                .as_array()
+                .ok_or_else(|| QueryError::Invalid("filter values must be a list".into()))?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| QueryError::Invalid("filter values must be strings".into()))
+                })
+                .collect::<Result<_, _>>()?;
+            if values.is_empty() {
+                return bad(format!("filter {f} has no values"));
+            }
+            let case_sensitive = match a.get(3) {
+                None => true,
+                Some(o) => o
+                    .get("case_sensitive")
+                    .and_then(Value::as_bool)
+                    .filter(|_| o.as_object().is_some_and(|m| m.len() == 1))
+                    .ok_or_else(|| {
+                        QueryError::Invalid(
+                            "filter options may only be {\"case_sensitive\": true|false}".into(),
+                        )
+                    })?,
+            };
+            let (col, vals): (String, Vec<String>) = if case_sensitive || op.starts_with("matches") {
+                (d.sql.clone(), values.iter().map(|v| v.to_string()).collect())
+            } else {
+                (
+                    format!("lower({})", d.sql),
+                    values.iter().map(|v| v.to_lowercase()).collect(),
+                )
+            };
+            let list = || vals.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ");
+            let any_contains = || {
+                vals.iter()
+                    .map(|v| format!("strpos({col}, {}) > 0", quote(v)))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            };
+            let any_match = || -> Result<String, QueryError> {
+                let flags = if case_sensitive { "" } else { ", 'i'" };
+                vals.iter()
+                    .map(|v| {
+                        if v.len() > MAX_PATTERN {
+                            return bad(format!(
+                                "a regular expression may be at most {MAX_PATTERN} bytes"
+                            ));
+                        }
+                        Ok(format!("regexp_like({col}, {}{flags})", quote(v)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|v| v.join(" OR "))
+            };
+            let sql = match op {
+                "is" => format!("{col} IN ({})", list()),
+                "is_not" => format!("{col} NOT IN ({})", list()),
+                "contains" => format!("({})", any_contains()),
+                "contains_not" => format!("{col} IS NOT NULL AND NOT ({})", any_contains()),
+                "matches" => format!("({})", any_match()?),
+                _ => format!("{col} IS NOT NULL AND NOT ({})", any_match()?),
+            };
+            Ok((sql, d.visit_level))
+        }
+        "has_done" | "has_not_done" => bad(format!(
+            "filter operator `{op}` is not supported yet; supported: is, is_not, contains, contains_not, matches, matches_not, and, or, not"
+        )),
+        _ => bad(format!(
+            "filter operator `{op}` is not supported; supported: is, is_not, contains, contains_not, matches, matches_not, and, or, not"
+        )),
+    }
+}
+
+/// Aggregates of one result group.
+#[derive(Debug, Default, Clone, Copy)]
+struct Agg {
+    visitors: i64,
+    pageviews: i64,
+    events: i64,
+    visits: i64,
+    visit_pageviews: i64,
+    bounces: i64,
+    duration_ms: i64,
+    /// Which part answered `visitors`, `pageviews` and `events`.
+    from_visits: bool,
+}
+
+fn rate(num: i64, den: i64) -> f64 {
+    if den <= 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+fn metric_value(m: Metric, a: &Agg) -> Value {
+    match m {
+        Metric::Visitors => json!(a.visitors),
+        Metric::Pageviews if a.from_visits => json!(a.visit_pageviews),
+        Metric::Pageviews => json!(a.pageviews),
+        Metric::Events => json!(a.events),
+        Metric::Visits => json!(a.visits),
+        Metric::ViewsPerVisit => json!(round_to(rate(a.visit_pageviews, a.visits), 2)),
+        Metric::BounceRate => json!(round_to(100.0 * rate(a.bounces, a.visits), 0) as i64),
+        Metric::VisitDuration => json!(round_to(rate(a.duration_ms, a.visits) / 1000.0, 0) as i64),
+    }
+}
+
+/// The columnar query engine over [`Columns`].
+pub struct ColumnarEngine {
+    columns: Arc<Columns>,
+    runtime: Arc<RuntimeEnv>,
+    store_url: url::Url,
+}
+
+impl ColumnarEngine {
+    pub fn new(columns: Arc<Columns>) -> Self {
+        let runtime = Arc::new(RuntimeEnv::default());
+        let store_url = url::Url::parse("footfall://columns").expect("a valid URL");
+        runtime.register_object_store(&store_url, columns.archive().object_store().clone());
+        Self {
+            columns,
+            runtime,
+            store_url,
+        }
+    }
+
+    /// A context with the `events` table over `property`'s days in `[from, to]`; None
+    /// when there is no file in the range.
+    async fn context(
+        &self,
+        property: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Option<SessionContext>, QueryError> {
+        let days = self
+            .columns
+            .day_files(property, from, to)
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        if days.is_empty() {
+            return Ok(None);
+        }
+        let unavailable =
+            |e: datafusion::error::DataFusionError| QueryError::Unavailable(e.to_string());
+        let urls = days
+            .iter()
+            .map(|(_, p)| ListingTableUrl::parse(format!("{}/{}", self.store_url, p)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        let config = SessionConfig::new().with_target_partitions(2);
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let table = ListingTable::try_new(
+            ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(schema()),
+        )
+        .map_err(unavailable)?;
+        ctx.register_table("events", Arc::new(table))
+            .map_err(unavailable)?;
+        Ok(Some(ctx))
+    }
+
+    async fn rows(
+        ctx: &SessionContext,
+        sql: &str,
+        dims: usize,
+    ) -> Result<Vec<(Vec<Option<String>>, Vec<i64>)>, QueryError> {
+        let fail = |e: datafusion::error::DataFusionError| {
+            // Errors from the engine on a well-formed query are the query's values (a
+            // bad regular expression); everything else is unavailability.
+            let s = e.to_string();
+            if s.contains("regex") || s.contains("Regular expression") {
+                QueryError::Invalid(format!("invalid regular expression: {s}"))
+            } else {
+                QueryError::Unavailable(s)
+            }
+        };
+        let batches: Vec<RecordBatch> = ctx
+            .sql(sql)
+            .await
+            .map_err(fail)?
+            .collect()
+            .await
+            .map_err(fail)?;
+        let mut out = Vec::new();
+        for b in batches {
+            let cols = b.columns();
+            for r in 0..b.num_rows() {
+                let mut keys = Vec::with_capacity(dims);
+                for c in &cols[..dims] {
+                    keys.push(if c.is_null(r) {
+                        None
+                    } else if let Some(s) = c.as_string_opt::<i32>() {
+                        Some(s.value(r).to_string())
+                    } else if let Some(s) = c.as_string_view_opt() {
+                        Some(s.value(r).to_string())
+                    } else if let Some(x) = c.as_primitive_opt::<Int64Type>() {
+                        Some(x.value(r).to_string())
+                    } else {
+                        return Err(QueryError::Unavailable(format!(
+                            "unexpected column type {}",
+                            c.data_type()
+                        )));
+                    });
+                }
+                let mut vals = Vec::new();
+                for c in &cols[dims..] {
+                    let x = c.as_primitive_opt::<Int64Type>().ok_or_else(|| {
+                        QueryError::Unavailable(format!("unexpected column type {}", c.data_type()))
+                    })?;
+                    vals.push(if x.is_null(r) { 0 } else { x.value(r) });
+                }
+                out.push((keys, vals));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers `req` for a property in zone `tz` over the local dates `[from, to]`.
+    pub async fn execute(
+        &self,
+        req: &QueryRequest,
+        tz: Tz,
+        (from, to): (NaiveDate, NaiveDate),
+    ) -> Result<Value, QueryError> {
+        if req.metrics.is_empty() {
+            return bad("at least one metric is required");
+        }
+        let metrics: Vec<Metric> = req
+            .metrics
+            .iter()
+            .map(|m| Metric::parse(m))
+            .collect::<Result<_, _>>()?;
+        let dims: Vec<Dim> = req
+            .dimensions
+            .iter()
+            .map(|d| dimension(d))
+            .collect::<Result<_, _>>()?;
+        if dims.iter().filter(|d| d.time.is_some()).count() > 1 {
+            return bad("at most one time dimension");
+        }
+        let mut where_sql = Vec::new();
+        let mut filters_visit = true;
+        for f in &req.filters {
+            let (s, v) = filter(f)?;
+            filters_visit &= v;
+            where_sql.push(format!("({s})"));
+        }
+        let plain = req.filters.is_empty() && dims.iter().all(|d| d.time.is_some());
+        // Every dimension and filter is of the visit (and there is one): visit figures.
+        let visit_family =
+            !plain && filters_visit && dims.iter().all(|d| d.visit_level || d.time.is_some());
+        // A breakdown lists the values that are there: rows without one are left out (an
+        // event without the property, a visit without a page view).
+        for d in dims.iter().filter(|d| d.time.is_none()) {
+            where_sql.push(format!("{} IS NOT NULL", d.sql));
+        }
+        let range = |col: &str| {
+            format!(
+                "{col} BETWEEN DATE '{}' AND DATE '{}'",
+                from.format("%Y-%m-%d"),
+                to.format("%Y-%m-%d")
+            )
+        };
+        let n = dims.len();
+        let mut groups: HashMap<Vec<Option<String>>, Agg> = HashMap::new();
+        if let Some(ctx) = self.context(&req.site_id, from, to).await? {
+            let where_all = |extra: &str| {
+                let mut w = where_sql.clone();
+                w.push(extra.to_string());
+                w.join(" AND ")
+            };
+            let group_by = |visit_time: bool| -> (String, String) {
+                let exprs: Vec<String> = dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let e = match (&d.visit_sql, visit_time) {
+                            (Some(v), true) => v.clone(),
+                            _ => d.sql.clone(),
+                        };
+                        format!("{e} AS d{i}")
+                    })
+                    .collect();
+                let keys: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+                (exprs.join(", "), keys.join(", "))
+            };
+            let select = |exprs: &str, aggs: &str| {
+                if exprs.is_empty() {
+                    aggs.to_string()
+                } else {
+                    format!("{exprs}, {aggs}")
+                }
+            };
+            let grouped = |keys: &str| {
+                if keys.is_empty() {
+                    String::new()
+                } else {
+                    format!(" GROUP BY {keys}")
+                }
+            };
+            // Visits: from each visit's first row (visit family and plain queries), or
+            // the visits with a matching event (event family).
+            let want_visits = visit_family || metrics.iter().any(|m| m.is_visit_level());
+            if want_visits {
+                let sql = if visit_family || plain {
+                    let (exprs, keys) = group_by(true);
+                    format!(
+                        "SELECT {} FROM events WHERE {}{}",
+                        select(&exprs, "COUNT(DISTINCT visitor), COUNT(*), SUM(visit_pageviews), SUM(visit_events), SUM(CAST(visit_bounce AS BIGINT)), SUM(visit_duration_ms)"),
+                        where_all(&format!("visit_first AND {}", range("visit_local_date"))),
+                        grouped(&keys)
+                    )
+                } else {
+                    let (exprs, keys) = group_by(false);
+                    let inner_cols: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+                    let inner_sel = select(&exprs, "visit_id, visitor, visit_pageviews, visit_events, visit_bounce, visit_duration_ms");
+                    format!(
+                        "SELECT {} FROM (SELECT DISTINCT {inner_sel} FROM events WHERE {}) AS v{}",
+                        select(&inner_cols.join(", "), "COUNT(DISTINCT visitor), COUNT(*), SUM(visit_pageviews), SUM(visit_events), SUM(CAST(visit_bounce AS BIGINT)), SUM(visit_duration_ms)"),
+                        where_all(&range("local_date")),
+                        grouped(&keys)
+                    )
+                };
+                for (k, v) in Self::rows(&ctx, &sql, n).await? {
+                    let g = groups.entry(k).or_default();
+                    g.visits = v[1];
+                    g.visit_pageviews = v[2];
+                    g.bounces = v[4];
+                    g.duration_ms = v[5];
+                    if visit_family {
+                        g.visitors = v[0];
+                        g.events = v[3];
+                        g.from_visits = true;
+                    }
+                }
+            }
+            if !visit_family {
+                let (exprs, keys) = group_by(false);
+                let sql = format!(
+                    "SELECT {} FROM events WHERE {}{}",
+                    select(
+                        &exprs,
+                        "COUNT(DISTINCT visitor), SUM(CAST(pageview AS BIGINT)), COUNT(*)"
+                    ),
+                    where_all(&range("local_date")),
+                    grouped(&keys)
+                );
+                for (k, v) in Self::rows(&ctx, &sql, n).await? {
+                    let g = groups.entry(k).or_default();
+                    g.visitors = v[0];
+                    g.pageviews = v[1];
+                    g.events = v[2];
+                }
+            }
+        }
+        let mut rows: Vec<(Vec<Option<String>>, Agg)> = groups
+            .into_iter()
+            .filter(|(_, a)| a.events > 0 || a.visits > 0)
+            .collect();
+        if n == 0 && rows.is_empty() {
+            rows.push((Vec::new(), Agg::default()));
+        }
+        respond(req, tz, (from, to), &dims, &metrics, rows)
+    }
+}
+
+/// Orders, pages and shapes the rows as the rollup engine does.
+fn respond(
+    req: &QueryRequest,
+    tz: Tz,
+    (from, to): (NaiveDate, NaiveDate),
+    dims: &[Dim],
+    metrics: &[Metric],
+    rows: Vec<(Vec<Option<String>>, Agg)>,
+) -> Result<Value, QueryError> {
+    struct Row {
+        keys: Vec<Value>,
+        /// Sort keys: time as a number, others as text.
+        time: Option<i64>,
+        metrics: Vec<Value>,
+    }
+    let time_at = dims.iter().position(|d| d.time.is_some());
+    let mut out: Vec<Row> = rows
+        .into_iter()
+        .map(|(k, a)| {
+            let time = time_at.and_then(|i| k[i].as_deref().and_then(|s| s.parse::<i64>().ok()));
+            let keys = k
+                .iter()
+                .zip(dims)
+                .map(|(v, d)| match (d.time, v) {
+                    (Some(unit), Some(v)) => {
+                        let ms: i64 = v.parse().unwrap_or(0);
+                        let t = chrono::DateTime::from_timestamp_millis(ms)
+                            .unwrap_or_default()
+                            .naive_utc();
+                        json!(if unit == "hour" {
+                            t.format("%Y-%m-%d %H:%M:%S").to_string()
+                        } else {
+                            t.format("%Y-%m-%d").to_string()
+                        })
+                    }
+                    (_, v) => json!(v.clone().unwrap_or_default()),
+                })
+                .collect();
+            Row {
+                keys,
+                time,
+                metrics: metrics.iter().map(|m| metric_value(*m, &a)).collect(),
+            }
+        })
+        .collect();
+    let order: Vec<(String, bool)> = match &req.order_by {
+        Some(o) => o
+            .iter()
+            .map(|(k, dir)| match dir.as_str() {
+                "asc" => Ok((k.clone(), false)),
+                "desc" => Ok((k.clone(), true)),
+                _ => bad(format!("order direction `{dir}` must be asc or desc")),
+            })
+            .collect::<Result<_, _>>()?,
+        None => {
+            let mut o = Vec::new();
+            if let Some(i) = time_at {
+                o.push((req.dimensions[i].clone(), false));
+            }
+            o.push((req.metrics[0].clone(), true));
+            o
+        }
+    };
+    type Cmp = Box<dyn Fn(&Row, &Row) -> std::cmp::Ordering>;
+    let mut sorters: Vec<(Cmp, bool)> = Vec::new();
+    for (k, desc) in order {
+        if let Some(i) = req.metrics.iter().position(|m| *m == k) {
+            sorters.push((
+                Box::new(move |a: &Row, b: &Row| {
+                    a.metrics[i]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.metrics[i].as_f64().unwrap_or(0.0))
+                }),
+                desc,
+            ));
+        } else if let Some(i) = req.dimensions.iter().position(|d| *d == k) {
+            if Some(i) == time_at {
+                sorters.push((Box::new(|a: &Row, b: &Row| a.time.cmp(&b.time)), desc));
+            } else {
+                sorters.push((
+                    Box::new(move |a: &Row, b: &Row| a.keys[i].as_str().cmp(&b.keys[i].as_str())),
+                    desc,
+                ));
+            }
+        } else {
+            return bad(format!(
+                "cannot order by `{k}`: it is neither a requested metric nor a dimension"
+            ));
+        }
+    }
+    out.sort_by(|a, b| {
+        for (f, desc) in &sorters {
+            let o = f(a, b);
+            let o = if *desc { o.reverse() } else { o };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        a.time.cmp(&b.time).then_with(|| {
+            let ka: Vec<&str> = a.keys.iter().filter_map(Value::as_str).collect();
+            let kb: Vec<&str> = b.keys.iter().filter_map(Value::as_str).collect();
+            ka.cmp(&kb)
+        })
+    });
+    let pagination = req
+        .pagination
+        .clone()
+        .unwrap_or(footfall_query::Pagination {
+            limit: 10_000,
+            offset: 0,
+        });
+    let include = req.include.clone().unwrap_or_default();
+    let total_rows = out.len();
+    let results: Vec<Value> = out
+        .into_iter()
+        .skip(pagination.offset)
+        .take(pagination.limit)
+        .map(|r| json!({"dimensions": r.keys, "metrics": r.metrics}))
+        .collect();
+    let start = tz
+        .from_local_datetime(&from.and_hms_opt(0, 0, 0).unwrap())
+        .earliest();
+    let end = tz
+        .from_local_datetime(&to.and_hms_opt(23, 59, 59).unwrap())
+        .latest();
+    let mut meta = serde_json::Map::new();
+    if include.total_rows {
+        meta.insert("total_rows".into(), json!(total_rows));
+    }
+    meta.insert("time_zone".into(), json!(tz.name()));
+    meta.insert("engine".into(), json!("columnar"));
+    Ok(json!({
+        "results": results,
+        "meta": meta,
+        "query": {
+            "site_id": req.site_id,
+            "metrics": req.metrics,
+            "date_range": [start.map(|s| s.to_rfc3339()), end.map(|e| e.to_rfc3339())],
+            "dimensions": req.dimensions,
+            "filters": req.filters,
+            "order_by": req.order_by,
+            "include": include,
+            "pagination": pagination,
+        }
+    }))
+}
+
+impl footfall_query::EventQuery for ColumnarEngine {
+    fn query<'a>(
+        &'a self,
+        req: &'a QueryRequest,
+        tz: Tz,
+        dates: (NaiveDate, NaiveDate),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
+    {
+        Box::pin(self.execute(req, tz, dates))
+    }
+}

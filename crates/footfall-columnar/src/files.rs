@@ -1,0 +1,351 @@
+//! The columnar files beside the archive, and how they are made from it.
+//!
+//! Layout: `columns/property=<id>/date=<local date>/events.parquet`, one file per
+//! property and local day, with `manifest.json` beside it naming the archive files it
+//! was made from. A day's file is a pure function of those archive files (and of
+//! [`crate::FORMAT`]), so making it again gives the same rows: exactly once by
+//! construction, whatever crashed in between. [`Columns::refresh`] remakes every day
+//! whose archive files changed since its manifest, and a new [`crate::FORMAT`] (a
+//! change of the rules or the schema) remakes every day.
+//!
+//! A day's rows are its events (by the property's local time), each with its whole
+//! visit. Visits are found in the events of a window around the day — from 24 hours
+//! before its local midnight to 6 hours after the next — so a visit that began the
+//! evening before, or runs past midnight, is whole; a visit longer than that window
+//! would be cut (none is in practice: it takes an event every 30 minutes all day).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use chrono::{Duration, NaiveDate, TimeZone};
+use chrono_tz::Tz;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use footfall_archive::{Archive, FileInfo};
+use footfall_event::AsEventView;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::{table, Error, Result, FORMAT};
+
+const BEFORE_MS: i64 = 24 * 3_600_000;
+const AFTER_MS: i64 = 6 * 3_600_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// What a day's file was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    /// The property's zone and visit gap the rows were made with.
+    zone: String,
+    gap_ms: i64,
+    /// Archive files (name, bytes) read for the day, sorted.
+    sources: Vec<(String, u64)>,
+    rows: u64,
+}
+
+/// A property's zone and visit gap in milliseconds (None: the property is gone).
+pub type Settings = dyn Fn(&str) -> Option<(Tz, i64)> + Send + Sync;
+
+/// What one [`Columns::refresh`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct RefreshReport {
+    /// Days whose file was made again.
+    pub days: u64,
+    pub rows: u64,
+}
+
+/// The columnar files of every property, on the archive's object store.
+pub struct Columns {
+    archive: Archive,
+    /// Manifests already read or written (the object store holds the truth).
+    known: Mutex<HashMap<(String, NaiveDate), Manifest>>,
+}
+
+/// Local midnight starting `date` (the first instant of the day, even where midnight
+/// itself is skipped by a clock change).
+fn day_start(tz: &Tz, date: NaiveDate) -> i64 {
+    let mut t = date.and_hms_opt(0, 0, 0).unwrap();
+    for _ in 0..4 {
+        if let Some(x) = tz.from_local_datetime(&t).earliest() {
+            return x.timestamp_millis();
+        }
+        t += Duration::minutes(30);
+    }
+    t.and_utc().timestamp_millis()
+}
+
+/// The UTC milliseconds `[from, to)` of events read for `date`.
+fn window(tz: &Tz, date: NaiveDate) -> (i64, i64) {
+    (
+        day_start(tz, date) - BEFORE_MS,
+        day_start(tz, date + Duration::days(1)) + AFTER_MS,
+    )
+}
+
+/// UTC start of an archive file's hour.
+fn hour_start(f: &FileInfo) -> i64 {
+    f.date
+        .and_hms_opt(f.hour, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+}
+
+/// The local dates whose window holds part of `f`'s hour.
+fn days_of(tz: &Tz, f: &FileInfo) -> Vec<NaiveDate> {
+    let h = hour_start(f);
+    let first = footfall_store::rollup::local_time(tz, h - AFTER_MS - 1).date();
+    let last = footfall_store::rollup::local_time(tz, h + HOUR_MS + BEFORE_MS).date();
+    first
+        .iter_days()
+        .take_while(|d| *d <= last)
+        .filter(|d| {
+            let (a, b) = window(tz, *d);
+            h < b && h + HOUR_MS > a
+        })
+        .collect()
+}
+
+impl Columns {
+    /// The files beside `archive`.
+    pub fn new(archive: Archive) -> Self {
+        Self {
+            archive,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    fn dir(property: &str, date: NaiveDate) -> String {
+        format!("columns/property={property}/date={date}")
+    }
+
+    /// The days of `property` that have a file in `[from, to]`, with the file's path on
+    /// the object store.
+    pub async fn day_files(
+        &self,
+        property: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, Path)>> {
+        let base = self
+            .archive
+            .path_of(&format!("columns/property={property}"));
+        let metas: Vec<_> = self
+            .archive
+            .object_store()
+            .list(Some(&base))
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for m in metas {
+            let s = m.location.as_ref();
+            if !s.ends_with("/events.parquet") {
+                continue;
+            }
+            let Some(d) = s
+                .rsplit('/')
+                .nth(1)
+                .and_then(|x| x.strip_prefix("date="))
+                .and_then(|x| NaiveDate::parse_from_str(x, "%Y-%m-%d").ok())
+            else {
+                continue;
+            };
+            if d >= from && d <= to {
+                out.push((d, m.location));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn manifest(&self, property: &str, date: NaiveDate) -> Result<Option<Manifest>> {
+        if let Some(m) = self
+            .known
+            .lock()
+            .unwrap()
+            .get(&(property.to_string(), date))
+        {
+            return Ok(Some(m.clone()));
+        }
+        let path = self
+            .archive
+            .path_of(&format!("{}/manifest.json", Self::dir(property, date)));
+        match self.archive.object_store().get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await?;
+                // An unreadable manifest only means the day is made again.
+                let m: Option<Manifest> = serde_json::from_slice(&bytes).ok();
+                if let Some(m) = &m {
+                    self.known
+                        .lock()
+                        .unwrap()
+                        .insert((property.to_string(), date), m.clone());
+                }
+                Ok(m)
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes every day of every property whose archive files differ from its
+    /// manifest's (or whose manifest is of another [`FORMAT`], zone or visit gap);
+    /// `settings` gives a property's zone and visit gap in milliseconds (None: the
+    /// property is gone, skipped).
+    pub async fn refresh(&self, settings: &Settings) -> Result<RefreshReport> {
+        let files = self.archive.list(None, None).await?;
+        let mut by_property: BTreeMap<&str, Vec<&FileInfo>> = BTreeMap::new();
+        for f in &files {
+            by_property.entry(&f.property).or_default().push(f);
+        }
+        let mut report = RefreshReport::default();
+        for (property, files) in by_property {
+            let Some((tz, gap_ms)) = settings(property) else {
+                continue;
+            };
+            let mut sources: BTreeMap<NaiveDate, BTreeSet<(String, u64)>> = BTreeMap::new();
+            for f in &files {
+                for d in days_of(&tz, f) {
+                    sources
+                        .entry(d)
+                        .or_default()
+                        .insert((f.path.clone(), f.bytes));
+                }
+            }
+            for (date, srcs) in sources {
+                let srcs: Vec<(String, u64)> = srcs.into_iter().collect();
+                let up_to_date = self.manifest(property, date).await?.is_some_and(|m| {
+                    m.format == FORMAT
+                        && m.zone == tz.name()
+                        && m.gap_ms == gap_ms
+                        && m.sources == srcs
+                });
+                if up_to_date {
+                    continue;
+                }
+                report.rows += self.make_day(property, &tz, gap_ms, date, srcs).await?;
+                report.days += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Forgets what was made for `property` in `[from, to]`, so that the next refresh
+    /// makes those days again (reprocessing after a fix of the rules).
+    pub async fn invalidate(&self, property: &str, from: NaiveDate, to: NaiveDate) -> Result<()> {
+        for d in from.iter_days().take_while(|d| *d <= to) {
+            self.known
+                .lock()
+                .unwrap()
+                .remove(&(property.to_string(), d));
+            let path = self
+                .archive
+                .path_of(&format!("{}/manifest.json", Self::dir(property, d)));
+            match self.archive.object_store().delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes one day's file from `sources` (archive file names and sizes); answers the
+    /// rows written.
+    async fn make_day(
+        &self,
+        property: &str,
+        tz: &Tz,
+        gap: i64,
+        date: NaiveDate,
+        sources: Vec<(String, u64)>,
+    ) -> Result<u64> {
+        let (from, to) = window(tz, date);
+        let mut events = Vec::new();
+        for (name, _) in &sources {
+            for e in self.archive.read_file(name).await? {
+                if e.timestamp >= from && e.timestamp < to {
+                    events.push(e);
+                }
+            }
+        }
+        // Log order within a partition, as live processing saw them.
+        events.sort_by_key(|e| (e.log_partition, e.log_offset));
+        let tz2 = *tz;
+        let data = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64)> {
+            let logged: Vec<_> = events.into_iter().map(|e| e.into_logged()).collect();
+            let views: Vec<_> = logged.iter().map(|e| e.as_view()).collect();
+            let rows = footfall_processor::rows::event_rows(&views, gap);
+            let mut day: Vec<_> = rows
+                .iter()
+                .filter(|r| footfall_store::rollup::local_time(&tz2, r.timestamp).date() == date)
+                .collect();
+            day.sort_by_key(|r| r.timestamp);
+            let batch = table::to_batch(&day, &tz2)?;
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build();
+            let mut buf = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut buf, table::schema(), Some(props))?;
+            w.write(&batch)?;
+            w.close()?;
+            Ok((buf, day.len() as u64))
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
+        let (bytes, rows) = data;
+        let dir = Self::dir(property, date);
+        let store = self.archive.object_store();
+        let data_path = self.archive.path_of(&format!("{dir}/events.parquet"));
+        if rows == 0 {
+            match store.delete(&data_path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            store.put(&data_path, PutPayload::from(bytes)).await?;
+        }
+        // The manifest last: a crash before it only means the day is made again.
+        let m = Manifest {
+            format: FORMAT,
+            zone: tz.name().to_string(),
+            gap_ms: gap,
+            sources,
+            rows,
+        };
+        let path = self.archive.path_of(&format!("{dir}/manifest.json"));
+        let json = serde_json::to_vec(&m).map_err(|e| Error::Other(e.to_string()))?;
+        store.put(&path, PutPayload::from(json)).await?;
+        self.known
+            .lock()
+            .unwrap()
+            .insert((property.to_string(), date), m);
+        Ok(rows)
+    }
+}
+
+/// The columnar role's loop: refreshes every `interval` (a failed pass is logged and
+/// retried at the next).
+pub async fn refresh_loop(
+    columns: std::sync::Arc<Columns>,
+    interval: std::time::Duration,
+    settings: std::sync::Arc<Settings>,
+) {
+    loop {
+        match columns.refresh(&*settings).await {
+            Ok(r) if r.days > 0 => {
+                tracing::debug!(days = r.days, rows = r.rows, "columnar files made")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "columnar refresh failed; will retry"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -1,0 +1,175 @@
+//! The `events` table: one row per event with its visit's attributes (Arrow schema and
+//! the conversion from [`EventRow`]s). Column names are the Stats API dimension names
+//! with `:` as `_` (`visit:utm_source` is `visit_utm_source`).
+
+use std::sync::{Arc, OnceLock};
+
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, UInt64Builder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use footfall_processor::rows::EventRow;
+use footfall_store::rollup::local_time;
+use footfall_store::{VisitKey, VISIT_FIELDS};
+
+/// The column of a visit attribute (`visit:country` → `visit_country`).
+pub fn column_of(dimension: &str) -> String {
+    dimension.replace(':', "_")
+}
+
+/// Days since 1970-01-01, as Arrow's `Date32` counts them.
+pub fn date32(d: NaiveDate) -> i32 {
+    (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
+}
+
+/// The schema of every file (one version; a change rebuilds all files, see
+/// [`crate::FORMAT`]).
+pub fn schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        let local = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let text_list = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
+        let mut fields = vec![
+            // Event time: UTC milliseconds, and the property's local wall clock.
+            Field::new("ts", DataType::Int64, false),
+            Field::new("local_date", DataType::Date32, false),
+            Field::new("local_ts", local.clone(), false),
+            Field::new("visitor", DataType::UInt64, false),
+            Field::new("event_name", DataType::Utf8, false),
+            Field::new("pageview", DataType::Boolean, false),
+            Field::new("event_page", DataType::Utf8, true),
+            Field::new("event_hostname", DataType::Utf8, true),
+            // Custom properties as two aligned lists (keys, values as text).
+            Field::new("prop_keys", text_list.clone(), false),
+            Field::new("prop_values", text_list, false),
+            Field::new("revenue_currency", DataType::Utf8, true),
+            Field::new("revenue_micros", DataType::Int64, true),
+            // The visit: one row per visit has visit_first.
+            Field::new("visit_id", DataType::UInt64, false),
+            Field::new("visit_first", DataType::Boolean, false),
+            Field::new("visit_local_date", DataType::Date32, false),
+            Field::new("visit_local_ts", local, false),
+            Field::new("visit_pageviews", DataType::Int64, false),
+            Field::new("visit_events", DataType::Int64, false),
+            Field::new("visit_bounce", DataType::Boolean, false),
+            Field::new("visit_duration_ms", DataType::Int64, false),
+            Field::new("visit_entry_page", DataType::Utf8, true),
+            Field::new("visit_exit_page", DataType::Utf8, true),
+        ];
+        for f in VISIT_FIELDS {
+            fields.push(Field::new(column_of(f), DataType::Utf8, false));
+        }
+        Arc::new(Schema::new(fields))
+    })
+    .clone()
+}
+
+/// A visit's id: its visitor and start, mixed (unique within a property in practice;
+/// 64 bits).
+fn visit_id(visitor: u64, start: i64) -> u64 {
+    let x = visitor ^ (start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // A finaliser so that neighbouring starts do not give neighbouring ids.
+    let x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}
+
+/// The rows as one batch, local times in `tz`.
+pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<RecordBatch> {
+    let n = rows.len();
+    let mut ts = Int64Builder::with_capacity(n);
+    let mut local_date = Date32Builder::with_capacity(n);
+    let mut local_ts = TimestampMillisecondBuilder::with_capacity(n);
+    let mut visitor = UInt64Builder::with_capacity(n);
+    let mut name = StringBuilder::new();
+    let mut pageview = BooleanBuilder::with_capacity(n);
+    let mut page = StringBuilder::new();
+    let mut host = StringBuilder::new();
+    let mut prop_keys = ListBuilder::new(StringBuilder::new());
+    let mut prop_values = ListBuilder::new(StringBuilder::new());
+    let mut currency = StringBuilder::new();
+    let mut micros = Int64Builder::with_capacity(n);
+    let mut vid = UInt64Builder::with_capacity(n);
+    let mut vfirst = BooleanBuilder::with_capacity(n);
+    let mut vdate = Date32Builder::with_capacity(n);
+    let mut vts = TimestampMillisecondBuilder::with_capacity(n);
+    let mut vpv = Int64Builder::with_capacity(n);
+    let mut vev = Int64Builder::with_capacity(n);
+    let mut vbounce = BooleanBuilder::with_capacity(n);
+    let mut vdur = Int64Builder::with_capacity(n);
+    let mut ventry = StringBuilder::new();
+    let mut vexit = StringBuilder::new();
+    let mut attrs: Vec<StringBuilder> = VISIT_FIELDS.iter().map(|_| StringBuilder::new()).collect();
+    for r in rows {
+        let lt = local_time(tz, r.timestamp);
+        ts.append_value(r.timestamp);
+        local_date.append_value(date32(lt.date()));
+        local_ts.append_value(lt.and_utc().timestamp_millis());
+        visitor.append_value(r.visitor);
+        name.append_value(&r.name);
+        pageview.append_value(r.pageview);
+        page.append_option(r.page.as_deref());
+        host.append_option(r.hostname.as_deref());
+        for (k, v) in &r.props {
+            prop_keys.values().append_value(k);
+            prop_values.values().append_value(v);
+        }
+        prop_keys.append(true);
+        prop_values.append(true);
+        match &r.revenue {
+            Some((c, m)) => {
+                currency.append_value(c);
+                micros.append_value(*m);
+            }
+            None => {
+                currency.append_null();
+                micros.append_null();
+            }
+        }
+        let v = &r.visit;
+        let vt = local_time(tz, v.start);
+        vid.append_value(visit_id(r.visitor, v.start));
+        vfirst.append_value(r.visit_first);
+        vdate.append_value(date32(vt.date()));
+        vts.append_value(vt.and_utc().timestamp_millis());
+        vpv.append_value(v.pageviews as i64);
+        vev.append_value(v.events as i64);
+        vbounce.append_value(v.bounce);
+        vdur.append_value(v.end - v.start);
+        ventry.append_option(v.entry_page.as_deref());
+        vexit.append_option(v.exit_page.as_deref());
+        for (i, b) in attrs.iter_mut().enumerate() {
+            b.append_value(VisitKey::field(&v.key, i));
+        }
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(ts.finish()),
+        Arc::new(local_date.finish()),
+        Arc::new(local_ts.finish()),
+        Arc::new(visitor.finish()),
+        Arc::new(name.finish()),
+        Arc::new(pageview.finish()),
+        Arc::new(page.finish()),
+        Arc::new(host.finish()),
+        Arc::new(prop_keys.finish()),
+        Arc::new(prop_values.finish()),
+        Arc::new(currency.finish()),
+        Arc::new(micros.finish()),
+        Arc::new(vid.finish()),
+        Arc::new(vfirst.finish()),
+        Arc::new(vdate.finish()),
+        Arc::new(vts.finish()),
+        Arc::new(vpv.finish()),
+        Arc::new(vev.finish()),
+        Arc::new(vbounce.finish()),
+        Arc::new(vdur.finish()),
+        Arc::new(ventry.finish()),
+        Arc::new(vexit.finish()),
+    ];
+    for mut b in attrs {
+        cols.push(Arc::new(b.finish()));
+    }
+    Ok(RecordBatch::try_new(schema(), cols)?)
+}
