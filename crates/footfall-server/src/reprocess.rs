@@ -62,9 +62,24 @@ pub struct Reprocessor {
     pub partitions: usize,
     pub rules: SessionRules,
     pub properties: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Called after a range of a property was rebuilt and installed, so that what else
+    /// is derived from the archive is made again (the columnar files).
+    pub rebuilt: std::sync::OnceLock<RebuiltHook>,
     jobs: Mutex<HashMap<u64, Arc<Mutex<JobStatus>>>>,
     next: AtomicU64,
 }
+
+/// `(property, first local date, last local date)` of a rebuilt range.
+pub type RebuiltHook = Arc<
+    dyn Fn(
+            String,
+            NaiveDate,
+            NaiveDate,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Reprocessor {
     #[allow(clippy::too_many_arguments)]
@@ -87,6 +102,7 @@ impl Reprocessor {
             partitions,
             rules,
             properties,
+            rebuilt: std::sync::OnceLock::new(),
             jobs: Mutex::default(),
             next: AtomicU64::new(1),
         }
@@ -271,6 +287,9 @@ impl Reprocessor {
                     .map_err(|e| e.to_string())?
                     .map_err(|_| "processor stopped".to_string())??;
                 entry["installed"] = json!(report);
+                if let Some(hook) = self.rebuilt.get() {
+                    hook(property.clone(), req.from, req.to).await?;
+                }
             }
             status.lock().unwrap().result.push(entry);
         }

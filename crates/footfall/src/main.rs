@@ -735,7 +735,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // Raw events in columns: the archiver role makes the files, query nodes answer
     // from them what the rollups cannot.
-    let events = columnar(&cfg, &roles, &cache, &session_rules)?;
+    let (events, columnar_refresh) =
+        columnar(&cfg, &roles, &cache, &session_rules, reprocessor.as_ref())?;
 
     let mut rules = IngestRules::default();
     rules.limits.max_body_bytes = cfg.ingest.max_body_bytes;
@@ -805,6 +806,9 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 let _ = tokio::task::spawn_blocking(move || c.refresh()).await;
             }
         });
+        if let Some(refresh) = columnar_refresh {
+            tokio::spawn(refresh);
+        }
         if let Some(archiver) = archiver {
             let seal_interval = config::parse_duration(&cfg.archive.seal_interval)?;
             tokio::spawn(footfall_archive::seal_loop(
@@ -922,18 +926,38 @@ fn query_cache(cfg: &Config) -> anyhow::Result<Option<Arc<dyn footfall_cache::Re
 }
 
 /// The columnar engine of a query node (None without one), and on an archiver node the
-/// loop that makes the files.
+/// loop that makes the files (to be spawned on the runtime).
+type Columnar = (
+    Option<Arc<dyn footfall_query::EventQuery>>,
+    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+);
+
 #[cfg(feature = "columnar")]
 fn columnar(
     cfg: &config::Config,
     roles: &roles::Roles,
     cache: &Arc<MetaCache>,
     rules: &SessionRules,
-) -> anyhow::Result<Option<Arc<dyn footfall_query::EventQuery>>> {
+    reprocessor: Option<&Arc<footfall_server::reprocess::Reprocessor>>,
+) -> anyhow::Result<Columnar> {
     if !cfg.columnar.enabled || !(roles.query || roles.archiver) {
-        return Ok(None);
+        return Ok((None, None));
     }
     let columns = Arc::new(footfall_columnar::Columns::new(admin::open_archive(cfg)?));
+    // A reprocessed range's days are made again at the next refresh (a fix of the
+    // rules reaches the columnar files too).
+    if let Some(r) = reprocessor {
+        let c = columns.clone();
+        let _ = r.rebuilt.set(Arc::new(move |property, from, to| {
+            let c = c.clone();
+            Box::pin(async move {
+                c.invalidate(&property, from, to)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
+    let mut refresh = None;
     if roles.archiver {
         let interval = config::parse_duration(&cfg.columnar.refresh_interval)?;
         let (cache, default_gap) = (cache.clone(), rules.gap_ms);
@@ -944,16 +968,18 @@ fn columnar(
                 .map_or(default_gap, |m| m as i64 * 60_000);
             Some((p.tz(), gap))
         });
-        tokio::spawn(footfall_columnar::refresh_loop(
+        refresh = Some(Box::pin(footfall_columnar::refresh_loop(
             columns.clone(),
             interval,
             settings,
-        ));
+        ))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
     }
-    Ok(roles.query.then(|| {
+    let engine = roles.query.then(|| {
         Arc::new(footfall_columnar::ColumnarEngine::new(columns))
             as Arc<dyn footfall_query::EventQuery>
-    }))
+    });
+    Ok((engine, refresh))
 }
 
 #[cfg(not(feature = "columnar"))]
@@ -962,9 +988,10 @@ fn columnar(
     roles: &roles::Roles,
     _: &Arc<MetaCache>,
     _: &SessionRules,
-) -> anyhow::Result<Option<Arc<dyn footfall_query::EventQuery>>> {
+    _: Option<&Arc<footfall_server::reprocess::Reprocessor>>,
+) -> anyhow::Result<Columnar> {
     if cfg.columnar.enabled && roles.query {
         tracing::info!("this binary is built without the `columnar` feature: queries the rollups cannot answer get a 400");
     }
-    Ok(None)
+    Ok((None, None))
 }

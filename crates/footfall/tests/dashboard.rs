@@ -173,7 +173,10 @@ async fn dashboard_end_to_end_in_chromium() {
         }
         assert_eq!(
             rows,
-            vec![("google.com".to_string(), 2), ("news.ycombinator.com".to_string(), 1)]
+            vec![
+                ("google.com".to_string(), 2),
+                ("news.ycombinator.com".to_string(), 1)
+            ]
         );
     }
 
