@@ -374,7 +374,9 @@ pub fn dashboard(site: &str, from: &str, to: &str) -> Vec<(&'static str, serde_j
 }
 
 /// What the dashboard page asks for one range (crates/footfall-server/assets/
-/// dashboard.js, `load`): the totals, the chart, every top-10 panel and revenue.
+/// dashboard.js, `load`): the totals, the chart, every top-10 panel the rollups answer
+/// and revenue. The exit pages panel comes from the columnar engine (docs/QUERIES.md)
+/// and is not in this set.
 pub fn page(site: &str, from: &str, to: &str) -> Vec<(String, serde_json::Value)> {
     const PANELS: [&str; 17] = [
         "event:page",

@@ -13,6 +13,7 @@ const METRICS = [
 const PANELS = [
   ["event:page", "Pages"],
   ["visit:entry_page", "Entry pages"],
+  ["visit:exit_page", "Exit pages"],
   ["visit:source", "Sources"],
   ["visit:channel", "Channels"],
   ["visit:referrer", "Referrers"],
@@ -629,7 +630,11 @@ function renderPanel(dim, title, r, id) {
           }, r.dimensions[0] === "" ? "(none)" : String(r.dimensions[0]))),
           h("td", { class: "num" }, fmt("visitors", r.metrics[0]))))),
   );
-  panel.replaceChildren(h("div", { class: "head" }, h("h2", {}, title), download), table);
+  // Answers from raw events (what the rollups cannot combine) lag by minutes: say so.
+  const lag = r.json?.meta?.engine === "columnar"
+    ? h("p", { class: "muted" }, "From raw events: the last few minutes may be missing.")
+    : "";
+  panel.replaceChildren(h("div", { class: "head" }, h("h2", {}, title), download), table, lag);
 }
 
 // Invitations to the account of the current property, for its owners. Footfall sends

@@ -284,6 +284,16 @@ async fn dashboard_end_to_end_in_chromium() {
     // Under a filter on a page, the sources panel shows the sources of those visits
     // (from the columnar engine); a binary without it says the panel is not supported
     // instead of showing wrong numbers.
+    // Exit pages: v0–v2 left from /pricing, v3 and v4 from /.
+    let exit_pages = seen["exit_pages"].as_str().unwrap();
+    if cfg!(feature = "columnar") {
+        assert!(
+            exit_pages.contains("/pricing3") && exit_pages.contains("From raw events"),
+            "{seen}"
+        );
+    } else {
+        assert!(exit_pages.contains("not supported"), "{seen}");
+    }
     let sources_filtered = seen["sources_filtered"].as_str().unwrap();
     if cfg!(feature = "columnar") {
         assert!(

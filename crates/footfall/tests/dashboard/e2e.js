@@ -57,6 +57,9 @@ async function login(page, email, password) {
   await page.waitForSelector("#panel-event-page tbody button");
   await page.waitForFunction(() => document.querySelectorAll(".panel table").length >= 18);
   out.panels_ms = Date.now() - loggingIn;
+  // Exit pages come from the columnar engine (or say why not, without it).
+  await page.waitForSelector("#panel-visit-exit_page table, #panel-visit-exit_page p");
+  out.exit_pages = await page.$eval("#panel-visit-exit_page", (e) => e.textContent);
   out.site_after_login = await page.$eval("#site", (e) => e.value);
   await page.waitForFunction(() => document.getElementById("realtime")?.textContent.includes("current visitor"));
   out.realtime = await page.$eval("#realtime", (e) => e.textContent);
