@@ -50,6 +50,8 @@ enum Metric {
     ViewsPerVisit,
     BounceRate,
     VisitDuration,
+    TotalRevenue,
+    Percentage,
 }
 
 impl Metric {
@@ -62,9 +64,11 @@ impl Metric {
             "views_per_visit" => Metric::ViewsPerVisit,
             "bounce_rate" => Metric::BounceRate,
             "visit_duration" => Metric::VisitDuration,
+            "total_revenue" => Metric::TotalRevenue,
+            "percentage" => Metric::Percentage,
             _ => {
                 return bad(format!(
-                    "metric `{s}` is not supported from raw events; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration"
+                    "metric `{s}` is not supported from raw events; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, total_revenue, percentage"
                 ))
             }
         })
@@ -247,18 +251,32 @@ fn filter(f: &Value) -> Result<(String, bool), QueryError> {
             };
             Ok((sql, d.visit_level))
         }
-        "has_done" | "has_not_done" => bad(format!(
-            "filter operator `{op}` is not supported yet; supported: is, is_not, contains, contains_not, matches, matches_not, and, or, not"
-        )),
+        "has_done" | "has_not_done" => {
+            // A visit attribute: whether the visit has an event the inner filter keeps.
+            let inner = a
+                .get(1)
+                .filter(|_| a.len() == 2)
+                .ok_or_else(|| QueryError::Invalid(format!("`{op}` takes one filter")))?;
+            let (s, _) = filter(inner)?;
+            let how = if op == "has_done" { "IN" } else { "NOT IN" };
+            Ok((
+                format!("visit_id {how} (SELECT visit_id FROM events WHERE {s})"),
+                true,
+            ))
+        }
         _ => bad(format!(
-            "filter operator `{op}` is not supported; supported: is, is_not, contains, contains_not, matches, matches_not, and, or, not"
+            "filter operator `{op}` is not supported; supported: is, is_not, contains, contains_not, matches, matches_not, and, or, not, has_done, has_not_done"
         )),
     }
 }
 
 /// Aggregates of one result group.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Agg {
+    /// Millionths of a unit, by currency.
+    revenue: std::collections::BTreeMap<String, i64>,
+    /// Share of all visitors under the filters, in percent (`percentage`).
+    percentage: f64,
     visitors: i64,
     pageviews: i64,
     events: i64,
@@ -288,6 +306,13 @@ fn metric_value(m: Metric, a: &Agg) -> Value {
         Metric::ViewsPerVisit => json!(round_to(rate(a.visit_pageviews, a.visits), 2)),
         Metric::BounceRate => json!(round_to(100.0 * rate(a.bounces, a.visits), 0) as i64),
         Metric::VisitDuration => json!(round_to(rate(a.duration_ms, a.visits) / 1000.0, 0) as i64),
+        Metric::TotalRevenue => Value::Object(
+            a.revenue
+                .iter()
+                .map(|(c, m)| (c.clone(), json!(round_to(*m as f64 / 1e6, 6))))
+                .collect(),
+        ),
+        Metric::Percentage => json!(round_to(a.percentage, 1)),
     }
 }
 
@@ -434,6 +459,11 @@ impl ColumnarEngine {
             filters_visit &= v;
             where_sql.push(format!("({s})"));
         }
+        // The filters alone (the whole a `percentage` is a share of).
+        let filters_only = where_sql.clone();
+        if metrics.contains(&Metric::Percentage) && dims.iter().all(|d| d.time.is_some()) {
+            return bad("metric `percentage` needs a non-time dimension to break down by");
+        }
         let plain = req.filters.is_empty() && dims.iter().all(|d| d.time.is_some());
         // Every dimension and filter is of the visit (and there is one): visit figures.
         let visit_family =
@@ -541,10 +571,55 @@ impl ColumnarEngine {
                     g.events = v[2];
                 }
             }
+            if metrics.contains(&Metric::TotalRevenue) {
+                let (exprs, keys) = group_by(false);
+                let keys = if keys.is_empty() {
+                    "revenue_currency".to_string()
+                } else {
+                    format!("{keys}, revenue_currency")
+                };
+                let sql = format!(
+                    "SELECT {} FROM events WHERE {} GROUP BY {keys}",
+                    select(&exprs, "revenue_currency, SUM(revenue_micros)"),
+                    where_all(&format!(
+                        "revenue_micros IS NOT NULL AND {}",
+                        range("local_date")
+                    )),
+                );
+                for (mut k, v) in Self::rows(&ctx, &sql, n + 1).await? {
+                    let currency = k.pop().flatten().unwrap_or_default();
+                    *groups
+                        .entry(k)
+                        .or_default()
+                        .revenue
+                        .entry(currency)
+                        .or_default() += v[0];
+                }
+            }
+            if metrics.contains(&Metric::Percentage) {
+                let (cond, date) = if visit_family {
+                    ("visit_first AND ", "visit_local_date")
+                } else {
+                    ("", "local_date")
+                };
+                let mut w = filters_only.clone();
+                w.push(format!("{cond}{}", range(date)));
+                let sql = format!(
+                    "SELECT COUNT(DISTINCT visitor) FROM events WHERE {}",
+                    w.join(" AND ")
+                );
+                let total = Self::rows(&ctx, &sql, 0)
+                    .await?
+                    .first()
+                    .map_or(0, |(_, v)| v[0]);
+                for g in groups.values_mut() {
+                    g.percentage = 100.0 * rate(g.visitors, total);
+                }
+            }
         }
         let mut rows: Vec<(Vec<Option<String>>, Agg)> = groups
             .into_iter()
-            .filter(|(_, a)| a.events > 0 || a.visits > 0)
+            .filter(|(_, a)| a.events > 0 || a.visits > 0 || !a.revenue.is_empty())
             .collect();
         if n == 0 && rows.is_empty() {
             rows.push((Vec::new(), Agg::default()));

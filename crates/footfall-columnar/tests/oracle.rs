@@ -61,17 +61,22 @@ struct Fixture {
 
 impl Fixture {
     fn new(events: &[OEvent], zone: &str) -> Self {
-        let tz: Tz = zone.parse().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path().join("store")).unwrap();
         let max_ts = events.iter().map(|e| e.ts).max().unwrap();
-        let rules = SessionRules::default();
-        let mut state = SessionState::new(1);
         let logs: Vec<LoggedEvent> = events
             .iter()
             .enumerate()
             .map(|(i, e)| logged(e, max_ts + 1_000 + i as i64))
             .collect();
+        Self::from_logged(logs, zone)
+    }
+
+    fn from_logged(logs: Vec<LoggedEvent>, zone: &str) -> Self {
+        let tz: Tz = zone.parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().join("store")).unwrap();
+        let max_ts = logs.iter().map(|e| e.timestamp).max().unwrap();
+        let rules = SessionRules::default();
+        let mut state = SessionState::new(1);
         store.update(&mut |rollups| {
             for l in &logs {
                 state.apply(0, &l.view(), &tz, &rules, rollups);
@@ -104,7 +109,7 @@ impl Fixture {
             .block_on(columns.refresh(&move |p: &str| (p == SITE).then_some((tz, GAP))))
             .unwrap();
         assert!(
-            report.days > 0 && report.rows == events.len() as u64,
+            report.days > 0 && report.rows == logs.len() as u64,
             "{report:?}"
         );
         // A second pass finds nothing to do: each day is made once.
@@ -112,7 +117,7 @@ impl Fixture {
             .block_on(columns.refresh(&move |p: &str| (p == SITE).then_some((tz, GAP))))
             .unwrap();
         assert_eq!(again.days, 0, "nothing changed, nothing is made again");
-        let from = local(&tz, events.iter().map(|e| e.ts).min().unwrap()).date();
+        let from = local(&tz, logs.iter().map(|e| e.timestamp).min().unwrap()).date();
         let to = local(&tz, max_ts).date();
         Fixture {
             tz,
@@ -319,6 +324,120 @@ fn logical_and_pattern_filters() {
         Err(footfall_query::QueryError::Invalid(m)) => assert!(m.contains("visit:nope"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// Revenue (against the rollups where both answer, and by a visit attribute where only
+/// the columnar engine does), `percentage`, and `has_done`/`has_not_done` against their
+/// plain meaning.
+#[test]
+fn revenue_percentage_and_has_done() {
+    let events = traffic(5);
+    let max_ts = events.iter().map(|e| e.ts).max().unwrap();
+    let mut logs: Vec<LoggedEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| logged(e, max_ts + 1_000 + i as i64))
+        .collect();
+    // Every Signup pays: 10.25 EUR, or 3 USD for odd visitors.
+    for l in logs.iter_mut().filter(|l| l.name == "Signup") {
+        l.revenue = Some(if l.visitor % 2 == 0 {
+            footfall_event::Revenue {
+                amount: 10.25,
+                currency: "EUR".into(),
+            }
+        } else {
+            footfall_event::Revenue {
+                amount: 3.0,
+                currency: "USD".into(),
+            }
+        });
+    }
+    let f = Fixture::from_logged(logs, "Asia/Kolkata");
+    let q = json!({"site_id": SITE, "metrics": ["total_revenue", "events"], "date_range": f.range(),
+                   "dimensions": ["event:name"]});
+    let want = f.rollups(&q).unwrap();
+    let got = f.columnar(&q).unwrap();
+    assert_eq!(got["results"], want["results"]);
+    let total = want["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dimensions"][0] == "Signup")
+        .map(|r| r["metrics"][0].clone())
+        .unwrap();
+    // By source (the rollups cannot): the currencies' sums over sources are the totals.
+    let q = json!({"site_id": SITE, "metrics": ["total_revenue"], "date_range": f.range(),
+                   "dimensions": ["visit:source"]});
+    assert!(matches!(
+        f.rollups(&q),
+        Err(footfall_query::QueryError::Unsupported(_))
+    ));
+    let by_source = f.columnar(&q).unwrap();
+    for cur in ["EUR", "USD"] {
+        let sum: f64 = by_source["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["metrics"][0][cur].as_f64())
+            .sum();
+        assert!(
+            (sum - total[cur].as_f64().unwrap()).abs() < 1e-6,
+            "{cur}: {sum} vs {total}"
+        );
+    }
+
+    // Percentage: each source's visitors over all visitors, in percent (one decimal).
+    let q = json!({"site_id": SITE, "metrics": ["visitors", "percentage"], "date_range": f.range(),
+                   "dimensions": ["visit:source"]});
+    let v = f.columnar(&q).unwrap();
+    let all = f
+        .columnar(
+            &json!({"site_id": SITE, "metrics": ["visitors"], "date_range": f.range(),
+                          "filters": [["contains", "visit:source", [""]]]}),
+        )
+        .unwrap()["results"][0]["metrics"][0]
+        .as_f64()
+        .unwrap();
+    for r in v["results"].as_array().unwrap() {
+        let share = 100.0 * r["metrics"][0].as_f64().unwrap() / all;
+        assert_eq!(
+            r["metrics"][1],
+            json!(footfall_query::round_to(share, 1)),
+            "{r}"
+        );
+    }
+
+    // has_done: visits with a Signup; has_not_done: the others.
+    let vs = visits(&events, GAP);
+    let in_range = |t: i64| {
+        let d = local(&f.tz, t).date();
+        d >= f.from && d <= f.to
+    };
+    let with_signup = vs
+        .iter()
+        .filter(|v| in_range(v.start))
+        .filter(|v| {
+            events.iter().any(|e| {
+                e.visitor == v.visitor && e.ts >= v.start && e.ts <= v.end && e.name == "Signup"
+            })
+        })
+        .count();
+    let all_visits = vs.iter().filter(|v| in_range(v.start)).count();
+    let visits_where = |filter: Value| -> i64 {
+        let q = json!({"site_id": SITE, "metrics": ["visits"], "date_range": f.range(), "filters": [filter]});
+        f.columnar(&q).unwrap_or_else(|e| panic!("{q}: {e}"))["results"][0]["metrics"][0]
+            .as_i64()
+            .unwrap()
+    };
+    assert!(with_signup > 0);
+    assert_eq!(
+        visits_where(json!(["has_done", ["is", "event:name", ["Signup"]]])),
+        with_signup as i64
+    );
+    assert_eq!(
+        visits_where(json!(["has_not_done", ["is", "event:name", ["Signup"]]])),
+        (all_visits - with_signup) as i64
+    );
 }
 
 const DIMS: &[&str] = &[

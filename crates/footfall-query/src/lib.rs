@@ -130,6 +130,10 @@ impl Metric {
             "bounce_rate" => Metric::BounceRate,
             "visit_duration" => Metric::VisitDuration,
             "total_revenue" => Metric::TotalRevenue,
+            "percentage" | "conversion_rate" | "group_conversion_rate" | "average_revenue"
+            | "time_on_page" => {
+                return unsupported(format!("metric `{s}` is not held by the rollups"))
+            }
             _ => return bad(format!(
                 "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, total_revenue"
             )),
@@ -771,7 +775,7 @@ pub fn execute(
     let visit_family = map_dim.map(|d| !d.is_event_level()).unwrap_or(false);
     let revenue = metrics.contains(&Metric::TotalRevenue);
     if revenue && map_dim.is_some_and(|d| d != KeyDim::Name) {
-        return bad("metric `total_revenue` is supported with time dimensions and event:name (as a dimension or filter)");
+        return unsupported("metric `total_revenue` is supported by the rollups with time dimensions and event:name (as a dimension or filter)");
     }
     if let Some(d) = map_dim.filter(|d| d.is_event_level()) {
         if let Some(m) = metrics.iter().find(|m| m.is_visit_level()) {
