@@ -92,6 +92,161 @@ pub struct Include {
     pub total_rows: bool,
     #[serde(default)]
     pub imports: bool,
+    /// Every label of the query's time dimension over the range, in `meta.time_labels`
+    /// (rows are only returned for buckets with data).
+    #[serde(default)]
+    pub time_labels: bool,
+    /// Footfall's extension: `"previous_period"` or `"year_over_year"`; each row gets
+    /// the same row of that period and the change (see [`attach_comparison`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<String>,
+}
+
+/// Every label of time dimension `dim` (`time:hour|day|week|month`) over the local
+/// dates `[from, to]`, as the engines label rows; None for other dimensions.
+pub fn time_labels(dim: &str, from: NaiveDate, to: NaiveDate) -> Option<Vec<String>> {
+    let days = from.iter_days().take_while(|d| *d <= to);
+    let mut out: Vec<String> = match dim {
+        "time:hour" => days
+            .flat_map(|d| (0..24).map(move |h| format!("{} {h:02}:00:00", d.format("%Y-%m-%d"))))
+            .collect(),
+        "time:day" | "time" => days.map(|d| d.format("%Y-%m-%d").to_string()).collect(),
+        "time:week" => days
+            .map(|d| {
+                (d - Duration::days(d.weekday().num_days_from_monday() as i64))
+                    .format("%Y-%m-%d")
+                    .to_string()
+            })
+            .collect(),
+        "time:month" => days
+            .map(|d| month_start(d).format("%Y-%m-%d").to_string())
+            .collect(),
+        _ => return None,
+    };
+    out.dedup();
+    Some(out)
+}
+
+/// The dates a comparison (`include.comparison`) is made with: the same number of days
+/// just before (`previous_period`), or the same dates a year before
+/// (`year_over_year`; 29 February becomes the 28th).
+pub fn comparison_range(
+    mode: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<(NaiveDate, NaiveDate), QueryError> {
+    match mode {
+        "previous_period" => {
+            let len = (to - from).num_days() + 1;
+            Ok((from - Duration::days(len), from - Duration::days(1)))
+        }
+        "year_over_year" => {
+            let back = |d: NaiveDate| {
+                d.checked_sub_months(chrono::Months::new(12))
+                    .unwrap_or(d - Duration::days(365))
+            };
+            Ok((back(from), back(to)))
+        }
+        _ => bad(format!(
+            "include.comparison `{mode}` is not supported; use previous_period or year_over_year"
+        )),
+    }
+}
+
+/// The change of one metric from `old` to `new`: percent change rounded to a whole
+/// number for counts and averages (100 when it grew from 0, 0 when both are 0), the
+/// difference in points for rates and shares; None where there is no single number
+/// (revenue per currency).
+fn change(metric: &str, new: &Value, old: &Value) -> Value {
+    let (Some(n), Some(o)) = (new.as_f64(), old.as_f64()) else {
+        return Value::Null;
+    };
+    if matches!(
+        metric,
+        "bounce_rate" | "percentage" | "conversion_rate" | "group_conversion_rate"
+    ) {
+        return json!(round_to(n - o, 1));
+    }
+    if o == 0.0 {
+        return json!(if n > 0.0 { 100 } else { 0 });
+    }
+    json!(round_to((n - o) / o * 100.0, 0) as i64)
+}
+
+/// Gives every row of `answer` the row of `comparison` (the same query over the
+/// comparison period) with the same non-time dimension values and, for a time
+/// dimension, the label at the same position in the two periods' labels
+/// (`labels` = (this period's, the comparison's)): `"comparison": {"dimensions",
+/// "metrics", "change"}`; a row with no counterpart compares with zeros.
+pub fn attach_comparison(
+    answer: &mut Value,
+    comparison: &Value,
+    dimensions: &[String],
+    metrics: &[String],
+    labels: Option<(&[String], &[String])>,
+) {
+    let time_at = dimensions.iter().position(|d| d.starts_with("time"));
+    let key_of = |dims: &Value, shift: &dyn Fn(&str) -> Option<String>| -> Option<Vec<String>> {
+        dims.as_array()?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let s = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                if Some(i) == time_at {
+                    shift(&s)
+                } else {
+                    Some(s)
+                }
+            })
+            .collect()
+    };
+    let same = |s: &str| Some(s.to_string());
+    let mut old: HashMap<Vec<String>, &Value> = HashMap::new();
+    for r in comparison["results"].as_array().into_iter().flatten() {
+        if let Some(k) = key_of(&r["dimensions"], &same) {
+            old.insert(k, r);
+        }
+    }
+    let to_old = |s: &str| -> Option<String> {
+        let (now, then) = labels?;
+        let i = now.iter().position(|l| l == s)?;
+        then.get(i).cloned()
+    };
+    let zeros: Vec<Value> = metrics
+        .iter()
+        .map(|m| {
+            if m == "total_revenue" {
+                json!({})
+            } else {
+                json!(0)
+            }
+        })
+        .collect();
+    for r in answer["results"].as_array_mut().into_iter().flatten() {
+        let key = key_of(&r["dimensions"], &to_old);
+        let (dims, ms) = match key.as_ref().and_then(|k| old.get(k).map(|o| (k, o))) {
+            Some((_, o)) => (
+                o["dimensions"].clone(),
+                o["metrics"].as_array().cloned().unwrap_or_default(),
+            ),
+            None => {
+                let mut d = r["dimensions"].clone();
+                if let (Some(i), Some(k)) = (time_at, &key) {
+                    d[i] = json!(k[i]);
+                }
+                (d, zeros.clone())
+            }
+        };
+        let changes: Vec<Value> = metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| change(m, &r["metrics"][i], ms.get(i).unwrap_or(&Value::Null)))
+            .collect();
+        r["comparison"] = json!({"dimensions": dims, "metrics": ms, "change": changes});
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -1141,6 +1296,45 @@ pub fn realtime(store: &dyn RollupRead, site_id: &str, now_ms: i64) -> Result<Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_labels_and_comparison_ranges() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        // 2026-11-25 is a Wednesday: its week is labelled by Monday the 23rd.
+        assert_eq!(
+            time_labels("time:week", d("2026-11-25"), d("2026-12-07")).unwrap(),
+            ["2026-11-23", "2026-11-30", "2026-12-07"]
+        );
+        assert_eq!(
+            time_labels("time:month", d("2026-11-25"), d("2027-01-02")).unwrap(),
+            ["2026-11-01", "2026-12-01", "2027-01-01"]
+        );
+        let hours = time_labels("time:hour", d("2026-11-25"), d("2026-11-26")).unwrap();
+        assert_eq!(hours.len(), 48);
+        assert_eq!(hours[25], "2026-11-26 01:00:00");
+        assert_eq!(
+            time_labels("event:page", d("2026-11-25"), d("2026-11-25")),
+            None
+        );
+        assert_eq!(
+            comparison_range("previous_period", d("2026-11-01"), d("2026-11-30")).unwrap(),
+            (d("2026-10-02"), d("2026-10-31"))
+        );
+        assert_eq!(
+            comparison_range("year_over_year", d("2028-02-29"), d("2028-03-01")).unwrap(),
+            (d("2027-02-28"), d("2027-03-01"))
+        );
+        assert!(comparison_range("sometime", d("2026-11-01"), d("2026-11-30")).is_err());
+        // Change: percent for counts, points for rates, 100 from nothing.
+        assert_eq!(change("visitors", &json!(150), &json!(100)), json!(50));
+        assert_eq!(change("visitors", &json!(3), &json!(0)), json!(100));
+        assert_eq!(change("visitors", &json!(0), &json!(0)), json!(0));
+        assert_eq!(change("bounce_rate", &json!(40), &json!(55)), json!(-15.0));
+        assert_eq!(
+            change("total_revenue", &json!({"EUR": 1.0}), &json!({})),
+            Value::Null
+        );
+    }
 
     /// The threshold algorithm answers exactly what grouping every entry answers: with
     /// exact and dense sketches, lists cut at the rank depth, filters, and a depth that

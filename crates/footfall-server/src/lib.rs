@@ -561,12 +561,85 @@ fn json_bytes(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The planner, with what comes on top of either engine: `include.time_labels` (every
+/// label of the time dimension over the range) and `include.comparison` (the same query
+/// over the comparison period, attached row by row with the change).
+async fn plan(
+    app: &AppState,
+    mut req: footfall_query::QueryRequest,
+    tz: chrono_tz::Tz,
+    store: Arc<dyn RollupRead>,
+    now: i64,
+) -> Result<serde_json::Value, footfall_query::QueryError> {
+    use footfall_query::QueryError;
+    let include = req.include.clone().unwrap_or_default();
+    if !include.time_labels && include.comparison.is_none() {
+        return plan_one(app, req, tz, store, now).await;
+    }
+    let time_dim = req
+        .dimensions
+        .iter()
+        .find(|d| d.starts_with("time"))
+        .cloned();
+    if include.time_labels && time_dim.is_none() {
+        return Err(QueryError::Invalid(
+            "include.time_labels needs a time dimension".into(),
+        ));
+    }
+    // The range, resolved once: both periods and the labels use these dates.
+    let (req_back, s2, dates) = tokio::task::spawn_blocking(move || {
+        let d = footfall_query::property_date_range(
+            store.as_ref(),
+            &req.site_id,
+            &req.date_range,
+            tz,
+            now,
+        );
+        (req, store, d)
+    })
+    .await
+    .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+    req = req_back;
+    let (from, to) = dates?;
+    let compared = include
+        .comparison
+        .as_deref()
+        .map(|mode| footfall_query::comparison_range(mode, from, to))
+        .transpose()?;
+    req.date_range = serde_json::json!([from.to_string(), to.to_string()]);
+    let mut answer = plan_one(app, req.clone(), tz, s2.clone(), now).await?;
+    let labels = time_dim
+        .as_deref()
+        .and_then(|d| footfall_query::time_labels(d, from, to));
+    if let Some((cf, ct)) = compared {
+        let mut old_req = req.clone();
+        old_req.date_range = serde_json::json!([cf.to_string(), ct.to_string()]);
+        old_req.pagination = None;
+        let old = plan_one(app, old_req, tz, s2, now).await?;
+        let old_labels = time_dim
+            .as_deref()
+            .and_then(|d| footfall_query::time_labels(d, cf, ct));
+        footfall_query::attach_comparison(
+            &mut answer,
+            &old,
+            &req.dimensions,
+            &req.metrics,
+            labels.as_deref().zip(old_labels.as_deref()),
+        );
+        answer["meta"]["comparison_date_range"] = old["query"]["date_range"].clone();
+    }
+    if include.time_labels {
+        answer["meta"]["time_labels"] = serde_json::json!(labels.unwrap_or_default());
+    }
+    Ok(answer)
+}
+
 /// The planner: the rollups answer when they can (milliseconds); what they cannot answer
 /// (several dimensions, a filter on another dimension than the breakdown, logical and
 /// regular-expression filters…) goes to the columnar engine over raw events. The
 /// answer's `meta.engine` says which answered, and `meta.engine_reason` why not the
 /// rollups.
-async fn plan(
+async fn plan_one(
     app: &AppState,
     req: footfall_query::QueryRequest,
     tz: chrono_tz::Tz,

@@ -1982,3 +1982,82 @@ async fn ingest_beyond_the_pending_budget_answers_503() {
     .0;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
 }
+
+/// `include.comparison` (Footfall's extension) and `include.time_labels`, on top of
+/// either engine.
+#[tokio::test]
+async fn comparisons_and_time_labels() {
+    let h = harness();
+    let (tid, read, _) = h.property("UTC", &[]);
+    let day = 86_400_000;
+    let at = |t: i64, v: &str| json!({"tracking_id": tid, "name": "pageview", "client_id": v, "url": "https://shop.example/a", "timestamp": t});
+    // Today: three visitors; yesterday: one; three days ago: two.
+    let events = json!([
+        at(NOW - 1000, "a"),
+        at(NOW - 1000, "b"),
+        at(NOW - 1000, "c"),
+        at(NOW - day, "d"),
+        at(NOW - 3 * day, "e"),
+        at(NOW - 3 * day, "f")
+    ]);
+    let (s, _) = h.ingest(events, None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, v) = h
+        .query(
+            &read,
+            json!({"site_id": tid, "metrics": ["pageviews", "bounce_rate"], "date_range": "day",
+                   "include": {"comparison": "previous_period"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let row = &v["results"][0];
+    assert_eq!(row["metrics"], json!([3, 100]));
+    assert_eq!(row["comparison"]["metrics"], json!([1, 100]));
+    assert_eq!(row["comparison"]["change"], json!([200, 0.0]));
+    let today = chrono::NaiveDate::parse_from_str(
+        &v["query"]["date_range"][0].as_str().unwrap()[..10],
+        "%Y-%m-%d",
+    )
+    .unwrap();
+    let label = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let days_ago = |n: i64| label(today - chrono::Duration::days(n));
+    // By day over yesterday and today, with every label, against the two days before.
+    let (s, v) = h
+        .query(
+            &read,
+            json!({"site_id": tid, "metrics": ["visitors"], "date_range": [days_ago(1), days_ago(0)],
+                   "dimensions": ["time:day"], "include": {"comparison": "previous_period", "time_labels": true}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["meta"]["time_labels"], json!([days_ago(1), days_ago(0)]));
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    // Yesterday's counterpart is three days ago; today's is two days ago (nobody).
+    assert_eq!(rows[0]["dimensions"], json!([days_ago(1)]));
+    assert_eq!(rows[0]["metrics"], json!([1]));
+    assert_eq!(rows[0]["comparison"]["dimensions"], json!([days_ago(3)]));
+    assert_eq!(rows[0]["comparison"]["metrics"], json!([2]));
+    assert_eq!(rows[0]["comparison"]["change"], json!([-50]));
+    assert_eq!(rows[1]["metrics"], json!([3]));
+    assert_eq!(rows[1]["comparison"]["dimensions"], json!([days_ago(2)]));
+    assert_eq!(rows[1]["comparison"]["metrics"], json!([0]));
+    assert_eq!(rows[1]["comparison"]["change"], json!([100]));
+    // Labels need a time dimension; modes are named.
+    for (include, want) in [
+        (json!({"time_labels": true}), "time dimension"),
+        (json!({"comparison": "last_tuesday"}), "previous_period"),
+    ] {
+        let (s, v) = h
+            .query(
+                &read,
+                json!({"site_id": tid, "metrics": ["visitors"], "date_range": "7d", "include": include}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{v}"
+        );
+    }
+}
