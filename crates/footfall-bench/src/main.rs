@@ -19,6 +19,9 @@ use footfall_processor::{Processor, ProcessorOptions, ProcessorStats, PropertySe
 use footfall_store::{RollupStore, SnapshotStore};
 use serde_json::json;
 
+#[cfg(feature = "columnar")]
+mod columnar;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -59,6 +62,22 @@ impl DataArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The columnar path: what making the columnar files costs against processing the
+    /// same events, and the columnar query set's latency (with the `columnar` feature).
+    #[cfg(feature = "columnar")]
+    Columnar {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        #[arg(long, default_value = "Asia/Kolkata")]
+        timezone: String,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Keeps the archive, the Parquet files and the answers here.
+        #[arg(long)]
+        keep: PathBuf,
+    },
     /// Processing throughput from a pre-filled log, without HTTP, against a decode-only
     /// pass over the same log as the baseline.
     Process {
@@ -148,6 +167,20 @@ fn main() -> anyhow::Result<()> {
             eprintln!("appended {n} events");
             Ok(())
         }
+        #[cfg(feature = "columnar")]
+        Cmd::Columnar {
+            data,
+            partitions,
+            timezone,
+            rounds,
+            keep,
+        } => columnar::run(columnar::Args {
+            data: &data,
+            partitions,
+            timezone: &timezone,
+            rounds,
+            keep,
+        }),
         Cmd::Reprocess {
             data,
             partitions,

@@ -13,6 +13,9 @@
 //! before its local midnight to 6 hours after the next — so a visit that began the
 //! evening before, or runs past midnight, is whole; a visit longer than that window
 //! would be cut (none is in practice: it takes an event every 30 minutes all day).
+//! Consecutive days to make are made together from one read of their archive files
+//! (up to [`MAX_RUN_DAYS`]); a day's rows are the same either way, but for a visit
+//! longer than the margins.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -34,6 +37,8 @@ use crate::{table, Error, Result, FORMAT};
 const BEFORE_MS: i64 = 24 * 3_600_000;
 const AFTER_MS: i64 = 6 * 3_600_000;
 const HOUR_MS: i64 = 3_600_000;
+/// At most this many consecutive days are made from one read (bounds memory).
+const MAX_RUN_DAYS: usize = 7;
 
 /// What a day's file was made from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +225,9 @@ impl Columns {
                         .insert((f.path.clone(), f.bytes));
                 }
             }
+            // Days to make, in runs of consecutive days: a run reads its archive files
+            // once (neighbouring days share most of their windows).
+            let mut run: Vec<(NaiveDate, Vec<(String, u64)>)> = Vec::new();
             for (date, srcs) in sources {
                 let srcs: Vec<(String, u64)> = srcs.into_iter().collect();
                 let up_to_date = self.manifest(property, date).await?.is_some_and(|m| {
@@ -231,9 +239,16 @@ impl Columns {
                 if up_to_date {
                     continue;
                 }
-                report.rows += self.make_day(property, &tz, gap_ms, date, srcs).await?;
+                let follows = run
+                    .last()
+                    .is_some_and(|(d, _)| *d + Duration::days(1) == date);
+                if !follows || run.len() >= MAX_RUN_DAYS {
+                    report.rows += self.make_days(property, &tz, gap_ms, &mut run).await?;
+                }
+                run.push((date, srcs));
                 report.days += 1;
             }
+            report.rows += self.make_days(property, &tz, gap_ms, &mut run).await?;
         }
         Ok(report)
     }
@@ -257,19 +272,27 @@ impl Columns {
         Ok(())
     }
 
-    /// Makes one day's file from `sources` (archive file names and sizes); answers the
+    /// Makes the files of a run of consecutive days (each with its archive file names and
+    /// sizes) from one read of their archive files, and empties the run; answers the
     /// rows written.
-    async fn make_day(
+    async fn make_days(
         &self,
         property: &str,
         tz: &Tz,
         gap: i64,
-        date: NaiveDate,
-        sources: Vec<(String, u64)>,
+        run: &mut Vec<(NaiveDate, Vec<(String, u64)>)>,
     ) -> Result<u64> {
-        let (from, to) = window(tz, date);
+        let days = std::mem::take(run);
+        let (Some((first, _)), Some((last, _))) = (days.first(), days.last()) else {
+            return Ok(0);
+        };
+        let (from, to) = (window(tz, *first).0, window(tz, *last).1);
+        let names: BTreeSet<&str> = days
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|(n, _)| n.as_str()))
+            .collect();
         let mut events = Vec::new();
-        for (name, _) in &sources {
+        for name in names {
             for e in self.archive.read_file(name).await? {
                 if e.timestamp >= from && e.timestamp < to {
                     events.push(e);
@@ -279,28 +302,56 @@ impl Columns {
         // Log order within a partition, as live processing saw them.
         events.sort_by_key(|e| (e.log_partition, e.log_offset));
         let tz2 = *tz;
-        let data = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64)> {
+        let dates: Vec<NaiveDate> = days.iter().map(|(d, _)| *d).collect();
+        let files = tokio::task::spawn_blocking(move || -> Result<Vec<(Vec<u8>, u64)>> {
             let logged: Vec<_> = events.into_iter().map(|e| e.into_logged()).collect();
             let views: Vec<_> = logged.iter().map(|e| e.as_view()).collect();
             let rows = footfall_processor::rows::event_rows(&views, gap);
-            let mut day: Vec<_> = rows
-                .iter()
-                .filter(|r| footfall_store::rollup::local_time(&tz2, r.timestamp).date() == date)
-                .collect();
-            day.sort_by_key(|r| r.timestamp);
-            let batch = table::to_batch(&day, &tz2)?;
+            let mut by_day: BTreeMap<NaiveDate, Vec<&footfall_processor::rows::EventRow>> =
+                BTreeMap::new();
+            for r in &rows {
+                let d = footfall_store::rollup::local_time(&tz2, r.timestamp).date();
+                by_day.entry(d).or_default().push(r);
+            }
             let props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
                 .build();
-            let mut buf = Vec::new();
-            let mut w = ArrowWriter::try_new(&mut buf, table::schema(), Some(props))?;
-            w.write(&batch)?;
-            w.close()?;
-            Ok((buf, day.len() as u64))
+            let mut out = Vec::with_capacity(dates.len());
+            for d in &dates {
+                let mut day = by_day.remove(d).unwrap_or_default();
+                day.sort_by_key(|r| r.timestamp);
+                let batch = table::to_batch(&day, &tz2)?;
+                let mut buf = Vec::new();
+                let mut w = ArrowWriter::try_new(&mut buf, table::schema(), Some(props.clone()))?;
+                w.write(&batch)?;
+                w.close()?;
+                out.push((buf, day.len() as u64));
+            }
+            Ok(out)
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
-        let (bytes, rows) = data;
+        let mut total = 0;
+        for ((date, sources), (bytes, rows)) in days.into_iter().zip(files) {
+            self.put_day(property, tz, gap, date, sources, bytes, rows)
+                .await?;
+            total += rows;
+        }
+        Ok(total)
+    }
+
+    /// Writes one day's file, then its manifest.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_day(
+        &self,
+        property: &str,
+        tz: &Tz,
+        gap: i64,
+        date: NaiveDate,
+        sources: Vec<(String, u64)>,
+        bytes: Vec<u8>,
+        rows: u64,
+    ) -> Result<()> {
         let dir = Self::dir(property, date);
         let store = self.archive.object_store();
         let data_path = self.archive.path_of(&format!("{dir}/events.parquet"));
@@ -327,7 +378,7 @@ impl Columns {
             .lock()
             .unwrap()
             .insert((property.to_string(), date), m);
-        Ok(rows)
+        Ok(())
     }
 }
 

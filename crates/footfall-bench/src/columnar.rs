@@ -1,0 +1,169 @@
+//! `footfall-bench columnar`: the columnar path measured (issue 20's speed targets).
+//!
+//! One run: fill a log with the data set, seal it into a real archive, then
+//! - processing: rebuild the rollups from the archive (the baseline), and make the
+//!   columnar files from the same archive (`Columns::refresh`); the ratio of the two
+//!   times is what the files cost against processing;
+//! - queries: the columnar query set through `ColumnarEngine`, `rounds` times, p50/p99
+//!   per query and per set; the answers are written out (`--answers`) so that another
+//!   engine (DuckDB, `benches/columnar-duckdb.py`) can be checked against them over the
+//!   same Parquet files.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use footfall_columnar::{ColumnarEngine, Columns};
+use footfall_processor::PropertySettings;
+use serde_json::{json, Value};
+
+/// The columnar query set: what the rollups cannot answer. Each is named, with its
+/// request; `benches/columnar-duckdb.py` holds the same questions in SQL.
+pub fn query_set(site: &str, from: &str, to: &str) -> Vec<(&'static str, Value)> {
+    let range = json!([from, to]);
+    vec![
+        (
+            "pages_from_google",
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "pageviews"],
+                   "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]],
+                   "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+        ),
+        (
+            "countries_of_matching_pages",
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "pageviews"],
+                   "dimensions": ["visit:country"], "filters": [["matches", "event:page", ["^/products/item-1[0-9]$"]]],
+                   "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+        ),
+        (
+            "page_by_source",
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "pageviews"],
+                   "dimensions": ["event:page", "visit:source"],
+                   "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+        ),
+        (
+            "signup_visits_by_source",
+            json!({"site_id": site, "date_range": range, "metrics": ["visitors", "visits"],
+                   "dimensions": ["visit:source"], "filters": [["has_done", ["is", "event:name", ["Signup"]]]],
+                   "order_by": [["visitors", "desc"]], "pagination": {"limit": 10}}),
+        ),
+    ]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+pub struct Args<'a> {
+    pub data: &'a crate::DataArgs,
+    pub partitions: u32,
+    pub timezone: &'a str,
+    pub rounds: usize,
+    /// Where the Parquet files and the answers stay for the DuckDB run.
+    pub keep: std::path::PathBuf,
+}
+
+pub fn run(a: Args<'_>) -> anyhow::Result<()> {
+    let (dir, log) = crate::temp_log(a.partitions)?;
+    let spec = a.data.spec()?;
+    let n = crate::fill(log.as_ref(), &spec)?;
+    std::fs::create_dir_all(&a.keep)?;
+    let archive = footfall_archive::Archive::local(a.keep.join("archive"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut archiver =
+        footfall_archive::Archiver::open(archive.clone(), log.clone(), dir.path().join("state"))?;
+    rt.block_on(archiver.seal())?;
+    let tz: chrono_tz::Tz = a.timezone.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // Baseline: processing the same events (read the archive back, rebuild rollups).
+    let t = Instant::now();
+    let files = rt.block_on(archive.list(Some(&spec.property), None))?;
+    let input = rt.block_on(archive.read_for_rebuild(
+        &files,
+        a.partitions as usize,
+        2,
+        |_| true,
+        |_, _| {},
+    ))?;
+    let (_state, rollups) = footfall_processor::rebuild_parallel(
+        input.partitions(),
+        |p, f| input.for_each(p, f),
+        PropertySettings { tz, gap_ms: None },
+        footfall_processor::SessionRules::default(),
+    );
+    let process_s = t.elapsed().as_secs_f64();
+    std::hint::black_box(rollups);
+    drop(input);
+
+    // The columnar files from the same archive.
+    let columns = Arc::new(Columns::new(archive));
+    let property = spec.property.clone();
+    let gap = footfall_processor::SessionRules::default().gap_ms;
+    let t = Instant::now();
+    let made =
+        rt.block_on(columns.refresh(&move |p: &str| (p == property).then_some((tz, gap))))?;
+    let columnar_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(made.rows == n, "columnar rows {} of {n}", made.rows);
+
+    let engine = ColumnarEngine::new(columns);
+    let end = chrono::DateTime::from_timestamp_millis(spec.end_ms).unwrap();
+    let to = end.with_timezone(&tz).date_naive();
+    let from = to - chrono::Duration::days(spec.days as i64 - 1);
+    let set = query_set(&spec.property, &from.to_string(), &to.to_string());
+    let mut per_query: Vec<Vec<f64>> = vec![Vec::new(); set.len()];
+    let mut sets = Vec::new();
+    let mut answers = serde_json::Map::new();
+    for round in 0..a.rounds + 1 {
+        let set_start = Instant::now();
+        for (i, (name, q)) in set.iter().enumerate() {
+            let req: footfall_query::QueryRequest = serde_json::from_value(q.clone())?;
+            let t = Instant::now();
+            let v = rt
+                .block_on(engine.execute(&req, tz, (from, to)))
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            // Round 0 warms the caches (the files' metadata); it is not counted.
+            if round > 0 {
+                per_query[i].push(t.elapsed().as_secs_f64() * 1000.0);
+            } else {
+                answers.insert(name.to_string(), v["results"].clone());
+            }
+        }
+        if round > 0 {
+            sets.push(set_start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    sets.sort_by(f64::total_cmp);
+    let mut queries = serde_json::Map::new();
+    for (i, (name, _)) in set.iter().enumerate() {
+        let mut t = per_query[i].clone();
+        t.sort_by(f64::total_cmp);
+        queries.insert(
+            name.to_string(),
+            json!({"p50_ms": percentile(&t, 0.5), "p99_ms": percentile(&t, 0.99)}),
+        );
+    }
+    std::fs::write(
+        a.keep.join("answers.json"),
+        serde_json::to_vec_pretty(&json!({"from": from.to_string(), "to": to.to_string(),
+            "property": spec.property, "answers": answers}))?,
+    )?;
+    println!(
+        "{}",
+        json!({
+            "events": n,
+            "process_seconds": process_s,
+            "columnar_seconds": columnar_s,
+            "columnar_days": made.days,
+            "columnar_over_processing": columnar_s / process_s,
+            "rounds": a.rounds,
+            "set_p50_ms": percentile(&sets, 0.5),
+            "set_p99_ms": percentile(&sets, 0.99),
+            "queries": queries,
+        })
+    );
+    Ok(())
+}
