@@ -440,6 +440,59 @@ fn revenue_percentage_and_has_done() {
     );
 }
 
+/// `visit:exit_page` (the visit's last page view, by visits that started in the range)
+/// and `event:hostname` against a plain recomputation, in two zones.
+#[test]
+fn exit_pages_and_hostnames_equal_recomputation() {
+    for zone in ["Asia/Kolkata", "America/New_York"] {
+        let events = traffic(13);
+        let f = Fixture::new(&events, zone);
+        let mut want: BTreeMap<String, (BTreeSet<String>, u64)> = BTreeMap::new();
+        for v in visits(&events, GAP) {
+            let d = local(&f.tz, v.start).date();
+            if d < f.from || d > f.to {
+                continue;
+            }
+            let exit = events
+                .iter()
+                .filter(|e| e.visitor == v.visitor && e.ts >= v.start && e.ts <= v.end)
+                .filter(|e| e.is_pageview())
+                .max_by_key(|e| e.ts)
+                .and_then(|e| e.page.clone());
+            if let Some(p) = exit {
+                let g = want.entry(p).or_default();
+                g.0.insert(v.visitor.clone());
+                g.1 += 1;
+            }
+        }
+        let q = json!({"site_id": SITE, "metrics": ["visitors", "visits"], "date_range": f.range(),
+                       "dimensions": ["visit:exit_page"], "pagination": {"limit": 100000}});
+        let got = f.columnar(&q).unwrap();
+        let rows = got["results"].as_array().unwrap();
+        assert_eq!(rows.len(), want.len(), "{zone}: {got}");
+        for r in rows {
+            let (visitors, visits) = &want[r["dimensions"][0].as_str().unwrap()];
+            assert_eq!(r["metrics"], json!([visitors.len(), visits]), "{zone} {r}");
+        }
+        // One host in this traffic: its events are all the events.
+        let q = json!({"site_id": SITE, "metrics": ["events"], "date_range": f.range(),
+                       "dimensions": ["event:hostname"]});
+        let got = f.columnar(&q).unwrap();
+        let in_range = events
+            .iter()
+            .filter(|e| {
+                let d = local(&f.tz, e.ts).date();
+                d >= f.from && d <= f.to
+            })
+            .count();
+        assert_eq!(
+            got["results"],
+            json!([{"dimensions": ["shop.example"], "metrics": [in_range]}]),
+            "{zone}"
+        );
+    }
+}
+
 const DIMS: &[&str] = &[
     "event:page",
     "event:name",
