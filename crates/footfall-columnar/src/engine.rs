@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{NaiveDate, TimeZone};
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
@@ -27,7 +27,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use footfall_query::{round_to, QueryError, QueryRequest};
+use footfall_query::{rate, round_to, QueryError, QueryRequest};
 use footfall_store::VISIT_FIELDS;
 use serde_json::{json, Value};
 
@@ -286,14 +286,6 @@ struct Agg {
     duration_ms: i64,
     /// Which part answered `visitors`, `pageviews` and `events`.
     from_visits: bool,
-}
-
-fn rate(num: i64, den: i64) -> f64 {
-    if den <= 0 {
-        0.0
-    } else {
-        num as f64 / den as f64
-    }
 }
 
 fn metric_value(m: Metric, a: &Agg) -> Value {
@@ -628,32 +620,27 @@ impl ColumnarEngine {
     }
 }
 
-/// Orders, pages and shapes the rows as the rollup engine does.
+/// The rows in the rollup engine's shape (time labels as it writes them), ordered and
+/// paged by the same code.
 fn respond(
     req: &QueryRequest,
     tz: Tz,
-    (from, to): (NaiveDate, NaiveDate),
+    dates: (NaiveDate, NaiveDate),
     dims: &[Dim],
     metrics: &[Metric],
     rows: Vec<(Vec<Option<String>>, Agg)>,
 ) -> Result<Value, QueryError> {
-    struct Row {
-        keys: Vec<Value>,
-        /// Sort keys: time as a number, others as text.
-        time: Option<i64>,
-        metrics: Vec<Value>,
-    }
     let time_at = dims.iter().position(|d| d.time.is_some());
-    let mut out: Vec<Row> = rows
+    let rows = rows
         .into_iter()
         .map(|(k, a)| {
+            // Time groups come back as local wall-clock milliseconds.
             let time = time_at.and_then(|i| k[i].as_deref().and_then(|s| s.parse::<i64>().ok()));
-            let keys = k
+            let dims = k
                 .iter()
                 .zip(dims)
-                .map(|(v, d)| match (d.time, v) {
-                    (Some(unit), Some(v)) => {
-                        let ms: i64 = v.parse().unwrap_or(0);
+                .map(|(v, d)| match (d.time, time) {
+                    (Some(unit), Some(ms)) => {
                         let t = chrono::DateTime::from_timestamp_millis(ms)
                             .unwrap_or_default()
                             .naive_utc();
@@ -663,117 +650,17 @@ fn respond(
                             t.format("%Y-%m-%d").to_string()
                         })
                     }
-                    (_, v) => json!(v.clone().unwrap_or_default()),
+                    _ => json!(v.clone().unwrap_or_default()),
                 })
                 .collect();
-            Row {
-                keys,
+            footfall_query::ResultRow {
                 time,
+                dims,
                 metrics: metrics.iter().map(|m| metric_value(*m, &a)).collect(),
             }
         })
         .collect();
-    let order: Vec<(String, bool)> = match &req.order_by {
-        Some(o) => o
-            .iter()
-            .map(|(k, dir)| match dir.as_str() {
-                "asc" => Ok((k.clone(), false)),
-                "desc" => Ok((k.clone(), true)),
-                _ => bad(format!("order direction `{dir}` must be asc or desc")),
-            })
-            .collect::<Result<_, _>>()?,
-        None => {
-            let mut o = Vec::new();
-            if let Some(i) = time_at {
-                o.push((req.dimensions[i].clone(), false));
-            }
-            o.push((req.metrics[0].clone(), true));
-            o
-        }
-    };
-    type Cmp = Box<dyn Fn(&Row, &Row) -> std::cmp::Ordering>;
-    let mut sorters: Vec<(Cmp, bool)> = Vec::new();
-    for (k, desc) in order {
-        if let Some(i) = req.metrics.iter().position(|m| *m == k) {
-            sorters.push((
-                Box::new(move |a: &Row, b: &Row| {
-                    a.metrics[i]
-                        .as_f64()
-                        .unwrap_or(0.0)
-                        .total_cmp(&b.metrics[i].as_f64().unwrap_or(0.0))
-                }),
-                desc,
-            ));
-        } else if let Some(i) = req.dimensions.iter().position(|d| *d == k) {
-            if Some(i) == time_at {
-                sorters.push((Box::new(|a: &Row, b: &Row| a.time.cmp(&b.time)), desc));
-            } else {
-                sorters.push((
-                    Box::new(move |a: &Row, b: &Row| a.keys[i].as_str().cmp(&b.keys[i].as_str())),
-                    desc,
-                ));
-            }
-        } else {
-            return bad(format!(
-                "cannot order by `{k}`: it is neither a requested metric nor a dimension"
-            ));
-        }
-    }
-    out.sort_by(|a, b| {
-        for (f, desc) in &sorters {
-            let o = f(a, b);
-            let o = if *desc { o.reverse() } else { o };
-            if o.is_ne() {
-                return o;
-            }
-        }
-        a.time.cmp(&b.time).then_with(|| {
-            let ka: Vec<&str> = a.keys.iter().filter_map(Value::as_str).collect();
-            let kb: Vec<&str> = b.keys.iter().filter_map(Value::as_str).collect();
-            ka.cmp(&kb)
-        })
-    });
-    let pagination = req
-        .pagination
-        .clone()
-        .unwrap_or(footfall_query::Pagination {
-            limit: 10_000,
-            offset: 0,
-        });
-    let include = req.include.clone().unwrap_or_default();
-    let total_rows = out.len();
-    let results: Vec<Value> = out
-        .into_iter()
-        .skip(pagination.offset)
-        .take(pagination.limit)
-        .map(|r| json!({"dimensions": r.keys, "metrics": r.metrics}))
-        .collect();
-    let start = tz
-        .from_local_datetime(&from.and_hms_opt(0, 0, 0).unwrap())
-        .earliest();
-    let end = tz
-        .from_local_datetime(&to.and_hms_opt(23, 59, 59).unwrap())
-        .latest();
-    let mut meta = serde_json::Map::new();
-    if include.total_rows {
-        meta.insert("total_rows".into(), json!(total_rows));
-    }
-    meta.insert("time_zone".into(), json!(tz.name()));
-    meta.insert("engine".into(), json!("columnar"));
-    Ok(json!({
-        "results": results,
-        "meta": meta,
-        "query": {
-            "site_id": req.site_id,
-            "metrics": req.metrics,
-            "date_range": [start.map(|s| s.to_rfc3339()), end.map(|e| e.to_rfc3339())],
-            "dimensions": req.dimensions,
-            "filters": req.filters,
-            "order_by": req.order_by,
-            "include": include,
-            "pagination": pagination,
-        }
-    }))
+    footfall_query::respond(req, tz, dates, rows, "columnar")
 }
 
 impl footfall_query::EventQuery for ColumnarEngine {

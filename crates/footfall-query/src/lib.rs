@@ -495,7 +495,8 @@ pub fn property_date_range(
     resolve_date_range(date_range, today, earliest)
 }
 
-fn rate(num: i64, den: i64) -> f64 {
+/// `num / den`, 0 when there is nothing to divide by.
+pub fn rate(num: i64, den: i64) -> f64 {
     if den <= 0 {
         0.0
     } else {
@@ -949,33 +950,7 @@ pub fn execute(
         key: Option<String>,
         metrics: Vec<Value>,
     }
-    // Ordering: explicit order_by, then time ascending, then first metric descending,
-    // then dimension values, so results are deterministic.
-    let order: Vec<(String, bool)> = match &req.order_by {
-        Some(o) => o
-            .iter()
-            .map(|(k, dir)| match dir.as_str() {
-                "asc" => Ok((k.clone(), false)),
-                "desc" => Ok((k.clone(), true)),
-                _ => bad(format!("order direction `{dir}` must be asc or desc")),
-            })
-            .collect::<Result<_, _>>()?,
-        None => {
-            let mut o = Vec::new();
-            if time_dim.is_some() {
-                o.push((
-                    req.dimensions
-                        .iter()
-                        .find(|d| d.starts_with("time:"))
-                        .unwrap()
-                        .clone(),
-                    false,
-                ));
-            }
-            o.push((req.metrics[0].clone(), true));
-            o
-        }
-    };
+    let order = order_of(req)?;
     let pagination = req.pagination.clone().unwrap_or(Pagination {
         limit: default_limit(),
         offset: 0,
@@ -1110,46 +1085,11 @@ pub fn execute(
         });
     }
 
-    type RowCmp = Box<dyn Fn(&Row, &Row) -> std::cmp::Ordering>;
-    let mut sorters: Vec<(RowCmp, bool)> = Vec::new();
-    for (k, desc) in order {
-        if let Some(i) = req.metrics.iter().position(|m| *m == k) {
-            sorters.push((
-                Box::new(move |a: &Row, b: &Row| {
-                    a.metrics[i]
-                        .as_f64()
-                        .unwrap_or(0.0)
-                        .total_cmp(&b.metrics[i].as_f64().unwrap_or(0.0))
-                }),
-                desc,
-            ));
-        } else if k.starts_with("time") && time_dim.is_some() {
-            sorters.push((Box::new(|a: &Row, b: &Row| a.time.cmp(&b.time)), desc));
-        } else if req.dimensions.contains(&k) {
-            sorters.push((Box::new(|a: &Row, b: &Row| a.key.cmp(&b.key)), desc));
-        } else {
-            return bad(format!(
-                "cannot order by `{k}`: it is neither a requested metric nor a dimension"
-            ));
-        }
-    }
-    rows.sort_by(|a, b| {
-        for (f, desc) in &sorters {
-            let o = f(a, b);
-            let o = if *desc { o.reverse() } else { o };
-            if o.is_ne() {
-                return o;
-            }
-        }
-        a.time.cmp(&b.time).then_with(|| a.key.cmp(&b.key))
-    });
-    let total_rows = rows.len();
-    let results: Vec<Value> = rows
+    let rows = rows
         .into_iter()
-        .skip(pagination.offset)
-        .take(pagination.limit)
-        .map(|r| {
-            let dims: Vec<Value> = req
+        .map(|r| ResultRow {
+            time: r.time,
+            dims: req
                 .dimensions
                 .iter()
                 .map(|d| {
@@ -1159,11 +1099,116 @@ pub fn execute(
                         json!(r.key.clone().unwrap_or_default())
                     }
                 })
-                .collect();
-            json!({"dimensions": dims, "metrics": r.metrics})
+                .collect(),
+            metrics: r.metrics,
         })
         .collect();
+    respond(req, tz, (from, to), rows, "rollups")
+}
 
+/// One row of an answer before ordering: its time group (the sort key of the time
+/// dimension), its dimension values in the request's order, its metrics.
+pub struct ResultRow {
+    pub time: Option<i64>,
+    pub dims: Vec<Value>,
+    pub metrics: Vec<Value>,
+}
+
+/// The order of the rows: `order_by` as asked, else time ascending, then the first
+/// metric descending (ties: the dimension values ascending, see [`respond`]).
+pub fn order_of(req: &QueryRequest) -> Result<Vec<(String, bool)>, QueryError> {
+    Ok(match &req.order_by {
+        Some(o) => o
+            .iter()
+            .map(|(k, dir)| match dir.as_str() {
+                "asc" => Ok((k.clone(), false)),
+                "desc" => Ok((k.clone(), true)),
+                _ => bad(format!("order direction `{dir}` must be asc or desc")),
+            })
+            .collect::<Result<_, _>>()?,
+        None => {
+            let mut o = Vec::new();
+            if let Some(t) = req.dimensions.iter().find(|d| d.starts_with("time")) {
+                o.push((t.clone(), false));
+            }
+            o.push((req.metrics[0].clone(), true));
+            o
+        }
+    })
+}
+
+/// Orders, pages and shapes an answer over the local dates `[from, to]`: where both
+/// engines end, so that they answer in one shape and one order (`meta.engine` names
+/// the one that answered).
+pub fn respond(
+    req: &QueryRequest,
+    tz: Tz,
+    (from, to): (NaiveDate, NaiveDate),
+    mut rows: Vec<ResultRow>,
+    engine: &str,
+) -> Result<Value, QueryError> {
+    type RowCmp = Box<dyn Fn(&ResultRow, &ResultRow) -> std::cmp::Ordering>;
+    let has_time = req.dimensions.iter().any(|d| d.starts_with("time"));
+    let mut sorters: Vec<(RowCmp, bool)> = Vec::new();
+    for (k, desc) in order_of(req)? {
+        if let Some(i) = req.metrics.iter().position(|m| *m == k) {
+            sorters.push((
+                Box::new(move |a: &ResultRow, b: &ResultRow| {
+                    a.metrics[i]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.metrics[i].as_f64().unwrap_or(0.0))
+                }),
+                desc,
+            ));
+        } else if k.starts_with("time") && has_time {
+            sorters.push((
+                Box::new(|a: &ResultRow, b: &ResultRow| a.time.cmp(&b.time)),
+                desc,
+            ));
+        } else if let Some(i) = req.dimensions.iter().position(|d| *d == k) {
+            sorters.push((
+                Box::new(move |a: &ResultRow, b: &ResultRow| {
+                    a.dims[i].as_str().cmp(&b.dims[i].as_str())
+                }),
+                desc,
+            ));
+        } else {
+            return bad(format!(
+                "cannot order by `{k}`: it is neither a requested metric nor a dimension"
+            ));
+        }
+    }
+    let keys: Vec<usize> = (0..req.dimensions.len())
+        .filter(|&i| !req.dimensions[i].starts_with("time"))
+        .collect();
+    rows.sort_by(|a, b| {
+        for (f, desc) in &sorters {
+            let o = f(a, b);
+            let o = if *desc { o.reverse() } else { o };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        a.time.cmp(&b.time).then_with(|| {
+            keys.iter()
+                .map(|&i| a.dims[i].as_str().cmp(&b.dims[i].as_str()))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    });
+    let pagination = req.pagination.clone().unwrap_or(Pagination {
+        limit: default_limit(),
+        offset: 0,
+    });
+    let include = req.include.clone().unwrap_or_default();
+    let total_rows = rows.len();
+    let results: Vec<Value> = rows
+        .into_iter()
+        .skip(pagination.offset)
+        .take(pagination.limit)
+        .map(|r| json!({"dimensions": r.dims, "metrics": r.metrics}))
+        .collect();
     let start = tz
         .from_local_datetime(&from.and_hms_opt(0, 0, 0).unwrap())
         .earliest();
@@ -1175,7 +1220,7 @@ pub fn execute(
         meta.insert("total_rows".into(), json!(total_rows));
     }
     meta.insert("time_zone".into(), json!(tz.name()));
-    meta.insert("engine".into(), json!("rollups"));
+    meta.insert("engine".into(), json!(engine));
     Ok(json!({
         "results": results,
         "meta": meta,
