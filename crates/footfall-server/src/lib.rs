@@ -587,18 +587,7 @@ async fn plan(
         ));
     }
     // The range, resolved once: both periods and the labels use these dates.
-    let (req_back, s2, dates) = tokio::task::spawn_blocking(move || {
-        let d = footfall_query::property_date_range(
-            store.as_ref(),
-            &req.site_id,
-            &req.date_range,
-            tz,
-            now,
-        );
-        (req, store, d)
-    })
-    .await
-    .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+    let (req_back, s2, dates) = query_dates(req, store, tz, now).await?;
     req = req_back;
     let (from, to) = dates?;
     let compared = include
@@ -634,6 +623,36 @@ async fn plan(
     Ok(answer)
 }
 
+/// The local dates of a query's range ("today" in the property's zone, `all` from its
+/// first day), resolved off the async threads (a remote store may be asked); hands the
+/// request and store back.
+async fn query_dates(
+    req: footfall_query::QueryRequest,
+    store: Arc<dyn RollupRead>,
+    tz: chrono_tz::Tz,
+    now: i64,
+) -> Result<
+    (
+        footfall_query::QueryRequest,
+        Arc<dyn RollupRead>,
+        Result<(chrono::NaiveDate, chrono::NaiveDate), footfall_query::QueryError>,
+    ),
+    footfall_query::QueryError,
+> {
+    tokio::task::spawn_blocking(move || {
+        let d = footfall_query::property_date_range(
+            store.as_ref(),
+            &req.site_id,
+            &req.date_range,
+            tz,
+            now,
+        );
+        (req, store, d)
+    })
+    .await
+    .map_err(|e| footfall_query::QueryError::Unavailable(e.to_string()))
+}
+
 /// The planner: the rollups answer when they can (milliseconds); what they cannot answer
 /// (several dimensions, a filter on another dimension than the breakdown, logical and
 /// regular-expression filters…) goes to the columnar engine over raw events. The
@@ -663,18 +682,7 @@ async fn plan_one(
             "{why}; the columnar engine that answers such queries is not enabled on this node (the `columnar` feature and `columnar.enabled`)"
         )));
     };
-    let (req, dates) = tokio::task::spawn_blocking(move || {
-        let d = footfall_query::property_date_range(
-            store.as_ref(),
-            &req.site_id,
-            &req.date_range,
-            tz,
-            now,
-        );
-        (req, d)
-    })
-    .await
-    .map_err(blocking)?;
+    let (req, _, dates) = query_dates(req, store, tz, now).await?;
     let mut answer = engine.query(&req, tz, dates?).await?;
     answer["meta"]["engine_reason"] = serde_json::Value::String(why);
     Ok(answer)
