@@ -27,7 +27,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use footfall_query::{rate, round_to, QueryError, QueryRequest};
+use footfall_query::{rate, round_to, Metric, QueryError, QueryRequest};
 use footfall_store::VISIT_FIELDS;
 use serde_json::{json, Value};
 
@@ -39,46 +39,6 @@ pub const MAX_PATTERN: usize = 1000;
 
 fn bad<T>(msg: impl Into<String>) -> Result<T, QueryError> {
     Err(QueryError::Invalid(msg.into()))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Metric {
-    Visitors,
-    Visits,
-    Pageviews,
-    Events,
-    ViewsPerVisit,
-    BounceRate,
-    VisitDuration,
-    TotalRevenue,
-    Percentage,
-}
-
-impl Metric {
-    fn parse(s: &str) -> Result<Self, QueryError> {
-        Ok(match s {
-            "visitors" => Metric::Visitors,
-            "visits" => Metric::Visits,
-            "pageviews" => Metric::Pageviews,
-            "events" => Metric::Events,
-            "views_per_visit" => Metric::ViewsPerVisit,
-            "bounce_rate" => Metric::BounceRate,
-            "visit_duration" => Metric::VisitDuration,
-            "total_revenue" => Metric::TotalRevenue,
-            "percentage" => Metric::Percentage,
-            _ => {
-                return bad(format!(
-                    "metric `{s}` is not supported from raw events; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, total_revenue, percentage"
-                ))
-            }
-        })
-    }
-    fn is_visit_level(self) -> bool {
-        matches!(
-            self,
-            Metric::Visits | Metric::ViewsPerVisit | Metric::BounceRate | Metric::VisitDuration
-        )
-    }
 }
 
 /// A dimension: its SQL expression and whether it belongs to the visit.
