@@ -22,18 +22,12 @@ use serde_json::{json, Value};
 const SITE: &str = "FF-COLUMNS";
 const GAP: i64 = 30 * 60_000;
 
-fn visitor_hash(v: &str) -> u64 {
-    v.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 fn logged(e: &OEvent, received_at: i64) -> LoggedEvent {
     LoggedEvent {
         property: SITE.into(),
         received_at,
         timestamp: e.ts,
-        visitor: visitor_hash(&e.visitor),
+        visitor: footfall_testkit::visitor_hash(&e.visitor),
         name: e.name.clone(),
         url: e.url.clone(),
         referrer: e.referrer.clone(),

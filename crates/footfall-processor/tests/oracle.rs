@@ -146,13 +146,6 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         })
 }
 
-fn visitor_hash(v: &str) -> u64 {
-    // Any mapping that keeps visitors distinct will do; FNV-1a.
-    v.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 /// Every clean day leaves memory at each checkpoint: later events (late ones,
 /// retractions) reach days that must be loaded back from their files first.
 const NOTHING_RESIDENT: MemoryBudget = MemoryBudget {
@@ -198,7 +191,7 @@ fn run_case(case: &Case, evicting: bool) {
             for (k, &i) in chunk.iter().enumerate() {
                 let arrival = n * slice + k;
                 let e = &case.events[i];
-                let visitor = visitor_hash(&e.visitor);
+                let visitor = footfall_testkit::visitor_hash(&e.visitor);
                 let logged = LoggedEvent {
                     property: SITE.into(),
                     received_at: max_ts + 1_000 + arrival as i64,

@@ -100,6 +100,14 @@ impl OVisit {
     }
 }
 
+/// A numeric visitor id for an oracle visitor (what the collector's identity hash would
+/// give): any mapping that keeps visitors distinct will do; FNV-1a.
+pub fn visitor_hash(v: &str) -> u64 {
+    v.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// Cuts visits: a visitor's events sorted by time, a new visit at every gap ≥ `gap_ms`.
 pub fn visits(events: &[OEvent], gap_ms: i64) -> Vec<OVisit> {
     let mut by_visitor: HashMap<&str, Vec<&OEvent>> = HashMap::new();
