@@ -32,11 +32,19 @@ fi
 TZ_NAME=Asia/Kolkata
 OFFSET_MIN=330
 
-echo "== build (release, with Kafka)"
 scripts/fetch-rules.sh
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || scripts/bench-deps.sh
-cargo build --release --locked -q -p footfall -p footfall-bench \
-  --features footfall/kafka,footfall-bench/kafka
+if [ "$mode" = quick ]; then
+  # As in bench.sh: quick mode checks the harness, on the debug build scripts/test.sh makes.
+  echo "== build (debug, as scripts/test.sh)"
+  cargo build --workspace --all-targets --all-features --locked -q
+  F="$root/target/debug/footfall"
+  B="$root/target/debug/footfall-bench"
+else
+  echo "== build (release, with Kafka)"
+  cargo build --release --locked -q -p footfall -p footfall-bench \
+    --features footfall/kafka,footfall-bench/kafka
+fi
 PG=$(scripts/pg.sh start)
 DB="ff_bench_$mode"
 su postgres -c "psql -q -c 'DROP DATABASE IF EXISTS $DB WITH (FORCE)'" >&2

@@ -37,9 +37,19 @@ mkdir -p "$work"
 F="$root/target/release/footfall"
 B="$root/target/release/footfall-bench"
 
-echo "== build (release)"
 scripts/fetch-rules.sh
-cargo build --release --locked -q -p footfall -p footfall-bench
+if [ "$mode" = quick ]; then
+  # Quick mode checks that the harness runs, not the figures: it uses the debug build of
+  # every crate and feature, the same command as scripts/test.sh (so in CI, no build at
+  # all) instead of paying for a second optimised build.
+  echo "== build (debug, as scripts/test.sh)"
+  cargo build --workspace --all-targets --all-features --locked -q
+  F="$root/target/debug/footfall"
+  B="$root/target/debug/footfall-bench"
+else
+  echo "== build (release)"
+  cargo build --release --locked -q -p footfall -p footfall-bench
+fi
 venv=$(scripts/bench-deps.sh | tail -n 1)
 PY="$venv/bin/python"
 

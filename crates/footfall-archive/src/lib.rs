@@ -498,6 +498,7 @@ mod prefix_tests {
             ip_prefix: None,
             log_partition: 0,
             log_offset: offset,
+            server_side: false,
         }
     }
 

@@ -7,9 +7,9 @@
 //! index of (log offset, file, position) is sorted per partition, and each record is
 //! decoded again, borrowing its strings from the buffer, at the moment it is processed.
 //!
-//! The decoder is written for the archive's own schema (version 1) rather than taken
-//! from an Avro crate: serde-based readers produce owned values, and this path is the
-//! inner loop of reprocessing. Files whose embedded schema is not version 1 are refused
+//! The decoder is written for the archive's own schemas (versions 1 and 2) rather than
+//! taken from an Avro crate: serde-based readers produce owned values, and this path is
+//! the inner loop of reprocessing. Files whose embedded schema is neither are refused
 //! with a clear error (the general reader in [`crate::schema::decode`] still reads them).
 //! Its output is checked against that general reader in the tests below.
 
@@ -122,8 +122,8 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// One archived event (schema version 1), with where it was in the log.
-    fn event(&mut self) -> Result<(EventView<'a>, u32, u64)> {
+    /// One archived event (schema version 1 or 2), with where it was in the log.
+    fn event(&mut self, version: u8) -> Result<(EventView<'a>, u32, u64)> {
         let property = self.string()?;
         let received_at = self.long()?;
         let timestamp = self.long()?;
@@ -169,6 +169,7 @@ impl<'a> Cursor<'a> {
         let ip_prefix = self.opt_string()?;
         let partition = u32::try_from(self.long()?).map_err(|_| bad("log partition"))?;
         let offset = u64::try_from(self.long()?).map_err(|_| bad("log offset"))?;
+        let server_side = version >= 2 && self.boolean()?;
         let view = EventView {
             property,
             received_at,
@@ -183,21 +184,30 @@ impl<'a> Cursor<'a> {
             interactive,
             user_agent,
             ip_prefix,
+            server_side,
         };
         Ok((view, partition, offset))
     }
 }
 
-/// The schema as our writer embeds it in a file, to recognise version-1 files.
-fn v1_schema() -> &'static serde_json::Value {
-    static S: OnceLock<serde_json::Value> = OnceLock::new();
+/// The schemas as our writer embeds them in a file, by version, to recognise files.
+fn known_schemas() -> &'static [(u8, serde_json::Value); 2] {
+    static S: OnceLock<[(u8, serde_json::Value); 2]> = OnceLock::new();
     S.get_or_init(|| {
-        let empty = crate::schema::encode(&[]).expect("an empty archive file encodes");
-        let (meta, _, _) = header(&empty).expect("our own header parses");
-        let json = meta
-            .get("avro.schema")
-            .expect("the writer embeds its schema");
-        serde_json::from_slice(json).expect("the embedded schema is JSON")
+        let embedded = |schema: &serde_avro_fast::Schema| {
+            let empty = crate::schema::encode_with::<()>(schema, &[])
+                .expect("an empty archive file encodes");
+            let (meta, _, _) = header(&empty).expect("our own header parses");
+            let json = meta
+                .get("avro.schema")
+                .expect("the writer embeds its schema");
+            serde_json::from_slice(json).expect("the embedded schema is JSON")
+        };
+        let v1: serde_avro_fast::Schema = crate::schema::v1_schema_json()
+            .parse()
+            .expect("the version-1 schema is valid");
+        let v2: serde_avro_fast::Schema = crate::SCHEMA_JSON.parse().expect("the schema is valid");
+        [(1, embedded(&v1)), (2, embedded(&v2))]
     })
 }
 
@@ -222,19 +232,22 @@ fn header(file: &[u8]) -> Result<Header<'_>> {
     Ok((meta, sync.try_into().expect("16 bytes"), c.pos + 16))
 }
 
-/// The record data of a version-1 file, appended to `out` (inflated when compressed);
-/// answers the (start, end, record count) of each block in `out`.
-fn inflate_into(file: &[u8], out: &mut Vec<u8>) -> Result<Vec<(usize, usize, usize)>> {
+/// Schema version and the (start, end, record count) of each block of a file.
+type Blocks = (u8, Vec<(usize, usize, usize)>);
+
+/// The record data of a version-1 or version-2 file, appended to `out` (inflated when
+/// compressed); answers its schema version and where each block is in `out`.
+fn inflate_into(file: &[u8], out: &mut Vec<u8>) -> Result<Blocks> {
     let (meta, sync, mut pos) = header(file)?;
     let schema: serde_json::Value = meta
         .get("avro.schema")
         .and_then(|s| serde_json::from_slice(s).ok())
         .ok_or_else(|| bad("no schema in the header"))?;
-    if &schema != v1_schema() {
+    let Some(&(version, _)) = known_schemas().iter().find(|(_, s)| *s == schema) else {
         return Err(bad(
-            "written with a schema other than version 1, which this reader does not know",
+            "written with a schema other than versions 1 and 2, which this reader does not know",
         ));
-    }
+    };
     let deflate = match meta.get("avro.codec").copied() {
         None | Some(b"null") => false,
         Some(b"deflate") => true,
@@ -267,7 +280,7 @@ fn inflate_into(file: &[u8], out: &mut Vec<u8>) -> Result<Vec<(usize, usize, usi
     if u32::try_from(out.len()).is_err() {
         return Err(bad("more than 4 GiB of records in one file"));
     }
-    Ok(blocks)
+    Ok((version, blocks))
 }
 
 /// One archive file, checked and indexed: its bytes as stored (inflated again when
@@ -276,6 +289,7 @@ fn inflate_into(file: &[u8], out: &mut Vec<u8>) -> Result<Vec<(usize, usize, usi
 /// record is in its inflated data.
 pub struct DecodedFile {
     bytes: Vec<u8>,
+    version: u8,
     /// (log partition, log offset, position in the inflated data) per kept record.
     records: Vec<(u32, u64, u32)>,
     /// Records in the file, kept or not.
@@ -292,7 +306,7 @@ pub fn decode_file(file: Vec<u8>, keep: impl Fn(i64) -> bool) -> Result<DecodedF
     BUF.with(|buf| {
         let mut data = buf.borrow_mut();
         data.clear();
-        let blocks = inflate_into(&file, &mut data)?;
+        let (version, blocks) = inflate_into(&file, &mut data)?;
         let mut records = Vec::new();
         let mut total = 0u64;
         for (start, end, count) in blocks {
@@ -302,7 +316,7 @@ pub fn decode_file(file: Vec<u8>, keep: impl Fn(i64) -> bool) -> Result<DecodedF
             };
             for _ in 0..count {
                 let at = c.pos as u32;
-                let (e, partition, offset) = c.event()?;
+                let (e, partition, offset) = c.event(version)?;
                 if keep(e.timestamp) {
                     records.push((partition, offset, at));
                 }
@@ -317,6 +331,7 @@ pub fn decode_file(file: Vec<u8>, keep: impl Fn(i64) -> bool) -> Result<DecodedF
         }
         Ok(DecodedFile {
             bytes: file,
+            version,
             records,
             total,
         })
@@ -326,7 +341,8 @@ pub fn decode_file(file: Vec<u8>, keep: impl Fn(i64) -> bool) -> Result<DecodedF
 /// Every kept event of a rebuild, per log partition in log order, decoded on demand.
 #[derive(Default)]
 pub struct RebuildInput {
-    files: Vec<Vec<u8>>,
+    /// Each file's bytes and schema version.
+    files: Vec<(Vec<u8>, u8)>,
     /// Per partition: (log offset, file, position), sorted by offset.
     order: Vec<Vec<(u64, u32, u32)>>,
 }
@@ -348,7 +364,7 @@ impl RebuildInput {
                 v.push((offset, file, at));
             }
         }
-        self.files.push(f.bytes);
+        self.files.push((f.bytes, f.version));
     }
 
     /// Puts each partition in log order; call once after the last [`Self::push`].
@@ -386,7 +402,7 @@ impl RebuildInput {
             let data = open.entry(file).or_insert_with(|| {
                 let mut buf = spare.pop().unwrap_or_default();
                 buf.clear();
-                inflate_into(&self.files[file as usize], &mut buf)
+                inflate_into(&self.files[file as usize].0, &mut buf)
                     .expect("files are validated when indexed");
                 buf
             });
@@ -394,7 +410,10 @@ impl RebuildInput {
                 buf: data,
                 pos: at as usize,
             };
-            let (e, _, _) = c.event().expect("records are validated when indexed");
+            let version = self.files[file as usize].1;
+            let (e, _, _) = c
+                .event(version)
+                .expect("records are validated when indexed");
             f(&e);
             left[file as usize] -= 1;
             if left[file as usize] == 0 {
@@ -435,6 +454,7 @@ mod tests {
             interactive: i % 7 != 0,
             user_agent: (i % 6 != 0).then(|| "Mozilla/5.0 (X11; Linux x86_64)".into()),
             ip_prefix: (i % 3 != 1).then(|| "203.0.113.0".into()),
+            server_side: i % 5 == 2,
         }
     }
 
@@ -494,6 +514,72 @@ mod tests {
             })
             .collect();
         check_same(&archived);
+    }
+
+    /// Files written before version 2 (no `server_side`) read through both readers, their
+    /// events taken as not server-side.
+    #[test]
+    fn version_1_files_still_read() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            property: String,
+            received_at: i64,
+            timestamp: i64,
+            visitor: i64,
+            name: String,
+            url: Option<String>,
+            referrer: Option<String>,
+            title: Option<String>,
+            props: BTreeMap<String, crate::schema::ArchivedProp>,
+            revenue: Option<crate::schema::ArchivedRevenue>,
+            interactive: bool,
+            user_agent: Option<String>,
+            ip_prefix: Option<String>,
+            log_partition: i32,
+            log_offset: i64,
+        }
+        let now: Vec<ArchivedEvent> = (0..50u64)
+            .map(|i| {
+                let mut e = event(i, vec![], (i % 4 == 0).then_some(3.5));
+                e.server_side = false;
+                ArchivedEvent::from_logged(&e, (i % 2) as u32, i)
+            })
+            .collect();
+        let old: Vec<V1> = now
+            .iter()
+            .cloned()
+            .map(|a| V1 {
+                property: a.property,
+                received_at: a.received_at,
+                timestamp: a.timestamp,
+                visitor: a.visitor,
+                name: a.name,
+                url: a.url,
+                referrer: a.referrer,
+                title: a.title,
+                props: a.props,
+                revenue: a.revenue,
+                interactive: a.interactive,
+                user_agent: a.user_agent,
+                ip_prefix: a.ip_prefix,
+                log_partition: a.log_partition,
+                log_offset: a.log_offset,
+            })
+            .collect();
+        let v1: serde_avro_fast::Schema = crate::schema::v1_schema_json().parse().unwrap();
+        let bytes = crate::schema::encode_with(&v1, &old).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), now);
+        let f = decode_file(bytes, |_| true).unwrap();
+        assert_eq!((f.version, f.total), (1, 50));
+        let mut input = RebuildInput::new(2);
+        input.push(f);
+        input.sort();
+        let mut seen = 0;
+        input.for_each(1, &mut |v| {
+            assert!(!v.server_side);
+            seen += 1;
+        });
+        assert_eq!(seen, 25);
     }
 
     #[test]

@@ -15,10 +15,11 @@ use serde_avro_fast::Schema;
 use crate::{Error, Result};
 
 /// Bumped on any change to [`SCHEMA_JSON`]. Each file carries the schema itself in its
-/// header (`avro.schema`), by which the rebuild reader recognises version 1.
-pub const SCHEMA_VERSION: u32 = 1;
+/// header (`avro.schema`), by which the rebuild reader recognises versions 1 and 2.
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Avro schema of an archived event (version 1).
+/// Avro schema of an archived event (version 2: version 1 and `server_side`, last, with
+/// a default, so that readers given either schema read files of both).
 pub const SCHEMA_JSON: &str = r#"{
   "type": "record",
   "name": "Event",
@@ -48,9 +49,19 @@ pub const SCHEMA_JSON: &str = r#"{
     {"name": "user_agent", "type": ["null", "string"], "default": null},
     {"name": "ip_prefix", "type": ["null", "string"], "default": null, "doc": "Client address truncated to /24 (IPv4) or /48 (IPv6)"},
     {"name": "log_partition", "type": "int", "doc": "Log partition the event was read from"},
-    {"name": "log_offset", "type": "long", "doc": "Its offset in that partition: (log_partition, log_offset) is unique"}
+    {"name": "log_offset", "type": "long", "doc": "Its offset in that partition: (log_partition, log_offset) is unique"},
+    {"name": "server_side", "type": "boolean", "default": false, "doc": "Sent with a write key by the merchant's server for a person it identified (counted whatever its user agent); added in version 2"}
   ]
 }"#;
+
+/// The schema of version 1, which files written before version 2 embed.
+pub(crate) fn v1_schema_json() -> String {
+    let cut = SCHEMA_JSON
+        .find(",\n    {\"name\": \"server_side\"")
+        .expect("version 2 appends server_side");
+    let end = SCHEMA_JSON.rfind("\n  ]").expect("the field list ends");
+    format!("{}{}", &SCHEMA_JSON[..cut], &SCHEMA_JSON[end..])
+}
 
 fn schema() -> &'static Schema {
     static S: OnceLock<Schema> = OnceLock::new();
@@ -88,6 +99,9 @@ pub struct ArchivedEvent {
     pub ip_prefix: Option<String>,
     pub log_partition: i32,
     pub log_offset: i64,
+    /// Absent from version-1 files, which read as `false`.
+    #[serde(default)]
+    pub server_side: bool,
 }
 
 impl ArchivedEvent {
@@ -131,6 +145,7 @@ impl ArchivedEvent {
             ip_prefix: e.ip_prefix.clone(),
             log_partition: partition as i32,
             log_offset: offset as i64,
+            server_side: e.server_side,
         }
     }
 
@@ -165,13 +180,19 @@ impl ArchivedEvent {
             interactive: self.interactive,
             user_agent: self.user_agent,
             ip_prefix: self.ip_prefix,
+            server_side: self.server_side,
         }
     }
 }
 
 /// An Avro object container file (schema embedded, deflate-compressed blocks).
 pub fn encode(events: &[ArchivedEvent]) -> Result<Vec<u8>> {
-    let mut config = SerializerConfig::new(schema());
+    encode_with(schema(), events)
+}
+
+/// [`encode`] with another schema (the readers' tests write version-1 files).
+pub(crate) fn encode_with<T: Serialize>(schema: &Schema, events: &[T]) -> Result<Vec<u8>> {
+    let mut config = SerializerConfig::new(schema);
     let mut w = WriterBuilder::new(&mut config)
         .compression(Compression::Deflate {
             level: CompressionLevel::new(6),
@@ -218,6 +239,7 @@ mod tests {
             interactive: false,
             user_agent: Some("ua".into()),
             ip_prefix: Some("203.0.113.0".into()),
+            server_side: true,
         };
         let a = ArchivedEvent::from_logged(&e, 3, 99);
         let bytes = encode(std::slice::from_ref(&a)).unwrap();

@@ -105,6 +105,7 @@ pub fn generate(spec: &DataSpec, mut sink: impl FnMut(Vec<LoggedEvent>)) {
                             .into(),
                     ),
                     ip_prefix: Some("203.0.113.0".into()),
+                    server_side: false,
                 });
                 t += rng.random_range(10_000..600_000);
             }

@@ -105,7 +105,16 @@ fn admit(
             ));
         }
     }
+    if s.grant.is_none() && e.server_side == Some(true) {
+        return Err(Rejection::new(
+            "server_side_needs_key",
+            "only a write key may send `server_side: true` events",
+        ));
+    }
+    // Write-key rules (backdating, any address); `counted_as_server` is the narrower
+    // question of who is counted (docs/METRICS.md, "Who is counted").
     let server_side = s.grant.is_some();
+    let counted_as_server = server_side && e.server_side != Some(false);
     let mut ts = e.timestamp.unwrap_or(now);
     if ts > now + rules.max_future_ms {
         ts = now;
@@ -162,5 +171,6 @@ fn admit(
         interactive: e.interactive,
         user_agent,
         ip_prefix: Some(truncate_ip(ip)),
+        server_side: counted_as_server,
     })
 }

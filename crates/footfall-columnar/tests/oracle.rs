@@ -37,6 +37,7 @@ fn logged(e: &OEvent, received_at: i64) -> LoggedEvent {
         interactive: e.interactive,
         user_agent: None,
         ip_prefix: None,
+        server_side: false,
     }
 }
 

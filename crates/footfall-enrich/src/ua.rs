@@ -21,6 +21,8 @@ pub struct UaInfo {
     pub device: &'static str,
     /// Why this user agent is a bot, if it is one.
     pub bot: Option<&'static str>,
+    /// Whether the user agent names a browser ([`names_browser`]); true when absent.
+    pub names_browser: bool,
 }
 
 impl UaInfo {
@@ -33,8 +35,75 @@ impl UaInfo {
             os_version: String::new(),
             device: "Other",
             bot: None,
+            // No user agent at all is not a client naming itself as something else; such
+            // events are counted (docs/METRICS.md, "Who is counted").
+            names_browser: true,
         }
     }
+
+    /// Why an event with this user agent stays out of the statistics, if it does: a
+    /// bot's, or (unless sent `server_side`) one whose user agent names no browser
+    /// (`no-browser`). The one rule the processor and the columnar rows share.
+    pub fn filtered(&self, server_side: bool) -> Option<&'static str> {
+        self.bot
+            .or((!server_side && !self.names_browser).then_some("no-browser"))
+    }
+}
+
+/// uap-core browser families whose user agents may not begin with `Mozilla/`: older
+/// mobile and text-mode browsers, used by people.
+const BROWSERS_WITHOUT_MOZILLA: &[&str] = &[
+    "Opera Mobile",
+    "Opera Mini",
+    "Midori",
+    "NetFront",
+    "Obigo",
+    "Polaris",
+    "Dolfin",
+    "Dolphin",
+    "Openwave",
+    "BlackBerry WebKit",
+    "Konqueror",
+    "Epiphany",
+    "Links",
+    "Lynx",
+    "w3m",
+    "ELinks",
+    "HbbTV",
+];
+
+/// uap-core families of clients whose user agents begin with `Mozilla/` but which are not
+/// a person viewing a page: mail programs fetching a message's images, and Office
+/// checking a link before it opens the browser (`ms-office`).
+const NOT_BROWSERS_WITH_MOZILLA: &[&str] = &[
+    "Outlook",
+    "Windows Live Mail",
+    "Apple Mail",
+    "Thunderbird",
+    "Airmail",
+    "Google-HTTP-Java-Client",
+];
+
+/// Handset browsers from before `Mozilla/` was universal name their platform instead.
+const HANDSET_TOKENS: &[&str] = &["MIDP-", "UP.Browser", "Openwave", "MAUI"];
+
+/// Whether a user agent names a browser, given its uap-core browser family. Every
+/// current browser, and the web views inside apps, begins with `Mozilla/` (or `Opera/`
+/// for old Opera) and is recognised by uap-core; feed readers, HTTP libraries, command
+/// line tools and scripts do not (`UniversalFeedParser/4.2`, `python-requests/2.31`,
+/// `Mozilla/4.0 (compatible;)`), nor does Safari's background fetcher
+/// (`Safari/9537 CFNetwork/673`). A few browsers of people without the prefix, and a few
+/// clients with it that are not browsers, are named here.
+pub fn names_browser(ua: &str, family: &str) -> bool {
+    if ua.starts_with("Mozilla/") || ua.starts_with("Opera/") {
+        return family != "Other"
+            && !NOT_BROWSERS_WITH_MOZILLA.contains(&family)
+            && !ua.contains("ms-office");
+    }
+    family.ends_with(" Browser")
+        || family.contains(" Browser ")
+        || BROWSERS_WITHOUT_MOZILLA.contains(&family)
+        || HANDSET_TOKENS.iter().any(|t| ua.contains(t))
 }
 
 fn extractor() -> &'static ua_parser::Extractor<'static> {
@@ -125,6 +194,7 @@ pub fn parse_user_agent(ua: &str) -> UaInfo {
         device_type(ua, &device_family, &os_name)
     };
     UaInfo {
+        names_browser: names_browser(ua, &browser),
         browser,
         browser_version,
         os: os_name,

@@ -193,3 +193,143 @@ fn bots_are_caught_and_browsers_are_not() {
     );
     assert!(rate <= 0.001, "browser false-positive rate {rate}");
 }
+
+/// Who is counted (docs/METRICS.md): on real lists, every browser of npm `user-agents`
+/// names a browser; every crawler example is kept out, as a bot or as naming no browser;
+/// and the non-browser clients of uap-core's own cases (HTTP libraries, feed readers,
+/// tools) and of a real access log are kept out while its browsers are not.
+#[test]
+fn only_browsers_are_counted() {
+    let rules = std::env::var_os("FOOTFALL_RULES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/rules"));
+    let crawlers: Vec<Crawler> = serde_json::from_str(
+        &std::fs::read_to_string(rules.join("crawler-user-agents.json")).unwrap(),
+    )
+    .unwrap();
+    let instances: Vec<&str> = crawlers
+        .iter()
+        .flat_map(|c| c.instances.iter().map(String::as_str))
+        .collect();
+    let counted: Vec<&&str> = instances
+        .iter()
+        .filter(|u| parse_user_agent(u).filtered(false).is_none())
+        .collect();
+    eprintln!(
+        "crawler-user-agents examples counted as people: {}/{}: {:?}",
+        counted.len(),
+        instances.len(),
+        counted.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        counted.len() as f64 <= 0.005 * instances.len() as f64,
+        "crawlers counted: {}",
+        counted.len()
+    );
+    // A server-side sender's events are counted whatever the user agent, bots excepted.
+    let reader = parse_user_agent("UniversalFeedParser/4.2-pre-314-svn +http://feedparser.org/");
+    assert_eq!(reader.filtered(false), Some("no-browser"));
+    assert_eq!(reader.filtered(true), None);
+    let bot = parse_user_agent("python-requests/2.31.0");
+    assert_eq!(bot.filtered(true), Some("crawler-pattern"));
+    assert_eq!(footfall_enrich::UaInfo::absent().filtered(false), None);
+
+    // uap-core's cases by family: the major browsers must be counted; the clients that
+    // are not browsers must not.
+    if let Some(ua) = shared("uap-core/test_ua.yaml") {
+        let ua: Cases<UaCase> =
+            serde_yaml::from_str(&std::fs::read_to_string(ua).unwrap()).unwrap();
+        const BROWSERS: &[&str] = &[
+            "Chrome",
+            "Firefox",
+            "Safari",
+            "Mobile Safari",
+            "Edge",
+            "IE",
+            "Opera",
+            "Samsung Internet",
+            "Chrome Mobile",
+            "Firefox Mobile",
+            "Chrome Mobile iOS",
+            "Chrome Mobile WebView",
+            "Mobile Safari UI/WKWebView",
+            "Yandex Browser",
+            "Edge Mobile",
+            "IE Mobile",
+            "Firefox iOS",
+            "Silk",
+            "Vivaldi",
+        ];
+        const CLIENTS: &[&str] = &[
+            "Python Requests",
+            "Python-urllib",
+            "curl",
+            "Wget",
+            "Java",
+            "Go-http-client",
+            "Apache-HttpClient",
+            "okhttp",
+            "aws-sdk-java",
+            "Google-HTTP-Java-Client",
+            "Scrapy",
+            "NewsGator",
+            "WordPress",
+            "Windows Live Mail",
+            "Outlook",
+            "Apple Mail",
+            "Thunderbird",
+        ];
+        // Named exceptions: Safari's background fetches (page previews) go through the
+        // system's HTTP library and say so (`Safari/… CFNetwork/…`), not as the browser,
+        // and Google Web Preview is Google's renderer, not a person.
+        let not_a_person = |u: &str| {
+            (u.starts_with("Safari/") && u.contains("CFNetwork/"))
+                || u.contains("Google Web Preview")
+        };
+        let (mut browsers, mut missed) = (0, Vec::new());
+        let (mut clients, mut let_in) = (0, Vec::new());
+        for c in &ua.test_cases {
+            let u = c.user_agent_string.as_str();
+            let kept_out = parse_user_agent(u).filtered(false).is_some();
+            if BROWSERS.contains(&c.family.as_str()) && !not_a_person(u) {
+                browsers += 1;
+                if kept_out {
+                    missed.push(u);
+                }
+            } else if CLIENTS.contains(&c.family.as_str()) {
+                clients += 1;
+                if !kept_out {
+                    let_in.push(u);
+                }
+            }
+        }
+        eprintln!(
+            "uap-core cases: browsers kept out {}/{browsers} {missed:?}; clients counted {}/{clients} {let_in:?}",
+            missed.len(),
+            let_in.len()
+        );
+        assert!(
+            missed.len() * 100 <= browsers,
+            "browsers kept out: {missed:#?}"
+        );
+        assert!(let_in.is_empty(), "clients counted: {let_in:#?}");
+    }
+
+    let Some(path) = npm("user-agents-2.1.198/dist/user-agents.json") else {
+        return;
+    };
+    let browsers: Vec<Browser> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let kept_out: Vec<&str> = browsers
+        .iter()
+        .map(|b| b.user_agent.as_str())
+        .filter(|u| parse_user_agent(u).filtered(false).is_some())
+        .collect();
+    eprintln!(
+        "user-agents browsers kept out: {}/{}: {:?}",
+        kept_out.len(),
+        browsers.len(),
+        kept_out.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(kept_out.len() as f64 <= 0.001 * browsers.len() as f64);
+}

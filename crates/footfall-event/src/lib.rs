@@ -16,7 +16,26 @@ use serde::{Deserialize, Serialize};
 pub use clock::{Clock, ManualClock, SystemClock};
 
 /// Format version written as the first byte of every log record.
-pub const RECORD_VERSION: u8 = 1;
+///
+/// Version 2 (current): the version byte, a flags byte ([`FLAG_SERVER_SIDE`]), then the
+/// event in postcard. Version 1: the version byte, then postcard; it is still read, its
+/// events taken as not server-side.
+pub const RECORD_VERSION: u8 = 2;
+
+/// Record flag: the event was sent with a write key by the merchant's own server, for a
+/// person the merchant identified ([`LoggedEvent::server_side`]).
+pub const FLAG_SERVER_SIDE: u8 = 1;
+
+/// Splits a record into its server-side flag and its postcard body.
+fn record_body(bytes: &[u8]) -> Result<(bool, &[u8]), DecodeError> {
+    match bytes {
+        [2, flags, body @ ..] => Ok((flags & FLAG_SERVER_SIDE != 0, body)),
+        [2] => Err(DecodeError::Corrupt("record without its flags".into())),
+        [1, body @ ..] => Ok((false, body)),
+        [v, ..] => Err(DecodeError::UnknownVersion(*v)),
+        [] => Err(DecodeError::Corrupt("empty record".into())),
+    }
+}
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
@@ -71,6 +90,12 @@ pub struct LoggedEvent {
     pub user_agent: Option<String>,
     /// Truncated client address (IPv4 /24, IPv6 /48), for geo lookup.
     pub ip_prefix: Option<String>,
+    /// Sent with a write key by the merchant's server for a person it identified: such an
+    /// event is counted whatever its user agent, while browser-style traffic (keyless
+    /// requests, imported access logs) must name a browser (docs/METRICS.md, "Who is
+    /// counted"). Kept in the record's flags byte, not in the postcard body.
+    #[serde(skip)]
+    pub server_side: bool,
 }
 
 impl LoggedEvent {
@@ -82,18 +107,21 @@ impl LoggedEvent {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         out.push(RECORD_VERSION);
+        out.push(if self.server_side {
+            FLAG_SERVER_SIDE
+        } else {
+            0
+        });
         postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match bytes.first() {
-            Some(&RECORD_VERSION) => {
-                postcard::from_bytes(&bytes[1..]).map_err(|e| DecodeError::Corrupt(e.to_string()))
-            }
-            Some(v) => Err(DecodeError::UnknownVersion(*v)),
-            None => Err(DecodeError::Corrupt("empty record".into())),
-        }
+        let (server_side, body) = record_body(bytes)?;
+        let mut e: Self =
+            postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        e.server_side = server_side;
+        Ok(e)
     }
 }
 
@@ -160,6 +188,9 @@ pub struct EventView<'a> {
     pub user_agent: Option<&'a str>,
     #[serde(borrow, deserialize_with = "opt_text")]
     pub ip_prefix: Option<&'a str>,
+    /// As [`LoggedEvent::server_side`], from the record's flags.
+    #[serde(skip)]
+    pub server_side: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -179,13 +210,11 @@ pub struct RevenueView<'a> {
 
 impl<'a> EventView<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        match bytes.first() {
-            Some(&RECORD_VERSION) => {
-                postcard::from_bytes(&bytes[1..]).map_err(|e| DecodeError::Corrupt(e.to_string()))
-            }
-            Some(v) => Err(DecodeError::UnknownVersion(*v)),
-            None => Err(DecodeError::Corrupt("empty record".into())),
-        }
+        let (server_side, body) = record_body(bytes)?;
+        let mut e: Self =
+            postcard::from_bytes(body).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        e.server_side = server_side;
+        Ok(e)
     }
 
     pub fn is_pageview(&self) -> bool {
@@ -224,6 +253,7 @@ impl LoggedEvent {
             interactive: self.interactive,
             user_agent: self.user_agent.as_deref(),
             ip_prefix: self.ip_prefix.as_deref(),
+            server_side: self.server_side,
         }
     }
 }
@@ -391,8 +421,23 @@ mod tests {
             interactive: true,
             user_agent: Some("ua".into()),
             ip_prefix: Some("1.2.3.0".into()),
+            server_side: false,
         };
         assert_eq!(LoggedEvent::decode(&e.encode()).unwrap(), e);
+        // The server-side flag travels in the flags byte, through both decoders.
+        let keyed = LoggedEvent {
+            server_side: true,
+            ..e.clone()
+        };
+        assert_eq!(LoggedEvent::decode(&keyed.encode()).unwrap(), keyed);
+        assert!(EventView::decode(&keyed.encode()).unwrap().server_side);
+        // A version-1 record (no flags byte) still reads, as not server-side.
+        let mut v1 = keyed.encode();
+        v1.remove(1);
+        v1[0] = 1;
+        assert_eq!(LoggedEvent::decode(&v1).unwrap(), e);
+        assert_eq!(EventView::decode(&v1).unwrap(), e.view());
+        assert!(LoggedEvent::decode(&[2]).is_err());
         let bytes = e.encode();
         assert_eq!(EventView::decode(&bytes).unwrap(), e.view());
         // Every string field is checked: a byte that is not UTF-8 in any of them, in

@@ -94,6 +94,10 @@ pub struct NativeEvent {
     pub interactive: bool,
     pub ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// `server_side` as sent: whether a write-key sender speaks for a person it
+    /// identified (the default with a key) or replays browser traffic (`false`, as
+    /// `footfall import` does). Only a write key may say `true`.
+    pub server_side: Option<bool>,
 }
 
 /// Splits a body into its event values.
@@ -230,6 +234,7 @@ impl NativeEvent {
             interactive: true,
             ip: None,
             user_agent: None,
+            server_side: None,
         }
     }
 
@@ -349,6 +354,16 @@ pub fn read_event(v: &Value) -> Result<NativeEvent, Rejection> {
             return Err(Rejection::new(
                 "wrong_type",
                 "`interactive` must be a boolean",
+            ))
+        }
+    };
+    e.server_side = match o.get("server_side") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(Rejection::new(
+                "wrong_type",
+                "`server_side` must be a boolean",
             ))
         }
     };

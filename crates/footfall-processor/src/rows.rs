@@ -61,7 +61,7 @@ pub fn event_rows(events: &[EventView<'_>], gap_ms: i64) -> Vec<EventRow> {
     let mut ua = UaCache::default();
     let mut by_visitor: HashMap<u64, Vec<usize>> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
-        if ua.get(e.user_agent).bot.is_some() {
+        if ua.get(e.user_agent).filtered(e.server_side).is_some() {
             continue;
         }
         by_visitor.entry(e.visitor).or_default().push(i);

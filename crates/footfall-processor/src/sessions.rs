@@ -587,8 +587,9 @@ impl SessionState {
         let prop = rollups.property_mut(ev.property);
         let hour = ps.hours.get(tz, ev.timestamp);
         let ua = ps.ua.get(ev.user_agent);
-        // Bots stay in the log and archive but out of every statistic; only counted.
-        if let Some(reason) = ua.bot {
+        // Bots, and browser-style traffic naming no browser, stay in the log and archive
+        // but out of every statistic; only counted.
+        if let Some(reason) = ua.filtered(ev.server_side) {
             let key = format!("bot:{reason}");
             each_bucket(prop, hour, |b| {
                 *stats_entry(&mut b.filtered, &key) += 1;
@@ -830,6 +831,7 @@ mod tests {
                 interactive: true,
                 user_agent: agent.map(String::from),
                 ip_prefix: ip.map(String::from),
+                server_side: false,
             };
             let v = e.view();
             state.apply(0, &v, &Tz::UTC, &SessionRules::default(), &mut rollups);

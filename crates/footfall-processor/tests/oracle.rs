@@ -206,6 +206,7 @@ fn run_case(case: &Case, evicting: bool) {
                     interactive: e.interactive,
                     user_agent: None,
                     ip_prefix: None,
+                    server_side: false,
                 };
                 let p = (visitor % partitions as u64) as usize;
                 state.apply(p, &logged.view(), &tz, &rules, rollups);

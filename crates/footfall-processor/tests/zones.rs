@@ -56,6 +56,7 @@ impl Harness {
             interactive: true,
             user_agent: None,
             ip_prefix: None,
+            server_side: false,
         };
         let (tz, rules) = (self.tz, SessionRules::default());
         let state = &mut self.state;

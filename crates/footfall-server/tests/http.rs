@@ -167,8 +167,97 @@ impl Harness {
     }
 }
 
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
+
 fn ev(tid: &str, name: &str) -> Value {
     json!({"tracking_id": tid, "name": name, "url": "https://shop.example/a", "timestamp": NOW - 1000})
+}
+
+/// Who is counted (docs/METRICS.md): browser-style traffic whose user agent names no
+/// browser is kept (202) but out of the statistics, under `bot:no-browser`; a write-key
+/// sender's events count whatever their user agent unless they say `server_side: false`
+/// (as `footfall import` does); only a write key may say `server_side: true`.
+#[tokio::test]
+async fn only_people_are_counted() {
+    let h = harness();
+    let (tid, read, write) = h.property("UTC", &[]);
+    let page = |path: &str| {
+        json!({"tracking_id": tid, "name": "pageview", "url": format!("https://shop.example{path}"),
+            "timestamp": NOW - 1000})
+    };
+    let send = |body: Value, ua: &'static str, key: Option<String>| {
+        let h = &h;
+        async move {
+            let auth = key.map(|k| format!("Bearer {k}"));
+            let mut hd = vec![("content-type", "application/json"), ("user-agent", ua)];
+            if let Some(a) = &auth {
+                hd.push(("authorization", a.as_str()));
+            }
+            let (s, v, _) = h
+                .send(
+                    "POST",
+                    "/api/v1/events",
+                    &hd,
+                    serde_json::to_vec(&body).unwrap(),
+                )
+                .await;
+            (s, v)
+        }
+    };
+    let feed = "UniversalFeedParser/4.2-pre-314-svn +http://feedparser.org/";
+    assert_eq!(
+        send(page("/browser"), FIREFOX, None).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send(page("/feed"), feed, None).await.0,
+        StatusCode::ACCEPTED
+    );
+    let mut backend = page("/backend");
+    backend["user_agent"] = json!("ShopBackend/3.1");
+    assert_eq!(
+        send(backend, "ShopBackend/3.1", Some(write.clone()))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    let mut replayed = page("/replayed");
+    replayed["user_agent"] = json!(feed);
+    replayed["server_side"] = json!(false);
+    assert_eq!(
+        send(replayed, feed, Some(write.clone())).await.0,
+        StatusCode::ACCEPTED
+    );
+    let mut claim = page("/claim");
+    claim["server_side"] = json!(true);
+    let (s, v) = send(claim, FIREFOX, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["rejected"][0]["code"], "server_side_needs_key", "{v}");
+
+    let (_, v) = h
+        .query(
+            &read,
+            json!({"site_id": tid, "metrics": ["pageviews"], "date_range": "7d", "dimensions": ["event:page"]}),
+        )
+        .await;
+    assert_eq!(
+        v["results"],
+        json!([
+            {"dimensions": ["/backend"], "metrics": [1]},
+            {"dimensions": ["/browser"], "metrics": [1]},
+        ]),
+        "{v}"
+    );
+    let (s, v, _) = h
+        .send(
+            "GET",
+            &format!("/api/v1/stats/filtered?site_id={tid}&date_range=7d"),
+            &[("authorization", &format!("Bearer {read}"))],
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["filtered"], json!({"bot:no-browser": 2}), "{v}");
 }
 
 #[tokio::test]
@@ -603,7 +692,7 @@ async fn plausible_events_api() {
             "/api/event",
             &[
                 ("content-type", "text/plain"),
-                ("user-agent", "Mozilla/5.0"),
+                ("user-agent", FIREFOX),
                 ("x-forwarded-for", "203.0.113.7"),
             ],
             serde_json::to_vec(&body).unwrap(),

@@ -139,6 +139,9 @@ pub fn access_log(cfg: &Config, a: AccessLogArgs) -> anyhow::Result<()> {
             "url": req.target,
             "timestamp": req.time_ms,
             "interactive": true,
+            // A log's requests are browser-style traffic replayed with a write key: they
+            // are counted only when their user agent names a browser.
+            "server_side": false,
         });
         if let Some(r) = req.referrer {
             e["referrer"] = json!(r);
