@@ -27,6 +27,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use footfall_event::goal::Goal;
 use footfall_query::{rate, round_to, Metric, QueryError, QueryRequest};
 use footfall_store::VISIT_FIELDS;
 use serde_json::{json, Value};
@@ -50,6 +51,55 @@ struct Dim {
     visit_sql: Option<String>,
     visit_level: bool,
     time: Option<&'static str>,
+    /// `event:goal`: the goal column of the goal rows (see [`goal_rows`]).
+    goal: bool,
+}
+
+/// A filter as SQL.
+struct Cond {
+    sql: String,
+    /// It reads only visit attributes.
+    visit: bool,
+    /// It names `event:goal` somewhere.
+    goal: bool,
+}
+
+/// Which events complete `g`, as SQL over an event row.
+fn goal_sql(g: &Goal) -> String {
+    if let Some(re) = g.page_regex() {
+        return format!("(pageview AND regexp_like(event_page, {}))", quote(&re));
+    }
+    let mut parts = vec![format!(
+        "event_name = {}",
+        quote(g.event.as_deref().unwrap_or_default())
+    )];
+    for (k, v) in &g.props {
+        parts.push(format!(
+            "array_element(prop_values, CAST(array_position(prop_keys, {}) AS BIGINT)) = {}",
+            quote(k),
+            quote(v)
+        ));
+    }
+    format!("({})", parts.join(" AND "))
+}
+
+/// The goal rows: each event once per goal it completes, with the goal's name in
+/// `goal` (what an `event:goal` breakdown groups).
+fn goal_rows(goals: &[Goal]) -> String {
+    if goals.is_empty() {
+        return "SELECT *, CAST(NULL AS VARCHAR) AS goal FROM events WHERE false".into();
+    }
+    goals
+        .iter()
+        .map(|g| {
+            format!(
+                "SELECT *, {} AS goal FROM events WHERE {}",
+                quote(&g.name),
+                goal_sql(g)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
 }
 
 fn quote(s: &str) -> String {
@@ -62,6 +112,7 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
         visit_sql: None,
         visit_level,
         time: None,
+        goal: false,
     };
     let time = |unit: &'static str| Dim {
         sql: format!("CAST(date_trunc('{unit}', local_ts) AS BIGINT)"),
@@ -70,6 +121,7 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
         )),
         visit_level: false,
         time: Some(unit),
+        goal: false,
     };
     Ok(match name {
         "time:hour" => time("hour"),
@@ -79,13 +131,17 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
         "event:page" => col("event_page", false),
         "event:name" => col("event_name", false),
         "event:hostname" => col("event_hostname", false),
+        "event:goal" => Dim {
+            goal: true,
+            ..col("goal", false)
+        },
         "visit:entry_page" => col("visit_entry_page", true),
         "visit:exit_page" => col("visit_exit_page", true),
         _ => {
             if let Some(k) = name.strip_prefix("event:props:").filter(|k| !k.is_empty()) {
                 return Ok(col(
                     &format!(
-                        "array_element(prop_values, array_position(prop_keys, {}))",
+                        "array_element(prop_values, CAST(array_position(prop_keys, {}) AS BIGINT))",
                         quote(k)
                     ),
                     false,
@@ -95,15 +151,15 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
                 return Ok(col(&column_of(name), true));
             }
             return bad(format!(
-                "dimension `{name}` is not supported; supported: time, time:hour, time:day, time:week, time:month, event:page, event:name, event:hostname, event:props:<key>, visit:entry_page, visit:exit_page, {}",
+                "dimension `{name}` is not supported; supported: time, time:hour, time:day, time:week, time:month, event:page, event:name, event:hostname, event:goal, event:props:<key>, visit:entry_page, visit:exit_page, {}",
                 VISIT_FIELDS.join(", ")
             ));
         }
     })
 }
 
-/// A filter as SQL, and whether it reads only visit attributes.
-fn filter(f: &Value) -> Result<(String, bool), QueryError> {
+/// A filter as SQL; `goals` are the property's (for `event:goal`).
+fn filter(f: &Value, goals: &[Goal]) -> Result<Cond, QueryError> {
     let a = f
         .as_array()
         .ok_or_else(|| QueryError::Invalid(format!("filter {f} must be a list")))?;
@@ -117,23 +173,31 @@ fn filter(f: &Value) -> Result<(String, bool), QueryError> {
                 .ok_or_else(|| {
                     QueryError::Invalid(format!("`{op}` takes one non-empty list of filters"))
                 })?;
-            let mut visit = true;
+            let (mut visit, mut goal) = (true, false);
             let mut sql = Vec::new();
             for p in parts {
-                let (s, v) = filter(p)?;
-                visit &= v;
-                sql.push(format!("({s})"));
+                let c = filter(p, goals)?;
+                visit &= c.visit;
+                goal |= c.goal;
+                sql.push(format!("({})", c.sql));
             }
-            Ok((sql.join(if op == "and" { " AND " } else { " OR " }), visit))
+            Ok(Cond {
+                sql: sql.join(if op == "and" { " AND " } else { " OR " }),
+                visit,
+                goal,
+            })
         }
         "not" => {
             let inner = a
                 .get(1)
                 .filter(|_| a.len() == 2)
                 .ok_or_else(|| QueryError::Invalid("`not` takes one filter".into()))?;
-            let (s, v) = filter(inner)?;
+            let c = filter(inner, goals)?;
             // A missing value is neither matched nor not matched (as in `is_not`).
-            Ok((format!("NOT coalesce(({s}), false)"), v))
+            Ok(Cond {
+                sql: format!("NOT coalesce(({}), false)", c.sql),
+                ..c
+            })
         }
         "is" | "is_not" | "contains" | "contains_not" | "matches" | "matches_not" => {
             if !(3..=4).contains(&a.len()) {
@@ -172,6 +236,9 @@ fn filter(f: &Value) -> Result<(String, bool), QueryError> {
                         )
                     })?,
             };
+            if d.goal {
+                return goal_filter(op, &values, case_sensitive, goals);
+            }
             let (col, vals): (String, Vec<String>) = if case_sensitive || op.starts_with("matches") {
                 (d.sql.clone(), values.iter().map(|v| v.to_string()).collect())
             } else {
@@ -209,7 +276,11 @@ fn filter(f: &Value) -> Result<(String, bool), QueryError> {
                 "matches" => format!("({})", any_match()?),
                 _ => format!("{col} IS NOT NULL AND NOT ({})", any_match()?),
             };
-            Ok((sql, d.visit_level))
+            Ok(Cond {
+                sql,
+                visit: d.visit_level,
+                goal: false,
+            })
         }
         "has_done" | "has_not_done" => {
             // A visit attribute: whether the visit has an event the inner filter keeps.
@@ -217,12 +288,13 @@ fn filter(f: &Value) -> Result<(String, bool), QueryError> {
                 .get(1)
                 .filter(|_| a.len() == 2)
                 .ok_or_else(|| QueryError::Invalid(format!("`{op}` takes one filter")))?;
-            let (s, _) = filter(inner)?;
+            let c = filter(inner, goals)?;
             let how = if op == "has_done" { "IN" } else { "NOT IN" };
-            Ok((
-                format!("visit_id {how} (SELECT visit_id FROM events WHERE {s})"),
-                true,
-            ))
+            Ok(Cond {
+                sql: format!("visit_id {how} (SELECT visit_id FROM events WHERE {})", c.sql),
+                visit: true,
+                goal: c.goal,
+            })
         }
         _ => bad(format!(
             "filter operator `{op}` is not supported; supported: is, is_not, contains, contains_not, matches, matches_not, and, or, not, has_done, has_not_done"
@@ -230,11 +302,85 @@ fn filter(f: &Value) -> Result<(String, bool), QueryError> {
     }
 }
 
+/// A filter on `event:goal`: the events that complete the goals its values pick out by
+/// name (`is`: each must be a goal of the property; `contains`, `matches`: any goal whose
+/// name matches); the negative operators keep the events that complete none of them.
+fn goal_filter(
+    op: &str,
+    values: &[&str],
+    case_sensitive: bool,
+    goals: &[Goal],
+) -> Result<Cond, QueryError> {
+    let fold = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_lowercase()
+        }
+    };
+    let mut picked: Vec<&Goal> = Vec::new();
+    for v in values {
+        let matching: Vec<&Goal> = match op {
+            "is" | "is_not" => {
+                let found: Vec<&Goal> = goals.iter().filter(|g| fold(&g.name) == fold(v)).collect();
+                if found.is_empty() {
+                    return bad(format!("`{v}` is not a goal of this property"));
+                }
+                found
+            }
+            "contains" | "contains_not" => goals
+                .iter()
+                .filter(|g| fold(&g.name).contains(&fold(v)))
+                .collect(),
+            _ => {
+                if v.len() > MAX_PATTERN {
+                    return bad(format!(
+                        "a regular expression may be at most {MAX_PATTERN} bytes"
+                    ));
+                }
+                let re = regex::RegexBuilder::new(v)
+                    .case_insensitive(!case_sensitive)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| QueryError::Invalid(format!("invalid regular expression: {e}")))?;
+                goals.iter().filter(|g| re.is_match(&g.name)).collect()
+            }
+        };
+        picked.extend(matching);
+    }
+    let any = if picked.is_empty() {
+        "false".to_string()
+    } else {
+        picked
+            .iter()
+            .map(|g| goal_sql(g))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    let sql = if op.ends_with("_not") {
+        format!("NOT coalesce(({any}), false)")
+    } else {
+        format!("({any})")
+    };
+    Ok(Cond {
+        sql,
+        visit: false,
+        goal: true,
+    })
+}
+
 /// Aggregates of one result group.
 #[derive(Debug, Default, Clone)]
 struct Agg {
     /// Millionths of a unit, by currency.
     revenue: std::collections::BTreeMap<String, i64>,
+    /// Events with revenue, by currency (`average_revenue`).
+    revenue_events: std::collections::BTreeMap<String, i64>,
+    /// Visitors under the filters that do not name a goal: over the whole range
+    /// (`conversion_rate`) and within the row's other dimensions
+    /// (`group_conversion_rate`).
+    all_visitors: i64,
+    group_visitors: i64,
     /// Share of all visitors under the filters, in percent (`percentage`).
     percentage: f64,
     visitors: i64,
@@ -265,6 +411,19 @@ fn metric_value(m: Metric, a: &Agg) -> Value {
                 .collect(),
         ),
         Metric::Percentage => json!(round_to(a.percentage, 1)),
+        Metric::ConversionRate => json!(round_to(100.0 * rate(a.visitors, a.all_visitors), 2)),
+        Metric::GroupConversionRate => {
+            json!(round_to(100.0 * rate(a.visitors, a.group_visitors), 2))
+        }
+        Metric::AverageRevenue => Value::Object(
+            a.revenue
+                .iter()
+                .map(|(c, m)| {
+                    let n = a.revenue_events.get(c).copied().unwrap_or(0);
+                    (c.clone(), json!(round_to(rate(*m, n) / 1e6, 6)))
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -404,13 +563,38 @@ impl ColumnarEngine {
         if dims.iter().filter(|d| d.time.is_some()).count() > 1 {
             return bad("at most one time dimension");
         }
+        if dims.iter().filter(|d| d.goal).count() > 1 {
+            return bad("`event:goal` may be a dimension once");
+        }
         let mut where_sql = Vec::new();
         let mut filters_visit = true;
+        // The filters that do not name a goal: a conversion rate's denominator.
+        let mut non_goal = Vec::new();
+        let mut goal_filtered = false;
         for f in &req.filters {
-            let (s, v) = filter(f)?;
-            filters_visit &= v;
-            where_sql.push(format!("({s})"));
+            let c = filter(f, &req.goals)?;
+            filters_visit &= c.visit;
+            goal_filtered |= c.goal;
+            if !c.goal {
+                non_goal.push(format!("({})", c.sql));
+            }
+            where_sql.push(format!("({})", c.sql));
         }
+        let goal_dim = dims.iter().position(|d| d.goal);
+        let conversions = metrics
+            .iter()
+            .any(|m| matches!(m, Metric::ConversionRate | Metric::GroupConversionRate));
+        if conversions && !goal_filtered && goal_dim.is_none() {
+            return bad(
+                "metrics `conversion_rate` and `group_conversion_rate` need an event:goal filter or dimension",
+            );
+        }
+        // An `event:goal` breakdown reads the goal rows (an event once per goal it
+        // completes) under the name `events`, so that every query below reads them.
+        let table = match goal_dim {
+            Some(_) => format!("({}) AS events", goal_rows(&req.goals)),
+            None => "events".to_string(),
+        };
         // The filters alone (the whole a `percentage` is a share of).
         let filters_only = where_sql.clone();
         if metrics.contains(&Metric::Percentage) && dims.iter().all(|d| d.time.is_some()) {
@@ -476,7 +660,7 @@ impl ColumnarEngine {
                 let sql = if visit_family || plain {
                     let (exprs, keys) = group_by(true);
                     format!(
-                        "SELECT {} FROM events WHERE {}{}",
+                        "SELECT {} FROM {table} WHERE {}{}",
                         select(&exprs, "COUNT(DISTINCT visitor), COUNT(*), SUM(visit_pageviews), SUM(visit_events), SUM(CAST(visit_bounce AS BIGINT)), SUM(visit_duration_ms)"),
                         where_all(&format!("visit_first AND {}", range("visit_local_date"))),
                         grouped(&keys)
@@ -486,7 +670,7 @@ impl ColumnarEngine {
                     let inner_cols: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
                     let inner_sel = select(&exprs, "visit_id, visitor, visit_pageviews, visit_events, visit_bounce, visit_duration_ms");
                     format!(
-                        "SELECT {} FROM (SELECT DISTINCT {inner_sel} FROM events WHERE {}) AS v{}",
+                        "SELECT {} FROM (SELECT DISTINCT {inner_sel} FROM {table} WHERE {}) AS v{}",
                         select(&inner_cols.join(", "), "COUNT(DISTINCT visitor), COUNT(*), SUM(visit_pageviews), SUM(visit_events), SUM(CAST(visit_bounce AS BIGINT)), SUM(visit_duration_ms)"),
                         where_all(&range("local_date")),
                         grouped(&keys)
@@ -508,7 +692,7 @@ impl ColumnarEngine {
             if !visit_family {
                 let (exprs, keys) = group_by(false);
                 let sql = format!(
-                    "SELECT {} FROM events WHERE {}{}",
+                    "SELECT {} FROM {table} WHERE {}{}",
                     select(
                         &exprs,
                         "COUNT(DISTINCT visitor), SUM(CAST(pageview AS BIGINT)), COUNT(*)"
@@ -523,7 +707,8 @@ impl ColumnarEngine {
                     g.events = v[2];
                 }
             }
-            if metrics.contains(&Metric::TotalRevenue) {
+            if metrics.contains(&Metric::TotalRevenue) || metrics.contains(&Metric::AverageRevenue)
+            {
                 let (exprs, keys) = group_by(false);
                 let keys = if keys.is_empty() {
                     "revenue_currency".to_string()
@@ -531,8 +716,8 @@ impl ColumnarEngine {
                     format!("{keys}, revenue_currency")
                 };
                 let sql = format!(
-                    "SELECT {} FROM events WHERE {} GROUP BY {keys}",
-                    select(&exprs, "revenue_currency, SUM(revenue_micros)"),
+                    "SELECT {} FROM {table} WHERE {} GROUP BY {keys}",
+                    select(&exprs, "revenue_currency, SUM(revenue_micros), COUNT(*)"),
                     where_all(&format!(
                         "revenue_micros IS NOT NULL AND {}",
                         range("local_date")
@@ -540,12 +725,55 @@ impl ColumnarEngine {
                 );
                 for (mut k, v) in Self::rows(&ctx, &sql, n + 1).await? {
                     let currency = k.pop().flatten().unwrap_or_default();
-                    *groups
-                        .entry(k)
-                        .or_default()
-                        .revenue
-                        .entry(currency)
-                        .or_default() += v[0];
+                    let g = groups.entry(k).or_default();
+                    *g.revenue.entry(currency.clone()).or_default() += v[0];
+                    *g.revenue_events.entry(currency).or_default() += v[1];
+                }
+            }
+            if conversions {
+                // Denominators: visitors under the filters that name no goal, over the
+                // range, and within each row's values of its other dimensions.
+                let mut w = non_goal.clone();
+                w.push(range("local_date"));
+                let sql = format!(
+                    "SELECT COUNT(DISTINCT visitor) FROM events WHERE {}",
+                    w.join(" AND ")
+                );
+                let all = Self::rows(&ctx, &sql, 0)
+                    .await?
+                    .first()
+                    .map_or(0, |(_, v)| v[0]);
+                let others: Vec<(usize, &Dim)> =
+                    dims.iter().enumerate().filter(|(_, d)| !d.goal).collect();
+                let mut w = non_goal.clone();
+                for (_, d) in others.iter().filter(|(_, d)| d.time.is_none()) {
+                    w.push(format!("{} IS NOT NULL", d.sql));
+                }
+                w.push(range("local_date"));
+                let exprs: Vec<String> = others
+                    .iter()
+                    .map(|(i, d)| format!("{} AS d{i}", d.sql))
+                    .collect();
+                let keys: Vec<String> = others.iter().map(|(i, _)| format!("d{i}")).collect();
+                let sql = format!(
+                    "SELECT {} FROM events WHERE {}{}",
+                    select(&exprs.join(", "), "COUNT(DISTINCT visitor)"),
+                    w.join(" AND "),
+                    grouped(&keys.join(", "))
+                );
+                let by_group: HashMap<Vec<Option<String>>, i64> =
+                    Self::rows(&ctx, &sql, others.len())
+                        .await?
+                        .into_iter()
+                        .map(|(k, v)| (k, v[0]))
+                        .collect();
+                for (k, g) in groups.iter_mut() {
+                    let mut rest = k.clone();
+                    if let Some(i) = goal_dim {
+                        rest.remove(i);
+                    }
+                    g.all_visitors = all;
+                    g.group_visitors = by_group.get(&rest).copied().unwrap_or(0);
                 }
             }
             if metrics.contains(&Metric::Percentage) {

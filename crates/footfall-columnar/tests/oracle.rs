@@ -552,3 +552,176 @@ proptest! {
         }
     }
 }
+
+/// Goals (docs/METRICS.md, "Goals"): `event:goal` as a breakdown and a filter, the
+/// conversion rates and `average_revenue`, against a plain recomputation in a half-hour
+/// and a whole-hour zone; what needs a goal says so.
+#[test]
+fn goals_and_conversion_rates_equal_recomputation() {
+    use footfall_event::goal::Goal;
+    let pro = |visitor: &str| footfall_testkit::visitor_hash(visitor) % 3 == 0;
+    for zone in ["Asia/Kolkata", "America/New_York"] {
+        let events = traffic(13);
+        let max_ts = events.iter().map(|e| e.ts).max().unwrap();
+        let logs: Vec<LoggedEvent> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut l = logged(e, max_ts + 1_000 + i as i64);
+                if l.name == "Signup" {
+                    let plan = if pro(&e.visitor) { "pro" } else { "free" };
+                    l.props
+                        .insert("plan".into(), footfall_event::PropValue::Str(plan.into()));
+                    if plan == "pro" {
+                        l.revenue = Some(footfall_event::Revenue {
+                            amount: 10.25,
+                            currency: "EUR".into(),
+                        });
+                    }
+                }
+                l
+            })
+            .collect();
+        let f = Fixture::from_logged(logs, zone);
+        let goals = vec![
+            Goal::page("/p1*"),
+            Goal::event("Signup", Default::default()),
+            Goal {
+                name: "Pro signup".into(),
+                ..Goal::event("Signup", [("plan".into(), "pro".into())].into())
+            },
+        ];
+        let ask = |q: Value| {
+            let mut req: footfall_query::QueryRequest = serde_json::from_value(q.clone()).unwrap();
+            req.goals = goals.clone();
+            let dates =
+                footfall_query::property_date_range(&f.store, SITE, &req.date_range, f.tz, f.now)
+                    .unwrap();
+            f.rt.block_on(f.engine.execute(&req, f.tz, dates))
+        };
+        // The recomputation: events in range, each with its visit's source.
+        let vs = visits(&events, GAP);
+        let in_range: Vec<(&OEvent, &str)> = events
+            .iter()
+            .filter(|e| {
+                let d = local(&f.tz, e.ts).date();
+                d >= f.from && d <= f.to
+            })
+            .map(|e| {
+                let v = vs
+                    .iter()
+                    .find(|v| v.visitor == e.visitor && v.start <= e.ts && e.ts <= v.end)
+                    .unwrap();
+                (e, v.source.as_str())
+            })
+            .collect();
+        let completes = |g: &str, e: &OEvent| match g {
+            "Visit /p1*" => {
+                e.is_pageview()
+                    && e.page
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with("/p1") && !p[3..].contains('/'))
+            }
+            "Signup" => e.name == "Signup",
+            _ => e.name == "Signup" && pro(&e.visitor),
+        };
+        let all: BTreeSet<&str> = in_range.iter().map(|(e, _)| e.visitor.as_str()).collect();
+        let pct = |a: usize, b: usize| (100.0 * a as f64 / b as f64 * 100.0).round() / 100.0;
+        let close = |got: &Value, want: f64, what: &str| {
+            let g = got.as_f64().unwrap_or_else(|| panic!("{what}: {got}"));
+            assert!((g - want).abs() < 1e-9, "{zone} {what}: {g} vs {want}");
+        };
+
+        // By goal: converters, conversions, and the share of all visitors.
+        let v = ask(
+            json!({"site_id": SITE, "metrics": ["visitors", "events", "conversion_rate"],
+            "date_range": f.range(), "dimensions": ["event:goal"]}),
+        )
+        .unwrap();
+        let rows = v["results"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{v}");
+        for row in rows {
+            let g = row["dimensions"][0].as_str().unwrap();
+            let done: Vec<&OEvent> = in_range
+                .iter()
+                .filter(|(e, _)| completes(g, e))
+                .map(|(e, _)| *e)
+                .collect();
+            let who: BTreeSet<&str> = done.iter().map(|e| e.visitor.as_str()).collect();
+            assert!(!who.is_empty(), "{g}");
+            assert_eq!(row["metrics"][0], json!(who.len()), "{zone} {g}");
+            assert_eq!(row["metrics"][1], json!(done.len()), "{zone} {g}");
+            close(&row["metrics"][2], pct(who.len(), all.len()), g);
+        }
+
+        // One goal by source: the conversion rate within each source, and overall.
+        let v = ask(json!({"site_id": SITE, "metrics": ["visitors", "group_conversion_rate", "conversion_rate"],
+            "date_range": f.range(), "dimensions": ["visit:source"],
+            "filters": [["is", "event:goal", ["Pro signup"]]]}))
+        .unwrap();
+        let rows = v["results"].as_array().unwrap();
+        assert!(!rows.is_empty());
+        for row in rows {
+            let s = row["dimensions"][0].as_str().unwrap();
+            let of_source: BTreeSet<&str> = in_range
+                .iter()
+                .filter(|(_, src)| *src == s)
+                .map(|(e, _)| e.visitor.as_str())
+                .collect();
+            let who: BTreeSet<&str> = in_range
+                .iter()
+                .filter(|(e, src)| *src == s && completes("Pro signup", e))
+                .map(|(e, _)| e.visitor.as_str())
+                .collect();
+            assert_eq!(row["metrics"][0], json!(who.len()), "{zone} {s}");
+            close(&row["metrics"][1], pct(who.len(), of_source.len()), s);
+            close(&row["metrics"][2], pct(who.len(), all.len()), s);
+        }
+
+        // Revenue per conversion: every pro signup pays 10.25 EUR.
+        let v = ask(
+            json!({"site_id": SITE, "metrics": ["average_revenue", "total_revenue", "events"],
+            "date_range": f.range(), "filters": [["is", "event:goal", ["Pro signup"]]]}),
+        )
+        .unwrap();
+        let n = in_range
+            .iter()
+            .filter(|(e, _)| completes("Pro signup", e))
+            .count();
+        assert_eq!(v["results"][0]["metrics"][0], json!({"EUR": 10.25}), "{v}");
+        close(
+            &v["results"][0]["metrics"][1]["EUR"],
+            10.25 * n as f64,
+            "total revenue",
+        );
+        assert_eq!(v["results"][0]["metrics"][2], json!(n));
+
+        // What needs a goal says so; an unknown goal is named; the rollups defer.
+        for q in [
+            json!({"site_id": SITE, "metrics": ["conversion_rate"], "date_range": f.range(), "dimensions": ["visit:source"]}),
+            json!({"site_id": SITE, "metrics": ["visitors"], "date_range": f.range(), "filters": [["is", "event:goal", ["Nope"]]]}),
+        ] {
+            match ask(q.clone()) {
+                Err(footfall_query::QueryError::Invalid(m)) => {
+                    assert!(m.contains("goal") || m.contains("Nope"), "{m}")
+                }
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+        let q = json!({"site_id": SITE, "metrics": ["visitors"], "date_range": f.range(), "dimensions": ["event:goal"]});
+        assert!(matches!(
+            f.rollups(&q),
+            Err(footfall_query::QueryError::Unsupported(_))
+        ));
+        // A custom property as a breakdown: as the rollups answer it.
+        let q = json!({"site_id": SITE, "metrics": ["visitors", "events"], "date_range": f.range(),
+            "dimensions": ["event:props:plan"]});
+        let want = f.rollups(&q).unwrap();
+        assert_eq!(want["results"].as_array().unwrap().len(), 2, "{want}");
+        assert_eq!(
+            f.columnar(&q).unwrap()["results"],
+            want["results"],
+            "{zone}"
+        );
+    }
+}

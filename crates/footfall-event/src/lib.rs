@@ -5,6 +5,7 @@
 //! that the processor can replay the log and reach the same state.
 
 pub mod clock;
+pub mod goal;
 pub mod identity;
 pub mod native;
 

@@ -60,6 +60,33 @@ fn properties(m: &dyn MetaStore, other: &dyn MetaStore) {
     assert_eq!(u.timezone, "America/St_Johns");
     assert_eq!(u.session_gap_minutes, Some(45));
     assert_eq!(other.property(&p.tracking_id).unwrap(), Some(u.clone()));
+    // Goals: the whole list replaced, kept with the property, checked first.
+    let goals = [
+        crate::Goal::page("/checkout/**"),
+        crate::Goal::event("Signup", [("plan".into(), "pro".into())].into()),
+    ];
+    let u = m
+        .update_property(
+            &p.tracking_id,
+            PropertyChanges {
+                goals: Some(&goals),
+                ..Default::default()
+            },
+        )
+        .expect("properties: goals");
+    assert_eq!(u.goals, goals);
+    assert_eq!(u.session_gap_minutes, Some(45), "other fields stay");
+    assert_eq!(other.property(&p.tracking_id).unwrap(), Some(u.clone()));
+    assert!(matches!(
+        m.update_property(
+            &p.tracking_id,
+            PropertyChanges {
+                goals: Some(&[crate::Goal::page("no-slash")]),
+                ..Default::default()
+            }
+        ),
+        Err(Error::Invalid(_))
+    ));
     assert!(matches!(
         m.update_property(
             &p.tracking_id,

@@ -20,6 +20,8 @@ use std::sync::Mutex;
 use rand::Rng;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+
+pub use footfall_event::goal::Goal;
 use sha2::{Digest, Sha256};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +56,8 @@ pub struct Property {
     /// Session gap of this property; `None` uses the server's default.
     pub session_gap_minutes: Option<u32>,
     pub created_at: String,
+    /// What this property counts as conversions (`event:goal`).
+    pub goals: Vec<Goal>,
 }
 
 /// Changes to a property; `None` leaves a field as it is.
@@ -63,6 +67,8 @@ pub struct PropertyChanges<'a> {
     pub timezone: Option<&'a str>,
     pub domains: Option<&'a [String]>,
     pub session_gap_minutes: Option<u32>,
+    /// The whole list of goals, replacing the present one.
+    pub goals: Option<&'a [Goal]>,
 }
 
 impl Property {
@@ -222,6 +228,7 @@ pub fn new_property(name: &str, timezone: &str, domains: &[String]) -> Result<Pr
         timezone: timezone.into(),
         domains: normalise_domains(domains)?,
         session_gap_minutes: None,
+        goals: Vec::new(),
         created_at: now_text(),
     })
 }
@@ -234,6 +241,7 @@ pub struct CheckedChanges {
     timezone: Option<String>,
     domains: Option<Vec<String>>,
     session_gap_minutes: Option<u32>,
+    goals: Option<Vec<Goal>>,
 }
 
 impl PropertyChanges<'_> {
@@ -241,6 +249,9 @@ impl PropertyChanges<'_> {
     pub fn check(&self) -> Result<CheckedChanges> {
         if let Some(tz) = self.timezone {
             validate_tz(tz)?;
+        }
+        if let Some(g) = self.goals {
+            footfall_event::goal::check_goals(g).map_err(Error::Invalid)?;
         }
         Ok(CheckedChanges {
             name: self.name.map(String::from),
@@ -250,6 +261,7 @@ impl PropertyChanges<'_> {
                 .session_gap_minutes
                 .map(check_session_gap)
                 .transpose()?,
+            goals: self.goals.map(<[Goal]>::to_vec),
         })
     }
 }
@@ -268,6 +280,9 @@ impl CheckedChanges {
         }
         if self.session_gap_minutes.is_some() {
             p.session_gap_minutes = self.session_gap_minutes;
+        }
+        if let Some(g) = &self.goals {
+            p.goals = g.clone();
         }
     }
 }
@@ -326,7 +341,8 @@ impl SqliteMeta {
                 timezone TEXT NOT NULL,
                 domains TEXT NOT NULL,
                 created_at TEXT NOT NULL,
-                session_gap_minutes INTEGER
+                session_gap_minutes INTEGER,
+                goals TEXT NOT NULL DEFAULT '[]'
             );
             CREATE TABLE IF NOT EXISTS api_keys (
                 key_hash TEXT PRIMARY KEY,
@@ -352,6 +368,15 @@ impl SqliteMeta {
                 value BLOB NOT NULL
             );",
         )?;
+        // Stores made before goals existed get the column.
+        let has_goals = conn
+            .prepare("SELECT 1 FROM pragma_table_info('properties') WHERE name = 'goals'")?
+            .exists([])?;
+        if !has_goals {
+            conn.execute_batch(
+                "ALTER TABLE properties ADD COLUMN goals TEXT NOT NULL DEFAULT '[]'",
+            )?;
+        }
         conn.execute_batch(sqlite_accounts::SCHEMA)?;
         conn.execute_batch("")?;
         Ok(Self {
@@ -372,8 +397,19 @@ impl SqliteMeta {
                 .collect(),
             created_at: row.get(4)?,
             session_gap_minutes: row.get(5)?,
+            goals: goals_from_text(&row.get::<_, String>(6)?),
         })
     }
+}
+
+/// Goals as stored (a JSON list).
+pub fn goals_to_text(goals: &[Goal]) -> String {
+    serde_json::to_string(goals).expect("goals serialise")
+}
+
+/// Goals from their stored text; a row the store itself wrote always parses.
+pub fn goals_from_text(text: &str) -> Vec<Goal> {
+    serde_json::from_str(text).unwrap_or_default()
 }
 
 pub fn now_text() -> String {
@@ -397,8 +433,8 @@ impl MetaStore for SqliteMeta {
             .ok_or_else(|| Error::NoSuchProperty(tracking_id.into()))?;
         changes.apply(&mut p);
         self.conn.lock().unwrap().execute(
-            "UPDATE properties SET name = ?2, timezone = ?3, domains = ?4, session_gap_minutes = ?5 WHERE tracking_id = ?1",
-            params![p.tracking_id, p.name, p.timezone, p.domains.join(","), p.session_gap_minutes],
+            "UPDATE properties SET name = ?2, timezone = ?3, domains = ?4, session_gap_minutes = ?5, goals = ?6 WHERE tracking_id = ?1",
+            params![p.tracking_id, p.name, p.timezone, p.domains.join(","), p.session_gap_minutes, goals_to_text(&p.goals)],
         )?;
         Ok(p)
     }
@@ -409,7 +445,7 @@ impl MetaStore for SqliteMeta {
             .lock()
             .unwrap()
             .query_row(
-                "SELECT tracking_id, name, timezone, domains, created_at, session_gap_minutes FROM properties WHERE tracking_id = ?1",
+                "SELECT tracking_id, name, timezone, domains, created_at, session_gap_minutes, goals FROM properties WHERE tracking_id = ?1",
                 params![tracking_id],
                 Self::row_to_property,
             )
@@ -419,7 +455,7 @@ impl MetaStore for SqliteMeta {
     fn properties(&self) -> Result<Vec<Property>> {
         let conn = self.conn.lock().unwrap();
         let mut st = conn.prepare(
-            "SELECT tracking_id, name, timezone, domains, created_at, session_gap_minutes FROM properties ORDER BY created_at, tracking_id",
+            "SELECT tracking_id, name, timezone, domains, created_at, session_gap_minutes, goals FROM properties ORDER BY created_at, tracking_id",
         )?;
         let rows = st.query_map([], Self::row_to_property)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -576,6 +612,27 @@ mod tests {
         let a = m.create_property("A", "UTC", &[]).unwrap();
         let b = m.create_property("B", "UTC", &[]).unwrap();
         accounts::contract::run(&m, &a.tracking_id, &b.tracking_id);
+    }
+
+    /// A store made before goals existed opens, its properties with no goals.
+    #[test]
+    fn stores_without_goals_get_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE properties (tracking_id TEXT PRIMARY KEY, name TEXT NOT NULL,
+                timezone TEXT NOT NULL, domains TEXT NOT NULL, created_at TEXT NOT NULL,
+                session_gap_minutes INTEGER);
+             INSERT INTO properties VALUES ('FF-OLD00000', 'Old', 'UTC', '', 'then', NULL);",
+        )
+        .unwrap();
+        drop(c);
+        let m = SqliteMeta::open(&path).unwrap();
+        let p = m.property("FF-OLD00000").unwrap().unwrap();
+        assert!(p.goals.is_empty());
+        drop(m);
+        SqliteMeta::open(&path).expect("opens again once migrated");
     }
 
     #[test]

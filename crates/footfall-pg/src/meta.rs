@@ -2,8 +2,8 @@
 //! every node of a cluster.
 
 use footfall_meta::{
-    hash_key, mint_key, new_property, now_text, Error, KeyGrant, KeyInfo, MetaStore, Property,
-    PropertyChanges, Result, Scope,
+    goals_from_text, goals_to_text, hash_key, mint_key, new_property, now_text, Error, KeyGrant,
+    KeyInfo, MetaStore, Property, PropertyChanges, Result, Scope,
 };
 use postgres::{GenericClient, Row};
 use rand::Rng;
@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS ff_properties (
     created_at TEXT NOT NULL,
     session_gap_minutes INTEGER
 );
+ALTER TABLE ff_properties ADD COLUMN IF NOT EXISTS goals TEXT NOT NULL DEFAULT '[]';
 CREATE TABLE IF NOT EXISTS ff_api_keys (
     key_hash TEXT PRIMARY KEY,
     key_id TEXT NOT NULL,
@@ -54,7 +55,7 @@ INSERT INTO ff_meta_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTH
 const BUMP: &str = "UPDATE ff_meta_version SET version = version + 1 WHERE id = 1";
 
 const PROPERTY_COLUMNS: &str =
-    "tracking_id, name, timezone, domains, created_at, session_gap_minutes";
+    "tracking_id, name, timezone, domains, created_at, session_gap_minutes, goals";
 
 pub struct PgMeta {
     pub(crate) pool: Pool,
@@ -95,6 +96,7 @@ fn row_to_property(r: &Row) -> Property {
             .collect(),
         created_at: r.get(4),
         session_gap_minutes: gap.map(|g| g as u32),
+        goals: goals_from_text(r.get(6)),
     }
 }
 
@@ -160,13 +162,14 @@ impl MetaStore for PgMeta {
                 };
                 changes.apply(&mut p);
                 t.execute(
-                    "UPDATE ff_properties SET name = $2, timezone = $3, domains = $4, session_gap_minutes = $5 WHERE tracking_id = $1",
+                    "UPDATE ff_properties SET name = $2, timezone = $3, domains = $4, session_gap_minutes = $5, goals = $6 WHERE tracking_id = $1",
                     &[
                         &p.tracking_id,
                         &p.name,
                         &p.timezone,
                         &p.domains.join(","),
                         &p.session_gap_minutes.map(|g| g as i32),
+                        &goals_to_text(&p.goals),
                     ],
                 )?;
                 t.execute(BUMP, &[])?;

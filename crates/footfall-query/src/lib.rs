@@ -83,6 +83,10 @@ pub struct QueryRequest {
     pub include: Option<Include>,
     #[serde(default)]
     pub pagination: Option<Pagination>,
+    /// The property's goals, set by the planner from the property (not sent): what
+    /// `event:goal` and the conversion metrics read.
+    #[serde(skip)]
+    pub goals: Vec<footfall_event::goal::Goal>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -218,7 +222,7 @@ pub fn attach_comparison(
     let zeros: Vec<Value> = metrics
         .iter()
         .map(|m| {
-            if m == "total_revenue" {
+            if m == "total_revenue" || m == "average_revenue" {
                 json!({})
             } else {
                 json!(0)
@@ -273,8 +277,11 @@ pub enum Metric {
     BounceRate,
     VisitDuration,
     TotalRevenue,
-    /// Only the columnar engine: the rollups answer `Unsupported`.
+    /// Only the columnar engine: the rollups answer `Unsupported` for these.
     Percentage,
+    ConversionRate,
+    GroupConversionRate,
+    AverageRevenue,
 }
 
 impl Metric {
@@ -289,11 +296,12 @@ impl Metric {
             "visit_duration" => Metric::VisitDuration,
             "total_revenue" => Metric::TotalRevenue,
             "percentage" => Metric::Percentage,
-            "conversion_rate" | "group_conversion_rate" | "average_revenue" | "time_on_page" => {
-                return bad(format!("metric `{s}` is not supported yet"))
-            }
+            "conversion_rate" => Metric::ConversionRate,
+            "group_conversion_rate" => Metric::GroupConversionRate,
+            "average_revenue" => Metric::AverageRevenue,
+            "time_on_page" => return bad(format!("metric `{s}` is not supported yet")),
             _ => return bad(format!(
-                "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, total_revenue, percentage"
+                "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, total_revenue, average_revenue, percentage, conversion_rate, group_conversion_rate"
             )),
         })
     }
@@ -542,7 +550,10 @@ fn metric_value(m: Metric, acc: &Acc, visit_family: bool) -> Value {
         Metric::BounceRate => json!(round_to(100.0 * rate(v.bounces, v.visits), 0) as i64),
         Metric::VisitDuration => json!(round_to(rate(v.duration_ms, v.visits) / 1000.0, 0) as i64),
         // Refused before any scan (`Unsupported`).
-        Metric::Percentage => Value::Null,
+        Metric::Percentage
+        | Metric::ConversionRate
+        | Metric::GroupConversionRate
+        | Metric::AverageRevenue => Value::Null,
         Metric::TotalRevenue => Value::Object(
             acc.revenue
                 .iter()
@@ -934,8 +945,19 @@ pub fn execute(
         }
     }
     let visit_family = map_dim.map(|d| !d.is_event_level()).unwrap_or(false);
-    if metrics.contains(&Metric::Percentage) {
-        return unsupported("metric `percentage` is not held by the rollups");
+    if let Some(m) = metrics.iter().position(|m| {
+        matches!(
+            m,
+            Metric::Percentage
+                | Metric::ConversionRate
+                | Metric::GroupConversionRate
+                | Metric::AverageRevenue
+        )
+    }) {
+        return unsupported(format!(
+            "metric `{}` is not held by the rollups",
+            req.metrics[m]
+        ));
     }
     let revenue = metrics.contains(&Metric::TotalRevenue);
     if revenue && map_dim.is_some_and(|d| d != KeyDim::Name) {

@@ -264,6 +264,65 @@ pub(crate) async fn list_keys(
     Ok(Json(json!({ "keys": keys })).into_response())
 }
 
+/// `GET /api/ui/properties/{id}/goals` (any role): the property's goals.
+pub(crate) async fn list_goals(
+    State(app): State<AppRef>,
+    Path(property): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    session_for(
+        &app,
+        &headers,
+        &property,
+        footfall_meta::Role::Viewer,
+        false,
+    )?;
+    let p = app
+        .cache
+        .store()
+        .property(&property)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such property"))?;
+    Ok(Json(json!({ "goals": p.goals })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Goals {
+    goals: Vec<footfall_meta::Goal>,
+}
+
+/// `PUT /api/ui/properties/{id}/goals` `{"goals": [...]}` (admins, CSRF): replaces the
+/// property's goals; an invalid goal is a 400 naming it.
+pub(crate) async fn set_goals(
+    State(app): State<AppRef>,
+    Path(property): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    session_for(&app, &headers, &property, footfall_meta::Role::Admin, true)?;
+    let bytes = read_body(body, 256 * 1024).await?;
+    let req: Goals = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("invalid", format!("expected {{\"goals\": [...]}}: {e}"))
+    })?;
+    let p = app
+        .cache
+        .store()
+        .update_property(
+            &property,
+            footfall_meta::PropertyChanges {
+                goals: Some(&req.goals),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| match e {
+            footfall_meta::Error::Invalid(m) => ApiError::bad_request("invalid", m),
+            other => internal(other),
+        })?;
+    app.cache.invalidate();
+    Ok(Json(json!({ "goals": p.goals })).into_response())
+}
+
 #[derive(serde::Deserialize)]
 struct NewKey {
     scope: String,

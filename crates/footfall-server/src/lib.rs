@@ -125,7 +125,8 @@ pub fn app(state: AppRef) -> Router {
             .route("/api/v2/query", post(query))
             .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
             .route("/api/v1/stats/realtime", get(realtime_report))
-            .route("/api/v1/stats/filtered", get(filtered_report));
+            .route("/api/v1/stats/filtered", get(filtered_report))
+            .route("/api/v1/goals", get(goals_list));
     }
     if state.store.is_some() && state.auth.is_some() {
         router = router
@@ -139,6 +140,10 @@ pub fn app(state: AppRef) -> Router {
             .route(
                 "/api/ui/properties/{id}/keys/{key_id}",
                 axum::routing::delete(dashboard::revoke_key),
+            )
+            .route(
+                "/api/ui/properties/{id}/goals",
+                get(dashboard::list_goals).put(dashboard::set_goals),
             )
             .route(
                 "/api/ui/properties/{id}/shares",
@@ -406,6 +411,22 @@ fn authorise_read(app: &AppState, headers: &HeaderMap, site_id: &str) -> Result<
     Ok(())
 }
 
+/// `GET /api/v1/goals?site_id=` (read key or a session that may read the property): the
+/// property's goals, as `event:goal` and the conversion metrics read them.
+async fn goals_list(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    axum::extract::Query(p): axum::extract::Query<SiteParam>,
+) -> Result<Response, ApiError> {
+    authorise_read(&app, &headers, &p.site_id)?;
+    let property = app
+        .cache
+        .property(&p.site_id)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
+    Ok(Json(serde_json::json!({ "goals": property.goals })).into_response())
+}
+
 /// Plausible's realtime shape: a bare number of visitors in the last 5 minutes.
 async fn realtime_visitors(
     State(app): State<AppRef>,
@@ -525,6 +546,8 @@ async fn query(
         }
         app.metrics.query_cache_misses.inc();
     }
+    let mut req = req;
+    req.goals = property.goals.clone();
     let result = plan(&app, req, tz, store, now).await.map_err(query_error)?;
     let answer = Bytes::from(serde_json::to_vec(&result).map_err(internal)?);
     if let (Some(cache), Some(key)) = (&app.query_cache, &key) {
@@ -550,8 +573,14 @@ fn query_cache_key(
     let canonical = serde_json::from_slice::<serde_json::Value>(body)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    // Goals change what `event:goal` and the conversion metrics answer.
+    let goals = if property.goals.is_empty() {
+        String::new()
+    } else {
+        footfall_meta::hash_key(&footfall_meta::goals_to_text(&property.goals))
+    };
     format!(
-        "v1\x1f{site_id}\x1f{}\x1f{}\x1f{canonical}",
+        "v1\x1f{site_id}\x1f{}\x1f{goals}\x1f{}\x1f{canonical}",
         property.timezone,
         now_ms.div_euclid(60_000)
     )

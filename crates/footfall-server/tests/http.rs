@@ -1205,6 +1205,91 @@ async fn log_in(h: &Harness, email: &str, password: &str) -> (String, String) {
     (cookie, v["csrf_token"].as_str().unwrap().to_string())
 }
 
+/// Goals: admins replace a property's goals from the dashboard (CSRF-checked), viewers
+/// and read keys list them, an invalid goal is a 400 naming it, another account finds
+/// no such property.
+#[tokio::test]
+async fn goals_by_role_and_key() {
+    use footfall_meta::{AccountStore, Role};
+    let h = harness();
+    let (tid, read, _) = h.property("UTC", &[]);
+    let other = h.meta.create_property("Other", "UTC", &[]).unwrap();
+    let (a, b) = (
+        h.meta.create_account("A").unwrap(),
+        h.meta.create_account("B").unwrap(),
+    );
+    h.meta.assign_property(&a.id, &tid).unwrap();
+    h.meta.assign_property(&b.id, &other.tracking_id).unwrap();
+    let auth = h.state.auth.clone().unwrap();
+    for (email, account, role) in [
+        ("ann@a.example", &a.id, Role::Admin),
+        ("vic@a.example", &a.id, Role::Viewer),
+        ("bob@b.example", &b.id, Role::Owner),
+    ] {
+        auth.create_user(email, "a long enough password", account, role)
+            .unwrap();
+    }
+    let path = format!("/api/ui/properties/{tid}/goals");
+    let goals = json!({"goals": [
+        {"name": "Checkout", "page": "/checkout/**"},
+        {"name": "Pro signup", "event": "Signup", "props": {"plan": "pro"}}
+    ]});
+    let body = serde_json::to_vec(&goals).unwrap();
+    let (cookie, csrf) = log_in(&h, "ann@a.example", "a long enough password").await;
+    let plain = [
+        ("content-type", "application/json"),
+        ("cookie", cookie.as_str()),
+    ];
+    let mut with_csrf = plain.to_vec();
+    with_csrf.push(("x-csrf-token", csrf.as_str()));
+    let (s, _, _) = h.send("PUT", &path, &plain, body.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no CSRF token");
+    let (s, v, _) = h.send("PUT", &path, &with_csrf, body.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, goals);
+    let bad = serde_json::to_vec(&json!({"goals": [{"name": "X", "page": "no-slash"}]})).unwrap();
+    let (s, v, _) = h.send("PUT", &path, &with_csrf, bad).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("starts with `/`"), "{v}");
+
+    let (vc, vcsrf) = log_in(&h, "vic@a.example", "a long enough password").await;
+    let viewer = [("cookie", vc.as_str()), ("x-csrf-token", vcsrf.as_str())];
+    let (s, v, _) = h.send("GET", &path, &viewer, vec![]).await;
+    assert_eq!((s, &v), (StatusCode::OK, &goals));
+    let (s, _, _) = h.send("PUT", &path, &viewer, body.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "viewers do not change goals");
+    let (bc, bcsrf) = log_in(&h, "bob@b.example", "a long enough password").await;
+    let (s, _, _) = h
+        .send(
+            "PUT",
+            &path,
+            &[("cookie", bc.as_str()), ("x-csrf-token", bcsrf.as_str())],
+            body,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another account's property");
+
+    let (s, v, _) = h
+        .send(
+            "GET",
+            &format!("/api/v1/goals?site_id={tid}"),
+            &[("authorization", &format!("Bearer {read}"))],
+            vec![],
+        )
+        .await;
+    assert_eq!((s, &v), (StatusCode::OK, &goals));
+    // The rollups do not hold goals: without the columnar engine the query says so.
+    let (s, v) = h
+        .query(
+            &read,
+            json!({"site_id": tid, "metrics": ["visitors", "conversion_rate"], "date_range": "day",
+                "dimensions": ["event:goal"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("event:goal"), "{v}");
+}
+
 /// API keys from the dashboard: admins list, create and revoke them (CSRF-checked); a
 /// viewer may not; another account's user finds no such property; a revoked key stops
 /// working at once.
@@ -1675,6 +1760,16 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
     };
     assert_eq!(a_events().await, 1);
 
+    // A's goals carry the mark too, so that goals shown to the wrong caller are seen.
+    h.meta
+        .update_property(
+            &a.tracking_id,
+            footfall_meta::PropertyChanges {
+                goals: Some(&[footfall_meta::Goal::page(&format!("/{MARK}"))]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let site = a.tracking_id.clone();
     fn bearer(c: Option<&str>) -> Vec<(String, String)> {
         let mut v = vec![("content-type".to_string(), "application/json".to_string())];
@@ -1727,6 +1822,31 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
             Access::Read,
             format!("/api/v1/stats/filtered?site_id={site}&date_range=day"),
         ),
+        get(
+            "/api/v1/goals",
+            Access::Read,
+            format!("/api/v1/goals?site_id={site}"),
+        ),
+        get(
+            "/api/ui/properties/{id}/goals",
+            Access::Session,
+            format!("{ui}/goals"),
+        ),
+        Endpoint {
+            route: "/api/ui/properties/{id}/goals",
+            method: "PUT",
+            kind: Access::Session,
+            make: Box::new({
+                let path = format!("{ui}/goals");
+                move |c| {
+                    (
+                        path.clone(),
+                        bearer(c),
+                        serde_json::to_vec(&json!({"goals": []})).unwrap(),
+                    )
+                }
+            }),
+        },
         post(
             "/api/v1/events",
             Access::Ingest { keyless: true },

@@ -69,6 +69,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Manage a property's goals (conversions; docs/METRICS.md, "Goals").
+    #[command(subcommand)]
+    Goal(GoalCmd),
     /// Send realistic synthetic traffic to a server.
     Loadgen(loadgen::LoadgenArgs),
     /// Rebuild derived data for a date range from the archive (on a running server).
@@ -182,6 +185,38 @@ enum PropertyCmd {
 }
 
 #[derive(Subcommand)]
+enum GoalCmd {
+    /// Add a goal: a page (`--page`, with `*` and `**` wildcards) or a custom event
+    /// (`--event`, optionally with `--prop key=value`, repeatable).
+    Add {
+        #[arg(long)]
+        property: String,
+        #[arg(long, conflicts_with = "event")]
+        page: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long = "prop", requires = "event")]
+        props: Vec<String>,
+        /// Its `event:goal` name (default: `Visit <page>` or the event's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a property's goals.
+    List {
+        #[arg(long)]
+        property: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a goal by name.
+    Remove {
+        #[arg(long)]
+        property: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCmd {
     /// Create an API key (shown once).
     Create(KeyCreate),
@@ -250,6 +285,7 @@ fn main() -> anyhow::Result<()> {
         Command::User(u) => user_cmd(&cfg, u),
         Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
         Command::Property(p) => property_cmd(&cfg, p),
+        Command::Goal(g) => goal_cmd(&cfg, g),
         Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),
         Command::Key(KeyCmd::List { property, json }) => {
             let keys = open_meta(&cfg)?.keys(&property)?;
@@ -373,6 +409,7 @@ fn property_cmd(cfg: &Config, cmd: PropertyCmd) -> anyhow::Result<()> {
                 timezone: timezone.as_deref(),
                 domains: (!domains.is_empty()).then_some(domains.as_slice()),
                 session_gap_minutes,
+                goals: None,
             };
             print_property(&meta.update_property(&tracking_id, changes)?, json)
         }
@@ -394,6 +431,85 @@ fn property_cmd(cfg: &Config, cmd: PropertyCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn goal_cmd(cfg: &Config, cmd: GoalCmd) -> anyhow::Result<()> {
+    let meta = open_meta(cfg)?;
+    let property = match &cmd {
+        GoalCmd::Add { property, .. }
+        | GoalCmd::List { property, .. }
+        | GoalCmd::Remove { property, .. } => property.clone(),
+    };
+    let p = meta
+        .property(&property)?
+        .ok_or_else(|| anyhow::anyhow!("no property has tracking id {property}"))?;
+    let mut goals = p.goals;
+    match cmd {
+        GoalCmd::List { json, .. } => {
+            if json {
+                println!("{}", serde_json::to_string(&goals)?);
+            } else {
+                for g in goals {
+                    let what = match (&g.page, &g.event) {
+                        (Some(page), _) => format!("page {page}"),
+                        (_, Some(e)) => format!("event {e}"),
+                        _ => String::new(),
+                    };
+                    let props: Vec<String> =
+                        g.props.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!("{}\t{what}\t{}", g.name, props.join(","));
+                }
+            }
+            return Ok(());
+        }
+        GoalCmd::Add {
+            page,
+            event,
+            props,
+            name,
+            ..
+        } => {
+            let mut g = match (page, event) {
+                (Some(page), None) => footfall_meta::Goal::page(&page),
+                (None, Some(e)) => {
+                    let props = props
+                        .iter()
+                        .map(|kv| {
+                            kv.split_once('=')
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!("--prop takes key=value, not `{kv}`")
+                                })
+                        })
+                        .collect::<anyhow::Result<_>>()?;
+                    footfall_meta::Goal::event(&e, props)
+                }
+                _ => bail!("a goal needs --page or --event"),
+            };
+            if let Some(n) = name {
+                g.name = n;
+            }
+            goals.push(g);
+        }
+        GoalCmd::Remove { name, .. } => {
+            let before = goals.len();
+            goals.retain(|g| g.name != name);
+            if goals.len() == before {
+                bail!("property {property} has no goal named `{name}`");
+            }
+        }
+    }
+    let p = meta.update_property(
+        &property,
+        footfall_meta::PropertyChanges {
+            goals: Some(&goals),
+            ..Default::default()
+        },
+    )?;
+    for g in p.goals {
+        println!("{}", g.name);
+    }
+    Ok(())
 }
 
 fn key_cmd(cfg: &Config, k: KeyCreate) -> anyhow::Result<()> {

@@ -178,6 +178,48 @@ async fn dashboard_end_to_end_in_chromium() {
                 ("news.ycombinator.com".to_string(), 1)
             ]
         );
+        // Goals from the command line, answered over all history at once: 3 of the 5
+        // visitors saw /pricing, 1 bought the pro plan.
+        let id = a1.tracking_id.as_str();
+        run(&["goal", "add", "--property", id, "--page", "/pricing"]);
+        let added = run(&[
+            "goal", "add", "--property", id, "--event", "purchase", "--prop", "plan=pro", "--name",
+            "Pro purchase",
+        ]);
+        assert_eq!(added.trim(), "Visit /pricing\nPro purchase");
+        let listed: Value =
+            serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
+        let api: Value = c
+            .get(format!("{}/api/v1/goals?site_id={id}", server.url))
+            .bearer_auth(&a1.read_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(api["goals"], listed);
+        let v = query(
+            &c,
+            &server.url,
+            &a1,
+            json!({"site_id": id, "metrics": ["visitors", "events", "conversion_rate", "average_revenue"],
+                "date_range": "7d", "dimensions": ["event:goal"]}),
+        )
+        .await;
+        assert_eq!(v["meta"]["engine"], "columnar", "{v}");
+        assert_eq!(
+            v["results"],
+            json!([
+                {"dimensions": ["Visit /pricing"], "metrics": [3, 3, 60.0, {}]},
+                {"dimensions": ["Pro purchase"], "metrics": [1, 1, 20.0, {"EUR": 19.99}]},
+            ]),
+            "{v}"
+        );
+        run(&["goal", "remove", "--property", id, "Pro purchase"]);
+        let left: Value =
+            serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
+        assert_eq!(left, json!([{"name": "Visit /pricing", "page": "/pricing"}]));
     }
 
     let shots =
