@@ -183,21 +183,38 @@ async fn dashboard_end_to_end_in_chromium() {
         let id = a1.tracking_id.as_str();
         run(&["goal", "add", "--property", id, "--page", "/pricing"]);
         let added = run(&[
-            "goal", "add", "--property", id, "--event", "purchase", "--prop", "plan=pro", "--name",
+            "goal",
+            "add",
+            "--property",
+            id,
+            "--event",
+            "purchase",
+            "--prop",
+            "plan=pro",
+            "--name",
             "Pro purchase",
         ]);
         assert_eq!(added.trim(), "Visit /pricing\nPro purchase");
         let listed: Value =
             serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
-        let api: Value = c
-            .get(format!("{}/api/v1/goals?site_id={id}", server.url))
-            .bearer_auth(&a1.read_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        // The running server sees the command line's change within its metadata refresh
+        // (a second).
+        let mut api = Value::Null;
+        for _ in 0..50 {
+            api = c
+                .get(format!("{}/api/v1/goals?site_id={id}", server.url))
+                .bearer_auth(&a1.read_key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if api["goals"] == listed {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         assert_eq!(api["goals"], listed);
         let v = query(
             &c,
@@ -219,7 +236,10 @@ async fn dashboard_end_to_end_in_chromium() {
         run(&["goal", "remove", "--property", id, "Pro purchase"]);
         let left: Value =
             serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
-        assert_eq!(left, json!([{"name": "Visit /pricing", "page": "/pricing"}]));
+        assert_eq!(
+            left,
+            json!([{"name": "Visit /pricing", "page": "/pricing"}])
+        );
     }
 
     let shots =
