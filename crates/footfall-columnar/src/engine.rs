@@ -28,7 +28,7 @@ use datafusion::datasource::listing::{
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use footfall_event::goal::Goal;
-use footfall_query::{rate, round_to, Metric, QueryError, QueryRequest};
+use footfall_query::{rate, round_to, FunnelRequest, Metric, QueryError, QueryRequest};
 use footfall_store::VISIT_FIELDS;
 use serde_json::{json, Value};
 
@@ -137,6 +137,8 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
         },
         "visit:entry_page" => col("visit_entry_page", true),
         "visit:exit_page" => col("visit_exit_page", true),
+        "visit:entry_page_hostname" => col("visit_entry_page_hostname", true),
+        "visit:exit_page_hostname" => col("visit_exit_page_hostname", true),
         _ => {
             if let Some(k) = name.strip_prefix("event:props:").filter(|k| !k.is_empty()) {
                 return Ok(col(
@@ -151,7 +153,7 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
                 return Ok(col(&column_of(name), true));
             }
             return bad(format!(
-                "dimension `{name}` is not supported; supported: time, time:hour, time:day, time:week, time:month, event:page, event:name, event:hostname, event:goal, event:props:<key>, visit:entry_page, visit:exit_page, {}",
+                "dimension `{name}` is not supported; supported: time, time:hour, time:day, time:week, time:month, event:page, event:name, event:hostname, event:goal, event:props:<key>, visit:entry_page, visit:exit_page, visit:entry_page_hostname, visit:exit_page_hostname, {}",
                 VISIT_FIELDS.join(", ")
             ));
         }
@@ -808,6 +810,147 @@ impl ColumnarEngine {
     }
 }
 
+impl ColumnarEngine {
+    /// A funnel (docs/METRICS.md, "Funnels"): per group of visit attributes, the
+    /// visitors whose visit completed the goals in order, each step by an event later in
+    /// the visit than the step before (`visit_seq`), among the events of the range under
+    /// the filters.
+    pub async fn funnel(
+        &self,
+        req: &FunnelRequest,
+        _tz: Tz,
+        (from, to): (NaiveDate, NaiveDate),
+    ) -> Result<Value, QueryError> {
+        if !(2..=8).contains(&req.steps.len()) {
+            return bad("a funnel has 2 to 8 steps");
+        }
+        let steps: Vec<&Goal> = req
+            .steps
+            .iter()
+            .map(|n| {
+                req.goals.iter().find(|g| g.name == *n).ok_or_else(|| {
+                    QueryError::Invalid(format!("`{n}` is not a goal of this property"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let dims: Vec<Dim> = req
+            .dimensions
+            .iter()
+            .map(|d| dimension(d))
+            .collect::<Result<_, _>>()?;
+        if let Some((name, _)) = req
+            .dimensions
+            .iter()
+            .zip(&dims)
+            .find(|(_, d)| !d.visit_level)
+        {
+            return bad(format!(
+                "a funnel breaks down by visit attributes only, not `{name}`"
+            ));
+        }
+        let mut w = Vec::new();
+        for f in &req.filters {
+            w.push(format!("({})", filter(f, &req.goals)?.sql));
+        }
+        w.push(format!(
+            "local_date BETWEEN DATE '{}' AND DATE '{}'",
+            from.format("%Y-%m-%d"),
+            to.format("%Y-%m-%d")
+        ));
+        let n = dims.len();
+        let dim_cols: String = (0..n).map(|i| format!(", d{i}")).collect();
+        let dim_exprs: String = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!(", {} AS d{i}", d.sql))
+            .collect();
+        let flags: String = steps
+            .iter()
+            .enumerate()
+            .map(|(k, g)| format!(", {} AS s{k}", goal_sql(g)))
+            .collect();
+        let mut ctes = vec![
+            format!(
+                "base AS (SELECT visit_id, visitor, visit_seq AS seq{dim_exprs}{flags} FROM events WHERE {})",
+                w.join(" AND ")
+            ),
+            "f0 AS (SELECT visit_id, MIN(seq) AS t FROM base WHERE s0 GROUP BY visit_id)".into(),
+        ];
+        for k in 1..steps.len() {
+            let p = k - 1;
+            ctes.push(format!(
+                "f{k} AS (SELECT b.visit_id, MIN(b.seq) AS t FROM base b JOIN f{p} ON b.visit_id = f{p}.visit_id WHERE b.s{k} AND b.seq > f{p}.t GROUP BY b.visit_id)"
+            ));
+        }
+        ctes.push(format!(
+            "visits AS (SELECT DISTINCT visit_id, visitor{dim_cols} FROM base)"
+        ));
+        let keys: String = (0..n).map(|i| format!("visits.d{i}, ")).collect();
+        let group = if n == 0 {
+            String::new()
+        } else {
+            format!(
+                " GROUP BY {}",
+                (0..n)
+                    .map(|i| format!("visits.d{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let parts: Vec<String> = (0..steps.len())
+            .map(|k| {
+                format!(
+                    "SELECT {keys}CAST({k} AS BIGINT) AS step, COUNT(DISTINCT visits.visitor) FROM f{k} JOIN visits ON f{k}.visit_id = visits.visit_id{group}"
+                )
+            })
+            .collect();
+        let sql = format!("WITH {} {}", ctes.join(", "), parts.join(" UNION ALL "));
+        let mut groups: HashMap<Vec<Option<String>>, Vec<i64>> = HashMap::new();
+        if let Some(ctx) = self.context(&req.site_id, from, to).await? {
+            for (k, v) in Self::rows(&ctx, &sql, n).await? {
+                let counts = groups.entry(k).or_insert_with(|| vec![0; steps.len()]);
+                counts[v[0] as usize] = v[1];
+            }
+        }
+        let mut rows: Vec<(Vec<Option<String>>, Vec<i64>)> =
+            groups.into_iter().filter(|(_, c)| c[0] > 0).collect();
+        if n == 0 && rows.is_empty() {
+            rows.push((Vec::new(), vec![0; steps.len()]));
+        }
+        rows.sort_by(|a, b| b.1[0].cmp(&a.1[0]).then_with(|| a.0.cmp(&b.0)));
+        let results: Vec<Value> = rows
+            .into_iter()
+            .map(|(k, counts)| {
+                let steps: Vec<Value> = steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| {
+                        let v = counts[i];
+                        let before = if i == 0 { v } else { counts[i - 1] };
+                        json!({
+                            "step": i + 1,
+                            "goal": g.name,
+                            "visitors": v,
+                            "conversion_rate": round_to(100.0 * rate(v, counts[0]), 2),
+                            "dropoff": before - v,
+                            "dropoff_rate": round_to(100.0 * rate(before - v, before), 2),
+                        })
+                    })
+                    .collect();
+                let dims: Vec<Value> = k
+                    .into_iter()
+                    .map(|d| json!(d.unwrap_or_default()))
+                    .collect();
+                json!({"dimensions": dims, "steps": steps})
+            })
+            .collect();
+        Ok(json!({
+            "results": results,
+            "meta": {"engine": "columnar", "date_range": [from.to_string(), to.to_string()]},
+        }))
+    }
+}
+
 /// The rows in the rollup engine's shape (time labels as it writes them), ordered and
 /// paged by the same code.
 fn respond(
@@ -860,5 +1003,15 @@ impl footfall_query::EventQuery for ColumnarEngine {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
     {
         Box::pin(self.execute(req, tz, dates))
+    }
+
+    fn funnel<'a>(
+        &'a self,
+        req: &'a FunnelRequest,
+        tz: Tz,
+        dates: (NaiveDate, NaiveDate),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
+    {
+        Box::pin(ColumnarEngine::funnel(self, req, tz, dates))
     }
 }

@@ -50,6 +50,8 @@ pub fn schema() -> SchemaRef {
             // The visit: one row per visit has visit_first.
             Field::new("visit_id", DataType::UInt64, false),
             Field::new("visit_first", DataType::Boolean, false),
+            // The event's place in its visit (0 first), in time order.
+            Field::new("visit_seq", DataType::Int64, false),
             Field::new("visit_local_date", DataType::Date32, false),
             Field::new("visit_local_ts", local, false),
             Field::new("visit_pageviews", DataType::Int64, false),
@@ -58,6 +60,8 @@ pub fn schema() -> SchemaRef {
             Field::new("visit_duration_ms", DataType::Int64, false),
             Field::new("visit_entry_page", DataType::Utf8, true),
             Field::new("visit_exit_page", DataType::Utf8, true),
+            Field::new("visit_entry_page_hostname", DataType::Utf8, true),
+            Field::new("visit_exit_page_hostname", DataType::Utf8, true),
         ];
         for f in VISIT_FIELDS {
             fields.push(Field::new(column_of(f), DataType::Utf8, false));
@@ -93,6 +97,7 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
     let mut micros = Int64Builder::with_capacity(n);
     let mut vid = UInt64Builder::with_capacity(n);
     let mut vfirst = BooleanBuilder::with_capacity(n);
+    let mut vseq = Int64Builder::with_capacity(n);
     let mut vdate = Date32Builder::with_capacity(n);
     let mut vts = TimestampMillisecondBuilder::with_capacity(n);
     let mut vpv = Int64Builder::with_capacity(n);
@@ -101,6 +106,8 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
     let mut vdur = Int64Builder::with_capacity(n);
     let mut ventry = StringBuilder::new();
     let mut vexit = StringBuilder::new();
+    let mut ventry_host = StringBuilder::new();
+    let mut vexit_host = StringBuilder::new();
     let mut attrs: Vec<StringBuilder> = VISIT_FIELDS.iter().map(|_| StringBuilder::new()).collect();
     for r in rows {
         let lt = local_time(tz, r.timestamp);
@@ -132,6 +139,7 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
         let vt = local_time(tz, v.start);
         vid.append_value(visit_id(r.visitor, v.start));
         vfirst.append_value(r.visit_first);
+        vseq.append_value(r.visit_seq as i64);
         vdate.append_value(date32(vt.date()));
         vts.append_value(vt.and_utc().timestamp_millis());
         vpv.append_value(v.pageviews as i64);
@@ -140,6 +148,8 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
         vdur.append_value(v.end - v.start);
         ventry.append_option(v.entry_page.as_deref());
         vexit.append_option(v.exit_page.as_deref());
+        ventry_host.append_option(v.entry_hostname.as_deref());
+        vexit_host.append_option(v.exit_hostname.as_deref());
         for (i, b) in attrs.iter_mut().enumerate() {
             b.append_value(VisitKey::field(&v.key, i));
         }
@@ -159,6 +169,7 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
         Arc::new(micros.finish()),
         Arc::new(vid.finish()),
         Arc::new(vfirst.finish()),
+        Arc::new(vseq.finish()),
         Arc::new(vdate.finish()),
         Arc::new(vts.finish()),
         Arc::new(vpv.finish()),
@@ -167,6 +178,8 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
         Arc::new(vdur.finish()),
         Arc::new(ventry.finish()),
         Arc::new(vexit.finish()),
+        Arc::new(ventry_host.finish()),
+        Arc::new(vexit_host.finish()),
     ];
     for mut b in attrs {
         cols.push(Arc::new(b.finish()));

@@ -488,6 +488,73 @@ fn exit_pages_and_hostnames_equal_recomputation() {
     }
 }
 
+/// `visit:entry_page_hostname` and `visit:exit_page_hostname` (the hosts of the visit's
+/// first and last page views) against a plain recomputation, with two hosts.
+#[test]
+fn entry_and_exit_hostnames_equal_recomputation() {
+    let events = traffic(19);
+    let host = |i: usize| {
+        if i % 3 == 0 {
+            "blog.example"
+        } else {
+            "shop.example"
+        }
+    };
+    let max_ts = events.iter().map(|e| e.ts).max().unwrap();
+    let mut host_of: BTreeMap<(String, i64), &str> = BTreeMap::new();
+    let logs: Vec<LoggedEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut l = logged(e, max_ts + 1_000 + i as i64);
+            l.url = l.url.map(|u| u.replace("shop.example", host(i)));
+            host_of.insert((e.visitor.clone(), e.ts), host(i));
+            l
+        })
+        .collect();
+    let f = Fixture::from_logged(logs, "Asia/Kolkata");
+    let (mut entry, mut exit): (BTreeMap<&str, u64>, BTreeMap<&str, u64>) = Default::default();
+    for v in visits(&events, GAP) {
+        let d = local(&f.tz, v.start).date();
+        if d < f.from || d > f.to {
+            continue;
+        }
+        let mut pvs: Vec<&OEvent> = events
+            .iter()
+            .filter(|e| {
+                e.visitor == v.visitor && e.ts >= v.start && e.ts <= v.end && e.is_pageview()
+            })
+            .collect();
+        pvs.sort_by_key(|e| e.ts);
+        if let (Some(a), Some(z)) = (pvs.first(), pvs.last()) {
+            *entry
+                .entry(host_of[&(a.visitor.clone(), a.ts)])
+                .or_default() += 1;
+            *exit.entry(host_of[&(z.visitor.clone(), z.ts)]).or_default() += 1;
+        }
+    }
+    for (dim, want) in [
+        ("visit:entry_page_hostname", &entry),
+        ("visit:exit_page_hostname", &exit),
+    ] {
+        let q = json!({"site_id": SITE, "metrics": ["visits"], "date_range": f.range(), "dimensions": [dim]});
+        let got = f.columnar(&q).unwrap();
+        let rows: BTreeMap<&str, u64> = got["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["dimensions"][0].as_str().unwrap(),
+                    r["metrics"][0].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(&rows, want, "{dim}");
+        assert_eq!(rows.len(), 2, "{dim}: both hosts");
+    }
+}
+
 const DIMS: &[&str] = &[
     "event:page",
     "event:name",
@@ -723,5 +790,125 @@ fn goals_and_conversion_rates_equal_recomputation() {
             want["results"],
             "{zone}"
         );
+    }
+}
+
+/// Funnels (docs/METRICS.md, "Funnels"): visitors whose visit completed the steps in
+/// order, overall and by source, against a plain recomputation in two zones.
+#[test]
+fn funnels_equal_recomputation() {
+    use footfall_event::goal::Goal;
+    for zone in ["Asia/Kolkata", "America/New_York"] {
+        let events = traffic(17);
+        let f = Fixture::new(&events, zone);
+        let goals = vec![
+            Goal::page("/p1*"),
+            Goal::page("/p2*"),
+            Goal::event("Signup", Default::default()),
+        ];
+        let funnel = |steps: &[&str], dims: &[&str]| -> Value {
+            let mut req: footfall_query::FunnelRequest = serde_json::from_value(json!({
+                "site_id": SITE, "date_range": f.range(), "steps": steps, "dimensions": dims}))
+            .unwrap();
+            req.goals = goals.clone();
+            f.rt.block_on(f.engine.funnel(&req, f.tz, (f.from, f.to)))
+                .unwrap()
+        };
+        let completes = |g: &str, e: &OEvent| match g {
+            "Visit /p1*" | "Visit /p2*" => {
+                let prefix = &g[6..9];
+                e.is_pageview()
+                    && e.page
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with(prefix) && !p[3..].contains('/'))
+            }
+            _ => e.name == "Signup",
+        };
+        // The recomputation: per visit, its events in range in time order; each step
+        // the first matching event later than the step before.
+        let vs = visits(&events, GAP);
+        let reached = |steps: &[&str]| -> Vec<BTreeMap<String, BTreeSet<String>>> {
+            let mut out = vec![BTreeMap::<String, BTreeSet<String>>::new(); steps.len()];
+            for v in &vs {
+                let mut evs: Vec<&OEvent> = events
+                    .iter()
+                    .filter(|e| {
+                        let d = local(&f.tz, e.ts).date();
+                        e.visitor == v.visitor
+                            && v.start <= e.ts
+                            && e.ts <= v.end
+                            && d >= f.from
+                            && d <= f.to
+                    })
+                    .collect();
+                evs.sort_by_key(|e| e.ts); // stable: ties keep log order
+                let mut after: Option<usize> = None;
+                for (k, step) in steps.iter().enumerate() {
+                    let later = evs
+                        .iter()
+                        .enumerate()
+                        .find(|(i, e)| after.is_none_or(|a| *i > a) && completes(step, e));
+                    match later {
+                        Some((i, _)) => {
+                            after = Some(i);
+                            out[k]
+                                .entry(v.source.clone())
+                                .or_default()
+                                .insert(v.visitor.clone());
+                        }
+                        None => break,
+                    }
+                }
+            }
+            out
+        };
+        let steps = ["Visit /p1*", "Visit /p2*", "Signup"];
+        let want = reached(&steps);
+        let all = |k: usize| -> usize { want[k].values().flatten().collect::<BTreeSet<_>>().len() };
+        let v = funnel(&steps, &[]);
+        let got = &v["results"][0]["steps"];
+        assert!(all(2) > 0, "the traffic reaches the last step");
+        for k in 0..3 {
+            assert_eq!(got[k]["visitors"], json!(all(k)), "{zone} step {k}: {v}");
+            assert_eq!(got[k]["goal"], steps[k]);
+        }
+        let (a, b) = (all(0) as f64, all(1) as f64);
+        assert_eq!(got[1]["dropoff"], json!(all(0) - all(1)));
+        assert_eq!(
+            got[1]["conversion_rate"],
+            json!((100.0 * b / a * 100.0).round() / 100.0)
+        );
+        // By source: each source's row as recomputed.
+        let v = funnel(&steps, &["visit:source"]);
+        let rows = v["results"].as_array().unwrap();
+        assert_eq!(rows.len(), want[0].len(), "{v}");
+        for row in rows {
+            let s = row["dimensions"][0].as_str().unwrap();
+            for k in 0..3 {
+                let n = want[k].get(s).map_or(0, BTreeSet::len);
+                assert_eq!(row["steps"][k]["visitors"], json!(n), "{zone} {s} step {k}");
+            }
+        }
+        // Steps must be goals; one step is not a funnel; a funnel is within a visit.
+        let mut req: footfall_query::FunnelRequest = serde_json::from_value(
+            json!({"site_id": SITE, "date_range": f.range(), "steps": ["Visit /p1*", "Nope"]}),
+        )
+        .unwrap();
+        req.goals = goals.clone();
+        assert!(f
+            .rt
+            .block_on(f.engine.funnel(&req, f.tz, (f.from, f.to)))
+            .is_err());
+        req.steps = vec!["Signup".into()];
+        assert!(f
+            .rt
+            .block_on(f.engine.funnel(&req, f.tz, (f.from, f.to)))
+            .is_err());
+        req.steps = vec!["Visit /p1*".into(), "Signup".into()];
+        req.dimensions = vec!["event:page".into()];
+        assert!(f
+            .rt
+            .block_on(f.engine.funnel(&req, f.tz, (f.from, f.to)))
+            .is_err());
     }
 }

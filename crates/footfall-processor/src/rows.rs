@@ -30,6 +30,9 @@ pub struct VisitRow {
     pub bounce: bool,
     pub entry_page: Option<String>,
     pub exit_page: Option<String>,
+    /// The hosts of the entry and exit pages.
+    pub entry_hostname: Option<String>,
+    pub exit_hostname: Option<String>,
     /// The visit's attributes as a [`footfall_store::VisitKey`] (fields in
     /// [`footfall_store::VISIT_FIELDS`] order).
     pub key: Arc<str>,
@@ -52,6 +55,9 @@ pub struct EventRow {
     /// Whether this row is its visit's earliest event: visit-level figures count the
     /// rows that are (one per visit).
     pub visit_first: bool,
+    /// The event's place in its visit (0 for the first), in time order, ties in log order:
+    /// what "later in the visit" means for funnels.
+    pub visit_seq: u32,
     pub visit: Arc<VisitRow>,
 }
 
@@ -94,16 +100,20 @@ fn push_visit(events: &[EventView<'_>], idx: &[usize], ua: &mut UaCache, out: &m
     let mut interactive_custom = 0u32;
     let mut entry: Option<String> = None;
     let mut exit: Option<String> = None;
+    let (mut entry_host, mut exit_host): (Option<String>, Option<String>) = (None, None);
     for &i in idx {
         let e = &events[i];
         if e.is_pageview() {
             pageviews += 1;
             if let Some(u) = e.url {
                 let p = url_path(u).into_owned();
+                let h = url_host(u).map(|h| h.into_owned());
                 if entry.is_none() {
                     entry = Some(p.clone());
+                    entry_host = h.clone();
                 }
                 exit = Some(p);
+                exit_host = h;
             }
         } else if e.interactive {
             interactive_custom += 1;
@@ -118,6 +128,8 @@ fn push_visit(events: &[EventView<'_>], idx: &[usize], ua: &mut UaCache, out: &m
         bounce: pageviews == 1 && interactive_custom == 0,
         entry_page: entry,
         exit_page: exit,
+        entry_hostname: entry_host,
+        exit_hostname: exit_host,
         key: visit_key(first, &info).into(),
     });
     for (n, &i) in idx.iter().enumerate() {
@@ -146,6 +158,7 @@ fn push_visit(events: &[EventView<'_>], idx: &[usize], ua: &mut UaCache, out: &m
                 .as_ref()
                 .map(|r| (r.currency.to_string(), (r.amount * 1e6).round() as i64)),
             visit_first: n == 0,
+            visit_seq: n as u32,
             visit: visit.clone(),
         });
     }

@@ -50,6 +50,33 @@ pub trait EventQuery: Send + Sync {
         tz: Tz,
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+
+    /// Answers a funnel ([`FunnelRequest`], docs/METRICS.md "Funnels") the same way.
+    fn funnel<'a>(
+        &'a self,
+        req: &'a FunnelRequest,
+        tz: Tz,
+        dates: (NaiveDate, NaiveDate),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+}
+
+/// `POST /api/v2/funnel`: visitors who completed the property's goals `steps` in order
+/// within one visit, by step, optionally by visit attributes (`dimensions`) and under
+/// filters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelRequest {
+    pub site_id: String,
+    pub date_range: Value,
+    /// Goal names, 2 to 8.
+    pub steps: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<Value>,
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    /// The property's goals, set by the server from the property (not sent).
+    #[serde(skip)]
+    pub goals: Vec<footfall_event::goal::Goal>,
 }
 
 fn unsupported<T>(msg: impl Into<String>) -> Result<T, QueryError> {

@@ -126,7 +126,8 @@ pub fn app(state: AppRef) -> Router {
             .route("/api/v1/stats/realtime/visitors", get(realtime_visitors))
             .route("/api/v1/stats/realtime", get(realtime_report))
             .route("/api/v1/stats/filtered", get(filtered_report))
-            .route("/api/v1/goals", get(goals_list));
+            .route("/api/v1/goals", get(goals_list))
+            .route("/api/v2/funnel", post(funnel));
     }
     if state.store.is_some() && state.auth.is_some() {
         router = router
@@ -425,6 +426,47 @@ async fn goals_list(
         .map_err(internal)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
     Ok(Json(serde_json::json!({ "goals": property.goals })).into_response())
+}
+
+/// `POST /api/v2/funnel` (read key or a session that may read the property): visitors who
+/// completed the property's goals in order within a visit (docs/METRICS.md, "Funnels"),
+/// answered by the columnar engine.
+async fn funnel(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, 64 * 1024).await?;
+    let mut req: footfall_query::FunnelRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid funnel: {e}")))?;
+    authorise_read(&app, &headers, &req.site_id)?;
+    let property = app
+        .cache
+        .property(&req.site_id)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
+    let Some(engine) = &app.events else {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "funnels are answered by the columnar engine, which is not enabled on this node (the `columnar` feature and `columnar.enabled`)",
+        ));
+    };
+    req.goals = property.goals.clone();
+    let tz = property.tz();
+    // The range resolves as a query's does.
+    let dates_of: footfall_query::QueryRequest = serde_json::from_value(serde_json::json!({
+        "site_id": req.site_id, "metrics": ["visitors"], "date_range": req.date_range,
+    }))
+    .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let store = query_store(&app)?.clone();
+    let (_, _, dates) = query_dates(dates_of, store, tz, app.clock.now_millis())
+        .await
+        .map_err(query_error)?;
+    let answer = engine
+        .funnel(&req, tz, dates.map_err(query_error)?)
+        .await
+        .map_err(query_error)?;
+    Ok(Json(answer).into_response())
 }
 
 /// Plausible's realtime shape: a bare number of visitors in the last 5 minutes.

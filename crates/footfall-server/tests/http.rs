@@ -1827,6 +1827,12 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
             Access::Read,
             format!("/api/v1/goals?site_id={site}"),
         ),
+        post(
+            "/api/v2/funnel",
+            Access::Read,
+            "/api/v2/funnel".into(),
+            json!({"site_id": site, "date_range": "day", "steps": ["Checkout", "Signup"]}),
+        ),
         get(
             "/api/ui/properties/{id}/goals",
             Access::Session,

@@ -233,6 +233,26 @@ async fn dashboard_end_to_end_in_chromium() {
             ]),
             "{v}"
         );
+        // A funnel of the two goals, in order within a visit: the events were sent in
+        // one batch at one time, so their order in the visit is the order sent.
+        let f: Value = c
+            .post(format!("{}/api/v2/funnel", server.url))
+            .bearer_auth(&a1.read_key)
+            .json(&json!({"site_id": id, "date_range": "7d", "steps": ["Visit /pricing", "Pro purchase"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            f["results"][0]["steps"],
+            json!([
+                {"step": 1, "goal": "Visit /pricing", "visitors": 3, "conversion_rate": 100.0, "dropoff": 0, "dropoff_rate": 0.0},
+                {"step": 2, "goal": "Pro purchase", "visitors": 1, "conversion_rate": 33.33, "dropoff": 2, "dropoff_rate": 66.67},
+            ]),
+            "{f}"
+        );
         run(&["goal", "remove", "--property", id, "Pro purchase"]);
         let left: Value =
             serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
