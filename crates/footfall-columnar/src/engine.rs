@@ -28,7 +28,9 @@ use datafusion::datasource::listing::{
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use footfall_event::goal::Goal;
-use footfall_query::{rate, round_to, FunnelRequest, Metric, QueryError, QueryRequest};
+use footfall_query::{
+    rate, round_to, FunnelRequest, Metric, QueryError, QueryRequest, RetentionRequest,
+};
 use footfall_store::VISIT_FIELDS;
 use serde_json::{json, Value};
 
@@ -811,6 +813,108 @@ impl ColumnarEngine {
 }
 
 impl ColumnarEngine {
+    /// A retention table (docs/METRICS.md, "Retention"): the visitors whose first visit
+    /// (in the property's whole history, under the filters) falls in each week or month
+    /// of the range, and how many of them visited in each period since, up to the end of
+    /// the range.
+    pub async fn retention(
+        &self,
+        req: &RetentionRequest,
+        _tz: Tz,
+        (from, to): (NaiveDate, NaiveDate),
+    ) -> Result<Value, QueryError> {
+        let unit = match req.period.as_deref().unwrap_or("week") {
+            u @ ("week" | "month") => u,
+            other => return bad(format!("period `{other}` is not supported; week or month")),
+        };
+        let mut w = vec![
+            "visit_first".to_string(),
+            format!("visit_local_date <= DATE '{}'", to.format("%Y-%m-%d")),
+        ];
+        for f in &req.filters {
+            let c = filter(f, &[])?;
+            if !c.visit {
+                return bad("retention filters take visit attributes only");
+            }
+            w.push(format!("({})", c.sql));
+        }
+        // Periods as local wall-clock milliseconds of their first day.
+        let start_of = |d: NaiveDate| -> NaiveDate {
+            if unit == "week" {
+                d - chrono::Duration::days(
+                    chrono::Datelike::weekday(&d).num_days_from_monday() as i64
+                )
+            } else {
+                chrono::Datelike::with_day0(&d, 0).expect("day 1 exists")
+            }
+        };
+        let first_period = start_of(from);
+        let ms = |d: NaiveDate| {
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp_millis()
+        };
+        let sql = format!(
+            "WITH v AS (SELECT visitor, CAST(date_trunc('{unit}', visit_local_ts) AS BIGINT) AS p FROM events WHERE {}), \
+             f AS (SELECT visitor, MIN(p) AS c FROM v GROUP BY visitor), \
+             a AS (SELECT DISTINCT visitor, p FROM v) \
+             SELECT f.c, a.p, COUNT(DISTINCT a.visitor) FROM f JOIN a ON f.visitor = a.visitor \
+             WHERE f.c >= {} AND a.p >= f.c GROUP BY f.c, a.p",
+            w.join(" AND "),
+            ms(first_period)
+        );
+        // Cohort → period → visitors.
+        let mut table: std::collections::BTreeMap<i64, std::collections::BTreeMap<i64, i64>> =
+            Default::default();
+        let earliest = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+        if let Some(ctx) = self.context(&req.site_id, earliest, to).await? {
+            for (k, v) in Self::rows(&ctx, &sql, 2).await? {
+                let num = |i: usize| k[i].as_deref().and_then(|s| s.parse::<i64>().ok());
+                if let (Some(c), Some(p)) = (num(0), num(1)) {
+                    table.entry(c).or_default().insert(p, v[0]);
+                }
+            }
+        }
+        // Every period from the cohort's to the range's last, zeros included.
+        let day_of = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap_or_default()
+                .date_naive()
+        };
+        let next = |d: NaiveDate| {
+            if unit == "week" {
+                d + chrono::Duration::days(7)
+            } else {
+                d.checked_add_months(chrono::Months::new(1))
+                    .expect("a month later")
+            }
+        };
+        let last = start_of(to);
+        let results: Vec<Value> = table
+            .into_iter()
+            .map(|(c, by_period)| {
+                let cohort = day_of(c);
+                let size = by_period.get(&c).copied().unwrap_or(0);
+                let mut periods = Vec::new();
+                let mut d = cohort;
+                let mut k = 0;
+                while d <= last {
+                    let n = by_period.get(&ms(d)).copied().unwrap_or(0);
+                    periods.push(json!({"period": k, "visitors": n,
+                        "percentage": round_to(100.0 * rate(n, size), 1)}));
+                    d = next(d);
+                    k += 1;
+                }
+                json!({"cohort": cohort.to_string(), "visitors": size, "retention": periods})
+            })
+            .collect();
+        Ok(json!({
+            "results": results,
+            "meta": {"engine": "columnar", "period": unit, "date_range": [from.to_string(), to.to_string()]},
+        }))
+    }
+
     /// A funnel (docs/METRICS.md, "Funnels"): per group of visit attributes, the
     /// visitors whose visit completed the goals in order, each step by an event later in
     /// the visit than the step before (`visit_seq`), among the events of the range under
@@ -1003,6 +1107,16 @@ impl footfall_query::EventQuery for ColumnarEngine {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
     {
         Box::pin(self.execute(req, tz, dates))
+    }
+
+    fn retention<'a>(
+        &'a self,
+        req: &'a RetentionRequest,
+        tz: Tz,
+        dates: (NaiveDate, NaiveDate),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
+    {
+        Box::pin(ColumnarEngine::retention(self, req, tz, dates))
     }
 
     fn funnel<'a>(

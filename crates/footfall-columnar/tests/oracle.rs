@@ -912,3 +912,112 @@ fn funnels_equal_recomputation() {
             .is_err());
     }
 }
+
+/// Retention (docs/METRICS.md, "Retention"): visitors by the week or month of their
+/// first visit and their visits in each period since, against a plain recomputation in
+/// two zones, over traffic whose visitors come back weeks later.
+#[test]
+fn retention_equals_recomputation() {
+    use chrono::Datelike;
+    let at = |day: &str| {
+        chrono::DateTime::parse_from_rfc3339(&format!("{day}T00:00:00Z"))
+            .unwrap()
+            .timestamp_millis()
+    };
+    let part = |seed: u64, visitors: usize, start: &str| {
+        generate(&GenSpec {
+            seed,
+            visitors,
+            start_ms: at(start),
+            span_ms: 4 * 86_400_000,
+            max_visits_per_visitor: 2,
+            host: "shop.example".into(),
+        })
+    };
+    // The same seed gives the same visitor ids: the first 40 of 100 return two weeks on,
+    // and a second group starts a week later and partly returns.
+    let mut events = part(23, 100, "2026-11-02");
+    events.extend(part(23, 40, "2026-11-16"));
+    events.extend(part(29, 50, "2026-11-09"));
+    events.extend(part(29, 20, "2026-11-23"));
+    // A group whose first visits straddle a week's end (Friday to Monday).
+    events.extend(part(31, 30, "2026-11-13"));
+    for zone in ["Asia/Kolkata", "America/New_York"] {
+        let f = Fixture::new(&events, zone);
+        for unit in ["week", "month"] {
+            let start_of = |d: NaiveDate| {
+                if unit == "week" {
+                    d - chrono::Duration::days(d.weekday().num_days_from_monday() as i64)
+                } else {
+                    d.with_day(1).unwrap()
+                }
+            };
+            let mut first: BTreeMap<String, NaiveDate> = BTreeMap::new();
+            let mut active: BTreeMap<NaiveDate, BTreeSet<String>> = BTreeMap::new();
+            for v in visits(&events, GAP) {
+                let d = local(&f.tz, v.start).date();
+                if d > f.to {
+                    continue;
+                }
+                let p = start_of(d);
+                let e = first.entry(v.visitor.clone()).or_insert(p);
+                *e = (*e).min(p);
+                active.entry(p).or_default().insert(v.visitor.clone());
+            }
+            let mut want: BTreeMap<NaiveDate, Vec<usize>> = BTreeMap::new();
+            let cohorts: BTreeSet<NaiveDate> = first.values().copied().collect();
+            for c in cohorts.into_iter().filter(|c| *c >= start_of(f.from)) {
+                let members: BTreeSet<&String> = first
+                    .iter()
+                    .filter(|(_, p)| **p == c)
+                    .map(|(v, _)| v)
+                    .collect();
+                let mut row = Vec::new();
+                let mut p = c;
+                while p <= start_of(f.to) {
+                    let back = active
+                        .get(&p)
+                        .map_or(0, |a| a.iter().filter(|v| members.contains(v)).count());
+                    row.push(back);
+                    p = if unit == "week" {
+                        p + chrono::Duration::days(7)
+                    } else {
+                        p.checked_add_months(chrono::Months::new(1)).unwrap()
+                    };
+                }
+                want.insert(c, row);
+            }
+            let req: footfall_query::RetentionRequest = serde_json::from_value(
+                json!({"site_id": SITE, "date_range": f.range(), "period": unit}),
+            )
+            .unwrap();
+            let v =
+                f.rt.block_on(f.engine.retention(&req, f.tz, (f.from, f.to)))
+                    .unwrap();
+            let got: BTreeMap<NaiveDate, Vec<usize>> = v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let c: NaiveDate = r["cohort"].as_str().unwrap().parse().unwrap();
+                    let row = r["retention"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p["visitors"].as_u64().unwrap() as usize)
+                        .collect();
+                    (c, row)
+                })
+                .collect();
+            assert_eq!(got, want, "{zone} {unit}");
+            if unit == "week" {
+                assert!(want.len() >= 3, "several cohorts: {want:?}");
+                eprintln!("{zone}: {want:?}");
+                assert!(
+                    want.values().any(|r| r.iter().skip(1).any(|n| *n > 0)),
+                    "some return"
+                );
+            }
+        }
+    }
+}

@@ -51,6 +51,14 @@ pub trait EventQuery: Send + Sync {
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
 
+    /// Answers a retention table ([`RetentionRequest`], docs/METRICS.md "Retention").
+    fn retention<'a>(
+        &'a self,
+        req: &'a RetentionRequest,
+        tz: Tz,
+        dates: (NaiveDate, NaiveDate),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+
     /// Answers a funnel ([`FunnelRequest`], docs/METRICS.md "Funnels") the same way.
     fn funnel<'a>(
         &'a self,
@@ -58,6 +66,21 @@ pub trait EventQuery: Send + Sync {
         tz: Tz,
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+}
+
+/// `POST /api/v2/retention`: visitors by the week or month of their first visit, and how
+/// many of them visited again in each later period.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    pub site_id: String,
+    pub date_range: Value,
+    /// `week` (Monday to Sunday, the default) or `month`.
+    #[serde(default)]
+    pub period: Option<String>,
+    /// Filters on visit attributes: only the visits they keep count.
+    #[serde(default)]
+    pub filters: Vec<Value>,
 }
 
 /// `POST /api/v2/funnel`: visitors who completed the property's goals `steps` in order

@@ -127,7 +127,8 @@ pub fn app(state: AppRef) -> Router {
             .route("/api/v1/stats/realtime", get(realtime_report))
             .route("/api/v1/stats/filtered", get(filtered_report))
             .route("/api/v1/goals", get(goals_list))
-            .route("/api/v2/funnel", post(funnel));
+            .route("/api/v2/funnel", post(funnel))
+            .route("/api/v2/retention", post(retention));
     }
     if state.store.is_some() && state.auth.is_some() {
         router = router
@@ -428,9 +429,48 @@ async fn goals_list(
     Ok(Json(serde_json::json!({ "goals": property.goals })).into_response())
 }
 
+/// What a columnar-only report needs: the caller may read `site_id`, the node has the
+/// engine, and the range resolves (as a query's does). Answers the engine, the property
+/// and its dates.
+async fn columnar_report<'a>(
+    app: &'a AppState,
+    headers: &HeaderMap,
+    site_id: &str,
+    date_range: &serde_json::Value,
+    what: &str,
+) -> Result<
+    (
+        &'a Arc<dyn footfall_query::EventQuery>,
+        Arc<footfall_meta::Property>,
+        (chrono::NaiveDate, chrono::NaiveDate),
+    ),
+    ApiError,
+> {
+    authorise_read(app, headers, site_id)?;
+    let property = app
+        .cache
+        .property(site_id)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
+    let Some(engine) = &app.events else {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{what} are answered by the columnar engine, which is not enabled on this node (the `columnar` feature and `columnar.enabled`)"),
+        ));
+    };
+    let dates_of: footfall_query::QueryRequest = serde_json::from_value(serde_json::json!({
+        "site_id": site_id, "metrics": ["visitors"], "date_range": date_range,
+    }))
+    .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let store = query_store(app)?.clone();
+    let (_, _, dates) = query_dates(dates_of, store, property.tz(), app.clock.now_millis())
+        .await
+        .map_err(query_error)?;
+    Ok((engine, property, dates.map_err(query_error)?))
+}
+
 /// `POST /api/v2/funnel` (read key or a session that may read the property): visitors who
-/// completed the property's goals in order within a visit (docs/METRICS.md, "Funnels"),
-/// answered by the columnar engine.
+/// completed the property's goals in order within a visit (docs/METRICS.md, "Funnels").
 async fn funnel(
     State(app): State<AppRef>,
     headers: HeaderMap,
@@ -439,31 +479,37 @@ async fn funnel(
     let bytes = read_body(body, 64 * 1024).await?;
     let mut req: footfall_query::FunnelRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid funnel: {e}")))?;
-    authorise_read(&app, &headers, &req.site_id)?;
-    let property = app
-        .cache
-        .property(&req.site_id)
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
-    let Some(engine) = &app.events else {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "funnels are answered by the columnar engine, which is not enabled on this node (the `columnar` feature and `columnar.enabled`)",
-        ));
-    };
+    let (engine, property, dates) =
+        columnar_report(&app, &headers, &req.site_id, &req.date_range, "funnels").await?;
     req.goals = property.goals.clone();
-    let tz = property.tz();
-    // The range resolves as a query's does.
-    let dates_of: footfall_query::QueryRequest = serde_json::from_value(serde_json::json!({
-        "site_id": req.site_id, "metrics": ["visitors"], "date_range": req.date_range,
-    }))
-    .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
-    let store = query_store(&app)?.clone();
-    let (_, _, dates) = query_dates(dates_of, store, tz, app.clock.now_millis())
+    let answer = engine
+        .funnel(&req, property.tz(), dates)
         .await
         .map_err(query_error)?;
+    Ok(Json(answer).into_response())
+}
+
+/// `POST /api/v2/retention` (read key or a session that may read the property):
+/// visitors by the week or month of their first visit, and their return in each period
+/// since (docs/METRICS.md, "Retention").
+async fn retention(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: footfall_query::RetentionRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid retention: {e}")))?;
+    let (engine, property, dates) = columnar_report(
+        &app,
+        &headers,
+        &req.site_id,
+        &req.date_range,
+        "retention tables",
+    )
+    .await?;
     let answer = engine
-        .funnel(&req, tz, dates.map_err(query_error)?)
+        .retention(&req, property.tz(), dates)
         .await
         .map_err(query_error)?;
     Ok(Json(answer).into_response())

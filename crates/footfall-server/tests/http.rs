@@ -1833,6 +1833,12 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
             "/api/v2/funnel".into(),
             json!({"site_id": site, "date_range": "day", "steps": ["Checkout", "Signup"]}),
         ),
+        post(
+            "/api/v2/retention",
+            Access::Read,
+            "/api/v2/retention".into(),
+            json!({"site_id": site, "date_range": "30d", "period": "week"}),
+        ),
         get(
             "/api/ui/properties/{id}/goals",
             Access::Session,

@@ -253,6 +253,23 @@ async fn dashboard_end_to_end_in_chromium() {
             ]),
             "{f}"
         );
+        // Retention: the five visitors are this week's cohort, all active in it.
+        let r: Value = c
+            .post(format!("{}/api/v2/retention", server.url))
+            .bearer_auth(&a1.read_key)
+            .json(&json!({"site_id": id, "date_range": "day", "period": "week"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["results"][0]["visitors"], 5, "{r}");
+        assert_eq!(
+            r["results"][0]["retention"][0],
+            json!({"period": 0, "visitors": 5, "percentage": 100.0}),
+            "{r}"
+        );
         run(&["goal", "remove", "--property", id, "Pro purchase"]);
         let left: Value =
             serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
