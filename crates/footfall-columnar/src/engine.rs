@@ -385,6 +385,10 @@ struct Agg {
     /// (`group_conversion_rate`).
     all_visitors: i64,
     group_visitors: i64,
+    /// Milliseconds from page views to the next page view of their visit, and how many
+    /// such page views (`time_on_page`).
+    page_time_ms: i64,
+    timed_pageviews: i64,
     /// Share of all visitors under the filters, in percent (`percentage`).
     percentage: f64,
     visitors: i64,
@@ -418,6 +422,9 @@ fn metric_value(m: Metric, a: &Agg) -> Value {
         Metric::ConversionRate => json!(round_to(100.0 * rate(a.visitors, a.all_visitors), 2)),
         Metric::GroupConversionRate => {
             json!(round_to(100.0 * rate(a.visitors, a.group_visitors), 2))
+        }
+        Metric::TimeOnPage => {
+            json!(round_to(rate(a.page_time_ms, a.timed_pageviews) / 1000.0, 0) as i64)
         }
         Metric::AverageRevenue => Value::Object(
             a.revenue
@@ -593,6 +600,9 @@ impl ColumnarEngine {
                 "metrics `conversion_rate` and `group_conversion_rate` need an event:goal filter or dimension",
             );
         }
+        if goal_dim.is_some() && metrics.contains(&Metric::TimeOnPage) {
+            return bad("metric `time_on_page` is not available with an event:goal breakdown");
+        }
         // An `event:goal` breakdown reads the goal rows (an event once per goal it
         // completes) under the name `events`, so that every query below reads them.
         let table = match goal_dim {
@@ -732,6 +742,25 @@ impl ColumnarEngine {
                     let g = groups.entry(k).or_default();
                     *g.revenue.entry(currency.clone()).or_default() += v[0];
                     *g.revenue_events.entry(currency).or_default() += v[1];
+                }
+            }
+            if metrics.contains(&Metric::TimeOnPage) {
+                // Each page view with the time to the next page view of its visit; the
+                // last page view of a visit (or of the files read) has none.
+                let (exprs, keys) = group_by(false);
+                let timed = format!(
+                    "(SELECT *, LEAD(ts) OVER (PARTITION BY visit_id ORDER BY visit_seq) AS next_ts FROM events WHERE pageview) AS events"
+                );
+                let sql = format!(
+                    "SELECT {} FROM {timed} WHERE {}{}",
+                    select(&exprs, "SUM(next_ts - ts), COUNT(next_ts)"),
+                    where_all(&range("local_date")),
+                    grouped(&keys)
+                );
+                for (k, v) in Self::rows(&ctx, &sql, n).await? {
+                    let g = groups.entry(k).or_default();
+                    g.page_time_ms = v[0];
+                    g.timed_pageviews = v[1];
                 }
             }
             if conversions {

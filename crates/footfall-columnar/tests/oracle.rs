@@ -1021,3 +1021,56 @@ fn retention_equals_recomputation() {
         }
     }
 }
+
+/// `time_on_page` (docs/METRICS.md): per page, the mean time from its page views to the
+/// next page view of the same visit, against a plain recomputation in two zones.
+#[test]
+fn time_on_page_equals_recomputation() {
+    for zone in ["Asia/Kolkata", "America/New_York"] {
+        let events = traffic(37);
+        let f = Fixture::new(&events, zone);
+        let in_range = |ts: i64| {
+            let d = local(&f.tz, ts).date();
+            d >= f.from && d <= f.to
+        };
+        let mut want: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for v in visits(&events, GAP) {
+            let mut pvs: Vec<&OEvent> = events
+                .iter()
+                .filter(|e| {
+                    e.visitor == v.visitor
+                        && v.start <= e.ts
+                        && e.ts <= v.end
+                        && e.is_pageview()
+                        && in_range(e.ts)
+                })
+                .collect();
+            pvs.sort_by_key(|e| e.ts);
+            for w in pvs.windows(2) {
+                let g = want.entry(w[0].page.clone().unwrap()).or_default();
+                g.0 += w[1].ts - w[0].ts;
+                g.1 += 1;
+            }
+        }
+        let q = json!({"site_id": SITE, "metrics": ["time_on_page"], "date_range": f.range(),
+                       "dimensions": ["event:page"], "pagination": {"limit": 100000}});
+        assert!(matches!(
+            f.rollups(&q),
+            Err(footfall_query::QueryError::Unsupported(_))
+        ));
+        let got = f.columnar(&q).unwrap();
+        let mut checked = 0;
+        for r in got["results"].as_array().unwrap() {
+            let page = r["dimensions"][0].as_str().unwrap();
+            let (ms, n) = want.get(page).copied().unwrap_or((0, 0));
+            let secs = if n == 0 {
+                0
+            } else {
+                (ms as f64 / n as f64 / 1000.0).round() as i64
+            };
+            assert_eq!(r["metrics"][0], json!(secs), "{zone} {page}");
+            checked += (n > 0) as usize;
+        }
+        assert_eq!(checked, want.len(), "{zone}: every timed page has a row");
+    }
+}

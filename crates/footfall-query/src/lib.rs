@@ -332,6 +332,7 @@ pub enum Metric {
     ConversionRate,
     GroupConversionRate,
     AverageRevenue,
+    TimeOnPage,
 }
 
 impl Metric {
@@ -349,9 +350,9 @@ impl Metric {
             "conversion_rate" => Metric::ConversionRate,
             "group_conversion_rate" => Metric::GroupConversionRate,
             "average_revenue" => Metric::AverageRevenue,
-            "time_on_page" => return bad(format!("metric `{s}` is not supported yet")),
+            "time_on_page" => Metric::TimeOnPage,
             _ => return bad(format!(
-                "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, total_revenue, average_revenue, percentage, conversion_rate, group_conversion_rate"
+                "unknown metric `{s}`; supported: visitors, visits, pageviews, events, views_per_visit, bounce_rate, visit_duration, time_on_page, total_revenue, average_revenue, percentage, conversion_rate, group_conversion_rate"
             )),
         })
     }
@@ -603,7 +604,8 @@ fn metric_value(m: Metric, acc: &Acc, visit_family: bool) -> Value {
         Metric::Percentage
         | Metric::ConversionRate
         | Metric::GroupConversionRate
-        | Metric::AverageRevenue => Value::Null,
+        | Metric::AverageRevenue
+        | Metric::TimeOnPage => Value::Null,
         Metric::TotalRevenue => Value::Object(
             acc.revenue
                 .iter()
@@ -1002,6 +1004,7 @@ pub fn execute(
                 | Metric::ConversionRate
                 | Metric::GroupConversionRate
                 | Metric::AverageRevenue
+                | Metric::TimeOnPage
         )
     }) {
         return unsupported(format!(
