@@ -748,9 +748,7 @@ impl ColumnarEngine {
                 // Each page view with the time to the next page view of its visit; the
                 // last page view of a visit (or of the files read) has none.
                 let (exprs, keys) = group_by(false);
-                let timed = format!(
-                    "(SELECT *, LEAD(ts) OVER (PARTITION BY visit_id ORDER BY visit_seq) AS next_ts FROM events WHERE pageview) AS events"
-                );
+                let timed = "(SELECT *, LEAD(ts) OVER (PARTITION BY visit_id ORDER BY visit_seq) AS next_ts FROM events WHERE pageview) AS events";
                 let sql = format!(
                     "SELECT {} FROM {timed} WHERE {}{}",
                     select(&exprs, "SUM(next_ts - ts), COUNT(next_ts)"),
