@@ -1,4 +1,5 @@
-# Footfall's container image: every role in one binary (built with the Kafka log),
+# Footfall's container image: every role in one binary (built with the Kafka log and the
+# columnar engine, so that dashboards answer any filter with any breakdown),
 # chosen per container with `serve --role …` (deploy/k8s). Build from the repository
 # root: `docker build -t footfall:0.1.0 .`
 #
@@ -12,7 +13,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN scripts/fetch-rules.sh \
-    && cargo build --release --locked -p footfall --features kafka \
+    && cargo build --release --locked -p footfall --features kafka,columnar \
     && strip target/release/footfall
 
 # Stage 2: the binary on a slim Debian with CA certificates (TLS to S3 and databases)

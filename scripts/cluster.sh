@@ -73,8 +73,8 @@ up() {
   done
   mkdir -p "$dir/pids" "$dir/logs" "$dir/nginx" "$dir/data"
   if [ -z "$binary" ]; then
-    log "building footfall (release, with Kafka)"
-    (cd "$root" && cargo build --release --locked --features kafka -q)
+    log "building footfall (release, with Kafka and the columnar engine)"
+    (cd "$root" && cargo build --release --locked --features kafka,columnar -q)
     binary="$root/target/release/footfall"
   fi
   echo "$binary" >"$dir/binary"
@@ -158,6 +158,11 @@ s3_region = "us-east-1"
 s3_access_key_id = "test"
 s3_secret_access_key = "test"
 s3_allow_http = true
+
+[columnar]
+# The archiver makes the columnar files (any filter with any breakdown) from the archive
+# on S3; the query nodes read them there.
+refresh_interval = "2s"
 TOML
 
   for n in $nodes; do
