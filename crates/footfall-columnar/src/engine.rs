@@ -623,12 +623,32 @@ impl ColumnarEngine {
         for d in dims.iter().filter(|d| d.time.is_none()) {
             where_sql.push(format!("{} IS NOT NULL", d.sql));
         }
+        // A date-time range also bounds events by their instant, and visits by their
+        // local start (the wall clock of the bounds).
+        let bounds = footfall_query::datetime_bounds(&req.date_range, tz)?;
         let range = |col: &str| {
-            format!(
+            let mut r = format!(
                 "{col} BETWEEN DATE '{}' AND DATE '{}'",
                 from.format("%Y-%m-%d"),
                 to.format("%Y-%m-%d")
-            )
+            );
+            if let Some((a, b)) = bounds {
+                if col == "visit_local_date" {
+                    let wall = |ms: i64| {
+                        footfall_store::rollup::local_time(&tz, ms)
+                            .format("%Y-%m-%d %H:%M:%S%.3f")
+                            .to_string()
+                    };
+                    r.push_str(&format!(
+                        " AND visit_local_ts BETWEEN TIMESTAMP '{}' AND TIMESTAMP '{}'",
+                        wall(a),
+                        wall(b)
+                    ));
+                } else {
+                    r.push_str(&format!(" AND ts BETWEEN {a} AND {b}"));
+                }
+            }
+            r
         };
         let n = dims.len();
         let mut groups: HashMap<Vec<Option<String>>, Agg> = HashMap::new();

@@ -1074,3 +1074,52 @@ fn time_on_page_equals_recomputation() {
         assert_eq!(checked, want.len(), "{zone}: every timed page has a row");
     }
 }
+
+/// A `date_range` of date-times is not cut to dates: the events of those instants, and
+/// the visits that started in them, against a plain recomputation; whole local days stay
+/// with the rollups.
+#[test]
+fn datetime_ranges_are_not_cut_to_dates() {
+    let events = traffic(41);
+    let f = Fixture::new(&events, "Asia/Kolkata");
+    let (a, b) = ("2026-11-21T10:30:00+05:30", "2026-11-22T18:45:59+05:30");
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let (lo, hi) = (at(a), at(b) + 999);
+    let q = json!({"site_id": SITE, "metrics": ["visitors", "pageviews", "events", "visits"],
+        "date_range": [a, b]});
+    assert!(matches!(
+        f.rollups(&q),
+        Err(footfall_query::QueryError::Unsupported(_))
+    ));
+    let got = f.columnar(&q).unwrap();
+    let inside: Vec<&OEvent> = events.iter().filter(|e| e.ts >= lo && e.ts <= hi).collect();
+    let visitors: BTreeSet<&str> = inside.iter().map(|e| e.visitor.as_str()).collect();
+    let started = visits(&events, GAP)
+        .iter()
+        .filter(|v| v.start >= lo && v.start <= hi)
+        .count();
+    assert!(!inside.is_empty() && inside.len() < events.len());
+    assert_eq!(
+        got["results"][0]["metrics"],
+        json!([
+            visitors.len(),
+            inside.iter().filter(|e| e.is_pageview()).count(),
+            inside.len(),
+            started
+        ]),
+        "{got}"
+    );
+    // Whole local days written as date-times: the rollups answer, as for the dates.
+    let day = json!({"site_id": SITE, "metrics": ["visitors", "pageviews", "visits"],
+        "date_range": ["2026-11-21T00:00:00", "2026-11-21T23:59:59"]});
+    let dates = json!({"site_id": SITE, "metrics": ["visitors", "pageviews", "visits"],
+        "date_range": ["2026-11-21", "2026-11-21"]});
+    assert_eq!(
+        f.rollups(&day).unwrap()["results"],
+        f.rollups(&dates).unwrap()["results"]
+    );
+}

@@ -538,6 +538,49 @@ pub fn resolve_date_range(
     }
 }
 
+/// A `date_range` of two date-times (`["2026-11-21T10:30:00+05:30",
+/// "2026-11-21T18:00:00+05:30"]`, or without an offset: the property's wall clock): the
+/// first and last millisecond it covers, the end inclusive to its second. `None` for
+/// every other range (named ranges, pairs of dates).
+pub fn datetime_bounds(v: &Value, tz: Tz) -> Result<Option<(i64, i64)>, QueryError> {
+    let Some([a, b]) = v.as_array().map(Vec::as_slice) else {
+        return Ok(None);
+    };
+    let (Some(a), Some(b)) = (a.as_str(), b.as_str()) else {
+        return Ok(None);
+    };
+    if a.len() <= 10 && b.len() <= 10 {
+        return Ok(None);
+    }
+    let instant = |s: &str| -> Result<i64, QueryError> {
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+            return Ok(t.timestamp_millis());
+        }
+        let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
+            .map_err(|_| {
+                QueryError::Invalid(format!(
+                    "`{s}` is not an ISO 8601 date-time (YYYY-MM-DDTHH:MM:SS, with or without an offset)"
+                ))
+            })?;
+        tz.from_local_datetime(&naive)
+            .earliest()
+            .map(|t| t.timestamp_millis())
+            .ok_or_else(|| QueryError::Invalid(format!("`{s}` does not exist in {tz}")))
+    };
+    let (from, to) = (instant(a)?, instant(b)? + 999);
+    if to < from {
+        return bad("date_range ends before it starts");
+    }
+    Ok(Some((from, to)))
+}
+
+/// Whether date-time bounds cover whole local days exactly (the rollups answer those).
+pub fn whole_days(bounds: (i64, i64), tz: Tz) -> bool {
+    let (a, b) = (local_time(&tz, bounds.0), local_time(&tz, bounds.1 + 1));
+    a.time() == chrono::NaiveTime::MIN && b.time() == chrono::NaiveTime::MIN
+}
+
 /// The local dates a `date_range` stands for in a property: "today" in its zone, and
 /// `all` from its first day with data.
 pub fn property_date_range(
@@ -548,6 +591,9 @@ pub fn property_date_range(
     now_ms: i64,
 ) -> Result<(NaiveDate, NaiveDate), QueryError> {
     let today = local_time(&tz, now_ms).date();
+    if let Some((a, b)) = datetime_bounds(date_range, tz)? {
+        return Ok((local_time(&tz, a).date(), local_time(&tz, b).date()));
+    }
     // Only `all` needs the first day: other ranges do not ask a remote store for it.
     let earliest = if date_range.as_str() == Some("all") {
         store.first_day(site_id)?.map(|d| d.date())
@@ -913,6 +959,13 @@ pub fn execute(
         .iter()
         .map(|m| Metric::parse(m))
         .collect::<Result<_, _>>()?;
+    if let Some(b) = datetime_bounds(&req.date_range, tz)? {
+        if !whole_days(b, tz) {
+            return unsupported(
+                "a date_range of date-times that are not whole local days is not held by the rollups",
+            );
+        }
+    }
     let mut time_dim = None;
     let mut key_dim = None;
     // The property key of an `event:props:<key>` dimension or filter.
@@ -1424,6 +1477,32 @@ pub fn realtime(store: &dyn RollupRead, site_id: &str, now_ms: i64) -> Result<Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datetime_ranges() {
+        let tz: Tz = "Asia/Kolkata".parse().unwrap();
+        let b = |a: &str, z: &str| datetime_bounds(&json!([a, z]), tz);
+        // With an offset, and on the wall clock: the same instants.
+        let with = b("2026-11-21T10:30:00+05:30", "2026-11-21T18:45:59+05:30")
+            .unwrap()
+            .unwrap();
+        let wall = b("2026-11-21T10:30:00", "2026-11-21T18:45:59")
+            .unwrap()
+            .unwrap();
+        assert_eq!(with, wall);
+        assert_eq!(with.1 - with.0, (8 * 3600 + 15 * 60 + 59) * 1000 + 999);
+        assert!(!whole_days(with, tz));
+        let day = b("2026-11-21T00:00:00", "2026-11-21T23:59:59")
+            .unwrap()
+            .unwrap();
+        assert!(whole_days(day, tz));
+        assert_eq!(
+            datetime_bounds(&json!(["2026-11-21", "2026-11-22"]), tz).unwrap(),
+            None
+        );
+        assert!(b("2026-11-21T10:00:00", "2026-11-21T09:00:00").is_err());
+        assert!(b("2026-11-21T25:00:00", "2026-11-21T26:00:00").is_err());
+    }
 
     #[test]
     fn time_labels_and_comparison_ranges() {
