@@ -1123,3 +1123,83 @@ fn datetime_ranges_are_not_cut_to_dates() {
         f.rollups(&dates).unwrap()["results"]
     );
 }
+
+/// Above the rollups' exact range (2,048 distinct visitors) their visitors come from a
+/// HyperLogLog++ sketch: the columnar engine counts exactly, and the two agree within the
+/// stated error (≤ 2%, docs/METRICS.md), in total, by day and by source; every other
+/// figure is equal.
+#[test]
+fn visitors_agree_within_the_sketch_error_above_the_exact_range() {
+    let events = generate(&GenSpec {
+        seed: 43,
+        visitors: 6_000,
+        start_ms: chrono::DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")
+            .unwrap()
+            .timestamp_millis(),
+        span_ms: 2 * 86_400_000,
+        max_visits_per_visitor: 2,
+        host: "shop.example".into(),
+    });
+    let f = Fixture::new(&events, "Asia/Kolkata");
+    let exact: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| {
+            let d = local(&f.tz, e.ts).date();
+            d >= f.from && d <= f.to
+        })
+        .map(|e| e.visitor.as_str())
+        .collect();
+    assert!(
+        exact.len() > 4_096,
+        "beyond the exact range: {}",
+        exact.len()
+    );
+    let mut compared = 0;
+    for dims in [json!([]), json!(["time:day"]), json!(["visit:source"])] {
+        let q = json!({"site_id": SITE, "metrics": ["visitors", "pageviews", "visits"],
+            "date_range": f.range(), "dimensions": dims, "pagination": {"limit": 100000}});
+        let want = f.rollups(&q).unwrap();
+        let got = f.columnar(&q).unwrap();
+        let rows = |v: &Value| -> BTreeMap<String, (f64, Value)> {
+            v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let m = r["metrics"].as_array().unwrap();
+                    (
+                        r["dimensions"].to_string(),
+                        (m[0].as_f64().unwrap(), json!(m[1..])),
+                    )
+                })
+                .collect()
+        };
+        let (w, g) = (rows(&want), rows(&got));
+        assert_eq!(
+            w.keys().collect::<Vec<_>>(),
+            g.keys().collect::<Vec<_>>(),
+            "{dims}"
+        );
+        for (k, (wv, wrest)) in &w {
+            let (gv, grest) = &g[k];
+            assert_eq!(wrest, grest, "{dims} {k}: page views and visits are exact");
+            let err = (wv - gv).abs() / gv;
+            assert!(
+                err <= 0.02,
+                "{dims} {k}: sketch {wv} vs exact {gv} ({err:.4})"
+            );
+            compared += (*gv > 2048.0) as usize;
+        }
+        if dims == json!([]) {
+            assert_eq!(
+                g[&"[]".to_string()].0,
+                exact.len() as f64,
+                "the columnar count is exact"
+            );
+        }
+    }
+    assert!(
+        compared >= 3,
+        "groups beyond the exact range compared: {compared}"
+    );
+}
