@@ -393,7 +393,8 @@ function render() {
     h("section", { class: "panels", id: "panels" },
       PANELS.map(([dim, title]) => h("div", { class: "panel", id: `panel-${dim.replace(":", "-")}` }, h("h2", {}, title))),
       propsPanel(),
-      h("div", { class: "panel", id: "panel-revenue" }, h("h2", {}, "Revenue"))),
+      h("div", { class: "panel", id: "panel-revenue" }, h("h2", {}, "Revenue")),
+      h("div", { class: "panel", id: "panel-goals" }, h("h2", {}, "Goals"))),
     ...(!state.shared && ["admin", "owner"].includes(currentRole()) ? [keysSection(), sharesSection()] : []),
     ...(!state.shared && currentRole() === "owner" ? [usersSection()] : []),
   );
@@ -462,11 +463,12 @@ async function load() {
   const site = state.site;
   realtime();
   const propDim = state.prop ? `event:props:${state.prop}` : null;
-  const [totals, before, series, revenue, props, ...panels] = await Promise.all([
+  const [totals, before, series, revenue, goals, props, ...panels] = await Promise.all([
     totalsQuery(),
     state.compare ? totalsQuery(comparedRange()) : Promise.resolve(null),
     query({ metrics: [state.metric], dimensions: [timeDimension()] }),
     query({ metrics: ["total_revenue", "events"], dimensions: ["event:name"], pagination: { limit: 1000 } }),
+    query({ metrics: ["visitors", "events", "conversion_rate"], dimensions: ["event:goal"], pagination: { limit: 100 } }),
     propDim ? topQuery(propDim) : Promise.resolve(null),
     ...PANELS.map(([dim]) => topQuery(dim)),
   ]);
@@ -478,6 +480,32 @@ async function load() {
   PANELS.forEach(([dim, title], i) => renderPanel(dim, title, panels[i]));
   if (props) renderPanel(propDim, `Values of ${state.prop}`, props, "panel-props-body");
   renderRevenue(revenue);
+  renderGoals(goals);
+}
+
+// Goals: visitors who completed each of the property's goals, and the share of all
+// visitors they are (under the same filters). Goals are set by admins
+// (`footfall goal add`, or PUT /api/ui/properties/{id}/goals).
+function renderGoals(r) {
+  const panel = document.getElementById("panel-goals");
+  if (!panel) return;
+  const title = h("h2", {}, "Goals");
+  if (r.status !== 200) {
+    panel.replaceChildren(title, h("p", { class: "muted" }, r.json?.error?.message || `unavailable (${r.status})`));
+    return;
+  }
+  const rows = r.json.results || [];
+  panel.replaceChildren(title, h("table", {},
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Goal"), h("th", { scope: "col", class: "num" }, "Visitors"),
+      h("th", { scope: "col", class: "num" }, "Conversions"), h("th", { scope: "col", class: "num", title: "Conversion rate: the share of all visitors" }, "Rate"))),
+    h("tbody", {}, rows.length === 0
+      ? h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No conversions (or no goals set)"))
+      : rows.map((x) => h("tr", {},
+          h("td", {}, String(x.dimensions[0])),
+          h("td", { class: "num" }, fmt("visitors", x.metrics[0])),
+          h("td", { class: "num" }, fmt("events", x.metrics[1])),
+          h("td", { class: "num" }, `${Number(x.metrics[2]).toLocaleString("en", { maximumFractionDigits: 2 })}%`))))),
+    h("p", { class: "muted" }, "From raw events: the last few minutes may be missing."));
 }
 
 // Custom event properties: the values of one property key, chosen by the user.

@@ -393,6 +393,13 @@ async fn dashboard_end_to_end_in_chromium() {
     } else {
         assert!(exit_pages.contains("not supported"), "{seen}");
     }
+    // The goals panel: the goal set above, under the page's filter at that step.
+    let goals = seen["goals"].as_str().unwrap();
+    if cfg!(feature = "columnar") {
+        assert!(goals.contains("Visit /pricing"), "{seen}");
+    } else {
+        assert!(goals.contains("columnar engine"), "{seen}");
+    }
     let sources_filtered = seen["sources_filtered"].as_str().unwrap();
     if cfg!(feature = "columnar") {
         assert!(

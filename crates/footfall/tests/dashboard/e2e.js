@@ -167,6 +167,8 @@ async function login(page, email, password) {
   await page.waitForSelector("#panel-props-body tbody button");
   out.props_rows = await page.$$eval("#panel-props-body tbody tr", (rs) => rs.map((r) => [...r.querySelectorAll("td")].map((d) => d.textContent).join("|")));
   await page.waitForSelector("#panel-revenue tbody td");
+  await page.waitForSelector("#panel-goals table, #panel-goals p");
+  out.goals = await page.$eval("#panel-goals", (e) => e.textContent);
   out.revenue_row = await page.$eval("#panel-revenue tbody tr", (r) => [...r.querySelectorAll("td")].map((d) => d.textContent).join("|"));
   await page.$eval("#panel-revenue", (e) => e.scrollIntoView());
   await shot(page, "05d-properties-and-revenue");
