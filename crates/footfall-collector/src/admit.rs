@@ -21,6 +21,9 @@ pub struct IngestRules {
     /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded` entries
     /// are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Each property's rate and daily quota on this node (none by default), and their
+    /// state.
+    pub property_limits: std::sync::Arc<crate::PropertyLimits>,
 }
 
 impl Default for IngestRules {
@@ -33,6 +36,7 @@ impl Default for IngestRules {
                 IpAddr::from([127, 0, 0, 1]).into(),
                 IpAddr::from(std::net::Ipv6Addr::LOCALHOST).into(),
             ],
+            property_limits: Default::default(),
         }
     }
 }
@@ -157,6 +161,8 @@ fn admit(
         }
     };
     let visitor = visitor_id(secret, &e.tracking_id, source);
+    // Last: an event refused for any other reason does not use the property's allowance.
+    rules.property_limits.take(&e.tracking_id, now)?;
     Ok(LoggedEvent {
         property: e.tracking_id,
         received_at: now,

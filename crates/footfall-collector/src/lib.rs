@@ -9,6 +9,7 @@ pub mod address;
 pub mod admit;
 pub mod ga4;
 pub mod gtag;
+pub mod limits;
 pub mod plausible;
 pub mod segment;
 
@@ -20,6 +21,7 @@ use serde_json::Value;
 pub use address::{client_ip, parse_proxy};
 pub use admit::{admit_all, Admitted, IngestRules, Sender};
 pub use footfall_event::native::{NativeEvent, Rejection};
+pub use limits::{Limit, PropertyLimits};
 
 /// A query string's parameters (later ones win).
 pub fn query_map(q: &str) -> HashMap<String, String> {

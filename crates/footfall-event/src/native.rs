@@ -66,6 +66,8 @@ impl BodyError {
 pub struct Rejection {
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which the same event may be taken (rate limits and quotas).
+    pub retry_after: Option<u32>,
 }
 
 impl Rejection {
@@ -73,6 +75,7 @@ impl Rejection {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }

@@ -26,6 +26,11 @@ impl ApiError {
             extra: None,
         }
     }
+    /// The same error with `Retry-After` seconds.
+    pub fn retry_in(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

@@ -32,7 +32,7 @@ use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
 
 pub use error::ApiError;
-pub use footfall_collector::{parse_proxy, IngestRules};
+pub use footfall_collector::{parse_proxy, IngestRules, Limit, PropertyLimits};
 pub use footfall_meta::MetaCache;
 pub use metrics::Metrics;
 
@@ -356,12 +356,50 @@ pub(crate) fn admit(
 
 /// One refused item in the native `rejected` list.
 pub(crate) fn rejection_json(index: usize, r: &Rejection) -> serde_json::Value {
-    json!({"index": index, "code": r.code, "message": r.message})
+    let mut v = json!({"index": index, "code": r.code, "message": r.message});
+    if let Some(s) = r.retry_after {
+        v["retry_after"] = json!(s);
+    }
+    v
 }
 
-/// The answer when no item of a request was admitted: 404 when every item named an
-/// unknown tracking id, else 400, with the per-item list.
+/// When every refusal is a property's rate limit or quota: the seconds to wait (the
+/// longest of them), for a 429 with `Retry-After`.
+pub(crate) fn all_limited(bad: &[(usize, Rejection)]) -> Option<u32> {
+    let limited = |r: &Rejection| matches!(r.code, "rate_limited" | "quota_exceeded");
+    if bad.is_empty() || !bad.iter().all(|(_, r)| limited(r)) {
+        return None;
+    }
+    bad.iter()
+        .filter_map(|(_, r)| r.retry_after)
+        .max()
+        .or(Some(1))
+}
+
+/// The answer when no item of a request was admitted: 429 with `Retry-After` when every
+/// item was over its property's rate or quota, 404 when every item named an unknown
+/// tracking id, else 400, with the per-item list.
 pub(crate) fn no_valid_events(rejected: Vec<serde_json::Value>) -> ApiError {
+    let limited =
+        |r: &serde_json::Value| r["code"] == "rate_limited" || r["code"] == "quota_exceeded";
+    if !rejected.is_empty() && rejected.iter().all(limited) {
+        let wait = rejected
+            .iter()
+            .filter_map(|r| r["retry_after"].as_u64())
+            .max()
+            .unwrap_or(1);
+        let code = rejected[0]["code"].as_str().unwrap_or("rate_limited");
+        let code = if code == "quota_exceeded" {
+            "quota_exceeded"
+        } else {
+            "rate_limited"
+        };
+        let message = rejected[0]["message"].as_str().unwrap_or("").to_string();
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+            .with("rejected", json!(rejected));
+        e.retry_after = Some(wait as u32);
+        return e;
+    }
     let all_unknown = rejected.iter().all(|r| r["code"] == "unknown_tracking_id");
     let (status, code) = if all_unknown {
         (StatusCode::NOT_FOUND, "unknown_tracking_id")

@@ -18,8 +18,8 @@ use footfall_meta::Scope;
 use serde_json::{json, Value};
 
 use crate::{
-    admit, append_durable, check_accepting, internal, no_valid_events, read_body, rejection_json,
-    ApiError, AppRef, AppState, Sender,
+    admit, all_limited, append_durable, check_accepting, internal, no_valid_events, read_body,
+    rejection_json, ApiError, AppRef, AppState, Sender,
 };
 
 pub use footfall_collector::segment::MessageIds;
@@ -53,7 +53,17 @@ pub(crate) async fn ga4_collect(
             header_ua: false,
             check_url_host: true,
         };
-        let (records, _) = admit(&app, events.into_iter().enumerate().collect(), &s)?;
+        let (records, bad) = admit(&app, events.into_iter().enumerate().collect(), &s)?;
+        // GA4 answers 2xx whatever the payload says, but an event refused for the
+        // property's rate or quota is not kept: the sender hears so, to retry.
+        if records.is_empty() {
+            if let Some(wait) = all_limited(&bad) {
+                return Err(no_valid_events(
+                    bad.iter().map(|(i, r)| rejection_json(*i, r)).collect(),
+                )
+                .retry_in(wait));
+            }
+        }
         if !records.is_empty() {
             append_durable(&app, records).await?;
         }
@@ -226,6 +236,14 @@ pub(crate) async fn segment(
     let mut rejected = too_large;
     rejected.extend(bad.iter().map(|(i, r)| rejection_json(*i, r)));
     if records.is_empty() && !rejected.is_empty() {
+        if let Some(wait) = all_limited(&bad) {
+            return Err(segment_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "this source's property is over its rate or daily quota",
+            )
+            .with("rejected", json!(rejected))
+            .retry_in(wait));
+        }
         return Err(segment_error(StatusCode::BAD_REQUEST, "no valid message")
             .with("rejected", json!(rejected)));
     }
@@ -312,6 +330,16 @@ async fn plausible_inner(
         ));
     }
     if records.is_empty() {
+        if let Some(wait) = all_limited(&bad) {
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"errors": {"event": problems}})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, wait.into());
+            return Err(r);
+        }
         return Err((
             StatusCode::BAD_REQUEST,
             Json(json!({"errors": {"event": problems}})),

@@ -33,6 +33,24 @@ fn harness_with_log(log: Option<Arc<dyn EventLog>>) -> Harness {
 }
 
 fn harness_with(log: Option<Arc<dyn EventLog>>, pending_bytes: usize) -> Harness {
+    harness_full(log, pending_bytes, IngestRules::default())
+}
+
+/// A harness whose every property has `limit` (each its own allowance).
+fn harness_with_limits(limit: footfall_server::Limit) -> Harness {
+    let mut rules = IngestRules::default();
+    rules.property_limits = Arc::new(footfall_server::PropertyLimits::new(
+        limit,
+        Default::default(),
+    ));
+    harness_full(None, 64 << 20, rules)
+}
+
+fn harness_full(
+    log: Option<Arc<dyn EventLog>>,
+    pending_bytes: usize,
+    rules: IngestRules,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let meta = Arc::new(SqliteMeta::open(dir.path().join("meta.db")).unwrap());
     let log: Arc<dyn EventLog> = log.unwrap_or_else(|| {
@@ -68,7 +86,7 @@ fn harness_with(log: Option<Arc<dyn EventLog>>, pending_bytes: usize) -> Harness
         metrics: Arc::new(Metrics::default()),
         processor: Some((stats, log)),
         readiness: Vec::new(),
-        rules: IngestRules::default(),
+        rules,
         accepting: AtomicBool::new(true),
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: String::new(),
@@ -171,6 +189,141 @@ const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 
 
 fn ev(tid: &str, name: &str) -> Value {
     json!({"tracking_id": tid, "name": name, "url": "https://shop.example/a", "timestamp": NOW - 1000})
+}
+
+/// Per-property rate limits and quotas: a property over its allowance gets 429 with
+/// `Retry-After` in each protocol's own shape (items of a batch beyond it are refused by
+/// name, the others kept); another property's events are still taken. The harness's
+/// clock stands still, so no allowance comes back during the test.
+#[tokio::test]
+async fn property_rate_limits_and_quotas_in_each_protocol_shape() {
+    let h = harness_with_limits(footfall_server::Limit {
+        events_per_second: 1.0,
+        burst: 3.0,
+        daily_quota: 0,
+    });
+    let (a, read_a, write_a) = h.property("UTC", &["a.example"]);
+    let (b, read_b, _) = h.property("UTC", &[]);
+    let page = |tid: &str, i: usize| {
+        json!({"tracking_id": tid, "name": "pageview", "url": format!("https://a.example/{i}"),
+            "timestamp": NOW - 1000, "client_id": format!("c{i}")})
+    };
+    // A batch beyond the burst: three kept, the fourth refused by name (202).
+    let batch: Vec<Value> = (0..4).map(|i| page(&a, i)).collect();
+    let (s, v) = h.ingest(json!(batch), Some(&write_a)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["accepted"], 3);
+    assert_eq!(v["rejected"][0]["code"], "rate_limited", "{v}");
+    assert_eq!(v["rejected"][0]["retry_after"], 1);
+    // Then nothing of A: 429 with Retry-After, native shape.
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            "/api/v1/events",
+            &[
+                ("content-type", "application/json"),
+                ("user-agent", FIREFOX),
+            ],
+            serde_json::to_vec(&page(&a, 9)).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+    assert_eq!(hd["retry-after"], "1");
+    // Plausible's shape.
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            "/api/event",
+            &[("content-type", "text/plain"), ("user-agent", FIREFOX)],
+            serde_json::to_vec(
+                &json!({"n": "pageview", "u": "https://a.example/p", "d": "a.example"}),
+            )
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(
+        v["errors"]["event"][0]
+            .as_str()
+            .unwrap()
+            .contains("rate_limited"),
+        "{v}"
+    );
+    assert_eq!(hd["retry-after"], "1");
+    // Segment's, with the write key in the body.
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            "/v1/track",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&json!({"writeKey": write_a, "userId": "u1", "event": "Signup"}))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(hd["retry-after"], "1");
+    // GA4's: a 429 rather than its usual 204, since nothing was kept.
+    let (s, v, _) = h
+        .send(
+            "POST",
+            &format!("/mp/collect?measurement_id={a}&api_secret={write_a}"),
+            &[],
+            serde_json::to_vec(&json!({"client_id": "g1", "events": [{"name": "page_view", "params": {"page_location": "https://a.example/g"}}]})).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    // Another property is untouched.
+    let (s, v) = h.ingest(json!([page(&b, 1), page(&b, 2)]), None).await;
+    assert_eq!(
+        (s, v["accepted"].clone()),
+        (StatusCode::ACCEPTED, json!(2)),
+        "{v}"
+    );
+    let count = |tid: String, key: String| {
+        let h = &h;
+        async move {
+            let (_, v) = h
+                .query(
+                    &key,
+                    json!({"site_id": tid, "metrics": ["pageviews"], "date_range": "7d"}),
+                )
+                .await;
+            v["results"][0]["metrics"][0].clone()
+        }
+    };
+    assert_eq!(
+        count(a.clone(), read_a).await,
+        json!(3),
+        "only what was acknowledged"
+    );
+    assert_eq!(count(b.clone(), read_b).await, json!(2));
+
+    // A daily quota: 429 `quota_exceeded` until midnight UTC.
+    let h = harness_with_limits(footfall_server::Limit {
+        events_per_second: 0.0,
+        burst: 0.0,
+        daily_quota: 2,
+    });
+    let (q, _, wq) = h.property("UTC", &[]);
+    let (s, v) = h.ingest(json!([page(&q, 1), page(&q, 2)]), Some(&wq)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (s, v, hd) = h
+        .send(
+            "POST",
+            "/api/v1/events",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {wq}")),
+            ],
+            serde_json::to_vec(&page(&q, 3)).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
+    let wait: i64 = hd["retry-after"].to_str().unwrap().parse().unwrap();
+    let midnight = (NOW / 86_400_000 + 1) * 86_400_000;
+    assert_eq!(wait, (midnight - NOW + 999) / 1000);
 }
 
 /// Who is counted (docs/METRICS.md): browser-style traffic whose user agent names no

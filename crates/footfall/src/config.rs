@@ -299,6 +299,33 @@ pub struct IngestConfig {
     /// Events handed to the log and not yet stored, over all requests, in MiB; beyond
     /// it ingest answers 503 with `Retry-After` (a bound on the memory a flood takes).
     pub max_pending_mib: u64,
+    /// Events per second each property may send to this node, with a burst above it
+    /// (0: no limit); beyond it 429 with `Retry-After`.
+    pub property_events_per_second: f64,
+    pub property_burst: f64,
+    /// Events per UTC day each property may send to this node (0: no limit).
+    pub property_daily_quota: u64,
+    /// Limits of particular properties, by tracking id (each field as above).
+    pub property_limits: std::collections::BTreeMap<String, PropertyLimitConfig>,
+}
+
+/// One property's ingestion limits (`[ingest.property_limits."FF-…"]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PropertyLimitConfig {
+    pub events_per_second: f64,
+    pub burst: f64,
+    pub daily_quota: u64,
+}
+
+impl Default for PropertyLimitConfig {
+    fn default() -> Self {
+        Self {
+            events_per_second: 0.0,
+            burst: 0.0,
+            daily_quota: 0,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -354,6 +381,12 @@ impl Default for IngestConfig {
             max_past_hours: 72,
             max_future_seconds: 60,
             max_pending_mib: 256,
+            // No limit unless configured: a default would refuse a large merchant's
+            // real traffic (docs/SECURITY.md says how to choose one).
+            property_events_per_second: 0.0,
+            property_burst: 0.0,
+            property_daily_quota: 0,
+            property_limits: Default::default(),
         }
     }
 }

@@ -865,6 +865,25 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .iter()
         .filter_map(|p| footfall_server::parse_proxy(p))
         .collect();
+    rules.property_limits = Arc::new(footfall_server::PropertyLimits::new(
+        footfall_server::Limit {
+            events_per_second: cfg.ingest.property_events_per_second,
+            burst: cfg.ingest.property_burst,
+            daily_quota: cfg.ingest.property_daily_quota,
+        },
+        cfg.ingest
+            .property_limits
+            .iter()
+            .map(|(id, l)| {
+                let limit = footfall_server::Limit {
+                    events_per_second: l.events_per_second,
+                    burst: l.burst,
+                    daily_quota: l.daily_quota,
+                };
+                (id.clone(), limit)
+            })
+            .collect(),
+    ));
     let state = Arc::new(AppState {
         log: if roles.collector { log.clone() } else { None },
         store: read_store,
