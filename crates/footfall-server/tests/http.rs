@@ -38,11 +38,13 @@ fn harness_with(log: Option<Arc<dyn EventLog>>, pending_bytes: usize) -> Harness
 
 /// A harness whose every property has `limit` (each its own allowance).
 fn harness_with_limits(limit: footfall_server::Limit) -> Harness {
-    let mut rules = IngestRules::default();
-    rules.property_limits = Arc::new(footfall_server::PropertyLimits::new(
-        limit,
-        Default::default(),
-    ));
+    let rules = IngestRules {
+        property_limits: Arc::new(footfall_server::PropertyLimits::new(
+            limit,
+            Default::default(),
+        )),
+        ..Default::default()
+    };
     harness_full(None, 64 << 20, rules)
 }
 
