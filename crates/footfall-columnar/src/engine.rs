@@ -465,6 +465,35 @@ impl ColumnarEngine {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Option<SessionContext>, QueryError> {
+        self.context_in(property, from, to, self.runtime.clone())
+            .await
+    }
+
+    /// A runtime of its own with at most `memory_bytes` for operators that hold data
+    /// (sorts, joins, aggregations), over the same files.
+    pub(crate) fn limited_runtime(
+        &self,
+        memory_bytes: usize,
+    ) -> Result<Arc<RuntimeEnv>, QueryError> {
+        let rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(memory_bytes, 1.0)
+            .build_arc()
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        rt.register_object_store(
+            &self.store_url,
+            self.columns.archive().object_store().clone(),
+        );
+        Ok(rt)
+    }
+
+    /// [`Self::context`] on the runtime given.
+    pub(crate) async fn context_in(
+        &self,
+        property: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<Option<SessionContext>, QueryError> {
         let days = self
             .columns
             .day_files(property, from, to)
@@ -481,7 +510,7 @@ impl ColumnarEngine {
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
         let config = SessionConfig::new().with_target_partitions(2);
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         let options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let table = ListingTable::try_new(
@@ -1154,6 +1183,17 @@ impl footfall_query::EventQuery for ColumnarEngine {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
     {
         Box::pin(self.execute(req, tz, dates))
+    }
+
+    fn sql<'a>(
+        &'a self,
+        property: &'a str,
+        dates: (NaiveDate, NaiveDate),
+        sql: &'a str,
+        limits: footfall_query::SqlLimits,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
+    {
+        Box::pin(ColumnarEngine::sql(self, property, dates, sql, limits))
     }
 
     fn retention<'a>(

@@ -13,6 +13,7 @@
 
 pub mod engine;
 pub mod files;
+pub mod sql;
 pub mod table;
 
 pub use engine::ColumnarEngine;

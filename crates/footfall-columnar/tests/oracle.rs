@@ -1203,3 +1203,169 @@ fn visitors_agree_within_the_sketch_error_above_the_exact_range() {
         "groups beyond the exact range compared: {compared}"
     );
 }
+
+/// SQL over a property's raw events (docs/SQL.md): the answers equal `/api/v2/query`'s
+/// for the same questions; every way out tried is refused or sees only this property;
+/// the time and memory limits hold.
+#[test]
+fn sql_answers_as_the_query_api_and_keeps_to_its_property() {
+    let events = traffic(47);
+    let f = Fixture::new(&events, "Asia/Kolkata");
+    let limits = footfall_query::SqlLimits::default();
+    let sql = |q: &str, limits: footfall_query::SqlLimits| {
+        f.rt.block_on(f.engine.sql(SITE, (f.from, f.to), q, limits))
+    };
+    let range = format!("local_date BETWEEN DATE '{}' AND DATE '{}'", f.from, f.to);
+    // Totals, pages, sources and visits, against the query API.
+    let v = sql(
+        &format!("SELECT COUNT(DISTINCT visitor), SUM(CAST(pageview AS BIGINT)), COUNT(*) FROM events WHERE {range}"),
+        limits,
+    )
+    .unwrap();
+    let api = f
+        .rollups(&json!({"site_id": SITE, "metrics": ["visitors", "pageviews", "events"], "date_range": f.range()}))
+        .unwrap();
+    assert_eq!(v["rows"][0], api["results"][0]["metrics"], "{v}");
+    let v = sql(
+        &format!("SELECT event_page, COUNT(DISTINCT visitor) AS visitors, SUM(CAST(pageview AS BIGINT)) FROM events WHERE {range} GROUP BY event_page ORDER BY visitors DESC, event_page"),
+        limits,
+    )
+    .unwrap();
+    assert_eq!(
+        v["columns"][0],
+        json!({"name": "event_page", "type": "Utf8"})
+    );
+    let api = f
+        .rollups(
+            &json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": f.range(),
+            "dimensions": ["event:page"], "pagination": {"limit": 1000}}),
+        )
+        .unwrap();
+    let api_rows: Vec<Value> = api["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!([r["dimensions"][0], r["metrics"][0], r["metrics"][1]]))
+        .collect();
+    assert_eq!(v["rows"], json!(api_rows));
+    let v = sql(
+        &format!("SELECT source, COUNT(*) AS visits, SUM(CAST(bounce AS BIGINT)) FROM visits WHERE {range} GROUP BY source ORDER BY source"),
+        limits,
+    )
+    .unwrap();
+    let api = f
+        .rollups(
+            &json!({"site_id": SITE, "metrics": ["visits", "bounce_rate"], "date_range": f.range(),
+            "dimensions": ["visit:source"], "pagination": {"limit": 1000}}),
+        )
+        .unwrap();
+    let mut want: Vec<(String, i64)> = api["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dimensions"][0].as_str().unwrap().to_string(),
+                r["metrics"][0].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    let got: Vec<(String, i64)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, want);
+
+    // Ways out, each refused (or, for the reads, answered from this property only).
+    let escapes = [
+        "CREATE TABLE t AS SELECT * FROM events",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "CREATE VIEW v AS SELECT 1",
+        "DROP VIEW visits",
+        "INSERT INTO events SELECT * FROM events",
+        "DELETE FROM events",
+        "UPDATE events SET visitor = 0",
+        "COPY (SELECT * FROM events) TO '/tmp/footfall-escape.csv'",
+        "COPY events TO '/tmp/footfall-escape.parquet'",
+        "SET datafusion.catalog.information_schema = true",
+        "SHOW TABLES",
+        "SHOW ALL",
+        "EXPLAIN SELECT * FROM events",
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM 'file:///etc/passwd'",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM 'columns/property=FF-OTHER/date=2026-11-20/events.parquet'",
+        "SELECT * FROM read_parquet('/etc/passwd')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT * FROM datafusion.public.events_ff_other",
+        "SELECT 1; SELECT * FROM events",
+        "SELECT * FROM events; DROP VIEW visits",
+        "PREPARE p AS SELECT * FROM events",
+        "DESCRIBE events",
+        "RESET datafusion.execution.batch_size",
+    ];
+    assert!(escapes.len() >= 20);
+    for q in escapes {
+        match sql(q, limits) {
+            Err(footfall_query::QueryError::Invalid(_)) => {}
+            other => panic!("{q}: not refused: {other:?}"),
+        }
+    }
+    // Every row any statement can see is this property's.
+    let v = sql("SELECT COUNT(*) FROM events", limits).unwrap();
+    assert_eq!(v["rows"][0][0], json!(events.len()));
+
+    // Limits: rows are cut and say so; a statement past its time or memory is an error.
+    let v = sql(
+        "SELECT visitor FROM events",
+        footfall_query::SqlLimits {
+            max_rows: 10,
+            ..limits
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (v["rows"].as_array().unwrap().len(), &v["truncated"]),
+        (10, &json!(true))
+    );
+    let big = sql(
+        "SELECT a.visitor, b.visitor FROM events a JOIN events b ON a.visit_first = b.visit_first ORDER BY a.ts, b.ts",
+        footfall_query::SqlLimits {
+            memory_bytes: 1 << 20,
+            ..limits
+        },
+    );
+    match big {
+        Err(footfall_query::QueryError::Invalid(m)) => assert!(m.contains("memory"), "{m}"),
+        other => panic!("the memory limit: {other:?}"),
+    }
+    let t0 = std::time::Instant::now();
+    let slow = sql(
+        "SELECT SUM((a.ts + b.ts + c.ts) % 7) FROM events a, events b, events c",
+        footfall_query::SqlLimits {
+            timeout: std::time::Duration::from_millis(200),
+            ..limits
+        },
+    );
+    let answered = t0.elapsed();
+    match slow {
+        Err(footfall_query::QueryError::Invalid(m)) => assert!(m.contains("time limit"), "{m}"),
+        other => panic!("the time limit: {other:?}"),
+    }
+    assert!(
+        answered < std::time::Duration::from_secs(2),
+        "answered after {answered:?}"
+    );
+    // The aborted statement stops; the next one is answered.
+    let t1 = std::time::Instant::now();
+    let v = sql("SELECT COUNT(*) FROM visits", limits).unwrap();
+    eprintln!(
+        "time limit: answered in {answered:?}; the next statement {:?} later",
+        t1.elapsed()
+    );
+    assert!(v["rows"][0][0].as_u64().unwrap() > 0);
+}

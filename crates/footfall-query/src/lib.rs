@@ -59,6 +59,18 @@ pub trait EventQuery: Send + Sync {
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
 
+    /// Runs one read-only SQL statement over a property's raw events of the local dates
+    /// `dates` (docs/SQL.md): `{"columns", "rows", "truncated"}`. Anything but a
+    /// `SELECT` over that property's tables is `Invalid`, as are statements past their
+    /// limits.
+    fn sql<'a>(
+        &'a self,
+        property: &'a str,
+        dates: (NaiveDate, NaiveDate),
+        sql: &'a str,
+        limits: SqlLimits,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+
     /// Answers a funnel ([`FunnelRequest`], docs/METRICS.md "Funnels") the same way.
     fn funnel<'a>(
         &'a self,
@@ -66,6 +78,26 @@ pub trait EventQuery: Send + Sync {
         tz: Tz,
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+}
+
+/// The limits of one SQL statement (`POST /api/v1/sql`, docs/SQL.md).
+#[derive(Debug, Clone, Copy)]
+pub struct SqlLimits {
+    pub timeout: std::time::Duration,
+    /// Memory the statement's operators may hold (sorts, joins, aggregations).
+    pub memory_bytes: usize,
+    /// Rows answered at most; beyond, the answer says it was cut.
+    pub max_rows: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(30),
+            memory_bytes: 512 << 20,
+            max_rows: 100_000,
+        }
+    }
 }
 
 /// `POST /api/v2/retention`: visitors by the week or month of their first visit, and how

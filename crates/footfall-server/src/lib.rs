@@ -72,6 +72,8 @@ pub struct AppState {
     /// The columnar engine (raw events), asked for what the rollups cannot answer; None:
     /// such queries get a 400 naming what the rollups lack.
     pub events: Option<Arc<dyn footfall_query::EventQuery>>,
+    /// The limits of one SQL statement (`POST /api/v1/sql`).
+    pub sql_limits: footfall_query::SqlLimits,
     /// Dashboard logins (query role; None: API keys only).
     pub auth: Option<Arc<footfall_auth::Auth>>,
     /// Session cookies only over TLS (`server.secure_cookies`); they are also when the
@@ -128,7 +130,8 @@ pub fn app(state: AppRef) -> Router {
             .route("/api/v1/stats/filtered", get(filtered_report))
             .route("/api/v1/goals", get(goals_list))
             .route("/api/v2/funnel", post(funnel))
-            .route("/api/v2/retention", post(retention));
+            .route("/api/v2/retention", post(retention))
+            .route("/api/v1/sql", post(sql_statement));
     }
     if state.store.is_some() && state.auth.is_some() {
         router = router
@@ -525,6 +528,86 @@ async fn funnel(
         .await
         .map_err(query_error)?;
     Ok(Json(answer).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    site_id: String,
+    sql: String,
+    /// Which days' events the tables hold (default `all`).
+    #[serde(default)]
+    date_range: Option<serde_json::Value>,
+    /// `json` (default) or `csv`.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `POST /api/v1/sql` (read key or a session that may read the property): one read-only
+/// statement over the property's `events` and `visits` (docs/SQL.md), answered as JSON
+/// (`columns`, `rows`, `truncated`) or CSV.
+async fn sql_statement(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: SqlRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_sql",
+            format!("expected {{\"site_id\", \"sql\"}}: {e}"),
+        )
+    })?;
+    let csv = match req.format.as_deref().unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_sql",
+                format!("format `{other}`: json or csv"),
+            ))
+        }
+    };
+    let range = req.date_range.clone().unwrap_or(serde_json::json!("all"));
+    let (engine, _, dates) =
+        columnar_report(&app, &headers, &req.site_id, &range, "SQL statements").await?;
+    let answer = engine
+        .sql(&req.site_id, dates, &req.sql, app.sql_limits)
+        .await
+        .map_err(|e| match e {
+            footfall_query::QueryError::Invalid(m) => ApiError::bad_request("invalid_sql", m),
+            other => query_error(other),
+        })?;
+    if !csv {
+        return Ok(Json(answer).into_response());
+    }
+    let field = |v: &serde_json::Value| -> String {
+        let s = match v {
+            serde_json::Value::Null => return String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s
+        }
+    };
+    let mut out = String::new();
+    let names: Vec<String> = answer["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| field(&c["name"]))
+        .collect();
+    out.push_str(&names.join(","));
+    out.push_str("\r\n");
+    for row in answer["rows"].as_array().into_iter().flatten() {
+        let cells: Vec<String> = row.as_array().into_iter().flatten().map(field).collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
 }
 
 /// `POST /api/v2/retention` (read key or a session that may read the property):

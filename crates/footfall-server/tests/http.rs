@@ -94,6 +94,7 @@ fn harness_full(
         tracker_path: String::new(),
         query_cache: None,
         events: None,
+        sql_limits: Default::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
         reprocessor: None,
         auth: Some(Arc::new(footfall_auth::Auth::new(
@@ -1987,6 +1988,12 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
             Access::Read,
             "/api/v2/funnel".into(),
             json!({"site_id": site, "date_range": "day", "steps": ["Checkout", "Signup"]}),
+        ),
+        post(
+            "/api/v1/sql",
+            Access::Read,
+            "/api/v1/sql".into(),
+            json!({"site_id": site, "sql": "SELECT COUNT(*) FROM events"}),
         ),
         post(
             "/api/v2/retention",

@@ -32,6 +32,11 @@ pub struct ColumnarConfig {
     pub enabled: bool,
     /// How often the archiver role makes the days whose archive files changed.
     pub refresh_interval: String,
+    /// One SQL statement's limits (`POST /api/v1/sql`, docs/SQL.md): time, memory its
+    /// operators may hold, and rows answered.
+    pub sql_timeout: String,
+    pub sql_memory_mib: u64,
+    pub sql_max_rows: usize,
 }
 
 impl Default for ColumnarConfig {
@@ -39,6 +44,9 @@ impl Default for ColumnarConfig {
         Self {
             enabled: true,
             refresh_interval: "1m".into(),
+            sql_timeout: "30s".into(),
+            sql_memory_mib: 512,
+            sql_max_rows: 100_000,
         }
     }
 }

@@ -899,6 +899,11 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         tracker_path: cfg.tracker.script_path.clone(),
         reprocessor,
         events,
+        sql_limits: footfall_query::SqlLimits {
+            timeout: config::parse_duration(&cfg.columnar.sql_timeout)?,
+            memory_bytes: (cfg.columnar.sql_memory_mib.max(1) << 20) as usize,
+            max_rows: cfg.columnar.sql_max_rows.max(1),
+        },
         query_cache: if roles.query {
             query_cache(&cfg)?
         } else {

@@ -270,6 +270,42 @@ async fn dashboard_end_to_end_in_chromium() {
             json!({"period": 0, "visitors": 5, "percentage": 100.0}),
             "{r}"
         );
+        // SQL over the same events: JSON and CSV; DDL refused; another property's key
+        // reads nothing.
+        let sql = |key: &str, body: Value| {
+            c.post(format!("{}/api/v1/sql", server.url))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+        };
+        let r = sql(&a1.read_key, json!({"site_id": id, "sql": "SELECT event_page, COUNT(DISTINCT visitor) AS v FROM events WHERE pageview GROUP BY event_page ORDER BY v DESC"}))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["rows"], json!([["/", 5], ["/pricing", 3]]), "{v}");
+        let r = sql(&a1.read_key, json!({"site_id": id, "format": "csv", "sql": "SELECT source, COUNT(*) AS visits FROM visits GROUP BY source ORDER BY source"}))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.text().await.unwrap(),
+            "source,visits\r\ngoogle.com,3\r\nnews.ycombinator.com,2\r\n"
+        );
+        let r = sql(
+            &a1.read_key,
+            json!({"site_id": id, "sql": "CREATE TABLE t AS SELECT * FROM events"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 400);
+        let r = sql(
+            &b.read_key,
+            json!({"site_id": id, "sql": "SELECT COUNT(*) FROM events"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 403);
         run(&["goal", "remove", "--property", id, "Pro purchase"]);
         let left: Value =
             serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
