@@ -45,7 +45,7 @@ fn logged(e: &OEvent, received_at: i64) -> LoggedEvent {
 /// embedded store) and the columnar files (made from a real archive).
 struct Fixture {
     tz: Tz,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: SnapshotStore,
     engine: ColumnarEngine,
     rt: tokio::runtime::Runtime,
@@ -116,7 +116,7 @@ impl Fixture {
         let to = local(&tz, max_ts).date();
         Fixture {
             tz,
-            _dir: dir,
+            dir,
             store,
             engine: ColumnarEngine::new(columns),
             rt,
@@ -1368,4 +1368,72 @@ fn sql_answers_as_the_query_api_and_keeps_to_its_property() {
         t1.elapsed()
     );
     assert!(v["rows"][0][0].as_u64().unwrap() > 0);
+}
+
+/// The columnar files are open: DuckDB (PyPI), reading them directly with their Hive
+/// partitions, gets the same counts as Footfall (docs/SQL.md, "Reading the files").
+#[test]
+fn duckdb_reads_the_files_and_counts_the_same() {
+    let Some(py) = std::env::var_os("FOOTFALL_TEST_PYTHON") else {
+        if std::env::var("CI").is_ok() {
+            panic!("FOOTFALL_TEST_PYTHON unset under CI: scripts/test.sh sets it");
+        }
+        eprintln!("\n*** SKIPPED: FOOTFALL_TEST_PYTHON is not set (scripts/test.sh sets it) ***\n");
+        return;
+    };
+    let events = traffic(53);
+    let f = Fixture::new(&events, "Asia/Kolkata");
+    let script = r#"
+import duckdb, json, sys
+root, site, lo, hi = sys.argv[1:5]
+files = f"{root}/columns/property=*/date=*/events.parquet"
+con = duckdb.connect()
+totals = con.execute(f"""
+    SELECT count(DISTINCT visitor), sum(CAST(pageview AS INTEGER)), count(*)
+    FROM read_parquet('{files}', hive_partitioning = true)
+    WHERE property = ? AND date BETWEEN CAST(? AS DATE) AND CAST(? AS DATE)""", [site, lo, hi]).fetchone()
+visits = con.execute(f"""
+    SELECT count(*) FROM read_parquet('{files}', hive_partitioning = true)
+    WHERE property = ? AND visit_first AND visit_local_date BETWEEN CAST(? AS DATE) AND CAST(? AS DATE)""", [site, lo, hi]).fetchone()
+pages = con.execute(f"""
+    SELECT event_page, count(DISTINCT visitor) AS v FROM read_parquet('{files}', hive_partitioning = true)
+    WHERE property = ? AND date BETWEEN CAST(? AS DATE) AND CAST(? AS DATE) GROUP BY event_page""", [site, lo, hi]).fetchall()
+print(json.dumps({"totals": list(totals), "visits": visits[0], "pages": {p: v for p, v in pages}}))
+"#;
+    let out = std::process::Command::new(py)
+        .args(["-c", script])
+        .arg(f.dir.path().join("archive"))
+        .args([SITE, &f.from.to_string(), &f.to.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duck: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ff = f
+        .rollups(&json!({"site_id": SITE, "metrics": ["visitors", "pageviews", "events", "visits"], "date_range": f.range()}))
+        .unwrap();
+    let m = &ff["results"][0]["metrics"];
+    assert_eq!(duck["totals"], json!([m[0], m[1], m[2]]), "{duck}");
+    assert_eq!(duck["visits"], m[3]);
+    let pages = f
+        .rollups(
+            &json!({"site_id": SITE, "metrics": ["visitors"], "date_range": f.range(),
+            "dimensions": ["event:page"], "pagination": {"limit": 1000}}),
+        )
+        .unwrap();
+    let want: serde_json::Map<String, Value> = pages["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dimensions"][0].as_str().unwrap().to_string(),
+                r["metrics"][0].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(duck["pages"], Value::Object(want));
 }
