@@ -459,7 +459,7 @@ impl ColumnarEngine {
 
     /// A context with the `events` table over `property`'s days in `[from, to]`; None
     /// when there is no file in the range.
-    async fn context(
+    pub(crate) async fn context(
         &self,
         property: &str,
         from: NaiveDate,
@@ -1194,6 +1194,16 @@ impl footfall_query::EventQuery for ColumnarEngine {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
     {
         Box::pin(ColumnarEngine::sql(self, property, dates, sql, limits))
+    }
+
+    fn export<'a>(
+        &'a self,
+        property: &'a str,
+        dates: (NaiveDate, NaiveDate),
+        format: footfall_query::ExportFormat,
+        out: tokio::sync::mpsc::Sender<Result<Vec<u8>, QueryError>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(ColumnarEngine::export(self, property, dates, format, out))
     }
 
     fn retention<'a>(

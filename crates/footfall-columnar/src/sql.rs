@@ -177,3 +177,178 @@ impl ColumnarEngine {
         Ok(json!({"columns": columns, "rows": rows, "truncated": truncated}))
     }
 }
+
+/// A buffer the Parquet writer writes into while its bytes are sent on as they come.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// One CSV field: quoted when it holds a comma, quote or line break.
+fn csv_field(v: &Value) -> String {
+    let s = match v {
+        Value::Null => return String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// A batch's rows as CSV lines.
+fn csv_rows(batch: &RecordBatch) -> Result<String, datafusion::arrow::error::ArrowError> {
+    let options = FormatOptions::default();
+    let formatters: Vec<ArrayFormatter<'_>> = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<_, _>>()?;
+    let mut text = String::new();
+    for r in 0..batch.num_rows() {
+        let cells: Vec<String> = batch
+            .columns()
+            .iter()
+            .zip(&formatters)
+            .map(|(c, f)| csv_field(&cell(c.as_ref(), f, r)))
+            .collect();
+        text.push_str(&cells.join(","));
+        text.push_str("\r\n");
+    }
+    Ok(text)
+}
+
+impl ColumnarEngine {
+    /// A property's raw events of `[from, to]` (the `events` table) as CSV or Parquet,
+    /// a chunk per batch into `out`, on the statements' runtime.
+    pub async fn export(
+        &self,
+        property: &str,
+        (from, to): (NaiveDate, NaiveDate),
+        format: footfall_query::ExportFormat,
+        out: tokio::sync::mpsc::Sender<Result<Vec<u8>, QueryError>>,
+    ) {
+        let ctx = match self.context(property, from, to).await {
+            Ok(Some(ctx)) => ctx,
+            Ok(None) => {
+                let _ = out
+                    .send(Err(QueryError::Invalid(
+                        "this property has no raw events in that date range yet".into(),
+                    )))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        };
+        let task = statements_runtime().spawn(async move {
+            use futures::StreamExt;
+            let fail = |e: &dyn std::fmt::Display| QueryError::Unavailable(e.to_string());
+            let stream = async {
+                let df = ctx.table("events").await?;
+                df.execute_stream().await
+            }
+            .await;
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = out.send(Err(fail(&e))).await;
+                    return;
+                }
+            };
+            let schema = stream.schema();
+            let buf = SharedBuf::default();
+            let mut parquet = match format {
+                footfall_query::ExportFormat::Parquet => {
+                    match datafusion::parquet::arrow::ArrowWriter::try_new(
+                        buf.clone(),
+                        schema.clone(),
+                        None,
+                    ) {
+                        Ok(w) => Some(w),
+                        Err(e) => {
+                            let _ = out.send(Err(fail(&e))).await;
+                            return;
+                        }
+                    }
+                }
+                footfall_query::ExportFormat::Csv => {
+                    let names: Vec<String> = schema
+                        .fields()
+                        .iter()
+                        .map(|f| csv_field(&Value::String(f.name().clone())))
+                        .collect();
+                    if out
+                        .send(Ok(format!("{}\r\n", names.join(",")).into_bytes()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    None
+                }
+            };
+            while let Some(batch) = stream.next().await {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = out.send(Err(fail(&e))).await;
+                        return;
+                    }
+                };
+                let chunk = match &mut parquet {
+                    Some(w) => match w.write(&batch).and_then(|_| w.flush()) {
+                        Ok(()) => buf.take(),
+                        Err(e) => {
+                            let _ = out.send(Err(fail(&e))).await;
+                            return;
+                        }
+                    },
+                    None => match csv_rows(&batch) {
+                        Ok(text) => text.into_bytes(),
+                        Err(e) => {
+                            let _ = out.send(Err(fail(&e))).await;
+                            return;
+                        }
+                    },
+                };
+                // The receiver gone (the client left): stop reading.
+                if !chunk.is_empty() && out.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(w) = parquet {
+                match w.close() {
+                    Ok(_) => {
+                        let _ = out.send(Ok(buf.take())).await;
+                    }
+                    Err(e) => {
+                        let _ = out.send(Err(fail(&e))).await;
+                    }
+                }
+            }
+        });
+        let _ = task.await;
+    }
+}

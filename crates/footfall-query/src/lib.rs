@@ -71,6 +71,18 @@ pub trait EventQuery: Send + Sync {
         limits: SqlLimits,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
 
+    /// Sends a property's raw events of the local dates `dates` (the `events` table of
+    /// docs/SQL.md) as `format`, in chunks, into `out`; a failure is sent as the last
+    /// item (before any chunk: nothing was exported). Returns when all is sent or the
+    /// receiver is gone.
+    fn export<'a>(
+        &'a self,
+        property: &'a str,
+        dates: (NaiveDate, NaiveDate),
+        format: ExportFormat,
+        out: tokio::sync::mpsc::Sender<Result<Vec<u8>, QueryError>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
     /// Answers a funnel ([`FunnelRequest`], docs/METRICS.md "Funnels") the same way.
     fn funnel<'a>(
         &'a self,
@@ -78,6 +90,23 @@ pub trait EventQuery: Send + Sync {
         tz: Tz,
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+}
+
+/// The file format of a raw export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Parquet,
+}
+
+impl ExportFormat {
+    pub fn parse(s: &str) -> Result<Self, QueryError> {
+        match s {
+            "csv" => Ok(ExportFormat::Csv),
+            "parquet" => Ok(ExportFormat::Parquet),
+            other => bad(format!("format `{other}`: csv or parquet")),
+        }
+    }
 }
 
 /// The limits of one SQL statement (`POST /api/v1/sql`, docs/SQL.md).

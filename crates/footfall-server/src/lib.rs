@@ -131,7 +131,8 @@ pub fn app(state: AppRef) -> Router {
             .route("/api/v1/goals", get(goals_list))
             .route("/api/v2/funnel", post(funnel))
             .route("/api/v2/retention", post(retention))
-            .route("/api/v1/sql", post(sql_statement));
+            .route("/api/v1/sql", post(sql_statement))
+            .route("/api/v1/export", get(export_events));
     }
     if state.store.is_some() && state.auth.is_some() {
         router = router
@@ -608,6 +609,87 @@ async fn sql_statement(
         out.push_str("\r\n");
     }
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct ExportParams {
+    site_id: String,
+    /// A named range or `YYYY-MM-DD,YYYY-MM-DD` (default `all`).
+    #[serde(default)]
+    date_range: Option<String>,
+    /// `csv` (default) or `parquet`.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The chunks of an export as a response body: the first (already received), then the
+/// rest as they come.
+struct Chunks {
+    first: Option<Vec<u8>>,
+    rest: tokio::sync::mpsc::Receiver<Result<Vec<u8>, footfall_query::QueryError>>,
+}
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(Bytes::from(first))));
+        }
+        self.rest.poll_recv(cx).map(|c| {
+            c.map(|r| {
+                r.map(Bytes::from)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+        })
+    }
+}
+
+/// `GET /api/v1/export?site_id=&date_range=&format=csv|parquet` (read key or a session
+/// that may read the property): the property's raw events (the `events` table of
+/// docs/SQL.md), streamed as they are read. A failure before the first byte is an error
+/// answer; after it, the body ends early (the client sees a cut file).
+async fn export_events(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    axum::extract::Query(p): axum::extract::Query<ExportParams>,
+) -> Result<Response, ApiError> {
+    let format = footfall_query::ExportFormat::parse(p.format.as_deref().unwrap_or("csv"))
+        .map_err(query_error)?;
+    let range = match p.date_range.as_deref().map(|r| r.split_once(',')) {
+        Some(Some((a, b))) => json!([a, b]),
+        Some(None) => json!(p.date_range),
+        None => json!("all"),
+    };
+    let (engine, _, dates) = columnar_report(&app, &headers, &p.site_id, &range, "exports").await?;
+    let engine = engine.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let site = p.site_id.clone();
+    tokio::spawn(async move { engine.export(&site, dates, format, tx).await });
+    // The first chunk decides the answer: an error before any byte is a proper one.
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(query_error(e)),
+        None => Vec::new(),
+    };
+    let (kind, ext) = match format {
+        footfall_query::ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+        footfall_query::ExportFormat::Parquet => ("application/vnd.apache.parquet", "parquet"),
+    };
+    let disposition = format!("attachment; filename=\"{}-events.{ext}\"", p.site_id);
+    Ok((
+        [
+            (header::CONTENT_TYPE, kind.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from_stream(Chunks {
+            first: Some(first),
+            rest: rx,
+        }),
+    )
+        .into_response())
 }
 
 /// `POST /api/v2/retention` (read key or a session that may read the property):

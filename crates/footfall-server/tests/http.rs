@@ -1989,6 +1989,11 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
             "/api/v2/funnel".into(),
             json!({"site_id": site, "date_range": "day", "steps": ["Checkout", "Signup"]}),
         ),
+        get(
+            "/api/v1/export",
+            Access::Read,
+            format!("/api/v1/export?site_id={site}&format=csv"),
+        ),
         post(
             "/api/v1/sql",
             Access::Read,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod export;
 mod import;
 mod loadgen;
 mod roles;
@@ -82,6 +83,8 @@ enum Command {
     /// Import historical data.
     #[command(subcommand)]
     Import(ImportCmd),
+    /// Export a property's raw events (CSV or Parquet) from a running server.
+    Export(export::ExportArgs),
     /// Manage accounts (merchants) and the properties they own.
     #[command(subcommand)]
     Account(AccountCmd),
@@ -284,6 +287,7 @@ fn main() -> anyhow::Result<()> {
         Command::Account(a) => account_cmd(&cfg, a),
         Command::User(u) => user_cmd(&cfg, u),
         Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
+        Command::Export(a) => export::export(a),
         Command::Property(p) => property_cmd(&cfg, p),
         Command::Goal(g) => goal_cmd(&cfg, g),
         Command::Key(KeyCmd::Create(k)) => key_cmd(&cfg, k),

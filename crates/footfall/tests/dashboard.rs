@@ -306,6 +306,64 @@ async fn dashboard_end_to_end_in_chromium() {
         .await
         .unwrap();
         assert_eq!(r.status(), 403);
+        // The raw events, exported: CSV from the API, Parquet from the command line
+        // (read back with DuckDB), as many rows as the events table has.
+        let n = sql(
+            &a1.read_key,
+            json!({"site_id": id, "sql": "SELECT COUNT(*) FROM events"}),
+        )
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["rows"][0][0]
+            .as_u64()
+            .unwrap();
+        let r = c
+            .get(format!(
+                "{}/api/v1/export?site_id={id}&date_range=7d&format=csv",
+                server.url
+            ))
+            .bearer_auth(&a1.read_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.starts_with("ts,local_date,local_ts,visitor,event_name"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count() as u64, n + 1, "{text}");
+        let file = data.join("export.parquet");
+        run(&[
+            "export",
+            "--url",
+            &server.url,
+            "--property",
+            id,
+            "--key",
+            &a1.read_key,
+            "--format",
+            "parquet",
+            "--output",
+            file.to_str().unwrap(),
+        ]);
+        if let Some(py) = std::env::var_os("FOOTFALL_TEST_PYTHON") {
+            let out = Command::new(py)
+                .args(["-c", "import duckdb, sys; print(duckdb.sql(f\"SELECT count(*) FROM read_parquet('{sys.argv[1]}')\").fetchall()[0][0])"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+        } else {
+            assert!(std::fs::read(&file).unwrap().starts_with(b"PAR1"));
+        }
         run(&["goal", "remove", "--property", id, "Pro purchase"]);
         let left: Value =
             serde_json::from_str(&run(&["goal", "list", "--property", id, "--json"])).unwrap();
