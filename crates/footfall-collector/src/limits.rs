@@ -102,9 +102,14 @@ impl PropertyLimits {
             return Err(r);
         }
         if limit.events_per_second > 0.0 {
-            let elapsed = (now_ms - b.at_ms).max(0) as f64 / 1000.0;
-            b.tokens = (b.tokens + elapsed * limit.events_per_second).min(size);
-            b.at_ms = now_ms;
+            // Requests read the clock before they wait for this lock, so times arrive out
+            // of order: the bucket's time only moves forward, or a late-arriving earlier
+            // time would be refilled twice.
+            if now_ms > b.at_ms {
+                let elapsed = (now_ms - b.at_ms) as f64 / 1000.0;
+                b.tokens = (b.tokens + elapsed * limit.events_per_second).min(size);
+                b.at_ms = now_ms;
+            }
             if b.tokens < 1.0 {
                 let mut r = Rejection::new(
                     "rate_limited",
@@ -167,5 +172,30 @@ mod tests {
         assert_eq!(r.retry_after, Some(((midnight - t0 + 999) / 1000) as u32));
         assert!(limits.take("FF-QUOTA", midnight).is_ok());
         assert!(PropertyLimits::default().take("FF-A", t0).is_ok());
+    }
+
+    /// Times out of order (concurrent requests) do not refill the bucket twice: over
+    /// a second of interleaved times, at most a full bucket (never less than a second's
+    /// rate) and a second's rate are taken.
+    #[test]
+    fn out_of_order_times_refill_once() {
+        let limits = PropertyLimits::new(
+            Limit {
+                events_per_second: 100.0,
+                burst: 10.0,
+                daily_quota: 0,
+            },
+            Default::default(),
+        );
+        let t0 = 1_796_000_000_000;
+        let mut taken = 0;
+        for ms in 0..1000 {
+            // Each millisecond, a request from 5 ms ago arrives after the current one.
+            for t in [t0 + ms, t0 + ms - 5] {
+                taken += limits.take("FF-A", t).is_ok() as u32;
+            }
+        }
+        assert!(taken <= 100 + 100 + 1, "{taken} taken");
+        assert!(taken >= 100, "{taken} taken");
     }
 }
