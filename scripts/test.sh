@@ -48,7 +48,8 @@ cargo build --workspace --all-targets --all-features --locked
 # Figures tests measured (crates/footfall/tests/common/cluster.rs, `figure`), printed below.
 rm -rf target/test-figures
 set +e
-cargo test --workspace --all-features --locked 2>&1 | tee target/test-output.log
+# Every test binary runs even after one fails, so that one run shows every failure.
+cargo test --workspace --all-features --locked --no-fail-fast 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
 set -e
 for f in target/test-figures/*.txt; do
