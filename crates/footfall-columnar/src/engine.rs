@@ -524,6 +524,18 @@ impl ColumnarEngine {
         Ok(Some(ctx))
     }
 
+    /// Distinct visitors of the events that meet every condition.
+    async fn visitors(ctx: &SessionContext, conditions: &[String]) -> Result<i64, QueryError> {
+        let sql = format!(
+            "SELECT COUNT(DISTINCT visitor) FROM events WHERE {}",
+            conditions.join(" AND ")
+        );
+        Ok(Self::rows(ctx, &sql, 0)
+            .await?
+            .first()
+            .map_or(0, |(_, v)| v[0]))
+    }
+
     async fn rows(
         ctx: &SessionContext,
         sql: &str,
@@ -815,14 +827,7 @@ impl ColumnarEngine {
                 // range, and within each row's values of its other dimensions.
                 let mut w = non_goal.clone();
                 w.push(range("local_date"));
-                let sql = format!(
-                    "SELECT COUNT(DISTINCT visitor) FROM events WHERE {}",
-                    w.join(" AND ")
-                );
-                let all = Self::rows(&ctx, &sql, 0)
-                    .await?
-                    .first()
-                    .map_or(0, |(_, v)| v[0]);
+                let all = Self::visitors(&ctx, &w).await?;
                 let others: Vec<(usize, &Dim)> =
                     dims.iter().enumerate().filter(|(_, d)| !d.goal).collect();
                 let mut w = non_goal.clone();
@@ -864,14 +869,7 @@ impl ColumnarEngine {
                 };
                 let mut w = filters_only.clone();
                 w.push(format!("{cond}{}", range(date)));
-                let sql = format!(
-                    "SELECT COUNT(DISTINCT visitor) FROM events WHERE {}",
-                    w.join(" AND ")
-                );
-                let total = Self::rows(&ctx, &sql, 0)
-                    .await?
-                    .first()
-                    .map_or(0, |(_, v)| v[0]);
+                let total = Self::visitors(&ctx, &w).await?;
                 for g in groups.values_mut() {
                     g.percentage = 100.0 * rate(g.visitors, total);
                 }

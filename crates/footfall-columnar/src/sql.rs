@@ -201,20 +201,6 @@ impl SharedBuf {
     }
 }
 
-/// One CSV field: quoted when it holds a comma, quote or line break.
-fn csv_field(v: &Value) -> String {
-    let s = match v {
-        Value::Null => return String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
 /// A batch's rows as CSV lines.
 fn csv_rows(batch: &RecordBatch) -> Result<String, datafusion::arrow::error::ArrowError> {
     let options = FormatOptions::default();
@@ -229,7 +215,7 @@ fn csv_rows(batch: &RecordBatch) -> Result<String, datafusion::arrow::error::Arr
             .columns()
             .iter()
             .zip(&formatters)
-            .map(|(c, f)| csv_field(&cell(c.as_ref(), f, r)))
+            .map(|(c, f)| footfall_query::csv_field(&cell(c.as_ref(), f, r)))
             .collect();
         text.push_str(&cells.join(","));
         text.push_str("\r\n");
@@ -297,7 +283,7 @@ impl ColumnarEngine {
                     let names: Vec<String> = schema
                         .fields()
                         .iter()
-                        .map(|f| csv_field(&Value::String(f.name().clone())))
+                        .map(|f| footfall_query::csv_field(&Value::String(f.name().clone())))
                         .collect();
                     if out
                         .send(Ok(format!("{}\r\n", names.join(",")).into_bytes()))

@@ -664,6 +664,21 @@ pub fn property_date_range(
     resolve_date_range(date_range, today, earliest)
 }
 
+/// One CSV field of a JSON value (RFC 4180): empty for null, text as is, quoted when
+/// it holds a comma, a quote or a line break. The SQL answers and exports share it.
+pub fn csv_field(v: &Value) -> String {
+    let s = match v {
+        Value::Null => return String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
 /// `num / den`, 0 when there is nothing to divide by.
 pub fn rate(num: i64, den: i64) -> f64 {
     if den <= 0 {

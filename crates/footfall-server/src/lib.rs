@@ -455,6 +455,27 @@ fn authorise_read(app: &AppState, headers: &HeaderMap, site_id: &str) -> Result<
     Ok(())
 }
 
+/// The property `site_id`, once the caller may read it ([`authorise_read`]).
+fn readable_property(
+    app: &AppState,
+    headers: &HeaderMap,
+    site_id: &str,
+) -> Result<Arc<footfall_meta::Property>, ApiError> {
+    authorise_read(app, headers, site_id)?;
+    app.cache
+        .property(site_id)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))
+}
+
+/// A `date_range` given in a query string: a named range, or `FROM,TO`.
+fn range_param(s: &str) -> serde_json::Value {
+    match s.split_once(',') {
+        Some((a, b)) => json!([a, b]),
+        None => json!(s),
+    }
+}
+
 /// `GET /api/v1/goals?site_id=` (read key or a session that may read the property): the
 /// property's goals, as `event:goal` and the conversion metrics read them.
 async fn goals_list(
@@ -462,12 +483,7 @@ async fn goals_list(
     headers: HeaderMap,
     axum::extract::Query(p): axum::extract::Query<SiteParam>,
 ) -> Result<Response, ApiError> {
-    authorise_read(&app, &headers, &p.site_id)?;
-    let property = app
-        .cache
-        .property(&p.site_id)
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
+    let property = readable_property(&app, &headers, &p.site_id)?;
     Ok(Json(serde_json::json!({ "goals": property.goals })).into_response())
 }
 
@@ -488,12 +504,7 @@ async fn columnar_report<'a>(
     ),
     ApiError,
 > {
-    authorise_read(app, headers, site_id)?;
-    let property = app
-        .cache
-        .property(site_id)
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
+    let property = readable_property(app, headers, site_id)?;
     let Some(engine) = &app.events else {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -582,18 +593,7 @@ async fn sql_statement(
     if !csv {
         return Ok(Json(answer).into_response());
     }
-    let field = |v: &serde_json::Value| -> String {
-        let s = match v {
-            serde_json::Value::Null => return String::new(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s
-        }
-    };
+    let field = footfall_query::csv_field;
     let mut out = String::new();
     let names: Vec<String> = answer["columns"]
         .as_array()
@@ -658,11 +658,7 @@ async fn export_events(
 ) -> Result<Response, ApiError> {
     let format = footfall_query::ExportFormat::parse(p.format.as_deref().unwrap_or("csv"))
         .map_err(query_error)?;
-    let range = match p.date_range.as_deref().map(|r| r.split_once(',')) {
-        Some(Some((a, b))) => json!([a, b]),
-        Some(None) => json!(p.date_range),
-        None => json!("all"),
-    };
+    let range = range_param(p.date_range.as_deref().unwrap_or("all"));
     let (engine, _, dates) = columnar_report(&app, &headers, &p.site_id, &range, "exports").await?;
     let engine = engine.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
@@ -769,16 +765,8 @@ async fn filtered_report(
     headers: HeaderMap,
     axum::extract::Query(p): axum::extract::Query<FilteredParams>,
 ) -> Result<Response, ApiError> {
-    authorise_read(&app, &headers, &p.site_id)?;
-    let property = app
-        .cache
-        .property(&p.site_id)
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such site_id"))?;
-    let range = match p.date_range.split_once(',') {
-        Some((a, b)) => json!([a, b]),
-        None => json!(p.date_range),
-    };
+    let property = readable_property(&app, &headers, &p.site_id)?;
+    let range = range_param(&p.date_range);
     let v = footfall_query::filtered(
         query_store(&app)?.as_ref(),
         &p.site_id,
