@@ -79,12 +79,17 @@ impl PropertyLimits {
         let day = now_ms.div_euclid(DAY_MS);
         let size = limit.burst.max(limit.events_per_second).max(1.0);
         let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = all.entry(property.to_string()).or_insert(Bucket {
-            tokens: size,
-            at_ms: now_ms,
-            day,
-            used_today: 0,
-        });
+        // The tracking id is copied only for a property's first event on this node.
+        if !all.contains_key(property) {
+            let fresh = Bucket {
+                tokens: size,
+                at_ms: now_ms,
+                day,
+                used_today: 0,
+            };
+            all.insert(property.to_string(), fresh);
+        }
+        let b = all.get_mut(property).expect("inserted above");
         if b.day != day {
             b.day = day;
             b.used_today = 0;
