@@ -37,6 +37,24 @@ use serde_json::{json, Value};
 use crate::files::Columns;
 use crate::table::{column_of, schema};
 
+/// The `events` table over the day files given (objects under `store_url`).
+pub(crate) fn listing_table(
+    store_url: &url::Url,
+    days: &[(NaiveDate, object_store::path::Path)],
+) -> datafusion::error::Result<ListingTable> {
+    let urls = days
+        .iter()
+        .map(|(_, p)| ListingTableUrl::parse(format!("{store_url}/{p}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    ListingTable::try_new(
+        ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema()),
+    )
+}
+
 /// The longest regular expression a `matches` filter takes.
 pub const MAX_PATTERN: usize = 1000;
 
@@ -470,13 +488,18 @@ impl ColumnarEngine {
     }
 
     /// A runtime of its own with at most `memory_bytes` for operators that hold data
-    /// (sorts, joins, aggregations), over the same files.
+    /// (sorts, joins, aggregations), over the same files, and no spilling to disk.
     pub(crate) fn limited_runtime(
         &self,
         memory_bytes: usize,
     ) -> Result<Arc<RuntimeEnv>, QueryError> {
+        use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+        // No spilling: the limit is a hard one, and a statement cannot fill the disk.
         let rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_memory_limit(memory_bytes, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(|e| QueryError::Unavailable(e.to_string()))?;
         rt.register_object_store(
@@ -504,24 +527,41 @@ impl ColumnarEngine {
         }
         let unavailable =
             |e: datafusion::error::DataFusionError| QueryError::Unavailable(e.to_string());
-        let urls = days
-            .iter()
-            .map(|(_, p)| ListingTableUrl::parse(format!("{}/{}", self.store_url, p)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
         let config = SessionConfig::new().with_target_partitions(2);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let table = ListingTable::try_new(
-            ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(schema()),
-        )
-        .map_err(unavailable)?;
+        let table = listing_table(&self.store_url, &days).map_err(unavailable)?;
         ctx.register_table("events", Arc::new(table))
             .map_err(unavailable)?;
         Ok(Some(ctx))
+    }
+
+    /// A session for one client connection of the PostgreSQL wire protocol: `events`
+    /// over the property's whole history (listed again at every statement, so that a
+    /// long-lived connection sees new days), the `visits` view, `information_schema`,
+    /// and operators within `memory_bytes`. The catalog is named after the property.
+    pub async fn connection_context(
+        &self,
+        property: &str,
+        memory_bytes: usize,
+    ) -> Result<SessionContext, QueryError> {
+        let unavailable =
+            |e: datafusion::error::DataFusionError| QueryError::Unavailable(e.to_string());
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(property, "public");
+        let ctx = SessionContext::new_with_config_rt(config, self.limited_runtime(memory_bytes)?);
+        let history = crate::history::History::new(
+            self.columns.clone(),
+            self.store_url.clone(),
+            property.to_string(),
+        );
+        ctx.register_table("events", Arc::new(history))
+            .map_err(unavailable)?;
+        ctx.sql(crate::sql::VISITS_VIEW)
+            .await
+            .map_err(unavailable)?;
+        Ok(ctx)
     }
 
     /// Distinct visitors of the events that meet every condition.

@@ -13,6 +13,7 @@
 
 pub mod engine;
 pub mod files;
+mod history;
 pub mod sql;
 pub mod table;
 

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::engine::ColumnarEngine;
 
 /// The `visits` table: the visit columns of each visit's first event.
-const VISITS_VIEW: &str = "CREATE VIEW visits AS SELECT visit_id, visitor, \
+pub(crate) const VISITS_VIEW: &str = "CREATE VIEW visits AS SELECT visit_id, visitor, \
     visit_local_date AS local_date, visit_local_ts AS local_ts, visit_pageviews AS pageviews, \
     visit_events AS events, visit_bounce AS bounce, visit_duration_ms AS duration_ms, \
     visit_entry_page AS entry_page, visit_exit_page AS exit_page, \
@@ -76,9 +76,11 @@ fn cell(col: &dyn Array, f: &ArrayFormatter<'_>, row: usize) -> Value {
     }
 }
 
-/// The one thread statements run on (never dropped, so never shut down inside another
-/// runtime).
-fn statements_runtime() -> &'static tokio::runtime::Runtime {
+/// The one thread SQL statements run on — those of `POST /api/v1/sql`, exports, and the
+/// PostgreSQL wire protocol's connections — so that a heavy statement cannot take the
+/// threads that collect events and answer dashboards (never dropped, so never shut
+/// down inside another runtime).
+pub fn statements_runtime() -> &'static tokio::runtime::Runtime {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

@@ -37,6 +37,15 @@ pub struct ColumnarConfig {
     pub sql_timeout: String,
     pub sql_memory_mib: u64,
     pub sql_max_rows: usize,
+    /// The PostgreSQL wire protocol (docs/SQL.md) on a query node: the address to
+    /// listen on, empty for none (the default). The same time and memory limits apply
+    /// to each statement; rows are streamed, so `sql_max_rows` does not.
+    pub pg_listen: String,
+    /// Open wire-protocol connections at once.
+    pub pg_max_connections: usize,
+    /// PEM certificate chain and key: TLS is offered when both are set.
+    pub pg_tls_cert: String,
+    pub pg_tls_key: String,
 }
 
 impl Default for ColumnarConfig {
@@ -47,6 +56,10 @@ impl Default for ColumnarConfig {
             sql_timeout: "30s".into(),
             sql_memory_mib: 512,
             sql_max_rows: 100_000,
+            pg_listen: String::new(),
+            pg_max_connections: 64,
+            pg_tls_cert: String::new(),
+            pg_tls_key: String::new(),
         }
     }
 }

@@ -1119,11 +1119,55 @@ fn columnar(
         ))
             as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
     }
-    let engine = roles.query.then(|| {
-        Arc::new(footfall_columnar::ColumnarEngine::new(columns))
-            as Arc<dyn footfall_query::EventQuery>
-    });
+    let engine = roles
+        .query
+        .then(|| Arc::new(footfall_columnar::ColumnarEngine::new(columns)));
+    if let (Some(engine), false) = (&engine, cfg.columnar.pg_listen.is_empty()) {
+        let tls = match (&cfg.columnar.pg_tls_cert[..], &cfg.columnar.pg_tls_key[..]) {
+            ("", "") => None,
+            ("", _) | (_, "") => anyhow::bail!("columnar.pg_tls_cert and pg_tls_key go together"),
+            (c, k) => Some((c.to_string(), k.to_string())),
+        };
+        let options = footfall_pgwire::WireOptions {
+            timeout: config::parse_duration(&cfg.columnar.sql_timeout)?,
+            memory_bytes: (cfg.columnar.sql_memory_mib.max(1) << 20) as usize,
+            max_connections: cfg.columnar.pg_max_connections.max(1),
+            tls,
+        };
+        let addr = footfall_pgwire::spawn(
+            &cfg.columnar.pg_listen,
+            engine.clone(),
+            Arc::new(ReadKeys(cache.clone())),
+            options,
+        )
+        .with_context(|| format!("columnar.pg_listen {}", cfg.columnar.pg_listen))?;
+        tracing::info!(%addr, "PostgreSQL wire protocol listening");
+    }
+    let engine = engine.map(|e| e as Arc<dyn footfall_query::EventQuery>);
     Ok((engine, refresh))
+}
+
+/// Wire-protocol logins: the password is a read key of the property named as the
+/// database.
+#[cfg(feature = "columnar")]
+struct ReadKeys(Arc<MetaCache>);
+
+#[cfg(feature = "columnar")]
+impl footfall_pgwire::WireAuth for ReadKeys {
+    fn authorise(&self, database: &str, password: &str) -> Result<(), String> {
+        let denied = || {
+            format!("password authentication failed: not a read key of the property {database:?} (the database is the tracking id, the password one of its read keys)")
+        };
+        let grant = self
+            .0
+            .key(password)
+            .map_err(|e| format!("keys unavailable: {e}"))?
+            .ok_or_else(denied)?;
+        if grant.scope != footfall_meta::Scope::Read || grant.property != database {
+            return Err(denied());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(not(feature = "columnar"))]
@@ -1136,6 +1180,9 @@ fn columnar(
 ) -> anyhow::Result<Columnar> {
     if cfg.columnar.enabled && roles.query {
         tracing::info!("this binary is built without the `columnar` feature: queries the rollups cannot answer get a 400");
+    }
+    if !cfg.columnar.pg_listen.is_empty() {
+        anyhow::bail!("columnar.pg_listen needs a binary built with the `columnar` feature");
     }
     Ok((None, None))
 }
