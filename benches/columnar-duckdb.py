@@ -43,6 +43,29 @@ def queries(src, lo, hi):
     }
 
 
+# The `visits` view as Footfall defines it (footfall-columnar src/sql.rs, VISITS_VIEW).
+VISITS_VIEW = """CREATE VIEW visits AS SELECT visit_id, visitor,
+    visit_local_date AS local_date, visit_local_ts AS local_ts, visit_pageviews AS pageviews,
+    visit_events AS events, visit_bounce AS bounce, visit_duration_ms AS duration_ms,
+    visit_entry_page AS entry_page, visit_exit_page AS exit_page,
+    visit_entry_page_hostname AS entry_page_hostname,
+    visit_exit_page_hostname AS exit_page_hostname,
+    visit_source AS source, visit_referrer AS referrer, visit_channel AS channel,
+    visit_utm_source AS utm_source, visit_utm_medium AS utm_medium,
+    visit_utm_campaign AS utm_campaign, visit_utm_content AS utm_content,
+    visit_utm_term AS utm_term, visit_device AS device, visit_browser AS browser,
+    visit_browser_version AS browser_version, visit_os AS os, visit_os_version AS os_version,
+    visit_country AS country, visit_region AS region, visit_city AS city
+    FROM events WHERE visit_first"""
+
+
+def norm(x):
+    """One cell, comparable across the engines: dates and numbers as text of one form."""
+    if isinstance(x, (int, float)) or (isinstance(x, str) and x.lstrip("-").isdigit()):
+        return float(x)
+    return str(x)
+
+
 def main():
     root = sys.argv[1]
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -78,6 +101,31 @@ def main():
         xs = sorted(xs)
         return xs[round((len(xs) - 1) * q)] if xs else 0.0
 
+    # The analyst's SQL (the texts Footfall ran, from answers.json) over the same tables:
+    # `events` the files, `visits` the view Footfall defines (footfall-columnar sql.rs).
+    # Footfall's statement read the day files of [from, to]; so does this view.
+    con.execute(f"CREATE VIEW events AS SELECT * FROM {src} "
+                f"WHERE local_date BETWEEN DATE '{meta['from']}' AND DATE '{meta['to']}'")
+    con.execute(VISITS_VIEW)
+    sql_times = {name: [] for name in meta["sql"]}
+    sql_sets = []
+    sql_equal = {}
+    for r in range(rounds + 1):
+        start = time.perf_counter()
+        for name, sql in meta["sql"].items():
+            t = time.perf_counter()
+            rows = con.execute(sql).fetchall()
+            if r == 0:
+                got = [[norm(x) for x in row] for row in rows]
+                want = [[norm(x) for x in row] for row in meta["sql_answers"][name]]
+                sql_equal[name] = got == want
+                if not sql_equal[name]:
+                    print(f"{name}: duckdb {got[:3]} footfall {want[:3]}", file=sys.stderr)
+            else:
+                sql_times[name].append((time.perf_counter() - t) * 1000)
+        if r > 0:
+            sql_sets.append((time.perf_counter() - start) * 1000)
+
     print(json.dumps({
         "rounds": rounds,
         "set_p50_ms": p(sets, 0.5),
@@ -86,6 +134,11 @@ def main():
                     for n, t in times.items()},
         "all_equal": all(equal.values()),
         "median_set_ms": statistics.median(sets) if sets else 0.0,
+        "sql_set_p50_ms": p(sql_sets, 0.5),
+        "sql_set_p99_ms": p(sql_sets, 0.99),
+        "sql_queries": {n: {"p50_ms": p(t, 0.5), "p99_ms": p(t, 0.99), "equal": sql_equal[n]}
+                        for n, t in sql_times.items()},
+        "sql_all_equal": all(sql_equal.values()),
     }))
 
 

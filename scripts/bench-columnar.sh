@@ -44,4 +44,10 @@ print(f"columnar set p99 {ff['set_p99_ms']:.1f} ms (DuckDB {dk['set_p99_ms']:.1f
       f"answers equal: {dk['all_equal']}); files cost {ff['columnar_over_processing']:.2f}x processing")
 for n, q in ff["queries"].items():
     print(f"  {n}: footfall p99 {q['p99_ms']:.1f} ms, duckdb p99 {dk['queries'][n]['p99_ms']:.1f} ms")
+print(f"analyst SQL set p99 {ff['sql_set_p99_ms']:.1f} ms (p50 {ff['sql_set_p50_ms']:.1f}); DuckDB "
+      f"{dk['sql_set_p99_ms']:.1f} ms (p50 {dk['sql_set_p50_ms']:.1f}); answers equal: {dk['sql_all_equal']}")
+for n, q in ff["sql_queries"].items():
+    d = dk["sql_queries"][n]
+    print(f"  {n}: footfall p50 {q['p50_ms']:.1f} / p99 {q['p99_ms']:.1f} ms, "
+          f"duckdb p50 {d['p50_ms']:.1f} / p99 {d['p99_ms']:.1f} ms, equal: {d['equal']}")
 PY

@@ -7,7 +7,9 @@
 //! - queries: the columnar query set through `ColumnarEngine`, `rounds` times, p50/p99
 //!   per query and per set; the answers are written out (`--answers`) so that another
 //!   engine (DuckDB, `benches/columnar-duckdb.py`) can be checked against them over the
-//!   same Parquet files.
+//!   same Parquet files;
+//! - SQL: five analyst questions ([`ANALYST_SQL`]) through the SQL API's engine path,
+//!   timed the same way, and answered again by DuckDB over the same files.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +49,44 @@ pub fn query_set(site: &str, from: &str, to: &str) -> Vec<(&'static str, Value)>
         ),
     ]
 }
+
+/// Five questions an analyst asks in SQL (issue 21), in SQL both engines take: through
+/// `ColumnarEngine::sql` (what `POST /api/v1/sql` and the wire protocol run) here, and in
+/// DuckDB over the same files with the same `events` and `visits` (the script reads
+/// these texts from `answers.json`, so each question is written once).
+pub const ANALYST_SQL: &[(&str, &str)] = &[
+    (
+        "daily_traffic",
+        "SELECT local_date, COUNT(DISTINCT visitor) AS visitors, \
+         SUM(CASE WHEN pageview THEN 1 ELSE 0 END) AS pageviews, COUNT(*) AS events \
+         FROM events GROUP BY local_date ORDER BY local_date",
+    ),
+    (
+        "landing_pages_bounce",
+        "SELECT entry_page, COUNT(*) AS visits, \
+         SUM(CASE WHEN bounce THEN 1 ELSE 0 END) AS bounces, SUM(duration_ms) AS duration_ms \
+         FROM visits GROUP BY entry_page ORDER BY visits DESC, entry_page LIMIT 20",
+    ),
+    (
+        "channels_and_sources",
+        "SELECT channel, source, COUNT(*) AS visits, COUNT(DISTINCT visitor) AS visitors, \
+         SUM(pageviews) AS pageviews FROM visits GROUP BY channel, source \
+         ORDER BY visits DESC, channel, source LIMIT 20",
+    ),
+    (
+        "signup_conversion_by_device",
+        "SELECT v.device, COUNT(*) AS visits, COUNT(s.visit_id) AS converted \
+         FROM visits v LEFT JOIN (SELECT DISTINCT visit_id FROM events \
+         WHERE event_name = 'Signup') s ON s.visit_id = v.visit_id \
+         GROUP BY v.device ORDER BY visits DESC, v.device",
+    ),
+    (
+        "top_pages_per_visitor",
+        "SELECT event_page, COUNT(*) AS pageviews, COUNT(DISTINCT visitor) AS visitors, \
+         COUNT(DISTINCT visit_id) AS visits FROM events WHERE pageview \
+         GROUP BY event_page ORDER BY pageviews DESC, event_page LIMIT 25",
+    ),
+];
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -137,6 +177,44 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
         }
     }
     sets.sort_by(f64::total_cmp);
+
+    // The analyst's SQL, on the SQL API's path and limits (generous: this measures speed).
+    let limits = footfall_query::SqlLimits {
+        timeout: std::time::Duration::from_secs(600),
+        memory_bytes: 4 << 30,
+        max_rows: 100_000,
+    };
+    let mut sql_times: Vec<Vec<f64>> = vec![Vec::new(); ANALYST_SQL.len()];
+    let mut sql_sets = Vec::new();
+    let mut sql_answers = serde_json::Map::new();
+    for round in 0..a.rounds + 1 {
+        let set_start = Instant::now();
+        for (i, (name, sql)) in ANALYST_SQL.iter().enumerate() {
+            let t = Instant::now();
+            let v = rt
+                .block_on(engine.sql(&spec.property, (from, to), sql, limits))
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            if round > 0 {
+                sql_times[i].push(t.elapsed().as_secs_f64() * 1000.0);
+            } else {
+                sql_answers.insert(name.to_string(), v["rows"].clone());
+            }
+        }
+        if round > 0 {
+            sql_sets.push(set_start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    sql_sets.sort_by(f64::total_cmp);
+    let mut sql_queries = serde_json::Map::new();
+    for (i, (name, _)) in ANALYST_SQL.iter().enumerate() {
+        let mut t = sql_times[i].clone();
+        t.sort_by(f64::total_cmp);
+        sql_queries.insert(
+            name.to_string(),
+            json!({"p50_ms": percentile(&t, 0.5), "p99_ms": percentile(&t, 0.99)}),
+        );
+    }
+
     let mut queries = serde_json::Map::new();
     for (i, (name, _)) in set.iter().enumerate() {
         let mut t = per_query[i].clone();
@@ -149,7 +227,9 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     std::fs::write(
         a.keep.join("answers.json"),
         serde_json::to_vec_pretty(&json!({"from": from.to_string(), "to": to.to_string(),
-            "property": spec.property, "answers": answers}))?,
+            "property": spec.property, "answers": answers,
+            "sql": ANALYST_SQL.iter().map(|(n, q)| (n.to_string(), json!(q))).collect::<serde_json::Map<_, _>>(),
+            "sql_answers": sql_answers}))?,
     )?;
     println!(
         "{}",
@@ -163,6 +243,9 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
             "set_p50_ms": percentile(&sets, 0.5),
             "set_p99_ms": percentile(&sets, 0.99),
             "queries": queries,
+            "sql_set_p50_ms": percentile(&sql_sets, 0.5),
+            "sql_set_p99_ms": percentile(&sql_sets, 0.99),
+            "sql_queries": sql_queries,
         })
     );
     Ok(())
