@@ -1229,9 +1229,12 @@ impl footfall_query::EventQuery for ColumnarEngine {
         dates: (NaiveDate, NaiveDate),
         sql: &'a str,
         limits: footfall_query::SqlLimits,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
-    {
-        Box::pin(ColumnarEngine::sql(self, property, dates, sql, limits))
+        format: footfall_query::SqlFormat,
+        out: tokio::sync::mpsc::Sender<Result<Vec<u8>, QueryError>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(ColumnarEngine::sql_stream(
+            self, property, dates, sql, limits, format, out,
+        ))
     }
 
     fn export<'a>(

@@ -18,7 +18,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::context::SQLOptions;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
-use footfall_query::{QueryError, SqlLimits};
+use footfall_query::{QueryError, SqlFormat, SqlLimits};
 use serde_json::{json, Value};
 
 use crate::engine::ColumnarEngine;
@@ -94,89 +94,266 @@ pub fn statements_runtime() -> &'static tokio::runtime::Runtime {
 
 impl ColumnarEngine {
     /// Runs one read-only statement over `property`'s events of the local dates
-    /// `[from, to]`: `{"columns": [{"name", "type"}], "rows": [[...]], "truncated"}`.
+    /// `[from, to]`, collected: `{"columns": [{"name", "type"}], "rows": [[...]],
+    /// "truncated"}` (the streamed answer of [`Self::sql_stream`], whole).
     pub async fn sql(
+        &self,
+        property: &str,
+        dates: (NaiveDate, NaiveDate),
+        sql: &str,
+        limits: SqlLimits,
+    ) -> Result<Value, QueryError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let run = self.sql_stream(property, dates, sql, limits, SqlFormat::Json, tx);
+        let collect = async {
+            let mut body = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                body.extend(chunk?);
+            }
+            Ok::<_, QueryError>(body)
+        };
+        let ((), body) = tokio::join!(run, collect);
+        let answer: Value = serde_json::from_slice(&body?)
+            .map_err(|e| QueryError::Unavailable(format!("SQL answer: {e}")))?;
+        match answer.get("error").and_then(Value::as_str) {
+            Some(e) => Err(QueryError::Invalid(e.to_string())),
+            None => Ok(answer),
+        }
+    }
+
+    /// Runs one read-only statement over `property`'s events of the local dates
+    /// `[from, to]` and sends the answer in chunks into `out` as rows come (see
+    /// [`footfall_query::EventQuery::sql`]): at most `limits.max_rows` rows, within
+    /// `limits.timeout` and `limits.memory_bytes`, on the statements' runtime.
+    pub async fn sql_stream(
         &self,
         property: &str,
         (from, to): (NaiveDate, NaiveDate),
         sql: &str,
         limits: SqlLimits,
-    ) -> Result<Value, QueryError> {
-        check_statement(sql)?;
-        let runtime = self.limited_runtime(limits.memory_bytes)?;
-        let Some(ctx) = self.context_in(property, from, to, runtime).await? else {
-            return Err(QueryError::Invalid(
-                "this property has no raw events in that date range yet".into(),
-            ));
+        format: SqlFormat,
+        out: tokio::sync::mpsc::Sender<Result<Vec<u8>, QueryError>>,
+    ) {
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        let ctx = async {
+            check_statement(sql)?;
+            let runtime = self.limited_runtime(limits.memory_bytes)?;
+            let Some(ctx) = self.context_in(property, from, to, runtime).await? else {
+                return Err(QueryError::Invalid(
+                    "this property has no raw events in that date range yet".into(),
+                ));
+            };
+            ctx.sql(VISITS_VIEW)
+                .await
+                .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+            Ok(ctx)
         };
-        ctx.sql(VISITS_VIEW)
-            .await
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let invalid = |e: datafusion::error::DataFusionError| {
-            let s = e.to_string();
-            if s.contains("Resources exhausted") || s.contains("memory") {
-                QueryError::Invalid(format!(
-                    "the statement needs more than its memory limit ({} MiB): {s}",
-                    limits.memory_bytes >> 20
-                ))
-            } else {
-                QueryError::Invalid(s)
+        let ctx = match ctx.await {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
             }
         };
         let statement = sql.to_string();
-        let mut run = statements_runtime().spawn(async move {
-            let df = ctx.sql_with_options(&statement, options).await?;
-            df.collect().await
+        let late = out.clone();
+        let mut task = statements_runtime().spawn(async move {
+            let options = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let stream = async {
+                let df = ctx.sql_with_options(&statement, options).await?;
+                df.execute_stream().await
+            };
+            let mut stream = match tokio::time::timeout_at(deadline, stream).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let _ = out.send(Err(engine_error(e, &limits))).await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = out.send(Err(past_time(&limits))).await;
+                    return;
+                }
+            };
+            let mut answer = Answer::new(format, stream.schema().as_ref());
+            loop {
+                use futures::StreamExt;
+                let batch = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(Ok(b))) => b,
+                    Ok(Some(Err(e))) => {
+                        answer.failed = Some(engine_error(e, &limits));
+                        break;
+                    }
+                    Err(_) => {
+                        answer.failed = Some(past_time(&limits));
+                        break;
+                    }
+                };
+                let chunk = match answer.rows(&batch, limits.max_rows) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        answer.failed = Some(QueryError::Unavailable(e.to_string()));
+                        break;
+                    }
+                };
+                // The receiver gone (the client left): stop; dropping the stream stops
+                // the engine's work.
+                if !chunk.is_empty() && out.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+                if answer.truncated {
+                    break;
+                }
+            }
+            match answer.finish() {
+                Ok(tail) => {
+                    let _ = out.send(Ok(tail)).await;
+                }
+                Err(e) => {
+                    let _ = out.send(Err(e)).await;
+                }
+            }
         });
-        let batches: Vec<RecordBatch> = match tokio::time::timeout(limits.timeout, &mut run).await {
-            Ok(Ok(r)) => r.map_err(invalid)?,
-            Ok(Err(e)) => return Err(QueryError::Unavailable(e.to_string())),
-            Err(_) => {
-                run.abort();
-                return Err(QueryError::Invalid(format!(
-                    "the statement ran past its time limit ({:.1} s)",
-                    limits.timeout.as_secs_f64()
-                )));
+        // A statement that holds the SQL thread past its deadline cannot see its own
+        // timer: answer from here, and abort it (it stops at its next yield).
+        let grace = std::time::Duration::from_millis(100);
+        if tokio::time::timeout_at(deadline + grace, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            let _ = late.send(Err(past_time(&limits))).await;
+        }
+    }
+}
+
+fn past_time(limits: &SqlLimits) -> QueryError {
+    QueryError::Invalid(format!(
+        "the statement ran past its time limit ({:.1} s)",
+        limits.timeout.as_secs_f64()
+    ))
+}
+
+/// An engine error as the caller's: past the memory limit, or the statement's fault.
+fn engine_error(e: datafusion::error::DataFusionError, limits: &SqlLimits) -> QueryError {
+    let s = e.to_string();
+    if s.contains("Resources exhausted") || s.contains("memory") {
+        QueryError::Invalid(format!(
+            "the statement needs more than its memory limit ({} MiB): {s}",
+            limits.memory_bytes >> 20
+        ))
+    } else {
+        QueryError::Invalid(s)
+    }
+}
+
+/// A statement's answer as it is written: the opening (sent with the first rows, so
+/// that a failure before any row is a proper error answer), rows, then the end.
+struct Answer {
+    format: SqlFormat,
+    head: Option<Vec<u8>>,
+    rows: usize,
+    truncated: bool,
+    failed: Option<QueryError>,
+}
+
+impl Answer {
+    fn new(format: SqlFormat, schema: &datafusion::arrow::datatypes::Schema) -> Self {
+        let head = match format {
+            SqlFormat::Json => {
+                let columns: Vec<Value> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+                    .collect();
+                format!("{{\"columns\":{},\"rows\":[", Value::Array(columns))
+            }
+            SqlFormat::Csv => {
+                let names: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| footfall_query::csv_field(&Value::String(f.name().clone())))
+                    .collect();
+                format!("{}\r\n", names.join(","))
             }
         };
-        let columns: Vec<Value> = match batches.first() {
-            Some(b) => b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-                .collect(),
-            None => Vec::new(),
+        Self {
+            format,
+            head: Some(head.into_bytes()),
+            rows: 0,
+            truncated: false,
+            failed: None,
+        }
+    }
+
+    /// The batch's rows (up to `max_rows` in all), after the opening if not yet sent.
+    fn rows(
+        &mut self,
+        batch: &RecordBatch,
+        max_rows: usize,
+    ) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+        let mut text = if batch.num_rows() > 0 {
+            self.head.take().unwrap_or_default()
+        } else {
+            Vec::new()
         };
         let options = FormatOptions::default();
-        let mut rows = Vec::new();
-        let mut truncated = false;
-        'all: for b in &batches {
-            let formatters: Vec<ArrayFormatter<'_>> = b
+        let formatters: Vec<ArrayFormatter<'_>> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<_, _>>()?;
+        for r in 0..batch.num_rows() {
+            if self.rows == max_rows {
+                self.truncated = true;
+                break;
+            }
+            let cells = batch
                 .columns()
                 .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-                .collect::<Result<_, _>>()
-                .map_err(|e| QueryError::Unavailable(e.to_string()))?;
-            for r in 0..b.num_rows() {
-                if rows.len() == limits.max_rows {
-                    truncated = true;
-                    break 'all;
+                .zip(&formatters)
+                .map(|(c, f)| cell(c.as_ref(), f, r));
+            match self.format {
+                SqlFormat::Json => {
+                    if self.rows > 0 {
+                        text.push(b',');
+                    }
+                    let row = Value::Array(cells.collect());
+                    text.extend(row.to_string().into_bytes());
                 }
-                rows.push(Value::Array(
-                    b.columns()
-                        .iter()
-                        .zip(&formatters)
-                        .map(|(c, f)| cell(c.as_ref(), f, r))
-                        .collect(),
-                ));
+                SqlFormat::Csv => {
+                    let line: Vec<String> = cells.map(|v| footfall_query::csv_field(&v)).collect();
+                    text.extend(line.join(",").into_bytes());
+                    text.extend(b"\r\n");
+                }
+            }
+            self.rows += 1;
+        }
+        Ok(text)
+    }
+
+    /// The end of the answer: with nothing sent yet, a failure is the error itself;
+    /// after rows, JSON closes with an `"error"` member and CSV simply stops.
+    fn finish(mut self) -> Result<Vec<u8>, QueryError> {
+        let head = self.head.take();
+        match (self.failed, head) {
+            (Some(e), Some(_)) => Err(e),
+            (failed, head) => {
+                let mut text = head.unwrap_or_default();
+                if self.format == SqlFormat::Json {
+                    let mut end = format!("],\"truncated\":{}", self.truncated || failed.is_some());
+                    if let Some(e) = failed {
+                        end.push_str(&format!(",\"error\":{}", Value::String(e.to_string())));
+                    }
+                    end.push('}');
+                    text.extend(end.into_bytes());
+                }
+                Ok(text)
             }
         }
-        Ok(json!({"columns": columns, "rows": rows, "truncated": truncated}))
     }
 }
 

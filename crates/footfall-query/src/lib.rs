@@ -60,16 +60,20 @@ pub trait EventQuery: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
 
     /// Runs one read-only SQL statement over a property's raw events of the local dates
-    /// `dates` (docs/SQL.md): `{"columns", "rows", "truncated"}`. Anything but a
+    /// `dates` (docs/SQL.md) and sends its answer as `format`, in chunks, into `out`, as
+    /// rows come: JSON `{"columns", "rows", "truncated"}`, or CSV. Anything but a
     /// `SELECT` over that property's tables is `Invalid`, as are statements past their
-    /// limits.
+    /// limits: sent as the only item when nothing was sent yet; after the first chunk a
+    /// JSON answer ends with an `"error"` member instead, and a CSV one is cut short.
     fn sql<'a>(
         &'a self,
         property: &'a str,
         dates: (NaiveDate, NaiveDate),
         sql: &'a str,
         limits: SqlLimits,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+        format: SqlFormat,
+        out: tokio::sync::mpsc::Sender<Result<Vec<u8>, QueryError>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
     /// Sends a property's raw events of the local dates `dates` (the `events` table of
     /// docs/SQL.md) as `format`, in chunks, into `out`; a failure is sent as the last
@@ -90,6 +94,13 @@ pub trait EventQuery: Send + Sync {
         tz: Tz,
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>;
+}
+
+/// The form of a SQL statement's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlFormat {
+    Json,
+    Csv,
 }
 
 /// The file format of a raw export.

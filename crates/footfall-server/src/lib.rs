@@ -557,7 +557,7 @@ struct SqlRequest {
 
 /// `POST /api/v1/sql` (read key or a session that may read the property): one read-only
 /// statement over the property's `events` and `visits` (docs/SQL.md), answered as JSON
-/// (`columns`, `rows`, `truncated`) or CSV.
+/// (`columns`, `rows`, `truncated`) or CSV, streamed as rows come.
 async fn sql_statement(
     State(app): State<AppRef>,
     headers: HeaderMap,
@@ -570,9 +570,9 @@ async fn sql_statement(
             format!("expected {{\"site_id\", \"sql\"}}: {e}"),
         )
     })?;
-    let csv = match req.format.as_deref().unwrap_or("json") {
-        "json" => false,
-        "csv" => true,
+    let format = match req.format.as_deref().unwrap_or("json") {
+        "json" => footfall_query::SqlFormat::Json,
+        "csv" => footfall_query::SqlFormat::Csv,
         other => {
             return Err(ApiError::bad_request(
                 "invalid_sql",
@@ -583,32 +583,36 @@ async fn sql_statement(
     let range = req.date_range.clone().unwrap_or(serde_json::json!("all"));
     let (engine, _, dates) =
         columnar_report(&app, &headers, &req.site_id, &range, "SQL statements").await?;
-    let answer = engine
-        .sql(&req.site_id, dates, &req.sql, app.sql_limits)
-        .await
-        .map_err(|e| match e {
-            footfall_query::QueryError::Invalid(m) => ApiError::bad_request("invalid_sql", m),
-            other => query_error(other),
-        })?;
-    if !csv {
-        return Ok(Json(answer).into_response());
-    }
-    let field = footfall_query::csv_field;
-    let mut out = String::new();
-    let names: Vec<String> = answer["columns"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| field(&c["name"]))
-        .collect();
-    out.push_str(&names.join(","));
-    out.push_str("\r\n");
-    for row in answer["rows"].as_array().into_iter().flatten() {
-        let cells: Vec<String> = row.as_array().into_iter().flatten().map(field).collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
-    }
-    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
+    let engine = engine.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let limits = app.sql_limits;
+    tokio::spawn(async move {
+        engine
+            .sql(&req.site_id, dates, &req.sql, limits, format, tx)
+            .await
+    });
+    // The first chunk decides the answer: a statement refused or failed before its
+    // first row is a proper error answer.
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(footfall_query::QueryError::Invalid(m))) => {
+            return Err(ApiError::bad_request("invalid_sql", m))
+        }
+        Some(Err(e)) => return Err(query_error(e)),
+        None => Vec::new(),
+    };
+    let kind = match format {
+        footfall_query::SqlFormat::Json => "application/json",
+        footfall_query::SqlFormat::Csv => "text/csv; charset=utf-8",
+    };
+    Ok((
+        [(header::CONTENT_TYPE, kind)],
+        Body::from_stream(Chunks {
+            first: Some(first),
+            rest: rx,
+        }),
+    )
+        .into_response())
 }
 
 #[derive(serde::Deserialize)]

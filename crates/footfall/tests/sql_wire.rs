@@ -320,6 +320,37 @@ async fn psql_and_psycopg_read_their_property_and_nothing_else() {
         shown("memory")
     );
     assert_eq!(v["after_memory"], json!(na));
+    // The same statements over HTTP (`POST /api/v1/sql`), streamed as JSON and CSV; a
+    // statement past its memory limit before its first row is a proper 400.
+    let http_sql = |sql: &str, format: &str| {
+        c.post(format!("{}/api/v1/sql", server.url))
+            .bearer_auth(&a.read_key)
+            .json(&json!({"site_id": a.tracking_id, "sql": sql, "format": format}))
+            .send()
+    };
+    let by_page_sql = "SELECT event_page, count(*) AS n FROM events WHERE pageview GROUP BY event_page ORDER BY event_page";
+    let r = http_sql(by_page_sql, "json").await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["rows"], json!([["/", 6], ["/pricing", 3]]), "{j}");
+    assert_eq!(j["columns"][1]["name"], "n");
+    assert_eq!(j["truncated"], false);
+    let r = http_sql(by_page_sql, "csv").await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "event_page,n\r\n/,6\r\n/pricing,3\r\n"
+    );
+    let r = http_sql(
+        "SELECT x FROM generate_series(1, 4000000) AS t(x) ORDER BY x % 1000, x DESC",
+        "json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let j: Value = r.json().await.unwrap();
+    assert!(j.to_string().contains("memory limit"), "{j}");
+
     // The server still collects and answers while and after all this.
     let more = post_events(&c, &server.url, &a.write_key, &json!([{"tracking_id": a.tracking_id, "name": "pageview", "client_id": "late", "url": "https://a.example/late"}])).await;
     assert_eq!(more, 1);
