@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    let magic: &[u8; 8] = if which & 1 == 0 { b"FFMANI03" } else { b"FFMANI02" };
+    let magic: &[u8; 8] = if which & 1 == 0 {
+        b"FFMANI03"
+    } else {
+        b"FFMANI02"
+    };
     let mut file = magic.to_vec();
     file.extend_from_slice(body);
     file.extend(crc32fast::hash(body).to_le_bytes());
