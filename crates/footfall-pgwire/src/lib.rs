@@ -229,6 +229,7 @@ impl Connection {
             .map_err(|e| error("FATAL", "58000", e.to_string()))?;
         setup_pg_catalog(&ctx, database, EmptyContextProvider)
             .map_err(|e| error("FATAL", "58000", e.to_string()))?;
+        ctx.register_udf(current_setting());
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(guard::Guard),
             Arc::new(CursorStatementHook),
@@ -239,6 +240,39 @@ impl Connection {
         let _ = self.0.session.set(Arc::new(service));
         Ok(())
     }
+}
+
+/// `current_setting(name)`, which tools call at connect (Grafana's table list reads
+/// `search_path`): the fixed values of this server's sessions, NULL for others.
+fn current_setting() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
+    let f = |args: &[ColumnarValue]| {
+        let names = ColumnarValue::values_to_arrays(args)?;
+        let names = datafusion::common::cast::as_string_array(&names[0])?;
+        let values: StringArray = names
+            .iter()
+            .map(|n| match n.map(str::to_ascii_lowercase).as_deref() {
+                Some("search_path") => Some("public"),
+                Some("server_encoding" | "client_encoding") => Some("UTF8"),
+                Some("timezone") => Some("UTC"),
+                Some("datestyle") => Some("ISO, MDY"),
+                Some("standard_conforming_strings") => Some("on"),
+                Some("transaction_isolation") => Some("read committed"),
+                Some("max_identifier_length") => Some("63"),
+                _ => None,
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(values) as ArrayRef))
+    };
+    create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(f),
+    )
 }
 
 impl PgWireServerHandlers for Connection {

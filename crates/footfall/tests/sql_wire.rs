@@ -238,6 +238,26 @@ async fn psql_and_psycopg_read_their_property_and_nothing_else() {
         shown("pg_attribute_events")
     );
 
+    // A BI tool's connect sequence: every setting taken, the tables listed.
+    let tool = &v["bi_tool"];
+    for (sql, answer) in tool.as_object().unwrap() {
+        if sql.starts_with("SET") || sql.starts_with("SHOW") {
+            assert_eq!(answer, "ok", "{sql}");
+        }
+    }
+    assert_eq!(tool["schemas"], json!(["pg_catalog", "public"]), "{tool}");
+    assert_eq!(
+        tool["tables"],
+        json!([["public", "events", "TABLE"], ["public", "visits", "VIEW"]]),
+        "{tool}"
+    );
+    assert_eq!(
+        tool["search_path_tables"],
+        json!(["events", "visits"]),
+        "{tool}"
+    );
+    assert_eq!(tool["visitor_column"][0][0], "visitor", "{tool}");
+
     // Answers equal to the query API's for the same questions.
     assert_eq!(v["param_pricing_pageviews"], 3);
     assert_eq!(v["prepared_on_server"], true);

@@ -67,6 +67,47 @@ cur.execute(
     "WHERE c.relname = 'events' AND a.attnum > 0 ORDER BY a.attnum")
 out["pg_attribute_events"] = [r[0] for r in cur.fetchall()]
 
+# A BI tool's connect sequence, in the forms such tools send (JDBC-style session
+# settings, isolation levels, regular-expression filters on pg_namespace, a table list
+# with kinds and descriptions, a search_path-aware list from information_schema).
+tool = {}
+for sql in [
+    "SET extra_float_digits = 2",
+    "SET application_name = 'BI tool 1.0'",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SHOW TRANSACTION ISOLATION LEVEL",
+    "SHOW timezone",
+]:
+    try:
+        cur.execute(sql)
+        tool[sql] = "ok"
+    except psycopg.Error as e:
+        tool[sql] = str(e)
+cur.execute(
+    "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> 'pg_toast' "
+    "AND (nspname !~ '^pg_temp_' OR nspname = (pg_catalog.current_schemas(true))[1]) "
+    "ORDER BY nspname")
+tool["schemas"] = [r[0] for r in cur.fetchall()]
+cur.execute(
+    "SELECT n.nspname AS schema, c.relname AS name, "
+    "CASE c.relkind WHEN 'r' THEN 'TABLE' WHEN 'v' THEN 'VIEW' ELSE NULL END AS kind, "
+    "d.description FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON c.relnamespace = n.oid "
+    "LEFT JOIN pg_catalog.pg_description d ON c.oid = d.objoid AND d.objsubid = 0 "
+    "WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' "
+    "AND c.relkind IN ('r', 'v') ORDER BY kind, name")
+tool["tables"] = [[r[0], r[1], r[2]] for r in cur.fetchall()]
+cur.execute(
+    "SELECT quote_ident(table_name) FROM information_schema.tables "
+    "WHERE quote_ident(table_schema) = ANY(string_to_array(current_setting('search_path'), ',')) "
+    "ORDER BY 1")
+tool["search_path_tables"] = [r[0] for r in cur.fetchall()]
+cur.execute(
+    "SELECT quote_ident(column_name), data_type FROM information_schema.columns "
+    "WHERE table_schema = 'public' AND table_name = 'events' AND column_name = 'visitor'")
+tool["visitor_column"] = [list(r) for r in cur.fetchall()]
+out["bi_tool"] = tool
+
 # The extended protocol: bound parameters (text and integer), then a statement prepared
 # on the server and run three times with different values.
 cur.execute("SELECT count(*) FROM events WHERE event_page = %s AND pageview", ("/pricing",))
