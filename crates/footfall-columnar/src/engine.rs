@@ -1212,6 +1212,28 @@ fn respond(
     footfall_query::respond(req, tz, dates, rows, "columnar")
 }
 
+/// Runs `answer` again, once, when it failed reading a file: a day's file is replaced
+/// whole when the day is made again (the archiver's refresh), and a statement that
+/// listed the old file but read the new one finds a footer that is not where the
+/// listing said. The second run lists the files again.
+async fn again_if_a_file_changed<F, Fut>(answer: F) -> Result<Value, QueryError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, QueryError>>,
+{
+    match answer().await {
+        Err(QueryError::Unavailable(m))
+            if ["Parquet", "parquet", "Object Store", "Arrow error", "range"]
+                .iter()
+                .any(|w| m.contains(w)) =>
+        {
+            tracing::debug!(error = %m, "a columnar file changed while read: asking again");
+            answer().await
+        }
+        other => other,
+    }
+}
+
 impl footfall_query::EventQuery for ColumnarEngine {
     fn query<'a>(
         &'a self,
@@ -1220,7 +1242,9 @@ impl footfall_query::EventQuery for ColumnarEngine {
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
     {
-        Box::pin(self.execute(req, tz, dates))
+        Box::pin(again_if_a_file_changed(move || {
+            self.execute(req, tz, dates)
+        }))
     }
 
     fn sql<'a>(
@@ -1254,7 +1278,9 @@ impl footfall_query::EventQuery for ColumnarEngine {
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
     {
-        Box::pin(ColumnarEngine::retention(self, req, tz, dates))
+        Box::pin(again_if_a_file_changed(move || {
+            ColumnarEngine::retention(self, req, tz, dates)
+        }))
     }
 
     fn funnel<'a>(
@@ -1264,6 +1290,8 @@ impl footfall_query::EventQuery for ColumnarEngine {
         dates: (NaiveDate, NaiveDate),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, QueryError>> + Send + 'a>>
     {
-        Box::pin(ColumnarEngine::funnel(self, req, tz, dates))
+        Box::pin(again_if_a_file_changed(move || {
+            ColumnarEngine::funnel(self, req, tz, dates)
+        }))
     }
 }
