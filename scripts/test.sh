@@ -16,14 +16,15 @@ fi
 # and Segment (segment-analytics-python); mmdb-writer builds a tiny geo database; Python's
 # ua-parser is the independent bot check of the access-log import test; DuckDB reads the
 # columnar files directly, as analysts' tools do; psycopg is the PostgreSQL driver of the
-# wire-protocol test (psql comes with Debian's PostgreSQL).
-if ! "$venv/bin/python" -c "import fastavro, moto, ga4mp, segment.analytics, mmdb_writer, netaddr, ua_parser, duckdb, psycopg" 2>/dev/null \
+# wire-protocol test (psql comes with Debian's PostgreSQL); schemathesis checks the server
+# against its OpenAPI document.
+if ! "$venv/bin/python" -c "import fastavro, moto, ga4mp, segment.analytics, mmdb_writer, netaddr, ua_parser, duckdb, psycopg, schemathesis" 2>/dev/null \
     || [ ! -x "$venv/bin/moto_server" ]; then
   echo "test.sh: installing the Python test packages into $venv"
   "$venv/bin/pip" install -q "fastavro==1.*" "moto[server]==5.*" "ga4mp==2.0.4" \
     "segment-analytics-python==2.4.0" "mmdb-writer==0.2.7" "netaddr==1.3.0" \
     "ua-parser==1.0.2" "ua-parser-builtins==202610" "duckdb==2.0.0" \
-    "psycopg[binary]==3.3.9"
+    "psycopg[binary]==3.3.9" "schemathesis==4.32.5"
 fi
 export FOOTFALL_TEST_PYTHON="$venv/bin/python"
 

@@ -9,7 +9,9 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
+
+use crate::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -482,7 +484,7 @@ struct NewInvite {
     role: String,
 }
 
-/// `GET /api/ui/accounts/{id}/invites` (owners): the account's pending invitations.
+/// `GET /api/ui/accounts/{account}/invites` (owners): the account's pending invitations.
 pub(crate) async fn list_invites(
     State(app): State<AppRef>,
     Path(account): Path<String>,
@@ -493,7 +495,7 @@ pub(crate) async fn list_invites(
     Ok(Json(json!({ "invites": invites })).into_response())
 }
 
-/// `POST /api/ui/accounts/{id}/invites` `{"email", "role"}` (owners, CSRF): an
+/// `POST /api/ui/accounts/{account}/invites` `{"email", "role"}` (owners, CSRF): an
 /// invitation link, shown this once (Footfall sends no mail: the owner passes it on).
 pub(crate) async fn create_invite(
     State(app): State<AppRef>,
@@ -518,7 +520,7 @@ pub(crate) async fn create_invite(
         .into_response())
 }
 
-/// `DELETE /api/ui/accounts/{id}/invites/{invite_id}` (owners, CSRF).
+/// `DELETE /api/ui/accounts/{account}/invites/{invite_id}` (owners, CSRF).
 pub(crate) async fn revoke_invite(
     State(app): State<AppRef>,
     Path((account, id)): Path<(String, String)>,

@@ -4,6 +4,7 @@
 
 pub mod dashboard;
 pub mod error;
+mod extract;
 pub mod fast;
 pub mod metrics;
 pub mod protocols;
@@ -160,11 +161,11 @@ pub fn app(state: AppRef) -> Router {
                 axum::routing::delete(dashboard::revoke_share),
             )
             .route(
-                "/api/ui/accounts/{id}/invites",
+                "/api/ui/accounts/{account}/invites",
                 get(dashboard::list_invites).post(dashboard::create_invite),
             )
             .route(
-                "/api/ui/accounts/{id}/invites/{invite_id}",
+                "/api/ui/accounts/{account}/invites/{invite_id}",
                 axum::routing::delete(dashboard::revoke_invite),
             )
             .route("/api/invites/{token}", get(dashboard::show_invite))
@@ -188,6 +189,7 @@ pub fn app(state: AppRef) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/api/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -481,7 +483,7 @@ fn range_param(s: &str) -> serde_json::Value {
 async fn goals_list(
     State(app): State<AppRef>,
     headers: HeaderMap,
-    axum::extract::Query(p): axum::extract::Query<SiteParam>,
+    extract::Query(p): extract::Query<SiteParam>,
 ) -> Result<Response, ApiError> {
     let property = readable_property(&app, &headers, &p.site_id)?;
     Ok(Json(serde_json::json!({ "goals": property.goals })).into_response())
@@ -658,7 +660,7 @@ impl futures_core::Stream for Chunks {
 async fn export_events(
     State(app): State<AppRef>,
     headers: HeaderMap,
-    axum::extract::Query(p): axum::extract::Query<ExportParams>,
+    extract::Query(p): extract::Query<ExportParams>,
 ) -> Result<Response, ApiError> {
     let format = footfall_query::ExportFormat::parse(p.format.as_deref().unwrap_or("csv"))
         .map_err(query_error)?;
@@ -722,7 +724,7 @@ async fn retention(
 async fn realtime_visitors(
     State(app): State<AppRef>,
     headers: HeaderMap,
-    axum::extract::Query(p): axum::extract::Query<SiteParam>,
+    extract::Query(p): extract::Query<SiteParam>,
 ) -> Result<Response, ApiError> {
     authorise_read(&app, &headers, &p.site_id)?;
     let r = footfall_query::realtime(
@@ -737,7 +739,7 @@ async fn realtime_visitors(
 async fn realtime_report(
     State(app): State<AppRef>,
     headers: HeaderMap,
-    axum::extract::Query(p): axum::extract::Query<SiteParam>,
+    extract::Query(p): extract::Query<SiteParam>,
 ) -> Result<Response, ApiError> {
     authorise_read(&app, &headers, &p.site_id)?;
     Ok(Json(
@@ -767,7 +769,7 @@ fn default_range() -> String {
 async fn filtered_report(
     State(app): State<AppRef>,
     headers: HeaderMap,
-    axum::extract::Query(p): axum::extract::Query<FilteredParams>,
+    extract::Query(p): extract::Query<FilteredParams>,
 ) -> Result<Response, ApiError> {
     let property = readable_property(&app, &headers, &p.site_id)?;
     let range = range_param(&p.date_range);
@@ -1067,7 +1069,7 @@ async fn reprocess_start(
 async fn reprocess_status(
     State(app): State<AppRef>,
     headers: HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<u64>,
+    extract::Path(id): extract::Path<u64>,
 ) -> Result<Response, ApiError> {
     authorise_admin(&app, &headers)?;
     let s = reprocessor(&app)?
@@ -1080,6 +1082,14 @@ fn query_store(app: &AppState) -> Result<&Arc<dyn RollupRead>, ApiError> {
     app.store
         .as_ref()
         .ok_or_else(|| ApiError::unavailable("this node does not answer queries"))
+}
+
+/// The OpenAPI document of every endpoint (docs/API.md in machine form; schemathesis
+/// checks the server against it in the tests).
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// 200 `ready`, or 503 naming what is not: `shutting down`, or each failed check.

@@ -1876,6 +1876,16 @@ fn mounted_routes() -> std::collections::BTreeSet<String> {
     out
 }
 
+/// The OpenAPI document (`/api/openapi.json`) lists every mounted route and no other;
+/// schemathesis checks the answers against it (crates/footfall/tests/openapi.rs).
+#[test]
+fn the_openapi_document_lists_every_route() {
+    let doc: Value = serde_json::from_str(include_str!("../src/openapi.json")).unwrap();
+    let paths: std::collections::BTreeSet<String> =
+        doc["paths"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(paths, mounted_routes());
+}
+
 /// Tenant isolation: every endpoint × (no key, a wrong key, another property's key, a
 /// write key where a read key is needed, a revoked key) → an error, never data; and no
 /// credential but A's own writes into A.
@@ -2156,18 +2166,18 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
             format!("{ui}/shares/SH-AAAAAAAA"),
         ),
         get(
-            "/api/ui/accounts/{id}/invites",
+            "/api/ui/accounts/{account}/invites",
             Access::Session,
             "/api/ui/accounts/AC-AAAAAAAA/invites".into(),
         ),
         post(
-            "/api/ui/accounts/{id}/invites",
+            "/api/ui/accounts/{account}/invites",
             Access::Session,
             "/api/ui/accounts/AC-AAAAAAAA/invites".into(),
             json!({"email": "x@y.example", "role": "owner"}),
         ),
         delete(
-            "/api/ui/accounts/{id}/invites/{invite_id}",
+            "/api/ui/accounts/{account}/invites/{invite_id}",
             "/api/ui/accounts/AC-AAAAAAAA/invites/IN-AAAAAAAA".into(),
         ),
         get(
@@ -2209,6 +2219,11 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
         get("/healthz", Access::Public, "/healthz".into()),
         get("/readyz", Access::Public, "/readyz".into()),
         get("/metrics", Access::Public, "/metrics".into()),
+        get(
+            "/api/openapi.json",
+            Access::Public,
+            "/api/openapi.json".into(),
+        ),
     ];
     let listed: std::collections::BTreeSet<String> =
         table.iter().map(|e| e.route.to_string()).collect();
