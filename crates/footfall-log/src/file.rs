@@ -76,6 +76,9 @@ struct Shared {
     segments: Mutex<Vec<Vec<Segment>>>,
     poisoned: AtomicBool,
     poison_reason: Mutex<String>,
+    /// The last append failed for want of space (taken back cleanly): appends are tried
+    /// and refused until one succeeds.
+    full: AtomicBool,
     generation: Mutex<u64>,
     appended: Condvar,
     /// Tests: the partition whose next write (`.0`) or flush (`.1`) fails.
@@ -218,6 +221,7 @@ impl FileLog {
             segments: Mutex::new(all_segments),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(String::new()),
+            full: AtomicBool::new(false),
             generation: Mutex::new(0),
             appended: Condvar::new(),
             #[cfg(test)]
@@ -432,6 +436,7 @@ fn writer_loop(
         let written: Vec<usize> = (0..bufs.len()).filter(|&p| !bufs[p].is_empty()).collect();
         let lens: Vec<u64> = bufs.iter().map(|b| b.len() as u64).collect();
         let mut failure = None;
+        let mut full = false;
         // What a failure must take back: ranges of this group's records not yet durable.
         let mut undo: Vec<Withdrawal> = Vec::new();
         for (k, &p) in written.iter().enumerate() {
@@ -463,6 +468,9 @@ fn writer_loop(
                         start: a.len,
                         end,
                     });
+                    // A full disk refused the bytes before any fsync: once they are
+                    // taken back, the files are as before and a later append may succeed.
+                    full = is_full(&e);
                     failure = Some(format!("partition {p}: {e}"));
                     break;
                 }
@@ -493,12 +501,24 @@ fn writer_loop(
             b.clear();
         }
         if let Some(why) = failure {
-            withdraw(&mut active, &undo, opts.fsync);
+            let clean = withdraw(&mut active, &undo, opts.fsync);
+            if full && clean {
+                if !shared.full.swap(true, Ordering::SeqCst) {
+                    tracing::error!(error = %why, "event log: disk full; refusing appends until space returns");
+                }
+                for (req, _) in pending.into_iter().flatten() {
+                    (req.done)(Err(Error::Unavailable(format!("disk full: {why}"))));
+                }
+                continue;
+            }
             poison(&shared, why.clone());
             for (req, _) in pending.into_iter().flatten() {
                 (req.done)(Err(Error::Poisoned(why.clone())));
             }
             continue;
+        }
+        if !written.is_empty() && shared.full.swap(false, Ordering::SeqCst) {
+            tracing::warn!("event log: space is back; appends succeed again");
         }
         {
             let mut g = shared.generation.lock().unwrap();
@@ -537,7 +557,10 @@ impl Withdrawal {
 /// read and a retry to count twice. Best effort: the device that failed may fail this
 /// too, which is logged. Only records in partitions flushed before a failed flush stay
 /// (their appends' other records were not durable).
-fn withdraw(active: &mut [Active], undo: &[Withdrawal], fsync: bool) {
+///
+/// Answers whether every range was taken back (and flushed, with fsync on).
+fn withdraw(active: &mut [Active], undo: &[Withdrawal], fsync: bool) -> bool {
+    let mut clean = true;
     for w in undo {
         let a = &mut active[w.partition];
         let (_, mut res) = write_zeros(&a.file, w.start, w.end);
@@ -545,6 +568,7 @@ fn withdraw(active: &mut [Active], undo: &[Withdrawal], fsync: bool) {
             res = a.file.sync_data();
         }
         if let Err(e) = res {
+            clean = false;
             tracing::error!(
                 partition = w.partition,
                 error = %e,
@@ -553,6 +577,16 @@ fn withdraw(active: &mut [Active], undo: &[Withdrawal], fsync: bool) {
         }
         a.len = a.len.min(w.start);
     }
+    clean
+}
+
+/// Whether a write failed for want of space (or quota): a condition that passes, unlike
+/// a failing device.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// Writes zeros over `from..to` of `file`; returns how far it got, and the error if it
@@ -840,7 +874,7 @@ impl EventLog for FileLog {
     }
 
     fn healthy(&self) -> bool {
-        !self.shared.poisoned.load(Ordering::SeqCst)
+        !self.shared.poisoned.load(Ordering::SeqCst) && !self.shared.full.load(Ordering::SeqCst)
     }
 
     fn retained_bytes(&self) -> u64 {

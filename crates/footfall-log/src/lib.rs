@@ -74,7 +74,10 @@ pub type AppendCallback = Box<dyn FnOnce(Result<Vec<Offset>>) + Send + 'static>;
 ///   is the offset after the last durable record.
 /// - **Failure**: after a failed write or fsync, the log is poisoned: every later append
 ///   fails with [`Error::Poisoned`] and `healthy()` is false. It never acknowledges a
-///   record it could not make durable.
+///   record it could not make durable. Except a full disk: a write refused for want of
+///   space, taken back cleanly before any fsync, fails its appends with
+///   [`Error::Unavailable`] and leaves `healthy()` false until an append succeeds again
+///   (each append tries), so the log recovers by itself when space returns.
 /// - **Retention** only removes records below the `safe` offsets given by consumers.
 pub trait EventLog: Send + Sync + 'static {
     fn partitions(&self) -> u32;
