@@ -146,6 +146,62 @@ impl Reprocessor {
         id
     }
 
+    /// After `footfall repair rollups` (which moved a damaged store aside and left
+    /// `marker`): rebuilds every archived day of every property into the fresh store, as
+    /// one job, and removes `marker` when it is done. A failed job keeps the marker, so
+    /// the next start tries again. Events the archive does not hold yet come from the log,
+    /// which the processor reads from its first retained record into the fresh store.
+    pub async fn rebuild_after_repair(self: &Arc<Self>, marker: std::path::PathBuf) {
+        let files = match self.archive.list(None, None).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "rebuild after repair: cannot list the archive; will retry at the next start");
+                return;
+            }
+        };
+        let today = chrono::Utc::now().date_naive();
+        // UTC dates of the files; local dates reach a day to either side.
+        let (Some(first), Some(last)) = (
+            files.iter().map(|f| f.date).min(),
+            files.iter().map(|f| f.date).max(),
+        ) else {
+            tracing::warn!(
+                "rebuild after repair: the archive is empty; the log alone rebuilds the rollups"
+            );
+            let _ = std::fs::remove_file(&marker);
+            return;
+        };
+        let req = ReprocessRequest {
+            property: None,
+            all: true,
+            from: first.pred_opt().unwrap_or(first),
+            to: last.max(today).succ_opt().unwrap_or(last),
+            dry_run: false,
+        };
+        tracing::warn!(from = %req.from, to = %req.to, "rebuilding the rollups from the archive after a repair");
+        let id = self.start(req);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let Some(s) = self.status(id) else { return };
+            match s.state.as_str() {
+                "done" => {
+                    let _ = std::fs::remove_file(&marker);
+                    tracing::warn!(
+                        events = s.events_read,
+                        seconds = s.elapsed_seconds,
+                        "rollups rebuilt from the archive after a repair"
+                    );
+                    return;
+                }
+                "failed" => {
+                    tracing::error!(error = ?s.error, "rebuild after repair failed; the next start tries again");
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
     async fn run(
         &self,
         req: &ReprocessRequest,

@@ -332,3 +332,65 @@ pub fn log_count(cfg: &Config, a: LogCountArgs) -> anyhow::Result<()> {
     println!("{out}");
     Ok(())
 }
+
+#[derive(Args)]
+pub struct RepairArgs {
+    /// Move the store aside even when it opens (to rebuild it on purpose).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Where `footfall repair rollups` asks the next start to rebuild the rollups from the
+/// archive (beside the store, so that it survives the store being replaced).
+pub fn rebuild_marker(cfg: &Config) -> std::path::PathBuf {
+    cfg.server.data_dir.join("rollups.rebuild")
+}
+
+/// `footfall repair rollups`: checks the embedded rollup store the way a start does
+/// (every file's checksum); when it is damaged (or with `--force`), moves it aside
+/// (`rollups.damaged-<time>`, kept for inspection) and leaves the marker that makes the
+/// next start rebuild every archived day into a fresh store. The processor reads the
+/// log from its first retained record into the fresh store, so events not archived yet
+/// are counted too; reprocessing replaces the archived days whole, so none twice.
+pub fn repair_rollups(cfg: &Config, a: RepairArgs) -> anyhow::Result<()> {
+    if !cfg.store.url.is_empty() {
+        bail!("the rollups are in the database (store.url): a database is repaired with its own tools, or rebuilt with `footfall reprocess --all`");
+    }
+    let dir = cfg.server.data_dir.join("rollups");
+    if !dir.exists() {
+        bail!("no rollup store in {}", dir.display());
+    }
+    match footfall_store::SnapshotStore::open(&dir) {
+        Ok(_) if !a.force => {
+            println!(
+                "the rollup store in {} opens and every file checks: nothing to repair",
+                dir.display()
+            );
+            return Ok(());
+        }
+        Ok(_) => println!("the rollup store opens; moving it aside anyway (--force)"),
+        Err(e) => println!("the rollup store is damaged: {e}"),
+    }
+    let aside = cfg.server.data_dir.join(format!(
+        "rollups.damaged-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    std::fs::rename(&dir, &aside)
+        .with_context(|| format!("moving {} to {}", dir.display(), aside.display()))?;
+    let marker = rebuild_marker(cfg);
+    std::fs::write(
+        &marker,
+        format!(
+            "rollups moved to {} at {}\n",
+            aside.display(),
+            chrono::Utc::now()
+        ),
+    )?;
+    println!("moved the store to {}", aside.display());
+    println!(
+        "the next `footfall serve` rebuilds the rollups: every archived day from the archive, \
+         the rest from the log (progress in its log; {} is removed when done)",
+        marker.display()
+    );
+    Ok(())
+}

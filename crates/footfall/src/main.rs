@@ -91,6 +91,9 @@ enum Command {
     /// Manage dashboard users.
     #[command(subcommand)]
     User(UserCmd),
+    /// Repair damaged local files (the server must be stopped).
+    #[command(subcommand)]
+    Repair(RepairCmd),
     /// Inspect the event log (the embedded one or the Kafka topic the configuration names).
     #[command(subcommand)]
     Log(LogCmd),
@@ -135,6 +138,13 @@ enum LogCmd {
     /// Per partition: the offsets the log holds and how many events it holds (of one
     /// property, with --property), read from the start.
     Count(admin::LogCountArgs),
+}
+
+#[derive(Subcommand)]
+enum RepairCmd {
+    /// The embedded rollup store (checkpoint, state and day files): moves a damaged store
+    /// aside; the next start rebuilds it from the archive and the log.
+    Rollups(admin::RepairArgs),
 }
 
 #[derive(Subcommand)]
@@ -284,6 +294,7 @@ fn main() -> anyhow::Result<()> {
         Command::Reprocess(r) => admin::reprocess(&cfg, r),
         Command::Archive(ArchiveCmd::Verify(v)) => admin::verify(&cfg, v),
         Command::Log(LogCmd::Count(a)) => admin::log_count(&cfg, a),
+        Command::Repair(RepairCmd::Rollups(a)) => admin::repair_rollups(&cfg, a),
         Command::Account(a) => account_cmd(&cfg, a),
         Command::User(u) => user_cmd(&cfg, u),
         Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
@@ -547,10 +558,17 @@ fn open_writer_store(cfg: &Config) -> anyhow::Result<Arc<dyn RollupStore>> {
             read_cache_bytes: cfg.store.read_cache_mib << 20,
             cold_hours_on_disk: !cfg.store.cold_hours_in_memory,
         };
-        Ok(Arc::new(SnapshotStore::open_with(
-            cfg.server.data_dir.join("rollups"),
-            budget,
-        )?))
+        let dir = cfg.server.data_dir.join("rollups");
+        let store = SnapshotStore::open_with(&dir, budget).map_err(|e| {
+            anyhow::anyhow!(
+                "the rollup store in {} cannot be opened: {e}\n\
+                 Repair: stop every footfall process on this data directory and run \
+                 `footfall repair rollups`. It moves the damaged store aside; the next start \
+                 rebuilds the rollups from the archive and the log.",
+                dir.display()
+            )
+        })?;
+        Ok(Arc::new(store))
     } else {
         Ok(Arc::new(
             footfall_pg::PgRollupStore::open_writer(
@@ -952,6 +970,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         });
         if let Some(refresh) = columnar_refresh {
             tokio::spawn(refresh);
+        }
+        // After `footfall repair rollups`: the fresh store is rebuilt from the archive.
+        let marker = admin::rebuild_marker(&cfg);
+        if let (true, Some(r)) = (marker.exists(), &state.reprocessor) {
+            let r = r.clone();
+            tokio::spawn(async move { r.rebuild_after_repair(marker).await });
         }
         if let Some(archiver) = archiver {
             let seal_interval = config::parse_duration(&cfg.archive.seal_interval)?;
