@@ -75,7 +75,7 @@ async fn damaged_rollup_files_are_refused_named_and_repaired() {
             json!({"tracking_id": site.tracking_id, "name": "pageview",
                    "url": format!("https://shop.example/p{}", i % 6),
                    "client_id": format!("v{}", i % 40),
-                   "timestamp": now - (i % 3) * 86_400_000 - (i as i64) * 1000})
+                   "timestamp": now - (i % 3) * 86_400_000 - i * 1000})
         })
         .collect();
     assert_eq!(
