@@ -52,6 +52,102 @@ access-control-request-headers\r\naccess-control-allow-origin: *\r\n";
 /// upstream, deploy/nginx), so that none is left when this runs out.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(3);
 
+/// How many connections a node holds open (`server.max_connections`) and how many of
+/// them one client address may hold (`server.max_connections_per_client`; 0: no such
+/// limit — behind a gateway every connection comes from the gateway's address). A
+/// connection over a limit is answered at once — 503 (the node is full) or 429 (this
+/// client holds its share), in the API's error shape with `Retry-After` — and closed,
+/// so that open connections cannot exhaust the process's descriptors or memory.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max: usize,
+    pub per_client: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max: 10_000,
+            per_client: 0,
+        }
+    }
+}
+
+/// The connections open now, in all and per client address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_client: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One connection's place in [`Open`], given back when the connection ends.
+struct Slot {
+    open: Arc<std::sync::Mutex<Open>>,
+    client: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap();
+        o.total -= 1;
+        if let std::collections::hash_map::Entry::Occupied(mut e) = o.by_client.entry(self.client) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// A place for a connection from `client`, or the answer that refuses it.
+fn admit(
+    open: &Arc<std::sync::Mutex<Open>>,
+    limits: ConnectionLimits,
+    client: std::net::IpAddr,
+) -> Result<Slot, ApiError> {
+    let mut o = open.lock().unwrap();
+    if o.total >= limits.max {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this node holds as many connections as it may; retry, or use another node",
+        )
+        .retry_in(1));
+    }
+    let mine = o.by_client.get(&client).copied().unwrap_or(0);
+    if limits.per_client > 0 && mine >= limits.per_client {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "this client address holds as many connections as it may; reuse them",
+        )
+        .retry_in(1));
+    }
+    o.total += 1;
+    *o.by_client.entry(client).or_insert(0) += 1;
+    Ok(Slot {
+        open: open.clone(),
+        client,
+    })
+}
+
+/// Answers a refused connection and closes it. What the client sent meanwhile is read
+/// and dropped for a moment first: closing with unread bytes would reset the connection
+/// and lose the answer.
+async fn refuse(mut stream: TcpStream, e: ApiError) {
+    let mut out = Vec::with_capacity(256);
+    write_answer(&mut out, Err(e), true);
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 /// Serves `listener` until `signal` completes, then drains: the listener closes (new
 /// connections are refused, which proxies retry elsewhere), each open connection
 /// answers the requests that still come — each answer says `connection: close` — and
@@ -60,8 +156,10 @@ pub async fn serve(
     listener: TcpListener,
     app: Arc<AppState>,
     router: Router,
+    limits: ConnectionLimits,
     signal: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    let open: Arc<std::sync::Mutex<Open>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a receiver; the sender sees them all dropped.
     let (open_tx, open_rx) = watch::channel(());
@@ -83,7 +181,16 @@ pub async fn serve(
         // rather than when the kernel's coalescing of small writes lets it (as nginx's
         // `tcp_nodelay on`). Failing to set it only costs latency.
         let _ = stream.set_nodelay(true);
+        let slot = match admit(&open, limits, peer.ip()) {
+            Ok(slot) => slot,
+            Err(e) => {
+                tracing::debug!(%peer, "connection refused: {}", e.message);
+                tokio::spawn(refuse(stream, e));
+                continue;
+            }
+        };
         let conn = Connection {
+            _slot: slot,
             app: app.clone(),
             router: router.clone(),
             peer,
@@ -100,6 +207,7 @@ pub async fn serve(
 }
 
 struct Connection {
+    _slot: Slot,
     app: Arc<AppState>,
     router: Router,
     peer: SocketAddr,

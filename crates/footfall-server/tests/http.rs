@@ -1017,6 +1017,7 @@ async fn beacon_fast_path_answers_as_the_router_and_hands_other_requests_to_it()
         listener,
         h.state.clone(),
         app(h.state.clone()),
+        Default::default(),
         async move {
             let _ = stop_rx.await;
         },
@@ -2463,4 +2464,88 @@ async fn comparisons_and_time_labels() {
             "{v}"
         );
     }
+}
+
+/// Connection limits: one client address holds at most its share (429), the node at
+/// most its total (503); both answer in the API's error shape with `Retry-After` and
+/// close, and a connection that ends gives its place back.
+#[tokio::test]
+async fn connections_beyond_the_limits_are_answered_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(footfall_server::fast::serve(
+        listener,
+        h.state.clone(),
+        app(h.state.clone()),
+        footfall_server::fast::ConnectionLimits {
+            max: 3,
+            per_client: 2,
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // A connection from `from` (loopback addresses are all local) that asks for
+    // /healthz: its status and body; the connection stays open when it was accepted.
+    async fn ask(from: &str, port: u16) -> (tokio::net::TcpStream, u16, String) {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = sock
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if n == 0 || text.ends_with("ok") || text.contains("}}") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let status = text[9..12].parse().unwrap();
+        (s, status, text)
+    }
+    let (a1, s, _) = ask("127.0.0.1", port).await;
+    assert_eq!(s, 200);
+    let (_a2, s, _) = ask("127.0.0.1", port).await;
+    assert_eq!(s, 200);
+    let (_, s, text) = ask("127.0.0.1", port).await;
+    assert_eq!(s, 429, "{text}");
+    assert!(
+        text.contains("too_many_connections") && text.contains("retry-after: 1"),
+        "{text}"
+    );
+    let (_b1, s, _) = ask("127.0.0.2", port).await;
+    assert_eq!(s, 200, "another client still has room");
+    let (_, s, text) = ask("127.0.0.3", port).await;
+    assert_eq!(s, 503, "the node is full: {text}");
+    assert!(
+        text.contains("too_many_connections") && text.contains("retry-after: 1"),
+        "{text}"
+    );
+    // A connection that ends gives its place back.
+    drop(a1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_c, s, _) = ask("127.0.0.3", port).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    drop(server);
 }

@@ -267,6 +267,12 @@ pub struct ServerConfig {
     pub secure_cookies: bool,
     /// How long a dashboard login lasts.
     pub session_hours: u64,
+    /// Connections held open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections one client address may hold at once (0: no limit); one more is
+    /// answered 429 and closed. Leave it 0 behind a gateway, where every connection comes
+    /// from the gateway's address (limit clients there: nginx `limit_conn`).
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -359,6 +365,8 @@ impl Default for ServerConfig {
             roles: vec!["all".into()],
             secure_cookies: false,
             session_hours: 12,
+            max_connections: 10_000,
+            max_connections_per_client: 0,
         }
     }
 }

@@ -1013,7 +1013,11 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         let shutdown_state = state.clone();
         // Beacons are answered by the server's own HTTP/1.1 loop; every other request
         // by hyper and the router (see footfall_server::fast).
-        let server = footfall_server::fast::serve(listener, state.clone(), app, async move {
+        let limits = footfall_server::fast::ConnectionLimits {
+            max: cfg.server.max_connections,
+            per_client: cfg.server.max_connections_per_client,
+        };
+        let server = footfall_server::fast::serve(listener, state.clone(), app, limits, async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested: draining");
             // Not ready from now on; requests still arriving on open connections are
