@@ -360,6 +360,7 @@ impl Archiver {
                 at = r.next;
                 let e = match LoggedEvent::decode(&r.payload) {
                     Ok(e) => e,
+                    Err(footfall_event::DecodeError::Erased) => continue,
                     Err(err) => {
                         tracing::error!(partition, offset = r.offset, error = %err, "undecodable record not archived");
                         continue;

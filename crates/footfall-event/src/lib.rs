@@ -28,8 +28,19 @@ pub const RECORD_VERSION: u8 = 2;
 pub const FLAG_SERVER_SIDE: u8 = 1;
 
 /// Splits a record into its server-side flag and its postcard body.
+/// The first byte of an erased record: its payload is zeros (of the length it had), so
+/// that its offset and every other record's stay where they were (docs/SECURITY.md,
+/// "Deleting data").
+pub const ERASED_VERSION: u8 = 0;
+
+/// An erased record's payload, `len` bytes long.
+pub fn erased_record(len: usize) -> Vec<u8> {
+    vec![ERASED_VERSION; len]
+}
+
 fn record_body(bytes: &[u8]) -> Result<(bool, &[u8]), DecodeError> {
     match bytes {
+        [ERASED_VERSION, ..] => Err(DecodeError::Erased),
         [2, flags, body @ ..] => Ok((flags & FLAG_SERVER_SIDE != 0, body)),
         [2] => Err(DecodeError::Corrupt("record without its flags".into())),
         [1, body @ ..] => Ok((false, body)),
@@ -275,6 +286,10 @@ pub const PAGEVIEW: &str = "pageview";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The record was erased (a deletion of its visitor's or property's data): readers
+    /// skip it.
+    #[error("erased record")]
+    Erased,
     #[error("unknown record version {0}")]
     UnknownVersion(u8),
     #[error("corrupt record: {0}")]

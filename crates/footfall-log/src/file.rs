@@ -126,6 +126,19 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// The checksum of an erased record's payload (`len` zeros).
+fn erased_crc(len: usize) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    let zeros = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        h.update(&zeros[..n]);
+        left -= n;
+    }
+    h.finalize()
+}
+
 /// Scans frames of a segment and returns the length of its valid prefix, and whether
 /// anything but zeros (written ahead, see [`ZERO_AHEAD`]) follows it.
 fn valid_prefix(path: &Path, max_record: usize) -> std::io::Result<(u64, bool)> {
@@ -138,7 +151,8 @@ fn valid_prefix(path: &Path, max_record: usize) -> std::io::Result<(u64, bool)> 
         if len == 0 || len > max_record || pos + HEADER + len > data.len() {
             break;
         }
-        if crc32fast::hash(&data[pos + HEADER..pos + HEADER + len]) != crc {
+        if crc32fast::hash(&data[pos + HEADER..pos + HEADER + len]) != crc && crc != erased_crc(len)
+        {
             break;
         }
         pos += HEADER + len;
@@ -811,19 +825,26 @@ impl EventLog for FileLog {
                 break;
             }
             let payload = &data[pos + HEADER..pos + HEADER + len];
-            if crc32fast::hash(payload) != crc {
+            // A record being erased (or cut short by a crash while it was) has the
+            // checksum of zeros before its payload is all zeros: it reads as zeros.
+            let erased = crc32fast::hash(payload) != crc;
+            if erased && crc != erased_crc(len) {
                 return Err(Error::Corrupt { partition, offset });
             }
-            spans.push((offset, pos + HEADER, len));
+            spans.push((offset, pos + HEADER, len, erased));
             pos += HEADER + len;
         }
         let buf = bytes::Bytes::from_owner(window);
         let out = spans
             .into_iter()
-            .map(|(offset, start, len)| Record {
+            .map(|(offset, start, len, erased)| Record {
                 offset,
                 next: offset + (HEADER + len) as u64,
-                payload: buf.slice(start..start + len),
+                payload: if erased {
+                    bytes::Bytes::from(vec![0u8; len])
+                } else {
+                    buf.slice(start..start + len)
+                },
             })
             .collect();
         Ok(out)
@@ -877,6 +898,90 @@ impl EventLog for FileLog {
         !self.shared.poisoned.load(Ordering::SeqCst) && !self.shared.full.load(Ordering::SeqCst)
     }
 
+    fn erase(&self, partition: u32, offsets: &[Offset]) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let end = self.end_offset(partition);
+        let segs: Vec<(Offset, PathBuf)> = {
+            let all = self.shared.segments.lock().unwrap();
+            all.get(partition as usize)
+                .ok_or(Error::NoSuchPartition(partition))?
+                .iter()
+                .map(|s| (s.base, s.path.clone()))
+                .collect()
+        };
+        let mut offsets = offsets.to_vec();
+        offsets.sort_unstable();
+        offsets.dedup();
+        // Per segment: its file and the (position, length) of each record to erase.
+        let mut work: Vec<(File, Vec<(u64, usize)>)> = Vec::new();
+        let mut current: Option<usize> = None;
+        for off in offsets {
+            if off >= end {
+                return Err(Error::Corrupt {
+                    partition,
+                    offset: off,
+                });
+            }
+            let idx = segs.partition_point(|(base, _)| *base <= off);
+            if idx == 0 {
+                continue; // removed by retention already
+            }
+            if current != Some(idx - 1) {
+                let f = match OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&segs[idx - 1].1)
+                {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                work.push((f, Vec::new()));
+                current = Some(idx - 1);
+            }
+            let (file, records) = work.last_mut().unwrap();
+            let at = off - segs[idx - 1].0;
+            let mut head = [0u8; HEADER];
+            file.read_exact_at(&mut head, at)?;
+            let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+            let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
+            if len == 0 || len > self.opts.max_record_bytes {
+                return Err(Error::Corrupt {
+                    partition,
+                    offset: off,
+                });
+            }
+            if crc == erased_crc(len) {
+                continue; // erased before
+            }
+            let mut payload = vec![0u8; len];
+            file.read_exact_at(&mut payload, at + HEADER as u64)?;
+            if crc32fast::hash(&payload) != crc {
+                return Err(Error::Corrupt {
+                    partition,
+                    offset: off,
+                });
+            }
+            records.push((at, len));
+        }
+        let mut erased = 0;
+        for (file, records) in &work {
+            // The checksums of zeros first, made durable before any payload changes:
+            // readers take a record with that checksum as erased whatever its payload
+            // holds, so a crash part way through leaves it erased, not damaged.
+            for &(at, len) in records {
+                file.write_all_at(&erased_crc(len).to_le_bytes(), at + 4)?;
+            }
+            file.sync_data()?;
+            for &(at, len) in records {
+                file.write_all_at(&vec![0u8; len], at + HEADER as u64)?;
+            }
+            file.sync_data()?;
+            erased += records.len() as u64;
+        }
+        Ok(erased)
+    }
+
     fn retained_bytes(&self) -> u64 {
         let segs = self.shared.segments.lock().unwrap();
         (0..self.opts.partitions)
@@ -910,6 +1015,66 @@ mod tests {
     #[test]
     fn event_log_contract() {
         crate::contract::run(&mut Files(tempfile::tempdir().unwrap()));
+    }
+
+    #[test]
+    fn erased_records_read_as_zeros_and_keep_every_offset() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FileLogOptions {
+            partitions: 1,
+            segment_bytes: 256,
+            ..Default::default()
+        };
+        let log = FileLog::open(dir.path(), opts.clone()).unwrap();
+        let recs: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i + 1; 10 + i as usize]).collect();
+        let offs: Vec<Offset> = recs
+            .iter()
+            .map(|r| append_sync(&log, vec![(0, r.clone())]).unwrap()[0])
+            .collect();
+        assert!(log.shared.segments.lock().unwrap()[0].len() > 3);
+        // Records in several segments, twice over (the second time erases nothing).
+        let gone = [offs[1], offs[17], offs[18], offs[39]];
+        assert_eq!(log.erase(0, &gone).unwrap(), 4);
+        assert_eq!(log.erase(0, &gone).unwrap(), 0);
+        assert!(
+            log.erase(0, &[log.end_offset(0)]).is_err(),
+            "beyond the end"
+        );
+        let want: Vec<Vec<u8>> = recs
+            .iter()
+            .zip(&offs)
+            .map(|(r, o)| {
+                if gone.contains(o) {
+                    vec![0; r.len()]
+                } else {
+                    r.clone()
+                }
+            })
+            .collect();
+        assert_eq!(read_all(&log, 0), want);
+        drop(log);
+        // A crash part way through an erasure: the checksum of zeros is written, the
+        // payload not yet. It reads as erased, and nothing after it is lost at reopen.
+        let log = FileLog::open(dir.path(), opts.clone()).unwrap();
+        let (seg, at) = {
+            let all = log.shared.segments.lock().unwrap();
+            let s = all[0].iter().rev().find(|s| s.base <= offs[30]).unwrap();
+            (s.path.clone(), offs[30] - s.base)
+        };
+        drop(log);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&erased_crc(recs[30].len()).to_le_bytes(), at + 4)
+            .unwrap();
+        drop(f);
+        let log = FileLog::open(dir.path(), opts).unwrap();
+        let mut want = want;
+        want[30] = vec![0; recs[30].len()];
+        assert_eq!(read_all(&log, 0), want);
+        assert_eq!(
+            log.end_offset(0),
+            offs[39] + (HEADER + recs[39].len()) as u64
+        );
     }
     use std::io::Write;
     use std::sync::mpsc::channel;

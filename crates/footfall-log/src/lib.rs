@@ -46,6 +46,8 @@ pub enum Error {
     /// succeed (unlike [`Error::Poisoned`]).
     #[error("log unavailable: {0}")]
     Unavailable(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// One record read back from the log.
@@ -105,6 +107,21 @@ pub trait EventLog: Send + Sync + 'static {
     /// Deletes whole segments that lie entirely below `safe[partition]` and are older
     /// than `max_age` or beyond `max_bytes` per partition. Returns bytes freed.
     fn enforce_retention(&self, safe: &[Offset], max_age: Duration, max_bytes: u64) -> Result<u64>;
+
+    /// Erases the records of `partition` at `offsets` (each the offset of a durable
+    /// record): their payloads become zeros of the same length, durably, so that every
+    /// offset stays where it was. Readers then get all-zero payloads for them (the event
+    /// format reads a zero first byte as "erased"). Offsets no longer retained are
+    /// skipped. Answers how many records were erased. For deleting a visitor's or a
+    /// property's data; call it only for records every consumer has passed (a reader at
+    /// such a record at the same moment may see it half rewritten). Logs that cannot
+    /// rewrite records (a broker's topic) answer [`Error::Unsupported`].
+    fn erase(&self, partition: u32, offsets: &[Offset]) -> Result<u64> {
+        let _ = (partition, offsets);
+        Err(Error::Unsupported(
+            "this log cannot rewrite records; they expire with its retention".into(),
+        ))
+    }
 
     /// False once poisoned.
     fn healthy(&self) -> bool;

@@ -287,6 +287,7 @@ impl Processor {
                 for r in recs {
                     let e = match EventView::decode(&r.payload) {
                         Ok(e) => e,
+                        Err(footfall_event::DecodeError::Erased) => continue,
                         Err(err) => {
                             tracing::error!(partition = p, offset = r.offset, error = %err, "undecodable log record skipped");
                             stats.corrupt_records.fetch_add(1, Ordering::Relaxed);

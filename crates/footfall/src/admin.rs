@@ -317,6 +317,7 @@ pub fn log_count(cfg: &Config, a: LogCountArgs) -> anyhow::Result<()> {
                 match LoggedEvent::decode(&r.payload) {
                     Ok(e) if a.property.as_deref().is_none_or(|p| p == e.property) => e_n += 1,
                     Ok(_) => {}
+                    Err(footfall_event::DecodeError::Erased) => {}
                     Err(_) => undecodable += 1,
                 }
             }
