@@ -146,6 +146,15 @@ impl Archive {
         Ok(n)
     }
 
+    /// Deletes a file by its name relative to the archive's prefix (one already gone is
+    /// not an error).
+    pub async fn delete_file(&self, rel: &str) -> Result<()> {
+        match self.store.delete(&self.key(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads a file by its name relative to the archive's prefix (as [`Self::list`]
     /// gives it). A prefix may itself be `events` or look like part of a name, so
     /// names are never guessed to be full paths.

@@ -272,6 +272,29 @@ impl Columns {
         Ok(())
     }
 
+    /// Deletes the files of `property` in `[from, to]` (data and manifest), after its
+    /// events there were deleted from the archive: the next refresh makes again the days
+    /// that still have events, and the others stay gone.
+    pub async fn forget(&self, property: &str, from: NaiveDate, to: NaiveDate) -> Result<()> {
+        let store = self.archive.object_store();
+        for d in from.iter_days().take_while(|d| *d <= to) {
+            self.known
+                .lock()
+                .unwrap()
+                .remove(&(property.to_string(), d));
+            for name in ["events.parquet", "manifest.json"] {
+                let path = self
+                    .archive
+                    .path_of(&format!("{}/{name}", Self::dir(property, d)));
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the files of a run of consecutive days (each with its archive file names and
     /// sizes) from one read of their archive files, and empties the run; answers the
     /// rows written.

@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 pub mod fast;
 pub mod metrics;
+pub mod privacy;
 pub mod protocols;
 pub mod reprocess;
 pub mod tracker;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Reprocessing (absent when the server runs without an archive).
     pub reprocessor: Option<Arc<reprocess::Reprocessor>>,
+    /// Deleting data (beside reprocessing, which it uses).
+    pub eraser: Option<Arc<privacy::Eraser>>,
     /// Segment `messageId`s recently kept, to recognise retries.
     pub message_ids: protocols::MessageIds,
     /// Another path the tracker script is served under (empty: only `/footfall.js`).
@@ -184,6 +187,11 @@ pub fn app(state: AppRef) -> Router {
         router = router
             .route("/api/v1/admin/reprocess", post(reprocess_start))
             .route("/api/v1/admin/reprocess/{id}", get(reprocess_status));
+    }
+    if state.eraser.is_some() {
+        router = router
+            .route("/api/v1/admin/delete", post(delete_start))
+            .route("/api/v1/admin/delete/{id}", get(delete_status));
     }
     router
         .route("/healthz", get(|| async { "ok" }))
@@ -1088,6 +1096,90 @@ async fn reprocess_status(
     authorise_admin(&app, &headers)?;
     let s = reprocessor(&app)?
         .status(id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job"))?;
+    Ok(Json(s).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRequest {
+    property: String,
+    /// One visitor, by the `user_id` or `client_id` its events were sent with.
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    /// Every event of the property (given explicitly, so that a request that names no
+    /// visitor by mistake deletes nothing).
+    #[serde(default)]
+    everything: bool,
+}
+
+/// `POST /api/v1/admin/delete` (admin key): deletes a property's events, or one
+/// visitor's, from the archive, the log, the rollups and the columnar files
+/// (docs/SECURITY.md, "Deleting data"); answers `202 {"job": id}`.
+async fn delete_start(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorise_admin(&app, &headers)?;
+    let eraser = app.eraser.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_available",
+            "this server has no archive",
+        )
+    })?;
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: DeleteRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    use footfall_event::identity::{visitor_id, IdentitySource};
+    let target = match (&req.user_id, &req.client_id, req.everything) {
+        (Some(u), None, false) if !u.is_empty() => privacy::Target::Visitor(visitor_id(
+            app.cache.secret(),
+            &req.property,
+            IdentitySource::UserId(u),
+        )),
+        (None, Some(c), false) if !c.is_empty() => privacy::Target::Visitor(visitor_id(
+            app.cache.secret(),
+            &req.property,
+            IdentitySource::ClientId(c),
+        )),
+        (None, None, true) => privacy::Target::Everything,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give exactly one of `user_id`, `client_id` or `everything: true`",
+            ))
+        }
+    };
+    if app
+        .cache
+        .property(&req.property)
+        .map_err(internal)?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_property",
+            format!("no property `{}`", req.property),
+        ));
+    }
+    let id = eraser.start(req.property, target);
+    Ok((StatusCode::ACCEPTED, Json(json!({"job": id}))).into_response())
+}
+
+async fn delete_status(
+    State(app): State<AppRef>,
+    headers: HeaderMap,
+    extract::Path(id): extract::Path<u64>,
+) -> Result<Response, ApiError> {
+    authorise_admin(&app, &headers)?;
+    let s = app
+        .eraser
+        .as_ref()
+        .and_then(|e| e.status(id))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job"))?;
     Ok(Json(s).into_response())
 }

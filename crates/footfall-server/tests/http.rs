@@ -97,6 +97,7 @@ fn harness_full(
         sql_limits: Default::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
         reprocessor: None,
+        eraser: None,
         auth: Some(Arc::new(footfall_auth::Auth::new(
             meta.clone(),
             footfall_auth::AuthOptions::default(),
@@ -2216,6 +2217,17 @@ async fn tenant_isolation_every_endpoint_every_wrong_credential() {
             "/api/v1/admin/reprocess/{id}",
             Access::Admin,
             "/api/v1/admin/reprocess/1".into(),
+        ),
+        post(
+            "/api/v1/admin/delete",
+            Access::Admin,
+            "/api/v1/admin/delete".into(),
+            json!({"property": site, "everything": true}),
+        ),
+        get(
+            "/api/v1/admin/delete/{id}",
+            Access::Admin,
+            "/api/v1/admin/delete/1".into(),
         ),
         get("/healthz", Access::Public, "/healthz".into()),
         get("/readyz", Access::Public, "/readyz".into()),

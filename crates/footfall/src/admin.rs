@@ -395,3 +395,97 @@ pub fn repair_rollups(cfg: &Config, a: RepairArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// The property whose data is deleted.
+    #[arg(long)]
+    property: String,
+    /// One visitor: the `user_id` its events were sent with.
+    #[arg(long, conflicts_with_all = ["client_id", "everything"])]
+    user_id: Option<String>,
+    /// One visitor: the `client_id` its events were sent with.
+    #[arg(long, conflicts_with = "everything")]
+    client_id: Option<String>,
+    /// Every event of the property (its settings, keys and goals stay).
+    #[arg(long)]
+    everything: bool,
+    /// Server URL (default: http:// + server.listen).
+    #[arg(long)]
+    url: Option<String>,
+    /// Admin key (default: $FOOTFALL_ADMIN_KEY).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+/// `footfall delete`: asks the running server to delete a visitor's or a property's
+/// events everywhere they are kept, waits, and prints the report.
+pub fn delete(cfg: &Config, a: DeleteArgs) -> anyhow::Result<()> {
+    if a.user_id.is_none() && a.client_id.is_none() && !a.everything {
+        bail!("give --user-id, --client-id or --everything");
+    }
+    let url = a
+        .url
+        .unwrap_or_else(|| format!("http://{}", cfg.server.listen))
+        .trim_end_matches('/')
+        .to_string();
+    let key = a
+        .key
+        .or_else(|| std::env::var("FOOTFALL_ADMIN_KEY").ok())
+        .context(
+        "an admin key is needed: --key or FOOTFALL_ADMIN_KEY (footfall key create --scope admin)",
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut body = json!({"property": a.property});
+        if let Some(u) = &a.user_id {
+            body["user_id"] = json!(u);
+        }
+        if let Some(c) = &a.client_id {
+            body["client_id"] = json!(c);
+        }
+        if a.everything {
+            body["everything"] = json!(true);
+        }
+        let r = client
+            .post(format!("{url}/api/v1/admin/delete"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("is `footfall serve` running at {url}?"))?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        if !status.is_success() {
+            bail!("server refused: {v}");
+        }
+        let id = v["job"].as_u64().context("no job id")?;
+        let mut last_phase = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let s: Value = client
+                .get(format!("{url}/api/v1/admin/delete/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let phase = s["phase"].as_str().unwrap_or("").to_string();
+            if phase != last_phase {
+                eprintln!("{phase}");
+                last_phase = phase;
+            }
+            match s["state"].as_str() {
+                Some("done") => {
+                    println!("{}", serde_json::to_string_pretty(&s["report"])?);
+                    return Ok(());
+                }
+                Some("failed") => bail!("deletion failed: {}", s["error"]),
+                _ => {}
+            }
+        }
+    })
+}

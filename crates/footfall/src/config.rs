@@ -21,6 +21,30 @@ pub struct Config {
     pub store: StoreConfig,
     pub query: QueryConfig,
     pub columnar: ColumnarConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long events are kept (docs/SECURITY.md, "Deleting data"): a property's events
+/// older than its retention are deleted from the archive, the log, the rollups and the
+/// columnar files, checked every `check_interval`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Months every property keeps (0: forever).
+    pub months: u32,
+    /// Per property, over `months`: `[retention.properties]` `"FF-…" = 13`.
+    pub properties: std::collections::HashMap<String, u32>,
+    pub check_interval: String,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            months: 0,
+            properties: Default::default(),
+            check_interval: "1h".into(),
+        }
+    }
 }
 
 /// Raw events in columns (docs/QUERIES.md): the files the archiver role makes from the

@@ -91,6 +91,9 @@ enum Command {
     /// Manage dashboard users.
     #[command(subcommand)]
     User(UserCmd),
+    /// Delete a visitor's or a property's events everywhere they are kept (on a running
+    /// server; docs/SECURITY.md, "Deleting data").
+    Delete(admin::DeleteArgs),
     /// Repair damaged local files (the server must be stopped).
     #[command(subcommand)]
     Repair(RepairCmd),
@@ -295,6 +298,7 @@ fn main() -> anyhow::Result<()> {
         Command::Archive(ArchiveCmd::Verify(v)) => admin::verify(&cfg, v),
         Command::Log(LogCmd::Count(a)) => admin::log_count(&cfg, a),
         Command::Repair(RepairCmd::Rollups(a)) => admin::repair_rollups(&cfg, a),
+        Command::Delete(a) => admin::delete(&cfg, a),
         Command::Account(a) => account_cmd(&cfg, a),
         Command::User(u) => user_cmd(&cfg, u),
         Command::Import(ImportCmd::AccessLog(a)) => import::access_log(&cfg, a),
@@ -871,10 +875,25 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         _ => None,
     };
 
+    // Deleting data (a visitor's, a property's, past its retention) rewrites the
+    // archive and rebuilds from it: it lives beside reprocessing.
+    let eraser = reprocessor.as_ref().map(|r| {
+        Arc::new(footfall_server::privacy::Eraser::new(
+            r.clone(),
+            log.clone(),
+        ))
+    });
+
     // Raw events in columns: the archiver role makes the files, query nodes answer
     // from them what the rollups cannot.
-    let (events, columnar_refresh) =
-        columnar(&cfg, &roles, &cache, &session_rules, reprocessor.as_ref())?;
+    let (events, columnar_refresh) = columnar(
+        &cfg,
+        &roles,
+        &cache,
+        &session_rules,
+        reprocessor.as_ref(),
+        eraser.as_ref(),
+    )?;
 
     let mut rules = IngestRules::default();
     rules.limits.max_body_bytes = cfg.ingest.max_body_bytes;
@@ -920,6 +939,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         message_ids: footfall_server::protocols::MessageIds::new(1_000_000),
         tracker_path: cfg.tracker.script_path.clone(),
         reprocessor,
+        eraser: eraser.clone(),
         events,
         sql_limits: footfall_query::SqlLimits {
             timeout: config::parse_duration(&cfg.columnar.sql_timeout)?,
@@ -970,6 +990,17 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         });
         if let Some(refresh) = columnar_refresh {
             tokio::spawn(refresh);
+        }
+        // Each property's retention: its events older than that are deleted.
+        if let Some(e) = &eraser {
+            let policy = footfall_server::privacy::RetentionPolicy {
+                default_months: cfg.retention.months,
+                by_property: cfg.retention.properties.clone(),
+            };
+            if policy.default_months > 0 || policy.by_property.values().any(|m| *m > 0) {
+                let interval = config::parse_duration(&cfg.retention.check_interval)?;
+                tokio::spawn(e.clone().retention_loop(policy, interval));
+            }
         }
         // After `footfall repair rollups`: the fresh store is rebuilt from the archive.
         let marker = admin::rebuild_marker(&cfg);
@@ -1111,6 +1142,7 @@ fn columnar(
     cache: &Arc<MetaCache>,
     rules: &SessionRules,
     reprocessor: Option<&Arc<footfall_server::reprocess::Reprocessor>>,
+    eraser: Option<&Arc<footfall_server::privacy::Eraser>>,
 ) -> anyhow::Result<Columnar> {
     if !cfg.columnar.enabled || !(roles.query || roles.archiver) {
         return Ok((None, None));
@@ -1124,6 +1156,18 @@ fn columnar(
             let c = c.clone();
             Box::pin(async move {
                 c.invalidate(&property, from, to)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
+    // Deleted events leave the columnar files too.
+    if let Some(e) = eraser {
+        let c = columns.clone();
+        let _ = e.forget_columns.set(Arc::new(move |property, from, to| {
+            let c = c.clone();
+            Box::pin(async move {
+                c.forget(&property, from, to)
                     .await
                     .map_err(|e| e.to_string())
             })
@@ -1205,6 +1249,7 @@ fn columnar(
     _: &Arc<MetaCache>,
     _: &SessionRules,
     _: Option<&Arc<footfall_server::reprocess::Reprocessor>>,
+    _: Option<&Arc<footfall_server::privacy::Eraser>>,
 ) -> anyhow::Result<Columnar> {
     if cfg.columnar.enabled && roles.query {
         tracing::info!("this binary is built without the `columnar` feature: queries the rollups cannot answer get a 400");

@@ -9,24 +9,12 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 use serde_json::json;
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
-
-fn files_under(d: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out)
-        } else {
-            out.push(p)
-        }
-    }
-}
 
 /// The forms an address could be stored in: its text (IPv6 also fully expanded) and
 /// its bytes.
@@ -47,44 +35,6 @@ fn needles(ip: IpAddr) -> Vec<Vec<u8>> {
         }
     }
     v
-}
-
-/// The files under `dir` holding `needle`.
-fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    files_under(dir, &mut files);
-    files
-        .into_iter()
-        .filter(|f| {
-            std::fs::read(f)
-                .map(|b| b.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Every record of the archive's (deflate-compressed) Avro files, as Python's fastavro
-/// reads them, one `repr` per line: what a byte scan of the files cannot see.
-fn archive_records(py: &str, dir: &Path, out: &Path) {
-    let mut files = Vec::new();
-    files_under(&dir.join("archive"), &mut files);
-    files.retain(|f| f.extension().is_some_and(|x| x == "avro"));
-    assert!(!files.is_empty(), "no archive files");
-    let script = r#"
-import sys, fastavro
-with open(sys.argv[1], "w") as out:
-    for path in sys.argv[2:]:
-        with open(path, "rb") as f:
-            for r in fastavro.reader(f):
-                out.write(repr(r) + "\n")
-"#;
-    run_ok(
-        std::process::Command::new(py)
-            .arg("-c")
-            .arg(script)
-            .arg(out)
-            .args(&files),
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

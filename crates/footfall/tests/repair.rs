@@ -5,23 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-fn files_under(d: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out)
-        } else {
-            out.push(p)
-        }
-    }
-}
 
 /// Per local day: pageviews, visitors, visits and bounce rate over the last 7 days.
 async fn by_day(c: &reqwest::Client, url: &str, site: &Site) -> Value {
