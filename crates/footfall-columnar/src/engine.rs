@@ -159,6 +159,9 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
         "visit:exit_page" => col("visit_exit_page", true),
         "visit:entry_page_hostname" => col("visit_entry_page_hostname", true),
         "visit:exit_page_hostname" => col("visit_exit_page_hostname", true),
+        "visit:country_name" => col("country_name(visit_country)", true),
+        "visit:region_name" => col("region_name(visit_region)", true),
+        "visit:city_name" => col("visit_city", true),
         _ => {
             if let Some(k) = name.strip_prefix("event:props:").filter(|k| !k.is_empty()) {
                 return Ok(col(
@@ -173,7 +176,7 @@ fn dimension(name: &str) -> Result<Dim, QueryError> {
                 return Ok(col(&column_of(name), true));
             }
             return bad(format!(
-                "dimension `{name}` is not supported; supported: time, time:hour, time:day, time:week, time:month, event:page, event:name, event:hostname, event:goal, event:props:<key>, visit:entry_page, visit:exit_page, visit:entry_page_hostname, visit:exit_page_hostname, {}",
+                "dimension `{name}` is not supported; supported: time, time:hour, time:day, time:week, time:month, event:page, event:name, event:hostname, event:goal, event:props:<key>, visit:entry_page, visit:exit_page, visit:entry_page_hostname, visit:exit_page_hostname, visit:country_name, visit:region_name, visit:city_name, {}",
                 VISIT_FIELDS.join(", ")
             ));
         }
@@ -529,6 +532,7 @@ impl ColumnarEngine {
             |e: datafusion::error::DataFusionError| QueryError::Unavailable(e.to_string());
         let config = SessionConfig::new().with_target_partitions(2);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        crate::names::register(&ctx);
         let table = listing_table(&self.store_url, &days).map_err(unavailable)?;
         ctx.register_table("events", Arc::new(table))
             .map_err(unavailable)?;
@@ -551,6 +555,7 @@ impl ColumnarEngine {
             .with_information_schema(true)
             .with_default_catalog_and_schema(property, "public");
         let ctx = SessionContext::new_with_config_rt(config, self.limited_runtime(memory_bytes)?);
+        crate::names::register(&ctx);
         let history = crate::history::History::new(
             self.columns.clone(),
             self.store_url.clone(),

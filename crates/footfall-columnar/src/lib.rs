@@ -14,6 +14,7 @@
 pub mod engine;
 pub mod files;
 mod history;
+mod names;
 pub mod sql;
 pub mod table;
 

@@ -9,7 +9,9 @@
 //! each set is compiled lazily on first use, so processes that never enrich pay nothing.
 
 mod channel;
+mod country_names;
 mod geo;
+pub mod names;
 mod ua;
 
 use std::path::Path;

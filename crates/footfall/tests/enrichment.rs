@@ -171,3 +171,116 @@ async fn geo_devices_channels_and_bots() {
     let v = filtered(&c, &server.url, &site, "day").await;
     assert_eq!(v["filtered"], json!({"bot:crawler-pattern": 2}), "{v}");
 }
+
+/// `visit:country_name`, `visit:region_name` and `visit:city_name` (docs/METRICS.md):
+/// the names of the stored codes, as breakdowns and as filters (`is`, `contains`
+/// without case, `matches`) under another breakdown, in two time zones. The rollups
+/// keep codes, so the columnar engine answers.
+#[cfg(feature = "columnar")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn country_region_and_city_names() {
+    let Some(py) = test_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("geo.mmdb");
+    run_ok(Command::new(&py).args(["-c", MMDB_PY]).arg(&db));
+    let sites = [
+        create_site(dir.path(), "Asia/Kolkata"),
+        create_site(dir.path(), "UTC"),
+    ];
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("FOOTFALL_ENRICH__GEOIP_PATH", db.to_str().unwrap()),
+            ("FOOTFALL_ARCHIVE__SEAL_INTERVAL", "200ms"),
+            ("FOOTFALL_COLUMNAR__REFRESH_INTERVAL", "200ms"),
+        ],
+    );
+    let c = reqwest::Client::new();
+    for site in &sites {
+        let ev = |ip: &str, page: &str| {
+            json!({"tracking_id": site.tracking_id, "name": "pageview",
+                   "url": format!("https://shop.example{page}"), "ip": ip, "user_agent": CHROME})
+        };
+        // Berlin (DE, DE-BE) with two pages; Japan without region or city; no entry.
+        let body = json!([
+            ev("203.0.113.9", "/a"),
+            ev("203.0.113.9", "/b"),
+            ev("198.51.100.4", "/a"),
+            ev("192.0.2.1", "/c")
+        ]);
+        assert_eq!(
+            post_events(&c, &server.url, &site.write_key, &body).await,
+            4
+        );
+    }
+    for site in &sites {
+        let ask = |dims: Value, filters: Value, metric: &str| {
+            let (c, url, site) = (c.clone(), server.url.clone(), site.clone());
+            let metric = metric.to_string();
+            async move {
+                let q = json!({"site_id": site.tracking_id, "metrics": [metric], "date_range": "day",
+                               "dimensions": dims, "filters": filters});
+                query(&c, &url, &site, q).await
+            }
+        };
+        // The columnar files are made from the archive within a second or two.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let by_country = loop {
+            let v = ask(json!(["visit:country_name"]), json!([]), "visits").await;
+            let m = counts_by_dimension(&v);
+            if m.values().sum::<u64>() == 3 {
+                assert_eq!(v["meta"]["engine"], "columnar", "{v}");
+                break m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no columnar answer: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        let m = map_of;
+        assert_eq!(
+            by_country,
+            m(&[("Germany", 1), ("Japan", 1), ("(unknown)", 1)])
+        );
+        let by = |dim: &str| ask(json!([dim]), json!([]), "visits");
+        assert_eq!(
+            counts_by_dimension(&by("visit:region_name").await),
+            m(&[("Berlin", 1), ("(unknown)", 2)])
+        );
+        assert_eq!(
+            counts_by_dimension(&by("visit:city_name").await),
+            m(&[("Berlin", 1), ("(unknown)", 2)])
+        );
+        let pages = |filters: Value| ask(json!(["event:page"]), filters, "pageviews");
+        let germany = m(&[("/a", 1), ("/b", 1)]);
+        assert_eq!(
+            counts_by_dimension(&pages(json!([["is", "visit:country_name", ["Germany"]]])).await),
+            germany
+        );
+        assert_eq!(
+            counts_by_dimension(
+                &pages(
+                    json!([["contains", "visit:country_name", ["GERM"], {"case_sensitive": false}]])
+                )
+                .await
+            ),
+            germany
+        );
+        assert_eq!(
+            counts_by_dimension(&pages(json!([["is", "visit:region_name", ["Berlin"]]])).await),
+            germany
+        );
+        assert_eq!(
+            counts_by_dimension(
+                &ask(
+                    json!(["visit:country"]),
+                    json!([["matches", "visit:country_name", ["^J"]]]),
+                    "visits"
+                )
+                .await
+            ),
+            m(&[("JP", 1)])
+        );
+    }
+}
