@@ -237,9 +237,11 @@ pub fn time_labels(dim: &str, from: NaiveDate, to: NaiveDate) -> Option<Vec<Stri
             .flat_map(|d| (0..24).map(move |h| format!("{} {h:02}:00:00", d.format("%Y-%m-%d"))))
             .collect(),
         "time:day" | "time" => days.map(|d| d.format("%Y-%m-%d").to_string()).collect(),
+        // The first, partial week under the range's first day (as [`respond`] labels it).
         "time:week" => days
             .map(|d| {
                 (d - Duration::days(d.weekday().num_days_from_monday() as i64))
+                    .max(from)
                     .format("%Y-%m-%d")
                     .to_string()
             })
@@ -1371,6 +1373,16 @@ pub fn respond(
     engine: &str,
 ) -> Result<Value, QueryError> {
     type RowCmp = Box<dyn Fn(&ResultRow, &ResultRow) -> std::cmp::Ordering>;
+    // A range that starts mid-week: its first week is labelled with the range's first
+    // day, as Plausible labels it (the bucket still starts on the Monday).
+    if let Some(i) = req.dimensions.iter().position(|d| d == "time:week") {
+        let first = from.format("%Y-%m-%d").to_string();
+        for r in &mut rows {
+            if r.dims[i].as_str().is_some_and(|l| l < first.as_str()) {
+                r.dims[i] = json!(first);
+            }
+        }
+    }
     let has_time = req.dimensions.iter().any(|d| d.starts_with("time"));
     let mut sorters: Vec<(RowCmp, bool)> = Vec::new();
     for (k, desc) in order_of(req)? {
@@ -1594,10 +1606,15 @@ mod tests {
     #[test]
     fn time_labels_and_comparison_ranges() {
         let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
-        // 2026-11-25 is a Wednesday: its week is labelled by Monday the 23rd.
+        // 2026-11-25 is a Wednesday: its partial week is labelled by the range's first
+        // day, the next weeks by their Mondays.
         assert_eq!(
             time_labels("time:week", d("2026-11-25"), d("2026-12-07")).unwrap(),
-            ["2026-11-23", "2026-11-30", "2026-12-07"]
+            ["2026-11-25", "2026-11-30", "2026-12-07"]
+        );
+        assert_eq!(
+            time_labels("time:week", d("2026-11-23"), d("2026-11-30")).unwrap(),
+            ["2026-11-23", "2026-11-30"]
         );
         assert_eq!(
             time_labels("time:month", d("2026-11-25"), d("2027-01-02")).unwrap(),
