@@ -26,7 +26,6 @@ use chrono::NaiveDate;
 use footfall_log::EventLog;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use crate::reprocess::{RebuiltHook, ReprocessRequest, Reprocessor};
 
@@ -162,12 +161,7 @@ impl Eraser {
         let phase = |p: &str| status.lock().unwrap().phase = p.to_string();
         let r = &self.reprocessor;
         phase("sealing the log into the archive");
-        let (tx, rx) = oneshot::channel();
-        r.seal
-            .send(tx)
-            .await
-            .map_err(|_| "archiver stopped".to_string())?;
-        let archived = rx.await.map_err(|_| "archiver stopped".to_string())??;
+        let archived = r.seal_now().await?;
         let tz = (r.settings)(property).tz;
         let local_date = |ms: i64| footfall_store::rollup::local_time(&tz, ms).date();
 

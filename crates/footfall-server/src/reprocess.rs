@@ -202,6 +202,17 @@ impl Reprocessor {
         }
     }
 
+    /// Has the archiver seal everything durable now; answers the archived offsets, below
+    /// which the archive holds every event of the log.
+    pub async fn seal_now(&self) -> Result<Vec<u64>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.seal
+            .send(tx)
+            .await
+            .map_err(|_| "archiver stopped".to_string())?;
+        rx.await.map_err(|_| "archiver stopped".to_string())?
+    }
+
     async fn run(
         &self,
         req: &ReprocessRequest,
@@ -213,12 +224,7 @@ impl Reprocessor {
         }
         let set_phase = |p: &str| status.lock().unwrap().phase = p.to_string();
         set_phase("sealing the archive");
-        let (tx, rx) = oneshot::channel();
-        self.seal
-            .send(tx)
-            .await
-            .map_err(|_| "archiver stopped".to_string())?;
-        let archived = rx.await.map_err(|_| "archiver stopped".to_string())??;
+        let archived = self.seal_now().await?;
         let properties = match (&req.property, req.all) {
             (Some(p), false) => vec![p.clone()],
             (None, true) => (self.properties)(),

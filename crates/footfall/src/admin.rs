@@ -49,6 +49,48 @@ pub struct ReprocessArgs {
     key: Option<String>,
 }
 
+/// The server to ask (`--url`, else `http://` + `server.listen`) and the admin key
+/// (`--key`, else `$FOOTFALL_ADMIN_KEY`).
+fn server_and_key(
+    cfg: &Config,
+    url: Option<String>,
+    key: Option<String>,
+) -> anyhow::Result<(String, String)> {
+    let url = url
+        .unwrap_or_else(|| format!("http://{}", cfg.server.listen))
+        .trim_end_matches('/')
+        .to_string();
+    let key = key
+        .or_else(|| std::env::var("FOOTFALL_ADMIN_KEY").ok())
+        .context(
+        "an admin key is needed: --key or FOOTFALL_ADMIN_KEY (footfall key create --scope admin)",
+    )?;
+    Ok((url, key))
+}
+
+/// Starts an admin job (`POST /api/v1/admin/{kind}`); answers its id.
+async fn start_job(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    kind: &str,
+    body: &Value,
+) -> anyhow::Result<u64> {
+    let r = client
+        .post(format!("{url}/api/v1/admin/{kind}"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("is `footfall serve` running at {url}?"))?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("server refused: {v}");
+    }
+    v["job"].as_u64().context("no job id")
+}
+
 fn bar(done: f64, width: usize) -> String {
     let filled = ((done.clamp(0.0, 1.0)) * width as f64).round() as usize;
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
@@ -58,36 +100,14 @@ pub fn reprocess(cfg: &Config, a: ReprocessArgs) -> anyhow::Result<()> {
     if a.property.is_none() && !a.all {
         bail!("give --property ID or --all");
     }
-    let url = a
-        .url
-        .unwrap_or_else(|| format!("http://{}", cfg.server.listen))
-        .trim_end_matches('/')
-        .to_string();
-    let key = a
-        .key
-        .or_else(|| std::env::var("FOOTFALL_ADMIN_KEY").ok())
-        .context(
-        "an admin key is needed: --key or FOOTFALL_ADMIN_KEY (footfall key create --scope admin)",
-    )?;
+    let (url, key) = server_and_key(cfg, a.url, a.key)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let client = reqwest::Client::new();
         let body = json!({"property": a.property, "all": a.all, "from": a.from, "to": a.to, "dry_run": a.dry_run});
-        let r = client
-            .post(format!("{url}/api/v1/admin/reprocess"))
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("is `footfall serve` running at {url}?"))?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if !status.is_success() {
-            bail!("server refused: {v}");
-        }
-        let id = v["job"].as_u64().context("no job id")?;
+        let id = start_job(&client, &url, &key, "reprocess", &body).await?;
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -424,17 +444,7 @@ pub fn delete(cfg: &Config, a: DeleteArgs) -> anyhow::Result<()> {
     if a.user_id.is_none() && a.client_id.is_none() && !a.everything {
         bail!("give --user-id, --client-id or --everything");
     }
-    let url = a
-        .url
-        .unwrap_or_else(|| format!("http://{}", cfg.server.listen))
-        .trim_end_matches('/')
-        .to_string();
-    let key = a
-        .key
-        .or_else(|| std::env::var("FOOTFALL_ADMIN_KEY").ok())
-        .context(
-        "an admin key is needed: --key or FOOTFALL_ADMIN_KEY (footfall key create --scope admin)",
-    )?;
+    let (url, key) = server_and_key(cfg, a.url, a.key)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -450,19 +460,7 @@ pub fn delete(cfg: &Config, a: DeleteArgs) -> anyhow::Result<()> {
         if a.everything {
             body["everything"] = json!(true);
         }
-        let r = client
-            .post(format!("{url}/api/v1/admin/delete"))
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("is `footfall serve` running at {url}?"))?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if !status.is_success() {
-            bail!("server refused: {v}");
-        }
-        let id = v["job"].as_u64().context("no job id")?;
+        let id = start_job(&client, &url, &key, "delete", &body).await?;
         let mut last_phase = String::new();
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;

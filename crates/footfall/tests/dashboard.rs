@@ -68,58 +68,18 @@ async fn dashboard_end_to_end_in_chromium() {
         create_site_by(run, "Shop A2", "UTC"),
         create_site_by(run, "Shop B", "UTC"),
     );
-    let acct_a = cli(
-        data,
-        &[
-            "account",
-            "create",
-            "--name",
-            "Acme",
-            "--property",
-            &a1.tracking_id,
-            "--property",
-            &a2.tracking_id,
-        ],
-    );
-    let acct_b = cli(
-        data,
-        &[
-            "account",
-            "create",
-            "--name",
-            "Bravo",
-            "--property",
-            &b.tracking_id,
-        ],
-    );
     let (ann_pw, bob_pw) = ("ann's long passphrase", "bob's long passphrase");
-    cli_with(
+    create_account_with_user(
         data,
-        &[("FOOTFALL_PASSWORD", ann_pw)],
-        &[
-            "user",
-            "create",
-            "--email",
-            "ann@a.example",
-            "--account",
-            &acct_a,
-            "--role",
-            "owner",
-        ],
+        "Acme",
+        &[&a1.tracking_id, &a2.tracking_id],
+        ("ann@a.example", ann_pw, "owner"),
     );
-    cli_with(
+    create_account_with_user(
         data,
-        &[("FOOTFALL_PASSWORD", bob_pw)],
-        &[
-            "user",
-            "create",
-            "--email",
-            "bob@b.example",
-            "--account",
-            &acct_b,
-            "--role",
-            "viewer",
-        ],
+        "Bravo",
+        &[&b.tracking_id],
+        ("bob@b.example", bob_pw, "viewer"),
     );
 
     // The columnar files (any filter with any breakdown) are made from the archive:

@@ -34,31 +34,12 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
     let data = dir.path();
     let site = create_site(data, "Asia/Kolkata");
     let admin = cli(data, &["key", "create", "--scope", "admin"]);
-    let account = cli(
-        data,
-        &[
-            "account",
-            "create",
-            "--name",
-            "Acme",
-            "--property",
-            &site.tracking_id,
-        ],
-    );
     let password = "a long enough passphrase";
-    cli_with(
+    let account = create_account_with_user(
         data,
-        &[("FOOTFALL_PASSWORD", password)],
-        &[
-            "user",
-            "create",
-            "--email",
-            "ann@a.example",
-            "--account",
-            &account,
-            "--role",
-            "owner",
-        ],
+        "Acme",
+        &[&site.tracking_id],
+        ("ann@a.example", password, "owner"),
     );
     let server = Server::start(
         data,

@@ -355,3 +355,33 @@ with open(sys.argv[1], "w") as out:
             .args(&files),
     );
 }
+
+/// An account owning `properties`, with one user of `role` who logs in with `email` and
+/// `password`; answers the account's id.
+pub fn create_account_with_user(
+    data_dir: &Path,
+    name: &str,
+    properties: &[&str],
+    (email, password, role): (&str, &str, &str),
+) -> String {
+    let mut args = vec!["account", "create", "--name", name];
+    for p in properties {
+        args.extend_from_slice(&["--property", p]);
+    }
+    let account = cli(data_dir, &args);
+    cli_with(
+        data_dir,
+        &[("FOOTFALL_PASSWORD", password)],
+        &[
+            "user",
+            "create",
+            "--email",
+            email,
+            "--account",
+            &account,
+            "--role",
+            role,
+        ],
+    );
+    account
+}
