@@ -2561,3 +2561,51 @@ async fn connections_beyond_the_limits_are_answered_and_closed() {
     let _ = stop_tx.send(());
     drop(server);
 }
+
+/// Slow clients are cut off: a beacon whose body stops arriving is closed after the
+/// read timeout (30 s), and a router request whose body stops is answered 408 within the
+/// body timeout (30 s) rather than holding its connection and buffer.
+#[tokio::test]
+async fn slow_clients_are_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(footfall_server::fast::serve(
+        listener,
+        h.state.clone(),
+        app(h.state.clone()),
+        Default::default(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // Sends a head promising 100 bytes of body, then 10 of them, then nothing: answers
+    // what came back and when.
+    let stall = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\nauthorization: Bearer x\r\ncontent-length: 100\r\n\r\n0123456789"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let t = std::time::Instant::now();
+        let mut got = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(45), s.read_to_end(&mut got)).await;
+        (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
+    };
+    let ((beacon, beacon_t), (query, query_t)) =
+        tokio::join!(stall("/api/v1/events"), stall("/api/v2/query"));
+    assert!(beacon.is_empty(), "the beacon path closes: {beacon}");
+    assert!(
+        beacon_t >= std::time::Duration::from_secs(29)
+            && beacon_t < std::time::Duration::from_secs(40),
+        "{beacon_t:?}"
+    );
+    assert!(query.starts_with("HTTP/1.1 408"), "{query}");
+    assert!(query.contains("request_timeout"), "{query}");
+    assert!(query_t < std::time::Duration::from_secs(40), "{query_t:?}");
+    let _ = stop_tx.send(());
+    drop(server);
+}
