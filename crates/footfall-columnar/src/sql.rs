@@ -16,8 +16,6 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::context::SQLOptions;
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::Statement;
 use footfall_query::{QueryError, SqlFormat, SqlLimits};
 use serde_json::{json, Value};
 
@@ -36,22 +34,10 @@ pub(crate) const VISITS_VIEW: &str = "CREATE VIEW visits AS SELECT visit_id, vis
     visit_os_version AS os_version, visit_country AS country, visit_region AS region, visit_city AS city \
     FROM events WHERE visit_first";
 
-/// Checks that `sql` is exactly one `SELECT` (or `WITH … SELECT`, `VALUES`).
+/// Checks that `sql` is exactly one `SELECT` (or `WITH … SELECT`, `VALUES`) that writes
+/// nothing ([`footfall_sqlguard::check_select`]).
 pub fn check_statement(sql: &str) -> Result<(), QueryError> {
-    let statements = DFParser::parse_sql(sql)
-        .map_err(|e| QueryError::Invalid(format!("SQL does not parse: {e}")))?;
-    if statements.len() != 1 {
-        return Err(QueryError::Invalid(format!(
-            "exactly one statement, please (got {})",
-            statements.len()
-        )));
-    }
-    match statements.front() {
-        Some(DfStatement::Statement(s)) if matches!(**s, Statement::Query(_)) => Ok(()),
-        _ => Err(QueryError::Invalid(
-            "only a SELECT over `events` and `visits` is allowed (no DDL, DML, COPY, SET, SHOW or EXPLAIN)".into(),
-        )),
-    }
+    footfall_sqlguard::check_select(sql).map_err(QueryError::Invalid)
 }
 
 /// One cell as JSON: numbers and booleans as such, everything else as its text.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{Query, Set, SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::results::Response;
 use datafusion_postgres::pgwire::api::ClientInfo;
@@ -15,66 +15,8 @@ use datafusion_postgres::QueryHook;
 /// Refuses every statement [`allowed`] does not name (SQLSTATE 42501).
 pub struct Guard;
 
-/// Queries (not `SELECT … INTO`), `EXPLAIN` of a query, `SHOW`, session settings other
-/// than the engine's own (`datafusion.*`), transaction statements, and cursors over a
-/// query. Nothing else: no DDL, DML, `COPY`, `CREATE EXTERNAL TABLE`, `PREPARE` or
-/// `DISCARD`.
-pub fn allowed(statement: &Statement) -> Result<(), String> {
-    let ok = match statement {
-        Statement::Query(q) => !writes(q),
-        Statement::Explain { statement, .. } => {
-            matches!(&**statement, Statement::Query(q) if !writes(q))
-        }
-        Statement::ShowVariable { .. }
-        | Statement::ShowStatus { .. }
-        | Statement::ShowCatalogs { .. }
-        | Statement::ShowTables { .. }
-        | Statement::ShowColumns { .. } => true,
-        Statement::Set(Set::SingleAssignment { variable, .. }) => {
-            let name = variable.to_string();
-            if name.contains('.') {
-                return Err(format!(
-                    "`{name}` is a setting of the engine itself, which connections may not change"
-                ));
-            }
-            true
-        }
-        Statement::Set(Set::MultipleAssignments { .. })
-        | Statement::Set(Set::ParenthesizedAssignments { .. }) => false,
-        Statement::Set(_) => true,
-        Statement::StartTransaction { .. }
-        | Statement::Commit { .. }
-        | Statement::Rollback { .. } => true,
-        Statement::Declare { stmts } => stmts
-            .iter()
-            .all(|d| d.for_query.as_ref().is_some_and(|q| !writes(q))),
-        Statement::Fetch { .. } | Statement::Close { .. } => true,
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(
-            "only reads of `events` and `visits` are allowed here (queries, EXPLAIN, SHOW, \
-             session settings, BEGIN/COMMIT/ROLLBACK and cursors); this statement is not one"
-                .into(),
-        )
-    }
-}
-
-/// `SELECT … INTO t`, which the engine would plan as creating a table.
-fn writes(q: &Query) -> bool {
-    fn body(e: &SetExpr) -> bool {
-        match e {
-            SetExpr::Select(s) => s.into.is_some(),
-            SetExpr::Query(q) => writes(q),
-            SetExpr::SetOperation { left, right, .. } => body(left) || body(right),
-            SetExpr::Values(_) | SetExpr::Table(_) => false,
-            _ => true,
-        }
-    }
-    body(&q.body)
-}
+/// The rule itself is [`footfall_sqlguard::allowed`] (fuzzed on its own).
+pub use footfall_sqlguard::allowed;
 
 fn refused(why: String) -> datafusion_postgres::pgwire::error::PgWireError {
     crate::error("ERROR", "42501", why)

@@ -1,0 +1,1 @@
+SELECT CASE WHEN visitor % 2 = 0 THEN country_name(visit_country) ELSE region_name(visit_region) END, approx_distinct(visitor) FROM events WHERE event_page ~ '^/blog/[a-z]+' AND props['plan'] = 'pro' GROUP BY 1 HAVING count(*) > 3

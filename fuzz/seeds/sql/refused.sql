@@ -1,0 +1,1 @@
+SELECT * INTO t FROM events; COPY events TO '/tmp/x'; SET datafusion.execution.memory_limit = '1G'

@@ -1,0 +1,1 @@
+WITH v AS (SELECT source, count(*) AS n FROM visits WHERE local_date >= DATE '2026-11-01' GROUP BY source) SELECT * FROM v UNION ALL SELECT 'x', 1 ORDER BY n DESC
