@@ -166,5 +166,8 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     )
     .await;
     assert_eq!(v["results"][0]["metrics"][0], json!(acknowledged), "{v}");
-    println!("acknowledged {acknowledged} of {sent} events sent; all counted, once");
+    common::cluster::figure(
+        "disk_full",
+        &format!("full disk: {acknowledged} of {sent} events acknowledged, all counted once; the rest refused with 503"),
+    );
 }

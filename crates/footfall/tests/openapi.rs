@@ -178,9 +178,19 @@ async fn every_endpoint_answers_as_its_openapi_document_says() {
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
         tested += n;
-        println!(
-            "schemathesis {name}: {n} operations, {:.0} s, {examples} examples each",
-            started.elapsed().as_secs_f64()
+        let cases = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("Test cases:"))
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        common::cluster::figure(
+            "openapi",
+            &format!(
+                "schemathesis {name}: {n} operations, {:.0} s, {examples} examples each; {cases}",
+                started.elapsed().as_secs_f64()
+            ),
         );
         if !out.status.success() {
             failed.push(*name);
