@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 pub use channel::{attribution, Attribution, Medium, DIRECT, UTM_KEYS};
 pub use geo::{Geo, GeoDb};
-pub use ua::{bot_reason, parse_user_agent, UaCache, UaInfo};
+pub use ua::{bot_reason, parse_user_agent, warm_up as warm_up_user_agents, UaCache, UaInfo};
 
 /// The rule set versions embedded in this build.
 pub const RULES: &str =

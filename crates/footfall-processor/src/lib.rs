@@ -240,6 +240,7 @@ impl Processor {
             stats.offsets[p].store(*o, Ordering::SeqCst);
             stats.checkpointed[p].store(*o, Ordering::SeqCst);
         }
+        footfall_enrich::warm_up_user_agents();
         Ok(Self {
             installs: None,
             log,
