@@ -159,8 +159,13 @@ impl Archive {
     /// gives it). A prefix may itself be `events` or look like part of a name, so
     /// names are never guessed to be full paths.
     pub async fn read_file(&self, rel: &str) -> Result<Vec<ArchivedEvent>> {
-        let bytes = self.store.get(&self.key(rel)).await?.bytes().await?;
-        schema::decode(&bytes)
+        schema::decode(&self.read_bytes(rel).await?)
+    }
+
+    /// An archive file's bytes, undecoded (for callers that decode off the async
+    /// threads, with [`schema::decode`]).
+    pub async fn read_bytes(&self, rel: &str) -> Result<bytes::Bytes> {
+        Ok(self.store.get(&self.key(rel)).await?.bytes().await?)
     }
 
     /// Reads and indexes `files` with up to `parallel` decodes at once, keeping events

@@ -80,17 +80,64 @@ fn visit_id(visitor: u64, start: i64) -> u64 {
     x ^ (x >> 33)
 }
 
+const QUARTER_HOUR_MS: i64 = 15 * 60 * 1000;
+const DAY_MS: i64 = 24 * 3_600_000;
+
+/// UTC milliseconds to local ones in a zone, remembering the offset of the last quarter
+/// hour whose first and last millisecond have the same one (so every instant inside
+/// has it: no zone changes its offset twice within a quarter hour). Rows come in time
+/// order, so most conversions are an addition.
+struct LocalClock<'a> {
+    tz: &'a Tz,
+    slot: i64,
+    offset: Option<i64>,
+}
+
+impl<'a> LocalClock<'a> {
+    fn new(tz: &'a Tz) -> Self {
+        Self {
+            tz,
+            slot: i64::MIN,
+            offset: None,
+        }
+    }
+
+    fn offset_at(&self, ms: i64) -> i64 {
+        local_time(self.tz, ms).and_utc().timestamp_millis() - ms
+    }
+
+    fn local_ms(&mut self, ms: i64) -> i64 {
+        let slot = ms.div_euclid(QUARTER_HOUR_MS);
+        if slot != self.slot {
+            let lo = slot * QUARTER_HOUR_MS;
+            let (a, b) = (self.offset_at(lo), self.offset_at(lo + QUARTER_HOUR_MS - 1));
+            self.slot = slot;
+            self.offset = (a == b).then_some(a);
+        }
+        ms + self.offset.unwrap_or_else(|| self.offset_at(ms))
+    }
+}
+
+/// The local date (as `Date32`) of local milliseconds.
+fn date_of_local_ms(local: i64) -> i32 {
+    local.div_euclid(DAY_MS) as i32
+}
+
 /// The rows as one batch, local times in `tz`.
 pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<RecordBatch> {
     let n = rows.len();
+    // Strings: room for typical lengths up front, rather than growing by copies.
+    let strings = |bytes_each: usize| StringBuilder::with_capacity(n, n * bytes_each);
+    let mut clock = LocalClock::new(tz);
+    let mut visit_clock = LocalClock::new(tz);
     let mut ts = Int64Builder::with_capacity(n);
     let mut local_date = Date32Builder::with_capacity(n);
     let mut local_ts = TimestampMillisecondBuilder::with_capacity(n);
     let mut visitor = UInt64Builder::with_capacity(n);
-    let mut name = StringBuilder::new();
+    let mut name = strings(8);
     let mut pageview = BooleanBuilder::with_capacity(n);
-    let mut page = StringBuilder::new();
-    let mut host = StringBuilder::new();
+    let mut page = strings(24);
+    let mut host = strings(16);
     let mut prop_keys = ListBuilder::new(StringBuilder::new());
     let mut prop_values = ListBuilder::new(StringBuilder::new());
     let mut currency = StringBuilder::new();
@@ -104,16 +151,16 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
     let mut vev = Int64Builder::with_capacity(n);
     let mut vbounce = BooleanBuilder::with_capacity(n);
     let mut vdur = Int64Builder::with_capacity(n);
-    let mut ventry = StringBuilder::new();
-    let mut vexit = StringBuilder::new();
-    let mut ventry_host = StringBuilder::new();
-    let mut vexit_host = StringBuilder::new();
-    let mut attrs: Vec<StringBuilder> = VISIT_FIELDS.iter().map(|_| StringBuilder::new()).collect();
+    let mut ventry = strings(24);
+    let mut vexit = strings(24);
+    let mut ventry_host = strings(16);
+    let mut vexit_host = strings(16);
+    let mut attrs: Vec<StringBuilder> = VISIT_FIELDS.iter().map(|_| strings(8)).collect();
     for r in rows {
-        let lt = local_time(tz, r.timestamp);
+        let lt = clock.local_ms(r.timestamp);
         ts.append_value(r.timestamp);
-        local_date.append_value(date32(lt.date()));
-        local_ts.append_value(lt.and_utc().timestamp_millis());
+        local_date.append_value(date_of_local_ms(lt));
+        local_ts.append_value(lt);
         visitor.append_value(r.visitor);
         name.append_value(&r.name);
         pageview.append_value(r.pageview);
@@ -136,12 +183,12 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
             }
         }
         let v = &r.visit;
-        let vt = local_time(tz, v.start);
+        let vt = visit_clock.local_ms(v.start);
         vid.append_value(visit_id(r.visitor, v.start));
         vfirst.append_value(r.visit_first);
         vseq.append_value(r.visit_seq as i64);
-        vdate.append_value(date32(vt.date()));
-        vts.append_value(vt.and_utc().timestamp_millis());
+        vdate.append_value(date_of_local_ms(vt));
+        vts.append_value(vt);
         vpv.append_value(v.pageviews as i64);
         vev.append_value(v.events as i64);
         vbounce.append_value(v.bounce);
@@ -185,4 +232,46 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
         cols.push(Arc::new(b.finish()));
     }
     Ok(RecordBatch::try_new(schema(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The remembered offsets give what converting each instant gives, across offset
+    /// changes of whole-hour, half-hour and 45-minute zones, in time order and not.
+    #[test]
+    fn local_clock_equals_converting_each_instant() {
+        let zones: [Tz; 5] = [
+            chrono_tz::Europe::Berlin,
+            chrono_tz::America::New_York,
+            chrono_tz::Australia::Lord_Howe,
+            chrono_tz::Asia::Kathmandu,
+            chrono_tz::Asia::Kolkata,
+        ];
+        // Around each zone's changes of 2026, and a jump back in time now and then.
+        let start = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+        for tz in &zones {
+            let mut clock = LocalClock::new(tz);
+            let mut ms = start;
+            let mut k = 0u64;
+            while ms < start + 366 * DAY_MS {
+                let want = local_time(tz, ms).and_utc().timestamp_millis();
+                assert_eq!(clock.local_ms(ms), want, "{tz} at {ms}");
+                assert_eq!(
+                    date_of_local_ms(want),
+                    date32(local_time(tz, ms).date()),
+                    "{tz} at {ms}"
+                );
+                k += 1;
+                // Steps of about 7 minutes with a varying remainder, and every 50th
+                // step back by 5 hours.
+                ms += if k % 50 == 0 {
+                    -5 * 3_600_000
+                } else {
+                    419_999 + (k % 7) as i64
+                };
+            }
+        }
+    }
 }

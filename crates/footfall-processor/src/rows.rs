@@ -12,7 +12,7 @@
 //! This is a batch pass over a span of events: visits are cut where the span is cut, so
 //! callers read a margin around the days they keep (see `footfall-columnar`).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use footfall_enrich::UaCache;
@@ -20,19 +20,19 @@ use footfall_event::{url_host, url_path, EventView, Millis, PropValueView};
 
 use crate::sessions::visit_key;
 
-/// One visit, shared by its events' rows.
+/// One visit, shared by its events' rows. Strings borrow from the events where they can.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VisitRow {
+pub struct VisitRow<'a> {
     pub start: Millis,
     pub end: Millis,
     pub pageviews: u32,
     pub events: u32,
     pub bounce: bool,
-    pub entry_page: Option<String>,
-    pub exit_page: Option<String>,
+    pub entry_page: Option<Cow<'a, str>>,
+    pub exit_page: Option<Cow<'a, str>>,
     /// The hosts of the entry and exit pages.
-    pub entry_hostname: Option<String>,
-    pub exit_hostname: Option<String>,
+    pub entry_hostname: Option<Cow<'a, str>>,
+    pub exit_hostname: Option<Cow<'a, str>>,
     /// The visit's attributes as a [`footfall_store::VisitKey`] (fields in
     /// [`footfall_store::VISIT_FIELDS`] order).
     pub key: Arc<str>,
@@ -40,126 +40,128 @@ pub struct VisitRow {
 
 /// One event and its visit.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventRow {
+pub struct EventRow<'a> {
     pub timestamp: Millis,
     pub visitor: u64,
-    pub name: String,
+    pub name: &'a str,
     pub pageview: bool,
     /// The path of the event's URL (as `event:page`), and its host.
-    pub page: Option<String>,
-    pub hostname: Option<String>,
+    pub page: Option<Cow<'a, str>>,
+    pub hostname: Option<Cow<'a, str>>,
     /// Custom properties, values as text (as the rollups key them).
-    pub props: Vec<(String, String)>,
+    pub props: Vec<(&'a str, Cow<'a, str>)>,
     /// Revenue: currency and millionths of a unit.
-    pub revenue: Option<(String, i64)>,
+    pub revenue: Option<(&'a str, i64)>,
     /// Whether this row is its visit's earliest event: visit-level figures count the
     /// rows that are (one per visit).
     pub visit_first: bool,
     /// The event's place in its visit (0 for the first), in time order, ties in log order:
     /// what "later in the visit" means for funnels.
     pub visit_seq: u32,
-    pub visit: Arc<VisitRow>,
+    pub visit: Arc<VisitRow<'a>>,
 }
 
 /// Sessionises `events` (any order; ties in time keep their given order) into rows, in
 /// visitor then time order.
-pub fn event_rows(events: &[EventView<'_>], gap_ms: i64) -> Vec<EventRow> {
+pub fn event_rows<'a>(events: &[EventView<'a>], gap_ms: i64) -> Vec<EventRow<'a>> {
     let mut ua = UaCache::default();
-    let mut by_visitor: HashMap<u64, Vec<usize>> = HashMap::new();
+    // (visitor, time, position): sorted, a visitor's events in time order with ties in
+    // the given order — one sort instead of a list per visitor.
+    let mut order: Vec<(u64, Millis, u32)> = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
         if ua.get(e.user_agent).filtered(e.server_side).is_some() {
             continue;
         }
-        by_visitor.entry(e.visitor).or_default().push(i);
+        order.push((e.visitor, e.timestamp, i as u32));
     }
-    let mut visitors: Vec<u64> = by_visitor.keys().copied().collect();
-    visitors.sort_unstable();
-    let mut out = Vec::with_capacity(events.len());
-    for v in visitors {
-        let mut idx = by_visitor.remove(&v).unwrap_or_default();
-        idx.sort_by_key(|&i| events[i].timestamp); // stable: ties keep log order
-        let mut start = 0;
-        while start < idx.len() {
-            let mut end = start + 1;
-            while end < idx.len()
-                && events[idx[end]].timestamp - events[idx[end - 1]].timestamp < gap_ms
-            {
-                end += 1;
-            }
-            push_visit(events, &idx[start..end], &mut ua, &mut out);
-            start = end;
+    order.sort_unstable();
+    let mut out = Vec::with_capacity(order.len());
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len()
+            && order[end].0 == order[start].0
+            && order[end].1 - order[end - 1].1 < gap_ms
+        {
+            end += 1;
         }
+        push_visit(events, &order[start..end], &mut ua, &mut out);
+        start = end;
     }
     out
 }
 
-fn push_visit(events: &[EventView<'_>], idx: &[usize], ua: &mut UaCache, out: &mut Vec<EventRow>) {
-    let first = &events[idx[0]];
-    let last = &events[idx[idx.len() - 1]];
+fn push_visit<'a>(
+    events: &[EventView<'a>],
+    visit: &[(u64, Millis, u32)],
+    ua: &mut UaCache,
+    out: &mut Vec<EventRow<'a>>,
+) {
+    let event = |k: usize| &events[visit[k].2 as usize];
+    let (first, last) = (event(0), event(visit.len() - 1));
+    // Each event's page and host, worked out once for the visit and its rows.
+    let places: Vec<(Option<Cow<'a, str>>, Option<Cow<'a, str>>)> = (0..visit.len())
+        .map(|k| {
+            let u = event(k).url;
+            (u.map(url_path), u.and_then(url_host))
+        })
+        .collect();
     let mut pageviews = 0u32;
     let mut interactive_custom = 0u32;
-    let mut entry: Option<String> = None;
-    let mut exit: Option<String> = None;
-    let (mut entry_host, mut exit_host): (Option<String>, Option<String>) = (None, None);
-    for &i in idx {
-        let e = &events[i];
+    let (mut entry, mut exit) = (None, None);
+    for k in 0..visit.len() {
+        let e = event(k);
         if e.is_pageview() {
             pageviews += 1;
-            if let Some(u) = e.url {
-                let p = url_path(u).into_owned();
-                let h = url_host(u).map(|h| h.into_owned());
-                if entry.is_none() {
-                    entry = Some(p.clone());
-                    entry_host = h.clone();
-                }
-                exit = Some(p);
-                exit_host = h;
+            if e.url.is_some() {
+                entry = entry.or(Some(k));
+                exit = Some(k);
             }
         } else if e.interactive {
             interactive_custom += 1;
         }
     }
     let info = ua.get(first.user_agent).clone();
-    let visit = Arc::new(VisitRow {
+    let visit_row = Arc::new(VisitRow {
         start: first.timestamp,
         end: last.timestamp,
         pageviews,
-        events: idx.len() as u32,
+        events: visit.len() as u32,
         bounce: pageviews == 1 && interactive_custom == 0,
-        entry_page: entry,
-        exit_page: exit,
-        entry_hostname: entry_host,
-        exit_hostname: exit_host,
+        entry_page: entry.and_then(|k| places[k].0.clone()),
+        exit_page: exit.and_then(|k| places[k].0.clone()),
+        entry_hostname: entry.and_then(|k| places[k].1.clone()),
+        exit_hostname: exit.and_then(|k| places[k].1.clone()),
         key: visit_key(first, &info).into(),
     });
-    for (n, &i) in idx.iter().enumerate() {
-        let e = &events[i];
+    for (n, (page, hostname)) in places.into_iter().enumerate() {
+        let e = event(n);
         out.push(EventRow {
             timestamp: e.timestamp,
             visitor: e.visitor,
-            name: e.name.to_string(),
+            name: e.name,
             pageview: e.is_pageview(),
-            page: e.url.map(|u| url_path(u).into_owned()),
-            hostname: e.url.and_then(url_host).map(|h| h.into_owned()),
+            page,
+            hostname,
             props: e
                 .props
                 .iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        PropValueView::Str(s) => s.to_string(),
-                        PropValueView::Num(n) => n.to_string(),
-                        PropValueView::Bool(b) => b.to_string(),
+                        PropValueView::Str(s) => Cow::Borrowed(*s),
+                        PropValueView::Num(n) => Cow::Owned(n.to_string()),
+                        PropValueView::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
                     };
-                    (k.to_string(), v)
+                    (*k, v)
                 })
                 .collect(),
             revenue: e
                 .revenue
                 .as_ref()
-                .map(|r| (r.currency.to_string(), (r.amount * 1e6).round() as i64)),
+                .map(|r| (r.currency, (r.amount * 1e6).round() as i64)),
             visit_first: n == 0,
             visit_seq: n as u32,
-            visit: visit.clone(),
+            visit: visit_row.clone(),
         });
     }
 }
