@@ -45,8 +45,11 @@ const MAX_RUN_DAYS: usize = 7;
 /// parallelism a rebuild from the archive uses too.
 const MAKE_THREADS: usize = 2;
 
-/// One day's rows as a Parquet file: (bytes, rows).
-fn day_file(day: &mut [&EventRow], tz: &Tz) -> Result<(Vec<u8>, u64)> {
+/// A day's Parquet file and its number of rows.
+type DayFile = (Vec<u8>, u64);
+
+/// One day's rows as a Parquet file.
+fn day_file(day: &mut [&EventRow], tz: &Tz) -> Result<DayFile> {
     day.sort_by_key(|r| r.timestamp);
     let batch = table::to_batch(day, tz)?;
     let props = WriterProperties::builder()
@@ -354,7 +357,7 @@ impl Columns {
                 .await?;
         let tz2 = *tz;
         let dates: Vec<NaiveDate> = days.iter().map(|(d, _)| *d).collect();
-        let files = tokio::task::spawn_blocking(move || -> Result<Vec<(Vec<u8>, u64)>> {
+        let files = tokio::task::spawn_blocking(move || -> Result<Vec<DayFile>> {
             // Events in the window, with their log position; sorted by index rather than
             // moved (an event is a large struct, and a sort of them was a fifth of the
             // time).
@@ -385,7 +388,7 @@ impl Columns {
             for (i, d) in dates.iter().enumerate() {
                 shares[i % threads].push((i, by_day.remove(d).unwrap_or_default()));
             }
-            let mut made: Vec<(usize, Result<(Vec<u8>, u64)>)> = std::thread::scope(|s| {
+            let mut made: Vec<(usize, Result<DayFile>)> = std::thread::scope(|s| {
                 let handles: Vec<_> = shares
                     .into_iter()
                     .map(|share| {

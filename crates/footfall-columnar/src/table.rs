@@ -162,7 +162,7 @@ pub fn to_batch(rows: &[&EventRow], tz: &Tz) -> datafusion::error::Result<Record
         local_date.append_value(date_of_local_ms(lt));
         local_ts.append_value(lt);
         visitor.append_value(r.visitor);
-        name.append_value(&r.name);
+        name.append_value(r.name);
         pageview.append_value(r.pageview);
         page.append_option(r.page.as_deref());
         host.append_option(r.hostname.as_deref());

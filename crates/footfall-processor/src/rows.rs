@@ -91,6 +91,9 @@ pub fn event_rows<'a>(events: &[EventView<'a>], gap_ms: i64) -> Vec<EventRow<'a>
     out
 }
 
+/// An event's page path and host.
+type Place<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+
 fn push_visit<'a>(
     events: &[EventView<'a>],
     visit: &[(u64, Millis, u32)],
@@ -100,7 +103,7 @@ fn push_visit<'a>(
     let event = |k: usize| &events[visit[k].2 as usize];
     let (first, last) = (event(0), event(visit.len() - 1));
     // Each event's page and host, worked out once for the visit and its rows.
-    let places: Vec<(Option<Cow<'a, str>>, Option<Cow<'a, str>>)> = (0..visit.len())
+    let places: Vec<Place<'a>> = (0..visit.len())
         .map(|k| {
             let u = event(k).url;
             (u.map(url_path), u.and_then(url_host))
