@@ -59,6 +59,7 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::Parse;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::tokio_rustls;
@@ -186,6 +187,12 @@ struct State {
     session: OnceLock<Arc<DfSessionService>>,
     /// Over `max_connections`: refused at startup.
     full: bool,
+}
+
+/// A statement nested deeper than the parser can take in bounded time: refused as
+/// PostgreSQL refuses a statement too complex (54001), before parsing.
+fn too_deep(sql: &str) -> PgWireResult<()> {
+    footfall_sqlguard::check_depth(sql).map_err(|why| error("ERROR", "54001", why))
 }
 
 fn error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
@@ -357,6 +364,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        too_deep(query)?;
         let deadline = tokio::time::Instant::now() + self.timeout(client);
         let mut responses = SimpleQueryHandler::do_query(&*self.service(), client, query)
             .await
@@ -375,6 +383,19 @@ impl ExtendedQueryHandler for Connection {
 
     fn query_parser(&self) -> Arc<Parser> {
         self.service().query_parser()
+    }
+
+    /// A statement is judged for depth before the engine's parser sees it (see
+    /// [`footfall_sqlguard::MAX_DEPTH`]).
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        too_deep(&message.query)?;
+        ExtendedQueryHandler::on_parse(&*self.service(), client, message).await
     }
 
     async fn do_query<C>(
