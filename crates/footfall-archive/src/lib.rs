@@ -159,13 +159,32 @@ impl Archive {
     /// gives it). A prefix may itself be `events` or look like part of a name, so
     /// names are never guessed to be full paths.
     pub async fn read_file(&self, rel: &str) -> Result<Vec<ArchivedEvent>> {
-        schema::decode(&self.read_bytes(rel).await?)
+        let bytes = self.store.get(&self.key(rel)).await?.bytes().await?;
+        schema::decode(&bytes)
     }
 
-    /// An archive file's bytes, undecoded (for callers that decode off the async
-    /// threads, with [`schema::decode`]).
-    pub async fn read_bytes(&self, rel: &str) -> Result<bytes::Bytes> {
-        Ok(self.store.get(&self.key(rel)).await?.bytes().await?)
+    /// [`Self::read_file`] of each of `names`, in their order, with up to `parallel`
+    /// files read and decoded at once (decoding on the blocking pool, as
+    /// [`Self::read_for_rebuild`] does).
+    pub async fn read_files(
+        &self,
+        names: &[String],
+        parallel: usize,
+    ) -> Result<Vec<Vec<ArchivedEvent>>> {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(names.iter().cloned())
+            .map(|name| {
+                let me = self.clone();
+                async move {
+                    let bytes = me.store.get(&me.key(&name)).await?.bytes().await?;
+                    tokio::task::spawn_blocking(move || schema::decode(&bytes))
+                        .await
+                        .map_err(|e| Error::Avro(e.to_string()))?
+                }
+            })
+            .buffered(parallel.max(1))
+            .try_collect()
+            .await
     }
 
     /// Reads and indexes `files` with up to `parallel` decodes at once, keeping events

@@ -28,7 +28,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use footfall_archive::{Archive, FileInfo};
 use footfall_event::AsEventView;
 use footfall_processor::rows::EventRow;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -336,25 +336,8 @@ impl Columns {
             .iter()
             .flat_map(|(_, s)| s.iter().map(|(n, _)| n.as_str()))
             .collect();
-        // Files are read and decoded [`MAKE_THREADS`] at a time (decoding runs on the
-        // blocking pool, so the reads overlap).
-        let per_file: Vec<Vec<footfall_archive::ArchivedEvent>> =
-            futures::stream::iter(names.into_iter().map(str::to_string))
-                .map(|name| {
-                    let archive = self.archive.clone();
-                    async move {
-                        let bytes = archive.read_bytes(&name).await?;
-                        tokio::task::spawn_blocking(move || {
-                            footfall_archive::schema::decode(&bytes)
-                        })
-                        .await
-                        .map_err(|e| Error::Other(e.to_string()))?
-                        .map_err(Error::from)
-                    }
-                })
-                .buffered(MAKE_THREADS)
-                .try_collect()
-                .await?;
+        let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+        let per_file = self.archive.read_files(&names, MAKE_THREADS).await?;
         let tz2 = *tz;
         let dates: Vec<NaiveDate> = days.iter().map(|(d, _)| *d).collect();
         let files = tokio::task::spawn_blocking(move || -> Result<Vec<DayFile>> {
