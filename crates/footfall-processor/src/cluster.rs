@@ -53,6 +53,9 @@ pub fn plan(partitions: u32, me: &str, live: usize, holders: &[(u32, String)]) -
     out
 }
 
+/// How often a processor below its share looks for partitions handed back.
+pub const SHORT_ROUND: Duration = Duration::from_millis(200);
+
 /// A partition's processor, running on its own thread.
 pub struct Running {
     pub stop: Arc<AtomicBool>,
@@ -60,7 +63,10 @@ pub struct Running {
 }
 
 /// Runs the ownership loop of one processor until `stop`: every `ttl / 4`, heartbeat,
-/// renew, and follow [`plan`]. `start(partition)` starts that partition's processor
+/// renew, and follow [`plan`]; while it holds fewer than its share, every
+/// [`SHORT_ROUND`] instead, so that a partition another processor hands back is taken
+/// at once rather than up to a round later (its events wait meanwhile).
+/// `owned(n)` is told how many partitions run here after each round. `start(partition)` starts that partition's processor
 /// (which must stop at its stop flag with a checkpoint); a processor that ends on its
 /// own (an error) has its lease released so that the partition is taken again and
 /// resumes from its checkpoint. On `stop`, every partition is checkpointed and
@@ -72,9 +78,10 @@ pub fn run(
     ttl: Duration,
     stop: Arc<AtomicBool>,
     start: impl Fn(u32) -> std::io::Result<Running>,
+    owned: impl Fn(usize),
 ) {
     let mut running: BTreeMap<u32, Running> = BTreeMap::new();
-    let round = ttl / 4;
+    let full_round = ttl / 4;
     let give_back = |p: u32, r: Running| {
         r.stop.store(true, Ordering::SeqCst);
         let _ = r.thread.join();
@@ -93,6 +100,7 @@ pub fn run(
             tracing::warn!(partition = p, "partition processor ended; handing it back");
             give_back(p, running.remove(&p).expect("listed above"));
         }
+        let mut short = false;
         let round_result = (|| -> Result<(), String> {
             let live = leases.heartbeat(&me, ttl)?;
             // Renew what runs here; a lease lost (expired while this node stalled)
@@ -135,11 +143,18 @@ pub fn run(
                     }
                 }
             }
+            short = running.len() < partitions.div_ceil(live.max(1) as u32) as usize;
             Ok(())
         })();
         if let Err(e) = round_result {
             tracing::warn!(error = %e, "partition ownership round failed; retrying");
         }
+        owned(running.len());
+        let round = if short {
+            full_round.min(SHORT_ROUND)
+        } else {
+            full_round
+        };
         let mut slept = Duration::ZERO;
         while slept < round && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
@@ -149,6 +164,7 @@ pub fn run(
     for (p, r) in std::mem::take(&mut running) {
         give_back(p, r);
     }
+    owned(0);
     // Counted as alive no longer: the others take its share now, not after the ttl.
     if let Err(e) = leases.leave(&me) {
         tracing::warn!(error = %e, "forgetting this processor's heartbeat failed; it expires instead");
@@ -285,5 +301,65 @@ mod tests {
         let c = step(&["a", "b"]);
         assert_eq!(c.len(), 2);
         assert_eq!(c.values().sum::<usize>(), 8);
+    }
+
+    /// A partition handed back is taken by the processor short of its share within a
+    /// short round, not a full one: the time its events wait for a processor.
+    #[test]
+    fn a_partition_handed_back_is_taken_within_a_short_round() {
+        let leases: Arc<dyn Leases> = Arc::new(Memory::default());
+        // Full rounds of 2 s: a hand-over waiting for one would take up to 2 s.
+        let ttl = Duration::from_secs(8);
+        let start = |_p: u32| -> std::io::Result<Running> {
+            let stop = Arc::new(AtomicBool::new(false));
+            let s = stop.clone();
+            let thread = std::thread::spawn(move || {
+                while !s.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+            Ok(Running { stop, thread })
+        };
+        let node = |name: &'static str, stop: Arc<AtomicBool>| {
+            let leases = leases.clone();
+            let seen: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
+            let s = seen.clone();
+            let thread = std::thread::spawn(move || {
+                run(leases, 4, name.into(), ttl, stop, start, move |n| {
+                    s.lock().unwrap().push((n, Instant::now()))
+                })
+            });
+            (seen, thread)
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a_seen, a) = node("a", stop.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a_seen.lock().unwrap().last().map(|s| s.0) != Some(4) {
+            assert!(Instant::now() < deadline, "a never took all four");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // b starts half a round after a's: a sees it a second later and hands back two
+        // partitions; a full round of b's would come another second after that.
+        std::thread::sleep(Duration::from_secs(1));
+        let (b_seen, b) = node("b", stop.clone());
+        let first = |seen: &Mutex<Vec<(usize, Instant)>>, n: usize| {
+            seen.lock().unwrap().iter().find(|s| s.0 == n).map(|s| s.1)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (released, taken) = loop {
+            if let (Some(r), Some(t)) = (first(&a_seen, 2), first(&b_seen, 2)) {
+                break (r, t);
+            }
+            assert!(Instant::now() < deadline, "never balanced");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        stop.store(true, Ordering::SeqCst);
+        a.join().unwrap();
+        b.join().unwrap();
+        let waited = taken.saturating_duration_since(released);
+        assert!(
+            waited < SHORT_ROUND * 3,
+            "handed back, then taken {waited:?} later"
+        );
     }
 }

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub open_visits: Gauge<i64, AtomicI64>,
     pub log_bytes: Gauge<i64, AtomicI64>,
     pub checkpoint_bytes: Gauge<i64, AtomicI64>,
+    pub partitions_owned: Gauge<i64, AtomicI64>,
     pub query_cache_hits: Counter,
     pub query_cache_misses: Counter,
     pub query_cache_seconds: Histogram,
@@ -94,6 +95,12 @@ impl Default for Metrics {
             "Size of the last rollup checkpoint",
             checkpoint_bytes.clone(),
         );
+        let partitions_owned = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "processor_partitions_owned",
+            "Log partitions this processor holds the lease of and processes (cluster mode)",
+            partitions_owned.clone(),
+        );
         let query_cache_hits = Counter::default();
         registry.register(
             "query_cache_hits",
@@ -124,6 +131,7 @@ impl Default for Metrics {
             open_visits,
             log_bytes,
             checkpoint_bytes,
+            partitions_owned,
             query_cache_hits,
             query_cache_misses,
             query_cache_seconds,

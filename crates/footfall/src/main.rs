@@ -635,6 +635,7 @@ fn start_partition_processors(
     rules: SessionRules,
     stop: Arc<AtomicBool>,
     readiness: &mut Vec<ReadinessCheck>,
+    metrics: &Metrics,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use footfall_processor::cluster;
     let leases = Arc::new(
@@ -687,9 +688,13 @@ fn start_partition_processors(
         Ok(cluster::Running { stop, thread })
     };
     tracing::info!(owner = %me, partitions, "processing partitions by lease");
+    let gauge = metrics.partitions_owned.clone();
+    let owned = move |n: usize| {
+        gauge.set(n as i64);
+    };
     Ok(std::thread::Builder::new()
         .name("partition-coordinator".into())
-        .spawn(move || cluster::run(leases, partitions, me, ttl, stop, start))?)
+        .spawn(move || cluster::run(leases, partitions, me, ttl, stop, start, owned))?)
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -825,6 +830,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         processor_stats = Some((stats, log.clone()));
     }
 
+    let metrics = Arc::new(Metrics::default());
     let mut coordinator = None;
     if let (true, Some(log)) = (partitioned, &log) {
         coordinator = Some(start_partition_processors(
@@ -834,6 +840,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             session_rules,
             stop.clone(),
             &mut readiness,
+            &metrics,
         )?);
     }
 
@@ -930,7 +937,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         store: read_store,
         cache: cache.clone(),
         clock,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         processor: processor_stats.clone(),
         readiness,
         rules,

@@ -240,6 +240,37 @@ async fn cluster_counts_every_acknowledged_event_once_through_kills() {
     cluster.script(&["restart", dir.path().to_str().unwrap(), "collector-1"]);
     send_all(&c, &cluster, &site, &events[2 * third..]).await;
 
+    // The restarted processor takes its share back; freshness is then measured with the
+    // partitions settled (each processor's metrics say how many it owns).
+    let settling = Instant::now();
+    loop {
+        let mut owned = Vec::new();
+        for offset in [301, 302] {
+            let text = match c.get(format!("{}/metrics", node(offset))).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            owned.push(
+                text.lines()
+                    .find_map(|l| l.strip_prefix("footfall_processor_partitions_owned "))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(0),
+            );
+        }
+        if owned == [2, 2] {
+            println!(
+                "partitions settled after the restart: 2 and 2, {} ms after the last batch",
+                settling.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            settling.elapsed() < Duration::from_secs(30),
+            "partitions owned by the processors: {owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Load-generator traffic through the gateway, with freshness probes.
     let lg_site = cluster.site("Load", "Europe/London");
     let out = Command::new(BIN)
