@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
@@ -189,10 +190,16 @@ struct State {
     full: bool,
 }
 
-/// A statement nested deeper than the parser can take in bounded time: refused as
-/// PostgreSQL refuses a statement too complex (54001), before parsing.
-fn too_deep(sql: &str) -> PgWireResult<()> {
-    footfall_sqlguard::check_depth(sql).map_err(|why| error("ERROR", "54001", why))
+/// A statement of a shape the parser takes exponential time over, refused before
+/// parsing ([`footfall_sqlguard::check_shape`]): nested too deep as PostgreSQL refuses
+/// a statement too complex (54001), unpaired brackets or `CASE … END` as a syntax error
+/// (42601).
+fn check_shape(sql: &str) -> PgWireResult<()> {
+    use footfall_sqlguard::Refusal;
+    footfall_sqlguard::check_shape(&PostgreSqlDialect {}, sql).map_err(|r| match r {
+        Refusal::TooDeep(why) => error("ERROR", "54001", why),
+        Refusal::Malformed(why) => error("ERROR", "42601", why),
+    })
 }
 
 fn error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
@@ -364,7 +371,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        too_deep(query)?;
+        check_shape(query)?;
         let deadline = tokio::time::Instant::now() + self.timeout(client);
         let mut responses = SimpleQueryHandler::do_query(&*self.service(), client, query)
             .await
@@ -385,8 +392,8 @@ impl ExtendedQueryHandler for Connection {
         self.service().query_parser()
     }
 
-    /// A statement is judged for depth before the engine's parser sees it (see
-    /// [`footfall_sqlguard::MAX_DEPTH`]).
+    /// A statement's shape is judged before the engine's parser sees it (see
+    /// [`footfall_sqlguard::check_shape`]).
     async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -394,7 +401,7 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        too_deep(&message.query)?;
+        check_shape(&message.query)?;
         ExtendedQueryHandler::on_parse(&*self.service(), client, message).await
     }
 

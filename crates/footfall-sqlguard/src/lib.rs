@@ -8,53 +8,153 @@
 //! only one.
 
 use sqlparser::ast::{Query, Set, SetExpr, Statement};
-use sqlparser::dialect::{GenericDialect, PostgreSqlDialect};
+use sqlparser::dialect::{Dialect, GenericDialect, PostgreSqlDialect};
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
-/// The deepest nesting of parentheses a statement may have.
+/// The deepest nesting a statement may have: parentheses, brackets and braces, and
+/// `CASE … END`, all counted together.
 ///
 /// The SQL parser (sqlparser 0.62, the version DataFusion 55 is built with) takes time
-/// exponential in the nesting depth of some constructs — nested function calls in the
-/// PostgreSQL dialect, `CAST(CASE (` chains in both — so a statement of a few hundred
-/// bytes could hold a core for minutes (found by the `sql` fuzz target: 220 bytes,
-/// 0.19 s; `CAST(CASE (` eight times, 16 deep, took 52 s). At 10 deep the worst shape
-/// we know parses in milliseconds, and queries people write rarely nest past 6.
+/// exponential in the nesting of some constructs, because where a keyword's own syntax
+/// fails to parse it parses the rest again with the keyword as a name. Found by the
+/// `sql` fuzz target: nested function calls in the PostgreSQL dialect and `CAST(CASE (`
+/// chains (`CAST(CASE (` eight times took 52 s), and chains of `CASE` with no `END`
+/// (`CASE WHEN CASE +` fourteen times: 4.7 s), each a few hundred bytes. At 10 deep the
+/// worst shapes we know parse in milliseconds, and queries people write rarely nest
+/// past 6.
 pub const MAX_DEPTH: usize = 10;
 
-/// Refuses `sql` when its parentheses nest deeper than [`MAX_DEPTH`], before any parser
-/// sees it. Every parenthesis counts, inside quotes and comments too: counting more than
-/// the parser would can only refuse, never let a deep statement through.
-pub fn check_depth(sql: &str) -> Result<(), String> {
-    let mut depth = 0usize;
-    for b in sql.bytes() {
-        match b {
-            b'(' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(format!(
-                        "the statement nests parentheses more than {MAX_DEPTH} deep; \
-                         write the inner parts as WITH queries"
-                    ));
-                }
-            }
-            b')' => depth = depth.saturating_sub(1),
-            _ => {}
+/// Why [`check_shape`] refused a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nested deeper than [`MAX_DEPTH`] (PostgreSQL's "statement too complex").
+    TooDeep(String),
+    /// Brackets or `CASE … WHEN … THEN … ELSE … END` that do not pair up: the statement
+    /// cannot parse, and asking the parser to find that out is what takes time.
+    Malformed(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooDeep(m) | Refusal::Malformed(m) => f.write_str(m),
         }
     }
-    Ok(())
+}
+
+/// One open level of nesting, innermost last.
+enum Open {
+    /// `(`, `[` or `{`, closed by this token.
+    Bracket(Token),
+    /// `CASE`: how many `WHEN`s and `THEN`s it has had, and whether `ELSE`.
+    Case {
+        whens: usize,
+        thens: usize,
+        otherwise: bool,
+    },
+}
+
+/// Refuses `sql` before any parser sees it when its nesting is deeper than
+/// [`MAX_DEPTH`], or when its brackets or `CASE` expressions do not pair up: in both
+/// the parser's time can be exponential in the statement's length.
+///
+/// Works on the tokens of `dialect` (the parser's own tokenizer, linear in the length),
+/// so that brackets and keywords inside strings, quoted names and comments do not
+/// count. Unquoted `case`, `when`, `then`, `else` and `end` are taken as keywords:
+/// a column of that name must be quoted. A statement the tokenizer cannot read passes:
+/// the parser fails on it at once, in the same tokenizer.
+pub fn check_shape(dialect: &dyn Dialect, sql: &str) -> Result<(), Refusal> {
+    let Ok(tokens) = Tokenizer::new(dialect, sql).tokenize() else {
+        return Ok(());
+    };
+    let malformed = |what: &str| {
+        Err(Refusal::Malformed(format!(
+            "the statement cannot parse: {what}"
+        )))
+    };
+    let mut open: Vec<Open> = Vec::new();
+    for token in tokens {
+        let keyword = match &token {
+            Token::Word(w) => w.keyword,
+            _ => Keyword::NoKeyword,
+        };
+        let case = match open.last_mut() {
+            Some(Open::Case {
+                whens,
+                thens,
+                otherwise,
+            }) => Some((whens, thens, otherwise)),
+            _ => None,
+        };
+        match (&token, keyword, case) {
+            (Token::LParen, ..) => open.push(Open::Bracket(Token::RParen)),
+            (Token::LBracket, ..) => open.push(Open::Bracket(Token::RBracket)),
+            (Token::LBrace, ..) => open.push(Open::Bracket(Token::RBrace)),
+            (Token::RParen | Token::RBracket | Token::RBrace, ..) => match open.pop() {
+                Some(Open::Bracket(close)) if close == token => {}
+                Some(Open::Case { .. }) => return malformed("a CASE without its END"),
+                _ => return malformed(&format!("an unmatched {token}")),
+            },
+            (_, Keyword::CASE, _) => open.push(Open::Case {
+                whens: 0,
+                thens: 0,
+                otherwise: false,
+            }),
+            // Outside a CASE these words are not this rule's business (`END` is also
+            // a statement, as `COMMIT`).
+            (_, Keyword::WHEN, Some((whens, thens, otherwise))) => {
+                if *otherwise || whens != thens {
+                    return malformed("a WHEN out of place in a CASE");
+                }
+                *whens += 1;
+            }
+            (_, Keyword::THEN, Some((whens, thens, _))) => {
+                if *whens != *thens + 1 {
+                    return malformed("a THEN without its WHEN");
+                }
+                *thens += 1;
+            }
+            (_, Keyword::ELSE, Some((whens, thens, otherwise))) => {
+                if *otherwise || *whens == 0 || whens != thens {
+                    return malformed("an ELSE out of place in a CASE");
+                }
+                *otherwise = true;
+            }
+            (_, Keyword::END, Some((whens, thens, _))) => {
+                if *whens == 0 || whens != thens {
+                    return malformed("a CASE with no WHEN … THEN before its END");
+                }
+                open.pop();
+            }
+            _ => {}
+        }
+        if open.len() > MAX_DEPTH {
+            return Err(Refusal::TooDeep(format!(
+                "the statement nests more than {MAX_DEPTH} deep (parentheses and CASE \
+                 together); write the inner parts as WITH queries"
+            )));
+        }
+    }
+    match open.last() {
+        None => Ok(()),
+        Some(Open::Case { .. }) => malformed("a CASE without its END"),
+        Some(Open::Bracket(close)) => malformed(&format!("a missing {close}")),
+    }
 }
 
 /// Parses `sql` as the HTTP endpoint's engine does (the generic dialect), after
-/// [`check_depth`].
+/// [`check_shape`].
 pub fn parse_generic(sql: &str) -> Result<Vec<Statement>, String> {
-    check_depth(sql)?;
+    check_shape(&GenericDialect {}, sql).map_err(|r| r.to_string())?;
     Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())
 }
 
 /// Parses `sql` as the wire protocol's clients write it (the PostgreSQL dialect), after
-/// [`check_depth`].
+/// [`check_shape`].
 pub fn parse_postgres(sql: &str) -> Result<Vec<Statement>, String> {
-    check_depth(sql)?;
+    check_shape(&PostgreSqlDialect {}, sql).map_err(|r| r.to_string())?;
     Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())
 }
 
@@ -157,14 +257,30 @@ mod tests {
             LECT &n_name(v_name(viSELECT * INTO (vise(v_name(viSELamname(v_name(viSELECT * \
             LECT &n_name(v_name(viSELECT * INTO (vise(v_name(viSELECT * INTO (vis(";
         let chain = format!("SELECT {}x{}", "CAST(CASE (".repeat(8), ")))".repeat(8));
-        for sql in [found, chain.as_str()] {
+        // CASE counts as a level: five CASEs in five parentheses are ten.
+        let cases = format!(
+            "SELECT {}1{}",
+            "(CASE WHEN x THEN ".repeat(6),
+            " END)".repeat(6)
+        );
+        for sql in [found, chain.as_str(), cases.as_str()] {
             let e = parse_postgres(sql).unwrap_err();
             assert!(e.contains("more than 10 deep"), "{e}");
             assert!(parse_generic(sql).is_err());
             assert!(check_select(sql).is_err());
+            assert!(matches!(
+                check_shape(&PostgreSqlDialect {}, sql),
+                Err(Refusal::TooDeep(_))
+            ));
         }
         let at_limit = format!("SELECT {}1{} AS x", "abs(".repeat(10), ")".repeat(10));
         assert!(check_select(&at_limit).is_ok());
+        let cases_at_limit = format!(
+            "SELECT {}1{}",
+            "(CASE WHEN x THEN ".repeat(5),
+            " END)".repeat(5)
+        );
+        assert!(check_select(&cases_at_limit).is_ok());
         assert!(parse_postgres(&format!("SELECT {}1{}", "(".repeat(11), ")".repeat(11))).is_err());
         // Depth is what counts, not the number of parentheses.
         let wide = format!(
@@ -177,6 +293,62 @@ mod tests {
             GROUP BY local_date";
         assert!(check_select(usual).is_ok());
         assert!(pg(usual).is_ok());
+    }
+
+    /// `CASE` whose `END` never comes is parsed again with `CASE` as a name at every
+    /// level: the second finding of the `sql` target (361 bytes, 0.69 s). Such
+    /// statements cannot parse, and are refused before the parser tries.
+    #[test]
+    fn case_without_end_is_refused_before_parsing() {
+        let found = "SELECT CASE @@approx_distanct(viSELEtio++case++ry_nVVVVVVVe8cutio++case++\
+            Ve8cutio++caseio++case++ry_nam0$(ase++ry_nam++se++Ve8cutio++case++ryutio++case++\
+            ry_nVVVVVVVe8cutio++case++Ve8cutio++caseio++case++ry_nam0$(aseE @@approx_distanct(\
+            viSELEtio++case++ry_nVVVVVVVe8cutio++case++Ve8cutio++caseio++case++ry_nam0$(ase++\
+            ry_nam++se++Ve8cutio++case++ryutio++c++ry_nam";
+        let plus = format!("SELECT {}1", "CASE ++".repeat(40));
+        let with_end = format!("SELECT {}1", "CASE ++END ++".repeat(40));
+        let when_case = format!("SELECT {}1", "CASE WHEN CASE +".repeat(40));
+        for sql in [found, &plus, &with_end, &when_case] {
+            let started = std::time::Instant::now();
+            assert!(parse_postgres(sql).is_err(), "{sql}");
+            assert!(check_select(sql).is_err(), "{sql}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{sql}: {:?}",
+                started.elapsed()
+            );
+        }
+        for (sql, why) in [
+            ("SELECT CASE WHEN x THEN 1", "a CASE without its END"),
+            ("SELECT CASE END", "a CASE with no WHEN"),
+            (
+                "SELECT CASE WHEN x WHEN y THEN 1 END",
+                "a WHEN out of place",
+            ),
+            ("SELECT CASE x THEN 1 END", "a THEN without its WHEN"),
+            ("SELECT CASE ELSE 1 END", "an ELSE out of place"),
+            ("SELECT count(case) FROM events", "a CASE without its END"),
+            ("SELECT (1))", "an unmatched )"),
+            ("SELECT [1)", "an unmatched )"),
+        ] {
+            let e = check_shape(&GenericDialect {}, sql).unwrap_err();
+            assert!(matches!(e, Refusal::Malformed(_)), "{sql}");
+            assert!(e.to_string().contains(why), "{sql}: {e}");
+        }
+        // What people write, and brackets and keywords inside strings, quoted names and
+        // comments, pass.
+        for ok in [
+            "SELECT CASE page WHEN '/' THEN 'home' WHEN '/a' THEN 'a' ELSE 'other' END FROM events",
+            "SELECT CASE WHEN CASE WHEN x THEN 1 END = 1 THEN 2 ELSE CASE y WHEN 1 THEN 3 END END",
+            "SELECT '(((((((((((( CASE case' AS \"end\", \"case\" FROM events -- CASE ((((",
+            "SELECT x /* CASE (( [[ */ FROM events",
+            "SELECT make_array(1, 2)[1] FROM events",
+        ] {
+            assert_eq!(check_shape(&GenericDialect {}, ok), Ok(()), "{ok}");
+            assert_eq!(check_shape(&PostgreSqlDialect {}, ok), Ok(()), "{ok}");
+        }
+        // END alone is a statement (COMMIT) on the wire protocol.
+        assert_eq!(check_shape(&PostgreSqlDialect {}, "END"), Ok(()));
     }
 
     #[test]
