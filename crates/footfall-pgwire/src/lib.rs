@@ -190,16 +190,18 @@ struct State {
     full: bool,
 }
 
-/// A statement of a shape the parser takes exponential time over, refused before
-/// parsing ([`footfall_sqlguard::check_shape`]): nested too deep as PostgreSQL refuses
-/// a statement too complex (54001), unpaired brackets or `CASE … END` as a syntax error
-/// (42601).
+/// A statement the parser could take exponential time over, refused before the engine
+/// parses it ([`footfall_sqlguard::parse_within_budget`]): nested too deep or too much
+/// work to parse as PostgreSQL refuses a statement too complex (54001), unpaired
+/// brackets or `CASE … END` as a syntax error (42601). The engine reports the
+/// statement's other errors itself.
 fn check_shape(sql: &str) -> PgWireResult<()> {
     use footfall_sqlguard::Refusal;
-    footfall_sqlguard::check_shape(&PostgreSqlDialect {}, sql).map_err(|r| match r {
-        Refusal::TooDeep(why) => error("ERROR", "54001", why),
-        Refusal::Malformed(why) => error("ERROR", "42601", why),
-    })
+    match footfall_sqlguard::parse_within_budget(PostgreSqlDialect {}, sql) {
+        Ok(_) => Ok(()),
+        Err(Refusal::TooComplex(why)) => Err(error("ERROR", "54001", why)),
+        Err(Refusal::Malformed(why)) => Err(error("ERROR", "42601", why)),
+    }
 }
 
 fn error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
