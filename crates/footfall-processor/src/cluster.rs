@@ -63,10 +63,11 @@ pub struct Running {
 }
 
 /// Runs the ownership loop of one processor until `stop`: every `ttl / 4`, heartbeat,
-/// renew, and follow [`plan`]; while it holds fewer than its share, every
-/// [`SHORT_ROUND`] instead, so that a partition another processor hands back is taken
-/// at once rather than up to a round later (its events wait meanwhile).
-/// `owned(n)` is told how many partitions run here after each round. `start(partition)` starts that partition's processor
+/// renew, and follow [`plan`]; while it holds fewer than its share and a partition is
+/// coming free, every [`SHORT_ROUND`] instead, so that a partition another processor
+/// hands back is taken at once rather than up to a round later (its events wait
+/// meanwhile). `owned(n)` is told how many partitions run here after each round.
+/// `start(partition)` starts that partition's processor
 /// (which must stop at its stop flag with a checkpoint); a processor that ends on its
 /// own (an error) has its lease released so that the partition is taken again and
 /// resumes from its checkpoint. On `stop`, every partition is checkpointed and
@@ -143,7 +144,16 @@ pub fn run(
                     }
                 }
             }
-            short = running.len() < partitions.div_ceil(live.max(1) as u32) as usize;
+            // Short of its share while another holds more than its own (a hand-back is
+            // coming) or a partition is free: look again soon. A spare processor (more
+            // processors than partitions) is short too, but nothing is coming its way.
+            let share = partitions.div_ceil(live.max(1) as u32) as usize;
+            let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+            for (_, owner) in &holders {
+                *held.entry(owner.as_str()).or_default() += 1;
+            }
+            short = running.len() < share
+                && (holders.len() < partitions as usize || held.values().any(|n| *n > share));
             Ok(())
         })();
         if let Err(e) = round_result {
