@@ -347,6 +347,19 @@ async fn cluster_counts_every_acknowledged_event_once_through_kills() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // SQL over the same files, through the gateway (routed to the query nodes).
+        let r = c
+            .post(format!("{}/api/v1/sql", cluster.gateway))
+            .bearer_auth(&site.read_key)
+            .json(&json!({"site_id": site.tracking_id, "date_range": range,
+                "sql": "SELECT count(*) AS n FROM events WHERE pageview"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "POST /api/v1/sql through the gateway");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["rows"][0][0].as_u64(), Some(want), "{v}");
+        println!("SQL through the gateway: {want} page views");
     }
     wait_for_events(
         &c,
