@@ -18,6 +18,9 @@ enum Role {
 /// A route: the path, whether it must match exactly (else a prefix), and its role.
 type Route = (String, bool, Role);
 
+/// How a gateway picks the route of a request path.
+type Pick = fn(&[Route], &str) -> Option<Role>;
+
 fn repo(path: &str) -> String {
     let p = format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
@@ -49,7 +52,7 @@ fn nginx_routes(text: &str) -> Vec<Route> {
         let Some(upstream) = line.split("proxy_pass http://").nth(1) else {
             continue; // answered by the gateway itself (its health check)
         };
-        let upstream = upstream.split(|c| c == ';' || c == '/').next().unwrap();
+        let upstream = upstream.split([';', '/']).next().unwrap();
         out.push((path, exact, role_of_upstream(upstream)));
     }
     out
@@ -124,7 +127,7 @@ fn every_endpoint_reaches_its_role_through_every_gateway() {
         }
     }
     assert!(endpoints.len() > 30, "{}", endpoints.len());
-    let gateways: [(&str, Vec<Route>, fn(&[Route], &str) -> Option<Role>); 3] = [
+    let gateways: [(&str, Vec<Route>, Pick); 3] = [
         (
             "deploy/nginx/footfall.conf",
             nginx_routes(&repo("deploy/nginx/footfall.conf")),
