@@ -437,6 +437,13 @@ impl EventLog for KafkaLog {
         frame::offset(seen.load(Ordering::Relaxed) as i64, 0)
     }
 
+    fn backlog(&self, partition: u32, from: Offset) -> footfall_log::Backlog {
+        // A message partly read counts as behind: its remaining events are.
+        let end = frame::split(self.end_offset(partition)).0;
+        let (at, _) = frame::split(from);
+        footfall_log::Backlog::Messages(end.saturating_sub(at).max(0) as u64)
+    }
+
     fn start_offset(&self, partition: u32) -> Offset {
         let low = self
             .watermarks(partition)

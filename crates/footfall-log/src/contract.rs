@@ -116,6 +116,19 @@ fn appends_are_read_back_in_order(log: &dyn EventLog) -> Vec<Vec<Record>> {
                 .is_empty(),
             "appends_are_read_back_in_order: nothing after the end"
         );
+        // A reader past the last record has nothing to catch up; one at the first has.
+        let nothing =
+            |b: crate::Backlog| matches!(b, crate::Backlog::Bytes(0) | crate::Backlog::Messages(0));
+        assert!(
+            nothing(log.backlog(p, end)),
+            "backlog at the end: {:?}",
+            log.backlog(p, end)
+        );
+        assert!(
+            !nothing(log.backlog(p, recs[0].offset)),
+            "backlog at the first record: {:?}",
+            log.backlog(p, recs[0].offset)
+        );
         written.push(recs);
     }
     written

@@ -93,6 +93,13 @@ pub trait EventLog: Send + Sync + 'static {
     /// First retained offset of `partition`.
     fn start_offset(&self, partition: u32) -> Offset;
 
+    /// How far a reader at `from` is behind the end of `partition`, in the log's own
+    /// unit: bytes where offsets are byte positions (this crate's file log), messages on
+    /// a broker. For a processor's lag on /metrics.
+    fn backlog(&self, partition: u32, from: Offset) -> Backlog {
+        Backlog::Bytes(self.end_offset(partition).saturating_sub(from))
+    }
+
     /// Reads durable records of `partition` starting at `from` (which must be an offset
     /// the log returned, or `start_offset`, or `end_offset`), up to about `max_bytes`.
     /// Returns an empty vector at the end.
@@ -128,6 +135,13 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Bytes retained, summed over partitions.
     fn retained_bytes(&self) -> u64;
+}
+
+/// What [`EventLog::backlog`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    Bytes(u64),
+    Messages(u64),
 }
 
 /// Calls `f` for every durable record of `partition` with `from <= offset < until`, in
@@ -226,6 +240,14 @@ impl EventLog for OnePartition {
             self.inner.start_offset(self.partition)
         } else {
             0
+        }
+    }
+
+    fn backlog(&self, partition: u32, from: Offset) -> Backlog {
+        if partition == 0 {
+            self.inner.backlog(self.partition, from)
+        } else {
+            Backlog::Bytes(0)
         }
     }
 

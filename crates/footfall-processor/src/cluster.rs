@@ -15,10 +15,87 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use footfall_store::leases::Leases;
+
+use crate::{ProcessorStats, Progress};
+
+/// The figures of the partition processors a node runs, for its /metrics: each
+/// partition's latest processor, running or not (a partition handed back keeps its
+/// events in the total; taken again, the new processor's count adds on).
+#[derive(Default)]
+pub struct Board {
+    slots: Mutex<BTreeMap<u32, Slot>>,
+}
+
+struct Slot {
+    /// The statistics of one-partition processors (partition 0 is `partition`).
+    stats: Arc<ProcessorStats>,
+    /// Set when the processor is told to stop (handed back, lease lost, node stopping).
+    stop: Arc<AtomicBool>,
+    /// Events of the partition's earlier processors on this node.
+    earlier: u64,
+}
+
+impl Board {
+    /// Follows the processor just started for `partition` (its statistics and its stop
+    /// flag), in place of any earlier one.
+    pub fn track(&self, partition: u32, stats: Arc<ProcessorStats>, stop: Arc<AtomicBool>) {
+        let mut slots = self.slots.lock().unwrap();
+        let earlier = slots
+            .get(&partition)
+            .map(|s| s.earlier + s.stats.events())
+            .unwrap_or(0);
+        slots.insert(
+            partition,
+            Slot {
+                stats,
+                stop,
+                earlier,
+            },
+        );
+    }
+
+    fn sum_running(&self, f: impl Fn(&ProcessorStats) -> u64) -> u64 {
+        let slots = self.slots.lock().unwrap();
+        slots
+            .values()
+            .filter(|s| !s.stop.load(Ordering::SeqCst))
+            .map(|s| f(&s.stats))
+            .sum()
+    }
+}
+
+impl Progress for Board {
+    fn events(&self) -> u64 {
+        let slots = self.slots.lock().unwrap();
+        slots.values().map(|s| s.earlier + s.stats.events()).sum()
+    }
+    fn open_visits(&self) -> u64 {
+        self.sum_running(|s| s.open_visits())
+    }
+    fn checkpoint_bytes(&self) -> u64 {
+        self.sum_running(|s| s.checkpoint_bytes())
+    }
+    fn last_received_at(&self) -> i64 {
+        let slots = self.slots.lock().unwrap();
+        slots
+            .values()
+            .map(|s| s.stats.last_received_at())
+            .max()
+            .unwrap_or(0)
+    }
+    fn positions(&self) -> Vec<(u32, footfall_log::Offset)> {
+        let slots = self.slots.lock().unwrap();
+        slots
+            .iter()
+            .filter(|(_, s)| !s.stop.load(Ordering::SeqCst))
+            .map(|(p, s)| (*p, s.stats.offsets[0].load(Ordering::SeqCst)))
+            .collect()
+    }
+}
 
 /// What one processor should change this round.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -371,5 +448,36 @@ mod tests {
             waited < SHORT_ROUND * 3,
             "handed back, then taken {waited:?} later"
         );
+    }
+
+    /// The board counts the events of every processor a partition had on this node and
+    /// reports positions only of the running ones.
+    #[test]
+    fn the_board_keeps_counting_across_hand_backs() {
+        let board = Board::default();
+        let processor = |events: u64, offset: u64| {
+            let stats = Arc::new(ProcessorStats::new(1));
+            stats.events_processed.store(events, Ordering::SeqCst);
+            stats.offsets[0].store(offset, Ordering::SeqCst);
+            stats.open_visits.store(2, Ordering::SeqCst);
+            (stats, Arc::new(AtomicBool::new(false)))
+        };
+        let (a, stop_a) = processor(5, 100);
+        board.track(0, a.clone(), stop_a.clone());
+        let (b, stop_b) = processor(7, 200);
+        board.track(1, b, stop_b);
+        assert_eq!(board.events(), 12);
+        assert_eq!(board.positions(), vec![(0, 100), (1, 200)]);
+        assert_eq!(board.open_visits(), 4);
+        // Partition 0 handed back: its events stay counted, its position is not ours.
+        stop_a.store(true, Ordering::SeqCst);
+        assert_eq!(board.events(), 12);
+        assert_eq!(board.positions(), vec![(1, 200)]);
+        assert_eq!(board.open_visits(), 2);
+        // Taken again: the new processor's events add on.
+        let (c, stop_c) = processor(3, 150);
+        board.track(0, c, stop_c);
+        assert_eq!(board.events(), 15);
+        assert_eq!(board.positions(), vec![(0, 150), (1, 200)]);
     }
 }

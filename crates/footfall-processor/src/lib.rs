@@ -119,6 +119,45 @@ impl ProcessorStats {
     }
 }
 
+/// What a node's /metrics reports of the processing it does: the one processor of the
+/// embedded default ([`ProcessorStats`]), or the partition processors of a cluster node
+/// ([`cluster::Board`]). Figures are read without stopping the processors, so they may
+/// be a moment apart from one another.
+pub trait Progress: Send + Sync {
+    /// Events processed since the node started (not only by the processors running now).
+    fn events(&self) -> u64;
+    /// Visits held in processor state at the last checkpoints.
+    fn open_visits(&self) -> u64;
+    /// Size of the last checkpoints, summed over the partitions processed now.
+    fn checkpoint_bytes(&self) -> u64;
+    /// Receive time of the newest processed event (ms since epoch; 0 before any).
+    fn last_received_at(&self) -> i64;
+    /// Each log partition processed now, with the offset its results reflect.
+    fn positions(&self) -> Vec<(u32, footfall_log::Offset)>;
+}
+
+impl Progress for ProcessorStats {
+    fn events(&self) -> u64 {
+        self.events_processed.load(Ordering::Relaxed)
+    }
+    fn open_visits(&self) -> u64 {
+        self.open_visits.load(Ordering::Relaxed)
+    }
+    fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes.load(Ordering::Relaxed)
+    }
+    fn last_received_at(&self) -> i64 {
+        self.last_received_at.load(Ordering::Relaxed)
+    }
+    fn positions(&self) -> Vec<(u32, footfall_log::Offset)> {
+        self.offsets
+            .iter()
+            .enumerate()
+            .map(|(p, o)| (p as u32, o.load(Ordering::SeqCst)))
+            .collect()
+    }
+}
+
 /// A range rebuilt from the archive, handed to the processor to swap in (see
 /// docs/ARCHIVE.md). The processor first catches up to `archived`, then replays the
 /// log records of the property from `archived` to its own position into the rebuild,

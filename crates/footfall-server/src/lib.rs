@@ -26,9 +26,9 @@ use axum::{Json, Router};
 use footfall_collector::{client_ip, Admitted};
 use footfall_event::native::{self, NativeEvent, Rejection};
 use footfall_event::Clock;
-use footfall_log::EventLog;
+use footfall_log::{Backlog, EventLog};
 use footfall_meta::Scope;
-use footfall_processor::ProcessorStats;
+use footfall_processor::Progress;
 use footfall_store::RollupRead;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
@@ -50,8 +50,9 @@ pub struct AppState {
     pub cache: Arc<MetaCache>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
-    /// The processor in this process (processor role) and the log it reads.
-    pub processor: Option<(Arc<ProcessorStats>, Arc<dyn EventLog>)>,
+    /// The processing in this process (processor role: the embedded processor, or a
+    /// cluster node's partition processors) and the log it reads.
+    pub processor: Option<(Arc<dyn Progress>, Arc<dyn EventLog>)>,
     /// What this node's readiness depends on beyond not shutting down and its log's
     /// health: each check is named in `/readyz`'s answer when it fails (a database…).
     pub readiness: Vec<ReadinessCheck>,
@@ -1239,27 +1240,33 @@ async fn readyz(State(app): State<AppRef>) -> Response {
 
 async fn metrics_text(State(app): State<AppRef>) -> Response {
     let m = &app.metrics;
-    if let Some((p, log)) = &app.processor {
-        let mut lag = 0i64;
-        for part in 0..log.partitions() {
-            let end = log.end_offset(part);
-            let at = p.offsets[part as usize].load(Ordering::SeqCst);
-            lag += end.saturating_sub(at) as i64;
+    if let Some((p, log)) = app.processor.clone() {
+        // A broker's end offsets are a round trip each: off the async threads.
+        let backlog = tokio::task::spawn_blocking(move || {
+            let (mut bytes, mut messages) = (0u64, 0u64);
+            for (part, at) in p.positions() {
+                match log.backlog(part, at) {
+                    Backlog::Bytes(n) => bytes += n,
+                    Backlog::Messages(n) => messages += n,
+                }
+            }
+            (bytes, messages, p)
+        })
+        .await;
+        if let Ok((bytes, messages, p)) = backlog {
+            m.lag_bytes.set(bytes as i64);
+            m.lag_messages.set(messages as i64);
+            let last = p.last_received_at();
+            let lag_s = if bytes + messages > 0 && last > 0 {
+                (app.clock.now_millis() - last) as f64 / 1000.0
+            } else {
+                0.0
+            };
+            m.lag_seconds.set(lag_s);
+            m.processed.set(p.events() as i64);
+            m.open_visits.set(p.open_visits() as i64);
+            m.checkpoint_bytes.set(p.checkpoint_bytes() as i64);
         }
-        m.lag_bytes.set(lag);
-        let last = p.last_received_at.load(Ordering::Relaxed);
-        let lag_s = if lag > 0 && last > 0 {
-            (app.clock.now_millis() - last) as f64 / 1000.0
-        } else {
-            0.0
-        };
-        m.lag_seconds.set(lag_s);
-        m.processed
-            .set(p.events_processed.load(Ordering::Relaxed) as i64);
-        m.open_visits
-            .set(p.open_visits.load(Ordering::Relaxed) as i64);
-        m.checkpoint_bytes
-            .set(p.checkpoint_bytes.load(Ordering::Relaxed) as i64);
     }
     if let Some(log) = &app.log {
         m.log_bytes.set(log.retained_bytes() as i64);

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub query_seconds: Histogram,
     pub lag_bytes: Gauge<i64, AtomicI64>,
+    pub lag_messages: Gauge<i64, AtomicI64>,
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub processed: Gauge<i64, AtomicI64>,
     pub open_visits: Gauge<i64, AtomicI64>,
@@ -62,8 +63,14 @@ impl Default for Metrics {
         let lag_bytes = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "processor_lag_bytes",
-            "Durable log bytes not yet processed",
+            "Durable log bytes not yet processed (on the file log; 0 on Kafka)",
             lag_bytes.clone(),
+        );
+        let lag_messages = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "processor_lag_messages",
+            "Broker messages not yet processed (on a Kafka log; 0 on the file log)",
+            lag_messages.clone(),
         );
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -126,6 +133,7 @@ impl Default for Metrics {
             append_seconds,
             query_seconds,
             lag_bytes,
+            lag_messages,
             lag_seconds,
             processed,
             open_visits,

@@ -636,7 +636,10 @@ fn start_partition_processors(
     stop: Arc<AtomicBool>,
     readiness: &mut Vec<ReadinessCheck>,
     metrics: &Metrics,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+) -> anyhow::Result<(
+    std::thread::JoinHandle<()>,
+    Arc<footfall_processor::cluster::Board>,
+)> {
     use footfall_processor::cluster;
     let leases = Arc::new(
         footfall_pg::PgLeases::open(&cfg.store.url)
@@ -665,18 +668,22 @@ fn start_partition_processors(
     let partitions = log.partitions();
     let ttl = Duration::from_millis(cfg.processor.lease_ms);
     let owner = me.clone();
+    let board = Arc::new(cluster::Board::default());
+    let on_board = board.clone();
     let start = move |p: u32| -> std::io::Result<cluster::Running> {
         let store = footfall_pg::PgRollupStore::open_writer(&url, p as i32, Some(owner.clone()))
             .map_err(std::io::Error::other)?;
+        let stats = Arc::new(ProcessorStats::new(1));
         let processor = Processor::new(
             Arc::new(footfall_log::OnePartition::new(log.clone(), p)),
             Arc::new(store),
             settings.clone(),
             opts.clone(),
-            Arc::new(ProcessorStats::new(1)),
+            stats.clone(),
         )
         .map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
+        on_board.track(p, stats, stop.clone());
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("processor-p{p}"))
@@ -692,9 +699,10 @@ fn start_partition_processors(
     let owned = move |n: usize| {
         gauge.set(n as i64);
     };
-    Ok(std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("partition-coordinator".into())
-        .spawn(move || cluster::run(leases, partitions, me, ttl, stop, start, owned))?)
+        .spawn(move || cluster::run(leases, partitions, me, ttl, stop, start, owned))?;
+    Ok((thread, board))
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -832,8 +840,13 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let mut coordinator = None;
+    // What /metrics reports of the processing here.
+    let mut progress: Option<(Arc<dyn footfall_processor::Progress>, Arc<dyn EventLog>)> =
+        processor_stats
+            .clone()
+            .map(|(s, l)| (s as Arc<dyn footfall_processor::Progress>, l));
     if let (true, Some(log)) = (partitioned, &log) {
-        coordinator = Some(start_partition_processors(
+        let (thread, board) = start_partition_processors(
             &cfg,
             log.clone(),
             settings.clone(),
@@ -841,7 +854,9 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             stop.clone(),
             &mut readiness,
             &metrics,
-        )?);
+        )?;
+        coordinator = Some(thread);
+        progress = Some((board, log.clone()));
     }
 
     let (seal_tx, seal_rx) =
@@ -938,7 +953,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         cache: cache.clone(),
         clock,
         metrics,
-        processor: processor_stats.clone(),
+        processor: progress,
         readiness,
         rules,
         accepting: AtomicBool::new(true),

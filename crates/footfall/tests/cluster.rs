@@ -379,6 +379,30 @@ async fn cluster_counts_every_acknowledged_event_once_through_kills() {
     println!("freshness through the cluster: p99 {p99} ms");
     assert!(p99 <= 2000.0, "freshness p99 {p99} ms");
 
+    // Each processor's /metrics tells what it processed, and no lag once every
+    // acknowledged event is counted.
+    for offset in [301, 302] {
+        let url = format!("{}/metrics", node(offset));
+        let text = c.get(&url).send().await.unwrap().text().await.unwrap();
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} missing from {url}"))
+        };
+        let (events, lag, lag_s) = (
+            gauge("footfall_processor_events"),
+            gauge("footfall_processor_lag_messages"),
+            gauge("footfall_processor_lag_seconds"),
+        );
+        println!(
+            "processor on port +{offset}: {events} events processed, lag {lag} messages, {lag_s} s"
+        );
+        assert!(events > 0.0, "{url}: no events processed");
+        assert_eq!(lag, 0.0, "{url}: lag after every event was counted");
+        assert_eq!(lag_s, 0.0, "{url}: lag after every event was counted");
+    }
+
     // The archive holds each acknowledged event once.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
