@@ -15,13 +15,13 @@
 //! else. A file is never changed after its batch committed. This crate never writes to
 //! the log and never interprets events beyond grouping them.
 
+pub mod position;
 pub mod rebuild;
 pub mod schema;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Timelike};
@@ -307,41 +307,39 @@ pub struct SealReport {
 pub struct Archiver {
     archive: Archive,
     log: Arc<dyn EventLog>,
-    state_path: PathBuf,
+    position: Box<dyn position::PositionStore>,
     state: ArchiverState,
     /// Upper bound of log bytes per partition per batch (memory bound).
     pub batch_bytes: usize,
 }
 
-fn save_state(path: &FsPath, state: &ArchiverState) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(state).map_err(|e| Error::State(e.to_string()))?)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 impl Archiver {
-    /// Opens with the state in `state_dir` (created on first use).
+    /// Opens with the position in `state_dir` (created on first use).
     pub fn open(
         archive: Archive,
         log: Arc<dyn EventLog>,
         state_dir: impl AsRef<FsPath>,
     ) -> Result<Self> {
-        fs::create_dir_all(state_dir.as_ref())?;
-        let state_path = state_dir.as_ref().join("archiver.json");
+        Self::open_at(
+            archive,
+            log,
+            Box::new(position::FilePosition::open(state_dir)?),
+        )
+    }
+
+    /// Opens with the position kept in `position` (a file, or the shared database).
+    pub fn open_at(
+        archive: Archive,
+        log: Arc<dyn EventLog>,
+        position: Box<dyn position::PositionStore>,
+    ) -> Result<Self> {
         let n = log.partitions() as usize;
-        let state = match fs::read(&state_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::State(e.to_string()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ArchiverState {
+        let state = match position.load()? {
+            Some(s) => s,
+            None => ArchiverState {
                 offsets: (0..n as u32).map(|p| log.start_offset(p)).collect(),
                 pending: vec![None; n],
             },
-            Err(e) => return Err(e.into()),
         };
         if state.offsets.len() != n {
             return Err(Error::State(format!(
@@ -352,7 +350,7 @@ impl Archiver {
         Ok(Self {
             archive,
             log,
-            state_path,
+            position,
             state,
             batch_bytes: 32 * 1024 * 1024,
         })
@@ -429,7 +427,7 @@ impl Archiver {
         }
         self.state.offsets[partition] = to;
         self.state.pending[partition] = None;
-        save_state(&self.state_path, &self.state)?;
+        self.position.save(&self.state)?;
         report.events += events;
         report.files += groups.len() as u64;
         Ok(())
@@ -458,7 +456,7 @@ impl Archiver {
                     continue;
                 }
                 self.state.pending[p] = Some((from, to));
-                save_state(&self.state_path, &self.state)?;
+                self.position.save(&self.state)?;
                 self.write_and_commit(p, to, &groups, n, &mut report)
                     .await?;
                 progressed = true;

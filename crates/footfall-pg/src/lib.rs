@@ -15,11 +15,13 @@ mod accounts;
 mod conn;
 mod leases;
 mod meta;
+mod position;
 mod rollup;
 pub mod testing;
 
 pub use leases::PgLeases;
 pub use meta::PgMeta;
+pub use position::PgPosition;
 pub use rollup::{PgRollupStore, ReadCacheOptions};
 
 /// The rollup part of a processor that owns every partition of its log (the embedded

@@ -172,6 +172,25 @@ fn leases_contract_on_postgres() {
     footfall_store::leases::contract::run(&footfall_pg::PgLeases::open(db.url()).unwrap());
 }
 
+#[test]
+fn archiver_position_contract_on_postgres() {
+    use footfall_archive::position::{contract, PositionStore};
+    let Some(db) = TestDb::create("archiver_position_contract_on_postgres") else {
+        return;
+    };
+    let url = db.url().to_string();
+    contract::run(
+        &|| {
+            Box::new(footfall_pg::PgPosition::open(&url, "events").unwrap())
+                as Box<dyn PositionStore>
+        },
+        true,
+    );
+    // Positions are per name: another log's archiver starts from nothing.
+    let other = footfall_pg::PgPosition::open(&url, "other").unwrap();
+    assert_eq!(other.load().unwrap(), None);
+}
+
 /// With leases, a checkpoint commits only while its writer holds the partition.
 #[test]
 fn checkpoints_need_the_lease() {

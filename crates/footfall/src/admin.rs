@@ -15,6 +15,32 @@ use serde_json::{json, Value};
 use crate::config::Config;
 
 /// The archive the configuration names (local directory by default).
+/// Where the archiver keeps its position: in the data directory, or — on a Kafka log
+/// with a shared database — in the database, named by the topic, because a cluster's
+/// archiver may come back on a machine without its old data directory (docs/ARCHIVE.md).
+/// With `adopt`, a position still in the data directory from before is moved into the
+/// database once (the archiver does this at start; readers such as `archive verify` do not
+/// write).
+pub fn archiver_position(
+    cfg: &Config,
+    adopt: bool,
+) -> anyhow::Result<Box<dyn footfall_archive::position::PositionStore>> {
+    use footfall_archive::position::{FilePosition, PositionStore};
+    let file = FilePosition::open(cfg.server.data_dir.join("archive-state"))?;
+    if cfg.log.kafka_brokers.is_empty() || cfg.store.url.is_empty() {
+        return Ok(Box::new(file));
+    }
+    let shared = footfall_pg::PgPosition::open(&cfg.store.url, &cfg.log.kafka_topic)
+        .context("opening the archiver's position (store.url)")?;
+    if adopt && shared.load()?.is_none() {
+        if let Some(state) = file.load()? {
+            shared.save(&state)?;
+            tracing::info!("archiver position moved from the data directory into the database");
+        }
+    }
+    Ok(Box::new(shared))
+}
+
 pub fn open_archive(cfg: &Config) -> anyhow::Result<Archive> {
     let a = &cfg.archive;
     Ok(if a.url.is_empty() {
@@ -183,10 +209,7 @@ struct Hour {
 pub fn verify(cfg: &Config, a: VerifyArgs) -> anyhow::Result<()> {
     let archive = open_archive(cfg)?;
     let dates = a.from.zip(a.to);
-    let state: Option<ArchiverState> =
-        std::fs::read(cfg.server.data_dir.join("archive-state/archiver.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+    let state: Option<ArchiverState> = archiver_position(cfg, false)?.load()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

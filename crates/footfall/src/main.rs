@@ -683,7 +683,6 @@ fn start_partition_processors(
         )
         .map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
-        on_board.track(p, stats, stop.clone());
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("processor-p{p}"))
@@ -692,6 +691,8 @@ fn start_partition_processors(
                     tracing::error!(partition = p, error = %e, "partition processor failed");
                 }
             })?;
+        // On the board once running: a processor that never started is not reported.
+        on_board.track(p, stats, stop.clone());
         Ok(cluster::Running { stop, thread })
     };
     tracing::info!(owner = %me, partitions, "processing partitions by lease");
@@ -865,10 +866,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut archive = None;
     if let (true, Some(log)) = (roles.archiver, &log) {
         let a = admin::open_archive(&cfg)?;
-        archiver = Some(footfall_archive::Archiver::open(
+        archiver = Some(footfall_archive::Archiver::open_at(
             a.clone(),
             log.clone(),
-            data.join("archive-state"),
+            admin::archiver_position(&cfg, true)?,
         )?);
         archive = Some(a);
     }
