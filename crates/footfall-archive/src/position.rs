@@ -34,9 +34,8 @@ pub struct FilePosition {
 }
 
 impl FilePosition {
-    /// The position in `dir` (created on first use).
+    /// The position in `dir` (created at the first save: reading creates nothing).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        fs::create_dir_all(dir.as_ref())?;
         Ok(Self {
             path: dir.as_ref().join("archiver.json"),
         })
@@ -55,6 +54,9 @@ impl PositionStore for FilePosition {
     }
 
     fn save(&self, state: &ArchiverState) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
         let tmp = self.path.with_extension("json.tmp");
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(state).map_err(|e| Error::State(e.to_string()))?)?;
