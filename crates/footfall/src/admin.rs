@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 
-/// The archive the configuration names (local directory by default).
 /// Where the archiver keeps its position: in the data directory, or — on a Kafka log
 /// with a shared database — in the database, named by the topic, because a cluster's
 /// archiver may come back on a machine without its old data directory (docs/ARCHIVE.md).
@@ -41,6 +40,7 @@ pub fn archiver_position(
     Ok(Box::new(shared))
 }
 
+/// The archive the configuration names (local directory by default).
 pub fn open_archive(cfg: &Config) -> anyhow::Result<Archive> {
     let a = &cfg.archive;
     Ok(if a.url.is_empty() {
