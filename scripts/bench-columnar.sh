@@ -42,6 +42,10 @@ res = {"events": events, "footfall": ff, "duckdb": dk,
 json.dump(res, open(f"{out}/columnar.json", "w"), indent=1)
 print(f"columnar set p99 {ff['set_p99_ms']:.1f} ms (DuckDB {dk['set_p99_ms']:.1f} ms, "
       f"answers equal: {dk['all_equal']}); files cost {ff['columnar_over_processing']:.2f}x processing")
+print(f"  cold set (resident table made) {ff['cold_set_ms']:.1f} ms; DataFusion alone: set p99 "
+      f"{ff['datafusion_set_p99_ms']:.1f} ms (p50 {ff['datafusion_set_p50_ms']:.1f}, "
+      f"{ff['datafusion_rounds']} rounds), answers equal: {ff['datafusion_answers_equal']}")
+print(f"  executors: {ff['executors']}")
 for n, q in ff["queries"].items():
     print(f"  {n}: footfall p99 {q['p99_ms']:.1f} ms, duckdb p99 {dk['queries'][n]['p99_ms']:.1f} ms")
 print(f"analyst SQL set p99 {ff['sql_set_p99_ms']:.1f} ms (p50 {ff['sql_set_p50_ms']:.1f}); DuckDB "

@@ -192,7 +192,9 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     let columnar_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(made.rows == n, "columnar rows {} of {n}", made.rows);
 
-    let engine = ColumnarEngine::new(columns);
+    let engine = ColumnarEngine::new(columns.clone());
+    // The same files with every question to DataFusion: the resident executor's baseline.
+    let datafusion_only = ColumnarEngine::new(columns).with_resident_budget(0);
     let end = chrono::DateTime::from_timestamp_millis(spec.end_ms).unwrap();
     let to = end.with_timezone(&tz).date_naive();
     let from = to - chrono::Duration::days(spec.days as i64 - 1);
@@ -200,6 +202,8 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     let mut per_query: Vec<Vec<f64>> = vec![Vec::new(); set.len()];
     let mut sets = Vec::new();
     let mut answers = serde_json::Map::new();
+    let mut executors = serde_json::Map::new();
+    let mut cold_set_ms = 0.0;
     for round in 0..a.rounds + 1 {
         let set_start = Instant::now();
         for (i, (name, q)) in set.iter().enumerate() {
@@ -207,18 +211,43 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
             let v = rt
                 .block_on(ask(&engine, q, tz, (from, to)))
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            // Round 0 warms the caches (the files' metadata); it is not counted.
+            // Round 0 warms the caches (the resident table, the files' metadata); it is
+            // reported as the cold set, not counted in the percentiles.
             if round > 0 {
                 per_query[i].push(t.elapsed().as_secs_f64() * 1000.0);
             } else {
                 answers.insert(name.to_string(), v["results"].clone());
+                executors.insert(name.to_string(), v["meta"]["executor"].clone());
             }
         }
         if round > 0 {
             sets.push(set_start.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            cold_set_ms = set_start.elapsed().as_secs_f64() * 1000.0;
         }
     }
     sets.sort_by(f64::total_cmp);
+
+    // The same set through DataFusion alone, fewer rounds (seconds each), same answers.
+    let df_rounds = a.rounds.clamp(1, 3);
+    let mut df_sets = Vec::new();
+    let mut df_equal = true;
+    for round in 0..df_rounds + 1 {
+        let set_start = Instant::now();
+        for (name, q) in &set {
+            let v = rt
+                .block_on(ask(&datafusion_only, q, tz, (from, to)))
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            if round == 0 && answers.get(*name) != Some(&v["results"]) {
+                eprintln!("{name}: the resident executor and DataFusion differ");
+                df_equal = false;
+            }
+        }
+        if round > 0 {
+            df_sets.push(set_start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    df_sets.sort_by(f64::total_cmp);
 
     // The analyst's SQL, on the SQL API's path and limits (generous: this measures speed).
     let limits = footfall_query::SqlLimits {
@@ -284,6 +313,12 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
             "rounds": a.rounds,
             "set_p50_ms": percentile(&sets, 0.5),
             "set_p99_ms": percentile(&sets, 0.99),
+            "cold_set_ms": cold_set_ms,
+            "executors": executors,
+            "datafusion_rounds": df_rounds,
+            "datafusion_set_p50_ms": percentile(&df_sets, 0.5),
+            "datafusion_set_p99_ms": percentile(&df_sets, 0.99),
+            "datafusion_answers_equal": df_equal,
             "queries": queries,
             "sql_set_p50_ms": percentile(&sql_sets, 0.5),
             "sql_set_p99_ms": percentile(&sql_sets, 0.99),

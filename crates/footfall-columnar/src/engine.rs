@@ -464,6 +464,8 @@ pub struct ColumnarEngine {
     columns: Arc<Columns>,
     runtime: Arc<RuntimeEnv>,
     store_url: url::Url,
+    /// Ranges' rows in memory for the query API ([`crate::resident`]).
+    resident: crate::resident::Resident,
 }
 
 impl ColumnarEngine {
@@ -475,7 +477,35 @@ impl ColumnarEngine {
             columns,
             runtime,
             store_url,
+            resident: crate::resident::Resident::new(crate::resident::DEFAULT_BUDGET),
         }
+    }
+
+    /// At most `bytes` of resident tables (0: every question goes to DataFusion).
+    pub fn with_resident_budget(mut self, bytes: usize) -> Self {
+        self.resident = crate::resident::Resident::new(bytes);
+        self
+    }
+
+    /// The resident table of `property`'s files in `[from, to]`, if it can be held.
+    async fn resident_table(
+        &self,
+        property: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Option<Arc<crate::resident::Table>>, QueryError> {
+        let objects: Vec<object_store::ObjectMeta> = self
+            .columns
+            .day_objects(property, from, to)
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        Ok(self
+            .resident
+            .table(self.columns.archive().object_store(), &objects)
+            .await)
     }
 
     /// A context with the `events` table over `property`'s days in `[from, to]`; None
@@ -737,6 +767,45 @@ impl ColumnarEngine {
             r
         };
         let n = dims.len();
+        let want_visits = visit_family || metrics.iter().any(|m| m.is_visit_level());
+        // The resident executor answers what it holds; the rest is DataFusion's.
+        let resident_can = !plain
+            && goal_dim.is_none()
+            && !metrics.iter().any(|m| {
+                matches!(
+                    m,
+                    Metric::TotalRevenue | Metric::AverageRevenue | Metric::TimeOnPage
+                )
+            });
+        if resident_can {
+            if let Some(t) = self.resident_table(&req.site_id, from, to).await? {
+                let q = ResidentQuery {
+                    dimensions: req.dimensions.clone(),
+                    filters: req.filters.clone(),
+                    goals: req.goals.clone(),
+                    visit_family,
+                    want_visits,
+                    conversions,
+                    percentage: metrics.contains(&Metric::Percentage),
+                    bounds,
+                    wall: bounds.map(|(a, b)| {
+                        let wall = |ms: i64| {
+                            footfall_store::rollup::local_time(&tz, ms)
+                                .and_utc()
+                                .timestamp_millis()
+                        };
+                        (wall(a), wall(b))
+                    }),
+                    dates: (crate::table::date32(from), crate::table::date32(to)),
+                };
+                let answer = tokio::task::spawn_blocking(move || q.run(&t))
+                    .await
+                    .map_err(|e| QueryError::Unavailable(e.to_string()))??;
+                if let Some(rows) = answer {
+                    return finish(req, tz, (from, to), &dims, &metrics, rows, "resident");
+                }
+            }
+        }
         let mut groups: HashMap<Vec<Option<String>>, Agg> = HashMap::new();
         if let Some(ctx) = self.context(&req.site_id, from, to).await? {
             let where_all = |extra: &str| {
@@ -775,7 +844,6 @@ impl ColumnarEngine {
             };
             // Visits: from each visit's first row (visit family and plain queries), or
             // the visits with a matching event (event family).
-            let want_visits = visit_family || metrics.iter().any(|m| m.is_visit_level());
             if want_visits {
                 let sql = if visit_family || plain {
                     let (exprs, keys) = group_by(true);
@@ -920,14 +988,184 @@ impl ColumnarEngine {
                 }
             }
         }
-        let mut rows: Vec<(Vec<Option<String>>, Agg)> = groups
-            .into_iter()
-            .filter(|(_, a)| a.events > 0 || a.visits > 0 || !a.revenue.is_empty())
-            .collect();
-        if n == 0 && rows.is_empty() {
-            rows.push((Vec::new(), Agg::default()));
+        finish(
+            req,
+            tz,
+            (from, to),
+            &dims,
+            &metrics,
+            groups.into_iter().collect(),
+            "datafusion",
+        )
+    }
+}
+
+/// The groups that have something, in the response's shape.
+fn finish(
+    req: &QueryRequest,
+    tz: Tz,
+    dates: (NaiveDate, NaiveDate),
+    dims: &[Dim],
+    metrics: &[Metric],
+    groups: Vec<(Vec<Option<String>>, Agg)>,
+    executor: &str,
+) -> Result<Value, QueryError> {
+    let mut rows: Vec<(Vec<Option<String>>, Agg)> = groups
+        .into_iter()
+        .filter(|(_, a)| a.events > 0 || a.visits > 0 || !a.revenue.is_empty())
+        .collect();
+    if dims.is_empty() && rows.is_empty() {
+        rows.push((Vec::new(), Agg::default()));
+    }
+    let mut answer = respond(req, tz, dates, dims, metrics, rows)?;
+    answer["meta"]["executor"] = json!(executor);
+    Ok(answer)
+}
+
+/// A query for the resident executor: what [`ColumnarEngine::execute`] decided about it,
+/// owned so that it runs off the async threads.
+struct ResidentQuery {
+    dimensions: Vec<String>,
+    filters: Vec<Value>,
+    goals: Vec<Goal>,
+    visit_family: bool,
+    want_visits: bool,
+    conversions: bool,
+    percentage: bool,
+    /// UTC milliseconds of a date-time range, and the same as local wall-clock ones.
+    bounds: Option<(i64, i64)>,
+    wall: Option<(i64, i64)>,
+    /// Local dates as days since 1970.
+    dates: (i32, i32),
+}
+
+impl ResidentQuery {
+    /// The groups, as the SQL below would give them; None where the executor does not
+    /// hold a dimension or filter.
+    fn run(
+        &self,
+        t: &crate::resident::Table,
+    ) -> Result<Option<Vec<(Vec<Option<String>>, Agg)>>, QueryError> {
+        use crate::resident::exec;
+        let mut dims = Vec::new();
+        for d in &self.dimensions {
+            match exec::Dim::new(t, d, self.dates) {
+                Some(d) => dims.push(d),
+                None => return Ok(None),
+            }
         }
-        respond(req, tz, (from, to), &dims, &metrics, rows)
+        let mut all = Vec::new();
+        let mut non_goal = Vec::new();
+        for f in &self.filters {
+            let Some(p) = exec::compile(t, f, &self.goals)? else {
+                return Ok(None);
+            };
+            if !names_goal(f) {
+                match exec::compile(t, f, &self.goals)? {
+                    Some(q) => non_goal.push(q),
+                    None => return Ok(None),
+                }
+            }
+            all.push(p);
+        }
+        let Some(keys) = exec::Keys::new(&dims, true) else {
+            return Ok(None);
+        };
+        let mask = exec::eval_all(t, &all);
+        let rows = exec::RowScope {
+            bounds: self.bounds,
+            mask: &mask,
+        };
+        let visits = exec::VisitScope {
+            dates: self.dates,
+            wall: self.wall,
+            mask: &mask,
+        };
+        let mut groups: Vec<(u64, Agg)> = if self.visit_family {
+            exec::by_visits(t, &keys, &visits)
+                .into_iter()
+                .map(|(k, s)| {
+                    (
+                        k,
+                        Agg {
+                            visitors: s.visitors,
+                            visits: s.visits,
+                            visit_pageviews: s.visit_pageviews,
+                            events: s.visit_events,
+                            bounces: s.bounces,
+                            duration_ms: s.duration_ms,
+                            from_visits: true,
+                            ..Agg::default()
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            exec::by_rows(t, &keys, &rows, self.want_visits)
+                .into_iter()
+                .map(|(k, s)| {
+                    let mut a = Agg {
+                        visitors: s.visitors,
+                        pageviews: s.pageviews,
+                        events: s.events,
+                        ..Agg::default()
+                    };
+                    if self.want_visits {
+                        a.visits = s.visits;
+                        a.visit_pageviews = s.visit_pageviews;
+                        a.bounces = s.bounces;
+                        a.duration_ms = s.duration_ms;
+                    }
+                    (k, a)
+                })
+                .collect()
+        };
+        if self.conversions {
+            let denominators = exec::eval_all(t, &non_goal);
+            let scope = exec::RowScope {
+                bounds: self.bounds,
+                mask: &denominators,
+            };
+            let total = exec::visitors_of_rows(t, &scope);
+            let by_group: HashMap<u64, i64> = exec::by_rows(t, &keys, &scope, false)
+                .into_iter()
+                .map(|(k, s)| (k, s.visitors))
+                .collect();
+            for (k, a) in groups.iter_mut() {
+                a.all_visitors = total;
+                a.group_visitors = by_group.get(k).copied().unwrap_or(0);
+            }
+        }
+        if self.percentage {
+            let total = if self.visit_family {
+                exec::visitors_of_visits(t, &visits)
+            } else {
+                exec::visitors_of_rows(t, &rows)
+            };
+            for (_, a) in groups.iter_mut() {
+                a.percentage = 100.0 * rate(a.visitors, total);
+            }
+        }
+        Ok(Some(
+            groups
+                .into_iter()
+                .map(|(k, a)| (keys.render(k), a))
+                .collect(),
+        ))
+    }
+}
+
+/// Whether a filter names `event:goal` anywhere (a conversion rate's denominator
+/// leaves such filters out).
+fn names_goal(f: &Value) -> bool {
+    let Some(a) = f.as_array() else { return false };
+    match a.first().and_then(Value::as_str) {
+        Some("and" | "or") => a
+            .get(1)
+            .and_then(Value::as_array)
+            .is_some_and(|p| p.iter().any(names_goal)),
+        Some("not" | "has_done" | "has_not_done") => a.get(1).is_some_and(names_goal),
+        _ => a.get(1).and_then(Value::as_str) == Some("event:goal"),
     }
 }
 
@@ -1081,6 +1319,23 @@ impl ColumnarEngine {
             to.format("%Y-%m-%d")
         ));
         let n = dims.len();
+        if let Some(t) = self.resident_table(&req.site_id, from, to).await? {
+            let (names, filters, goals) = (
+                req.dimensions.clone(),
+                req.filters.clone(),
+                req.goals.clone(),
+            );
+            let owned: Vec<Goal> = steps.iter().map(|g| (*g).clone()).collect();
+            let dates = (crate::table::date32(from), crate::table::date32(to));
+            let answer = tokio::task::spawn_blocking(move || {
+                resident_funnel(&t, &names, &filters, &goals, &owned, dates)
+            })
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))??;
+            if let Some(rows) = answer {
+                return Ok(funnel_response(rows, &steps, n, (from, to), "resident"));
+            }
+        }
         let dim_cols: String = (0..n).map(|i| format!(", d{i}")).collect();
         let dim_exprs: String = dims
             .iter()
@@ -1135,43 +1390,95 @@ impl ColumnarEngine {
                 counts[v[0] as usize] = v[1];
             }
         }
-        let mut rows: Vec<(Vec<Option<String>>, Vec<i64>)> =
-            groups.into_iter().filter(|(_, c)| c[0] > 0).collect();
-        if n == 0 && rows.is_empty() {
-            rows.push((Vec::new(), vec![0; steps.len()]));
-        }
-        rows.sort_by(|a, b| b.1[0].cmp(&a.1[0]).then_with(|| a.0.cmp(&b.0)));
-        let results: Vec<Value> = rows
-            .into_iter()
-            .map(|(k, counts)| {
-                let steps: Vec<Value> = steps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, g)| {
-                        let v = counts[i];
-                        let before = if i == 0 { v } else { counts[i - 1] };
-                        json!({
-                            "step": i + 1,
-                            "goal": g.name,
-                            "visitors": v,
-                            "conversion_rate": round_to(100.0 * rate(v, counts[0]), 2),
-                            "dropoff": before - v,
-                            "dropoff_rate": round_to(100.0 * rate(before - v, before), 2),
-                        })
-                    })
-                    .collect();
-                let dims: Vec<Value> = k
-                    .into_iter()
-                    .map(|d| json!(d.unwrap_or_default()))
-                    .collect();
-                json!({"dimensions": dims, "steps": steps})
-            })
-            .collect();
-        Ok(json!({
-            "results": results,
-            "meta": {"engine": "columnar", "date_range": [from.to_string(), to.to_string()]},
-        }))
+        let rows: Vec<(Vec<Option<String>>, Vec<i64>)> = groups.into_iter().collect();
+        Ok(funnel_response(rows, &steps, n, (from, to), "datafusion"))
     }
+}
+
+/// A funnel's groups from the resident table; None where it does not hold a dimension
+/// or filter.
+fn resident_funnel(
+    t: &crate::resident::Table,
+    names: &[String],
+    filters: &[Value],
+    goals: &[Goal],
+    steps: &[Goal],
+    dates: (i32, i32),
+) -> Result<Option<Vec<(Vec<Option<String>>, Vec<i64>)>>, QueryError> {
+    use crate::resident::exec;
+    let mut dims = Vec::new();
+    for d in names {
+        match exec::Dim::new(t, d, dates) {
+            Some(d) => dims.push(d),
+            None => return Ok(None),
+        }
+    }
+    let mut preds = Vec::new();
+    for f in filters {
+        match exec::compile(t, f, goals)? {
+            Some(p) => preds.push(p),
+            None => return Ok(None),
+        }
+    }
+    // A funnel groups by visit attributes and keeps visits without a value.
+    let Some(keys) = exec::Keys::new(&dims, false) else {
+        return Ok(None);
+    };
+    let mask = exec::eval_all(t, &preds);
+    let steps: Vec<&Goal> = steps.iter().collect();
+    let tests = exec::goal_tests(t, &steps)?;
+    Ok(Some(
+        exec::funnel(t, &keys, &mask, &tests)
+            .into_iter()
+            .map(|(k, c)| (keys.render(k), c))
+            .collect(),
+    ))
+}
+
+/// The funnel's response from its groups' counts per step.
+fn funnel_response<G: std::borrow::Borrow<Goal>>(
+    rows: Vec<(Vec<Option<String>>, Vec<i64>)>,
+    steps: &[G],
+    dimensions: usize,
+    (from, to): (NaiveDate, NaiveDate),
+    executor: &str,
+) -> Value {
+    let mut rows: Vec<(Vec<Option<String>>, Vec<i64>)> =
+        rows.into_iter().filter(|(_, c)| c[0] > 0).collect();
+    if dimensions == 0 && rows.is_empty() {
+        rows.push((Vec::new(), vec![0; steps.len()]));
+    }
+    rows.sort_by(|a, b| b.1[0].cmp(&a.1[0]).then_with(|| a.0.cmp(&b.0)));
+    let results: Vec<Value> = rows
+        .into_iter()
+        .map(|(k, counts)| {
+            let steps: Vec<Value> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    let v = counts[i];
+                    let before = if i == 0 { v } else { counts[i - 1] };
+                    json!({
+                        "step": i + 1,
+                        "goal": g.borrow().name,
+                        "visitors": v,
+                        "conversion_rate": round_to(100.0 * rate(v, counts[0]), 2),
+                        "dropoff": before - v,
+                        "dropoff_rate": round_to(100.0 * rate(before - v, before), 2),
+                    })
+                })
+                .collect();
+            let dims: Vec<Value> = k
+                .into_iter()
+                .map(|d| json!(d.unwrap_or_default()))
+                .collect();
+            json!({"dimensions": dims, "steps": steps})
+        })
+        .collect();
+    json!({
+        "results": results,
+        "meta": {"engine": "columnar", "executor": executor, "date_range": [from.to_string(), to.to_string()]},
+    })
 }
 
 /// The rows in the rollup engine's shape (time labels as it writes them), ordered and

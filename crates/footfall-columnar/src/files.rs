@@ -162,6 +162,21 @@ impl Columns {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<(NaiveDate, Path)>> {
+        Ok(self
+            .day_objects(property, from, to)
+            .await?
+            .into_iter()
+            .map(|(d, m)| (d, m.location))
+            .collect())
+    }
+
+    /// [`Self::day_files`] with each file's size and modification time.
+    pub async fn day_objects(
+        &self,
+        property: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, object_store::ObjectMeta)>> {
         let base = self
             .archive
             .path_of(&format!("columns/property={property}"));
@@ -186,10 +201,10 @@ impl Columns {
                 continue;
             };
             if d >= from && d <= to {
-                out.push((d, m.location));
+                out.push((d, m));
             }
         }
-        out.sort();
+        out.sort_by(|a, b| (a.0, &a.1.location).cmp(&(b.0, &b.1.location)));
         Ok(out)
     }
 

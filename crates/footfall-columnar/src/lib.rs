@@ -15,6 +15,7 @@ pub mod engine;
 pub mod files;
 mod history;
 mod names;
+pub mod resident;
 pub mod sql;
 pub mod table;
 

@@ -48,6 +48,8 @@ struct Fixture {
     dir: tempfile::TempDir,
     store: SnapshotStore,
     engine: ColumnarEngine,
+    /// The same files, every question to DataFusion (no resident tables).
+    sql_only: ColumnarEngine,
     rt: tokio::runtime::Runtime,
     now: i64,
     from: NaiveDate,
@@ -118,7 +120,8 @@ impl Fixture {
             tz,
             dir,
             store,
-            engine: ColumnarEngine::new(columns),
+            engine: ColumnarEngine::new(columns.clone()),
+            sql_only: ColumnarEngine::new(columns).with_resident_budget(0),
             rt,
             now: max_ts,
             from,
@@ -1436,4 +1439,227 @@ print(json.dumps({"totals": list(totals), "visits": visits[0], "pages": {p: v fo
         })
         .collect();
     assert_eq!(duck["pages"], Value::Object(want));
+}
+
+/// Traffic with a property on custom events (`plan`), for filters and breakdowns on it.
+fn traffic_with_props(seed: u64) -> Vec<LoggedEvent> {
+    let events = traffic(seed);
+    let max_ts = events.iter().map(|e| e.ts).max().unwrap();
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut l = logged(e, max_ts + 1_000 + i as i64);
+            if l.name != "pageview" {
+                let plan = ["pro", "free", "Pro"]
+                    [(footfall_testkit::visitor_hash(&e.visitor) % 3) as usize];
+                l.props
+                    .insert("plan".into(), footfall_event::PropValue::Str(plan.into()));
+            }
+            l
+        })
+        .collect()
+}
+
+const R_DIMS: &[&str] = &[
+    "event:page",
+    "event:name",
+    "event:hostname",
+    "event:props:plan",
+    "visit:source",
+    "visit:channel",
+    "visit:entry_page",
+    "visit:exit_page",
+    "visit:country_name",
+    "visit:device",
+    "time:day",
+    "time:hour",
+    "time:week",
+    "time:month",
+];
+const R_OPS: &[&str] = &[
+    "is",
+    "is_not",
+    "contains",
+    "contains_not",
+    "matches",
+    "matches_not",
+];
+const R_VALUES: &[&str] = &[
+    "/p1",
+    "/P2",
+    "pageview",
+    "Signup",
+    "google.com",
+    "Direct / None",
+    "o",
+    "^/p[12]",
+    "pro",
+    "Desktop",
+    "",
+    ".*x",
+];
+const R_METRICS: &[&[&str]] = &[
+    &["visitors", "pageviews", "events"],
+    &[
+        "visitors",
+        "visits",
+        "bounce_rate",
+        "visit_duration",
+        "views_per_visit",
+        "pageviews",
+    ],
+    &["visitors", "percentage"],
+    &["visitors", "conversion_rate", "group_conversion_rate"],
+    &["events", "visits"],
+];
+
+/// A random filter of depth at most `depth`.
+fn random_filter(depth: u32) -> BoxedStrategy<Value> {
+    let leaf = (
+        0..R_OPS.len(),
+        0..R_DIMS.len() - 4,
+        0..R_VALUES.len(),
+        any::<bool>(),
+        0u8..4,
+    )
+        .prop_map(|(op, d, v, cs, goal)| {
+            if goal == 0 {
+                let op = ["is", "is_not", "contains", "matches"][op % 4];
+                let name = ["Signup", "Visit /p1*", "Pro signup", "Visit /p1*"][v % 4];
+                return json!([op, "event:goal", [name]]);
+            }
+            let mut f = json!([R_OPS[op], R_DIMS[d], [R_VALUES[v]]]);
+            if !cs {
+                f.as_array_mut()
+                    .unwrap()
+                    .push(json!({"case_sensitive": false}));
+            }
+            f
+        })
+        .boxed();
+    if depth == 0 {
+        return leaf;
+    }
+    let inner = random_filter(depth - 1);
+    prop_oneof![
+        3 => leaf,
+        1 => (prop::collection::vec(inner.clone(), 1..3), any::<bool>())
+            .prop_map(|(p, and)| json!([if and { "and" } else { "or" }, p])),
+        1 => (inner, 0u8..3).prop_map(|(f, k)| {
+            let op = ["not", "has_done", "has_not_done"][k as usize];
+            json!([op, f])
+        }),
+    ]
+    .boxed()
+}
+
+fn resident_goals() -> Vec<footfall_event::goal::Goal> {
+    use footfall_event::goal::Goal;
+    vec![
+        Goal::page("/p1*"),
+        Goal::page("/p2*"),
+        Goal::event("Signup", Default::default()),
+        Goal {
+            name: "Pro signup".into(),
+            ..Goal::event("Signup", [("plan".into(), "pro".into())].into())
+        },
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// The resident executor and DataFusion give the same answer (or the same kind of
+    /// refusal) to random queries — any dimensions, nested filters with every operator,
+    /// goals, conversion rates, percentages, date-time ranges — and random funnels,
+    /// over random traffic in a whole-hour and a half-hour zone.
+    #[test]
+    fn resident_and_sql_paths_agree(
+        seed in 0u64..1000,
+        zone in prop::sample::select(vec!["UTC", "Asia/Kolkata"]),
+        dims in prop::collection::vec(0..R_DIMS.len(), 0..3),
+        filters in prop::collection::vec(random_filter(2), 0..3),
+        metric_set in 0..R_METRICS.len(),
+        cut in any::<bool>(),
+        steps in prop::collection::vec(0usize..4, 2..5),
+    ) {
+        let f = Fixture::from_logged(traffic_with_props(seed), zone);
+        let mut ds: Vec<&str> = dims.iter().map(|&i| R_DIMS[i]).collect();
+        ds.dedup();
+        let range = if cut {
+            json!([format!("{}T05:30:00", f.from), format!("{}T17:45:00", f.to)])
+        } else {
+            f.range()
+        };
+        let q = json!({"site_id": SITE, "metrics": R_METRICS[metric_set], "date_range": range,
+                       "dimensions": ds, "filters": filters, "pagination": {"limit": 100000}});
+        let mut req: footfall_query::QueryRequest = serde_json::from_value(q.clone()).unwrap();
+        req.goals = resident_goals();
+        let dates = footfall_query::property_date_range(&f.store, SITE, &req.date_range, f.tz, f.now).unwrap();
+        let resident = f.rt.block_on(f.engine.execute(&req, f.tz, dates));
+        let sql = f.rt.block_on(f.sql_only.execute(&req, f.tz, dates));
+        match (&resident, &sql) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(&a["results"], &b["results"], "{}", q);
+                prop_assert_eq!(&b["meta"]["executor"], "datafusion");
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(
+                std::mem::discriminant(a), std::mem::discriminant(b), "{}: {} / {}", q, a, b),
+            _ => prop_assert!(false, "{}: resident {:?}, sql {:?}", q, resident, sql),
+        }
+        // A funnel of the steps, under the same filters, by the visit dimensions.
+        let goals = resident_goals();
+        let names: Vec<&str> = steps.iter().map(|&i| goals[i].name.as_str()).collect();
+        let visit_dims: Vec<&str> = ds.iter().copied().filter(|d| d.starts_with("visit:")).collect();
+        let fq = json!({"site_id": SITE, "date_range": f.range(), "steps": names,
+                        "dimensions": visit_dims, "filters": filters});
+        let mut freq: footfall_query::FunnelRequest = serde_json::from_value(fq.clone()).unwrap();
+        freq.goals = goals;
+        let a = f.rt.block_on(f.engine.funnel(&freq, f.tz, (f.from, f.to)));
+        let b = f.rt.block_on(f.sql_only.funnel(&freq, f.tz, (f.from, f.to)));
+        match (&a, &b) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(&a["results"], &b["results"], "{}", fq);
+                prop_assert_eq!(&a["meta"]["executor"], "resident");
+            }
+            (Err(x), Err(y)) => prop_assert_eq!(
+                std::mem::discriminant(x), std::mem::discriminant(y), "{}: {} / {}", fq, x, y),
+            _ => prop_assert!(false, "{}: resident {:?}, sql {:?}", fq, a, b),
+        }
+    }
+}
+
+/// The questions the resident executor holds are answered by it (not silently by
+/// DataFusion), and a budget of 0 sends them all to DataFusion.
+#[test]
+fn the_resident_executor_answers_what_it_holds() {
+    let f = Fixture::from_logged(traffic_with_props(3), "Asia/Kolkata");
+    let ask = |e: &ColumnarEngine, q: Value| -> Value {
+        let mut req: footfall_query::QueryRequest = serde_json::from_value(q).unwrap();
+        req.goals = resident_goals();
+        f.rt.block_on(e.execute(&req, f.tz, (f.from, f.to)))
+            .unwrap()
+    };
+    let range = f.range();
+    let held = [
+        json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": range,
+               "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]]}),
+        json!({"site_id": SITE, "metrics": ["visitors", "visits"], "date_range": range,
+               "dimensions": ["visit:source"], "filters": [["has_done", ["is", "event:name", ["Signup"]]]]}),
+        json!({"site_id": SITE, "metrics": ["visitors", "conversion_rate"], "date_range": range,
+               "dimensions": ["visit:source"], "filters": [["is", "event:goal", ["Signup"]]]}),
+    ];
+    for q in held {
+        let a = ask(&f.engine, q.clone());
+        assert_eq!(a["meta"]["executor"], "resident", "{q}");
+        assert!(!a["results"].as_array().unwrap().is_empty(), "{q}");
+        let b = ask(&f.sql_only, q.clone());
+        assert_eq!(b["meta"]["executor"], "datafusion", "{q}");
+        assert_eq!(a["results"], b["results"], "{q}");
+    }
+    // Revenue is DataFusion's.
+    let q = json!({"site_id": SITE, "metrics": ["visitors", "total_revenue"], "date_range": range,
+                   "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]]});
+    assert_eq!(ask(&f.engine, q)["meta"]["executor"], "datafusion");
 }

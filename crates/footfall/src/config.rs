@@ -70,6 +70,10 @@ pub struct ColumnarConfig {
     /// PEM certificate chain and key: TLS is offered when both are set.
     pub pg_tls_cert: String,
     pub pg_tls_key: String,
+    /// Memory for resident tables (docs/QUERIES.md): a range's rows decoded once and
+    /// kept, so that `/api/v2/query` and funnels scan memory instead of files. 0 sends
+    /// every question to DataFusion.
+    pub resident_mib: u64,
 }
 
 impl Default for ColumnarConfig {
@@ -84,6 +88,7 @@ impl Default for ColumnarConfig {
             pg_max_connections: 64,
             pg_tls_cert: String::new(),
             pg_tls_key: String::new(),
+            resident_mib: 4096,
         }
     }
 }

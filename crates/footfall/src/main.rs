@@ -1216,7 +1216,12 @@ fn columnar(
     }
     let engine = roles
         .query
-        .then(|| Arc::new(footfall_columnar::ColumnarEngine::new(columns)));
+        .then(|| {
+            Arc::new(
+                footfall_columnar::ColumnarEngine::new(columns)
+                    .with_resident_budget((cfg.columnar.resident_mib << 20) as usize),
+            )
+        });
     if let (Some(engine), false) = (&engine, cfg.columnar.pg_listen.is_empty()) {
         let tls = match (&cfg.columnar.pg_tls_cert[..], &cfg.columnar.pg_tls_key[..]) {
             ("", "") => None,
