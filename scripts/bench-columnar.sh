@@ -46,6 +46,9 @@ print(f"  cold set (resident table made) {ff['cold_set_ms']:.1f} ms; DataFusion 
       f"{ff['datafusion_set_p99_ms']:.1f} ms (p50 {ff['datafusion_set_p50_ms']:.1f}, "
       f"{ff['datafusion_rounds']} rounds), answers equal: {ff['datafusion_answers_equal']}")
 print(f"  executors: {ff['executors']}")
+sl = ff["filtered_page_slowest"]
+print(f"dashboard page under a source filter, {len(ff['filtered_page'])} queries through the columnar "
+      f"engine: slowest p99 {sl['p99_ms']:.1f} ms ({sl['query']})")
 for n, q in ff["queries"].items():
     print(f"  {n}: footfall p99 {q['p99_ms']:.1f} ms, duckdb p99 {dk['queries'][n]['p99_ms']:.1f} ms")
 print(f"analyst SQL set p99 {ff['sql_set_p99_ms']:.1f} ms (p50 {ff['sql_set_p50_ms']:.1f}); DuckDB "

@@ -769,14 +769,14 @@ impl ColumnarEngine {
         let n = dims.len();
         let want_visits = visit_family || metrics.iter().any(|m| m.is_visit_level());
         // The resident executor answers what it holds; the rest is DataFusion's.
+        let revenue =
+            metrics.contains(&Metric::TotalRevenue) || metrics.contains(&Metric::AverageRevenue);
+        // Revenue in visit figures would add groups of visits that started before the
+        // range; those stay with DataFusion.
         let resident_can = !plain
             && goal_dim.is_none()
-            && !metrics.iter().any(|m| {
-                matches!(
-                    m,
-                    Metric::TotalRevenue | Metric::AverageRevenue | Metric::TimeOnPage
-                )
-            });
+            && !metrics.contains(&Metric::TimeOnPage)
+            && !(revenue && visit_family);
         if resident_can {
             if let Some(t) = self.resident_table(&req.site_id, from, to).await? {
                 let q = ResidentQuery {
@@ -785,6 +785,7 @@ impl ColumnarEngine {
                     goals: req.goals.clone(),
                     visit_family,
                     want_visits,
+                    revenue,
                     conversions,
                     percentage: metrics.contains(&Metric::Percentage),
                     bounds,
@@ -1030,6 +1031,7 @@ struct ResidentQuery {
     goals: Vec<Goal>,
     visit_family: bool,
     want_visits: bool,
+    revenue: bool,
     conversions: bool,
     percentage: bool,
     /// UTC milliseconds of a date-time range, and the same as local wall-clock ones.
@@ -1101,7 +1103,7 @@ impl ResidentQuery {
                 })
                 .collect()
         } else {
-            exec::by_rows(t, &keys, &rows, self.want_visits)
+            exec::by_rows(t, &keys, &rows, self.want_visits, self.revenue)
                 .into_iter()
                 .map(|(k, s)| {
                     let mut a = Agg {
@@ -1110,6 +1112,11 @@ impl ResidentQuery {
                         events: s.events,
                         ..Agg::default()
                     };
+                    for (c, micros, n) in &s.revenue {
+                        let c = t.currencies.values[*c as usize].to_string();
+                        a.revenue.insert(c.clone(), *micros);
+                        a.revenue_events.insert(c, *n);
+                    }
                     if self.want_visits {
                         a.visits = s.visits;
                         a.visit_pageviews = s.visit_pageviews;
@@ -1127,7 +1134,7 @@ impl ResidentQuery {
                 mask: &denominators,
             };
             let total = exec::visitors_of_rows(t, &scope);
-            let by_group: HashMap<u64, i64> = exec::by_rows(t, &keys, &scope, false)
+            let by_group: HashMap<u64, i64> = exec::by_rows(t, &keys, &scope, false, false)
                 .into_iter()
                 .map(|(k, s)| (k, s.visitors))
                 .collect();

@@ -1455,6 +1455,12 @@ fn traffic_with_props(seed: u64) -> Vec<LoggedEvent> {
                     [(footfall_testkit::visitor_hash(&e.visitor) % 3) as usize];
                 l.props
                     .insert("plan".into(), footfall_event::PropValue::Str(plan.into()));
+                if l.name == "Signup" {
+                    l.revenue = Some(footfall_event::Revenue {
+                        amount: 10.25 + (i % 7) as f64,
+                        currency: if plan == "pro" { "EUR" } else { "USD" }.into(),
+                    });
+                }
             }
             l
         })
@@ -1512,6 +1518,7 @@ const R_METRICS: &[&[&str]] = &[
     &["visitors", "percentage"],
     &["visitors", "conversion_rate", "group_conversion_rate"],
     &["events", "visits"],
+    &["visitors", "total_revenue", "average_revenue"],
 ];
 
 /// A random filter of depth at most `depth`.
@@ -1658,8 +1665,8 @@ fn the_resident_executor_answers_what_it_holds() {
         assert_eq!(b["meta"]["executor"], "datafusion", "{q}");
         assert_eq!(a["results"], b["results"], "{q}");
     }
-    // Revenue is DataFusion's.
-    let q = json!({"site_id": SITE, "metrics": ["visitors", "total_revenue"], "date_range": range,
+    // `time_on_page` is DataFusion's.
+    let q = json!({"site_id": SITE, "metrics": ["visitors", "time_on_page"], "date_range": range,
                    "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]]});
     assert_eq!(ask(&f.engine, q)["meta"]["executor"], "datafusion");
 }

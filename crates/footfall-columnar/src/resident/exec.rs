@@ -753,6 +753,8 @@ pub(crate) struct Sums {
     pub visit_events: i64,
     pub bounces: i64,
     pub duration_ms: i64,
+    /// Revenue by currency code: millionths and events.
+    pub revenue: Vec<(u32, i64, i64)>,
 }
 
 /// Which rows an event-level pass reads: the time bounds and the filters.
@@ -764,7 +766,13 @@ pub(crate) struct RowScope<'a> {
 
 /// Event figures by group over the rows in scope: distinct visitors, page views,
 /// events, and (with `visits`) the visits with a row in the group.
-pub(crate) fn by_rows(t: &Table, keys: &Keys, scope: &RowScope, visits: bool) -> Vec<(u64, Sums)> {
+pub(crate) fn by_rows(
+    t: &Table,
+    keys: &Keys,
+    scope: &RowScope,
+    visits: bool,
+    revenue: bool,
+) -> Vec<(u64, Sums)> {
     let mut slots = Slots::new(keys.space());
     let mut sums: Vec<Sums> = Vec::new();
     let mut last_visitor: Vec<u32> = Vec::new();
@@ -796,6 +804,16 @@ pub(crate) fn by_rows(t: &Table, keys: &Keys, scope: &RowScope, visits: bool) ->
         if last_visitor[g] != who {
             last_visitor[g] = who;
             s.visitors += 1;
+        }
+        if revenue && t.row_currency[r] != 0 {
+            let c = t.row_currency[r];
+            match s.revenue.iter_mut().find(|x| x.0 == c) {
+                Some(x) => {
+                    x.1 += t.row_micros[r];
+                    x.2 += 1;
+                }
+                None => s.revenue.push((c, t.row_micros[r], 1)),
+            }
         }
         if visits && last_visit[g] != v {
             last_visit[g] = v;

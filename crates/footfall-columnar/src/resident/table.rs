@@ -82,6 +82,9 @@ pub(crate) struct Table {
     pub row_name: Vec<u32>,
     pub row_page: Vec<u32>,
     pub row_host: Vec<u32>,
+    /// Revenue: the currency's code (0: none) and the amount in millionths.
+    pub row_currency: Vec<u32>,
+    pub row_micros: Vec<i64>,
     /// The row's custom properties are `props[prop_at[r]..prop_at[r + 1]]`, (key, value)
     /// codes in the event's order.
     pub prop_at: Vec<u32>,
@@ -106,6 +109,7 @@ pub(crate) struct Table {
     pub hosts: Dict,
     pub prop_keys: Dict,
     pub prop_values: Dict,
+    pub currencies: Dict,
     pub visit_dicts: Vec<Dict>,
     /// Approximate bytes held.
     pub bytes: usize,
@@ -122,6 +126,8 @@ struct Raw {
     name: Vec<u32>,
     page: Vec<u32>,
     host: Vec<u32>,
+    currency: Vec<u32>,
+    micros: Vec<i64>,
     prop_at: Vec<u32>,
     props: Vec<(u32, u32)>,
 }
@@ -162,6 +168,7 @@ impl Table {
         let mut hosts = Dict::new();
         let mut prop_keys = Dict::new();
         let mut prop_values = Dict::new();
+        let mut currencies = Dict::new();
         let visit_cols: Vec<String> = VISIT_TEXT
             .iter()
             .map(|s| s.to_string())
@@ -178,6 +185,8 @@ impl Table {
             name: Vec::new(),
             page: Vec::new(),
             host: Vec::new(),
+            currency: Vec::new(),
+            micros: Vec::new(),
             prop_at: vec![0],
             props: Vec::new(),
         };
@@ -205,6 +214,8 @@ impl Table {
                 let pageview = col::<BooleanArray>(&b, "pageview")?;
                 let page = texts(&b, "event_page")?;
                 let host = texts(&b, "event_hostname")?;
+                let currency = texts(&b, "revenue_currency")?;
+                let micros = col::<Int64Array>(&b, "revenue_micros")?;
                 let pk = col::<ListArray>(&b, "prop_keys")?;
                 let pv = col::<ListArray>(&b, "prop_values")?;
                 let vid = col::<UInt64Array>(&b, "visit_id")?;
@@ -265,6 +276,13 @@ impl Table {
                     raw.name.push(last_name.1);
                     raw.page.push(pages.code(page(r)));
                     raw.host.push(hosts.code(host(r)));
+                    let c = if micros.is_null(r) {
+                        0
+                    } else {
+                        currencies.code(currency(r))
+                    };
+                    raw.currency.push(c);
+                    raw.micros.push(if c == 0 { 0 } else { micros.value(r) });
                     if let (Some(ks), Some(vs)) = (pk_strings, pv_strings) {
                         let (a, z) = (pk.value_offsets()[r], pk.value_offsets()[r + 1]);
                         let va = pv.value_offsets()[r];
@@ -298,6 +316,8 @@ impl Table {
         let row_name = pick32(&raw.name);
         let row_page = pick32(&raw.page);
         let row_host = pick32(&raw.host);
+        let row_currency = pick32(&raw.currency);
+        let row_micros = pick(&raw.micros);
         let mut prop_at = Vec::with_capacity(n + 1);
         let mut props = Vec::with_capacity(raw.props.len());
         prop_at.push(0u32);
@@ -348,6 +368,8 @@ impl Table {
             row_name,
             row_page,
             row_host,
+            row_currency,
+            row_micros,
             prop_at,
             props,
             visit_visitor,
@@ -365,6 +387,7 @@ impl Table {
             hosts,
             prop_keys,
             prop_values,
+            currencies,
             visit_dicts,
             bytes: 0,
         };
@@ -381,7 +404,7 @@ impl Table {
     }
 
     fn size(&self) -> usize {
-        let rows = self.rows() * (4 + 8 + 8 + 1 + 4 + 4 + 4 + 4);
+        let rows = self.rows() * (4 + 8 + 8 + 1 + 4 + 4 + 4 + 4 + 4 + 8);
         let visits =
             self.visits() * (4 + 4 + 1 + 4 + 8 + 8 + 8 + 1 + 8 + 4 * self.visit_text.len());
         let dicts: usize = [
