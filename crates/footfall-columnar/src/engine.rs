@@ -788,6 +788,7 @@ impl ColumnarEngine {
                     revenue,
                     conversions,
                     percentage: metrics.contains(&Metric::Percentage),
+                    top: top_of(req, &metrics),
                     bounds,
                     wall: bounds.map(|(a, b)| {
                         let wall = |ms: i64| {
@@ -1034,6 +1035,8 @@ struct ResidentQuery {
     revenue: bool,
     conversions: bool,
     percentage: bool,
+    /// The page's ordering metric, direction and rows (see [`top_cut`]).
+    top: Option<(Metric, bool, usize)>,
     /// UTC milliseconds of a date-time range, and the same as local wall-clock ones.
     bounds: Option<(i64, i64)>,
     wall: Option<(i64, i64)>,
@@ -1083,6 +1086,8 @@ impl ResidentQuery {
             wall: self.wall,
             mask: &mask,
         };
+        // Distinct visitors of the rows in scope (event figures), whatever their group.
+        let mut row_total = 0;
         let mut groups: Vec<(u64, Agg)> = if self.visit_family {
             exec::by_visits(t, &keys, &visits)
                 .into_iter()
@@ -1103,7 +1108,9 @@ impl ResidentQuery {
                 })
                 .collect()
         } else {
-            exec::by_rows(t, &keys, &rows, self.want_visits, self.revenue)
+            let (groups, total) = exec::by_rows(t, &keys, &rows, self.want_visits, self.revenue);
+            row_total = total;
+            groups
                 .into_iter()
                 .map(|(k, s)| {
                     let mut a = Agg {
@@ -1133,11 +1140,9 @@ impl ResidentQuery {
                 bounds: self.bounds,
                 mask: &denominators,
             };
-            let total = exec::visitors_of_rows(t, &scope);
-            let by_group: HashMap<u64, i64> = exec::by_rows(t, &keys, &scope, false, false)
-                .into_iter()
-                .map(|(k, s)| (k, s.visitors))
-                .collect();
+            let (by_group, total) = exec::by_rows(t, &keys, &scope, false, false);
+            let by_group: HashMap<u64, i64> =
+                by_group.into_iter().map(|(k, s)| (k, s.visitors)).collect();
             for (k, a) in groups.iter_mut() {
                 a.all_visitors = total;
                 a.group_visitors = by_group.get(k).copied().unwrap_or(0);
@@ -1147,11 +1152,14 @@ impl ResidentQuery {
             let total = if self.visit_family {
                 exec::visitors_of_visits(t, &visits)
             } else {
-                exec::visitors_of_rows(t, &rows)
+                row_total
             };
             for (_, a) in groups.iter_mut() {
                 a.percentage = 100.0 * rate(a.visitors, total);
             }
+        }
+        if let Some((m, desc, n)) = self.top {
+            top_cut(&mut groups, m, desc, n);
         }
         Ok(Some(
             groups
@@ -1160,6 +1168,51 @@ impl ResidentQuery {
                 .collect(),
         ))
     }
+}
+
+/// Keeps the groups that can be among the first `n` when the answer is ordered by
+/// `m` first: those at or beyond the n-th value (ties kept, so that the full order
+/// decides among them as it would among all).
+fn top_cut<K>(groups: &mut Vec<(K, Agg)>, m: Metric, desc: bool, n: usize) {
+    if groups.len() <= n || n == 0 {
+        return;
+    }
+    let value = |a: &Agg| metric_value(m, a).as_f64().unwrap_or(0.0);
+    let mut values: Vec<f64> = groups.iter().map(|(_, a)| value(a)).collect();
+    let (_, nth, _) = values.select_nth_unstable_by(n - 1, |a, b| {
+        let o = a.total_cmp(b);
+        if desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    let nth = *nth;
+    groups.retain(|(_, a)| {
+        let v = value(a);
+        if desc {
+            v >= nth
+        } else {
+            v <= nth
+        }
+    });
+}
+
+/// The first ordering of `req` when it is a metric that [`top_cut`] can cut by, with
+/// how many rows the page needs; None when every group is needed (the total count
+/// of rows is asked for, or time comes first).
+fn top_of(req: &QueryRequest, metrics: &[Metric]) -> Option<(Metric, bool, usize)> {
+    if req.include.as_ref().is_some_and(|i| i.total_rows) {
+        return None;
+    }
+    let order = footfall_query::order_of(req).ok()?;
+    let (k, desc) = order.first()?;
+    let m = Metric::parse(k).ok()?;
+    if !metrics.contains(&m) {
+        return None;
+    }
+    let page = req.pagination.as_ref()?;
+    Some((m, *desc, page.offset.checked_add(page.limit)?))
 }
 
 /// Whether a filter names `event:goal` anywhere (a conversion rate's denominator

@@ -1590,6 +1590,7 @@ proptest! {
         metric_set in 0..R_METRICS.len(),
         cut in any::<bool>(),
         steps in prop::collection::vec(0usize..4, 2..5),
+        (limit, order) in (prop::sample::select(vec![2usize, 5, 100000]), 0u8..3),
     ) {
         let f = Fixture::from_logged(traffic_with_props(seed), zone);
         let mut ds: Vec<&str> = dims.iter().map(|&i| R_DIMS[i]).collect();
@@ -1599,8 +1600,13 @@ proptest! {
         } else {
             f.range()
         };
-        let q = json!({"site_id": SITE, "metrics": R_METRICS[metric_set], "date_range": range,
-                       "dimensions": ds, "filters": filters, "pagination": {"limit": 100000}});
+        let mut q = json!({"site_id": SITE, "metrics": R_METRICS[metric_set], "date_range": range,
+                       "dimensions": ds, "filters": filters, "pagination": {"limit": limit}});
+        // The page's order: the default, or the first metric either way (a short page
+        // ordered by a metric is cut before its rows are made).
+        if order > 0 {
+            q["order_by"] = json!([[R_METRICS[metric_set][0], if order == 1 { "desc" } else { "asc" }]]);
+        }
         let mut req: footfall_query::QueryRequest = serde_json::from_value(q.clone()).unwrap();
         req.goals = resident_goals();
         let dates = footfall_query::property_date_range(&f.store, SITE, &req.date_range, f.tz, f.now).unwrap();

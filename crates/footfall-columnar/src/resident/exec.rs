@@ -765,19 +765,98 @@ pub(crate) struct RowScope<'a> {
 }
 
 /// Event figures by group over the rows in scope: distinct visitors, page views,
-/// events, and (with `visits`) the visits with a row in the group.
+/// events, and (with `visits`) the visits with a row in the group; and the distinct
+/// visitors of the rows in scope whatever their group (a percentage's or conversion
+/// rate's whole).
 pub(crate) fn by_rows(
     t: &Table,
     keys: &Keys,
     scope: &RowScope,
     visits: bool,
     revenue: bool,
-) -> Vec<(u64, Sums)> {
+) -> (Vec<(u64, Sums)>, i64) {
+    let parts = halves(t, |vs| {
+        let rows = t.visit_rows[vs.start] as usize..t.visit_rows[vs.end] as usize;
+        by_rows_in(t, keys, scope, visits, revenue, rows)
+    });
+    let total = parts.iter().map(|p| p.1).sum();
+    (merge(parts.into_iter().map(|p| p.0)), total)
+}
+
+/// Splits the visits in two at a change of visitor (so that each visitor is counted in
+/// one half only) and runs `f` on both halves at once (always, even when small: a
+/// thread costs tens of microseconds, and every test then runs the merge).
+fn halves<R: Send>(t: &Table, f: impl Fn(std::ops::Range<usize>) -> R + Sync) -> Vec<R> {
+    let n = t.visits();
+    let mut mid = n / 2;
+    while mid < n && mid > 0 && t.visit_visitor[mid] == t.visit_visitor[mid - 1] {
+        mid += 1;
+    }
+    if n < 2 {
+        return vec![f(0..n)];
+    }
+    std::thread::scope(|s| {
+        let h = s.spawn(|| f(mid..n));
+        let first = f(0..mid);
+        vec![first, h.join().expect("a scan does not panic")]
+    })
+}
+
+/// The halves' groups added up (their visitors are different people).
+fn merge(parts: impl Iterator<Item = Vec<(u64, Sums)>>) -> Vec<(u64, Sums)> {
+    let mut parts: Vec<Vec<(u64, Sums)>> = parts.collect();
+    if parts.len() == 1 {
+        return parts.pop().expect("one");
+    }
+    let mut at: Map<u64, usize> = Map::default();
+    let mut out: Vec<(u64, Sums)> = Vec::new();
+    for part in parts {
+        for (k, s) in part {
+            match at.get(&k) {
+                Some(&i) => {
+                    let o = &mut out[i].1;
+                    o.visitors += s.visitors;
+                    o.pageviews += s.pageviews;
+                    o.events += s.events;
+                    o.visits += s.visits;
+                    o.visit_pageviews += s.visit_pageviews;
+                    o.visit_events += s.visit_events;
+                    o.bounces += s.bounces;
+                    o.duration_ms += s.duration_ms;
+                    for (c, m, n) in s.revenue {
+                        match o.revenue.iter_mut().find(|x| x.0 == c) {
+                            Some(x) => {
+                                x.1 += m;
+                                x.2 += n;
+                            }
+                            None => o.revenue.push((c, m, n)),
+                        }
+                    }
+                }
+                None => {
+                    at.insert(k, out.len());
+                    out.push((k, s));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn by_rows_in(
+    t: &Table,
+    keys: &Keys,
+    scope: &RowScope,
+    visits: bool,
+    revenue: bool,
+    rows: std::ops::Range<usize>,
+) -> (Vec<(u64, Sums)>, i64) {
     let mut slots = Slots::new(keys.space());
     let mut sums: Vec<Sums> = Vec::new();
     let mut last_visitor: Vec<u32> = Vec::new();
     let mut last_visit: Vec<u32> = Vec::new();
-    for r in 0..t.rows() {
+    let (mut total, mut last_any) = (0i64, u32::MAX);
+    for r in rows {
         if !row_passes(t, scope.mask, r) {
             continue;
         }
@@ -786,6 +865,12 @@ pub(crate) fn by_rows(
             if ts < a || ts > b {
                 continue;
             }
+        }
+        let v = t.row_visit[r];
+        let who = t.visit_visitor[v as usize];
+        if who != last_any {
+            last_any = who;
+            total += 1;
         }
         let Some(key) = keys.of_row(t, r) else {
             continue;
@@ -796,11 +881,9 @@ pub(crate) fn by_rows(
             last_visitor.push(u32::MAX);
             last_visit.push(u32::MAX);
         }
-        let v = t.row_visit[r];
         let s = &mut sums[g];
         s.events += 1;
         s.pageviews += t.row_pageview[r] as i64;
-        let who = t.visit_visitor[v as usize];
         if last_visitor[g] != who {
             last_visitor[g] = who;
             s.visitors += 1;
@@ -825,7 +908,7 @@ pub(crate) fn by_rows(
             s.duration_ms += t.visit_duration[v];
         }
     }
-    slots.keys.into_iter().zip(sums).collect()
+    (slots.keys.into_iter().zip(sums).collect(), total)
 }
 
 /// Which visits a visit-level pass reads: those whose first row is in the table, that
@@ -860,10 +943,19 @@ fn visit_passes(t: &Table, scope: &VisitScope, v: usize) -> bool {
 
 /// Visit figures by group over the visits in scope.
 pub(crate) fn by_visits(t: &Table, keys: &Keys, scope: &VisitScope) -> Vec<(u64, Sums)> {
+    merge(halves(t, |vs| by_visits_in(t, keys, scope, vs)).into_iter())
+}
+
+fn by_visits_in(
+    t: &Table,
+    keys: &Keys,
+    scope: &VisitScope,
+    visits: std::ops::Range<usize>,
+) -> Vec<(u64, Sums)> {
     let mut slots = Slots::new(keys.space());
     let mut sums: Vec<Sums> = Vec::new();
     let mut last_visitor: Vec<u32> = Vec::new();
-    for v in 0..t.visits() {
+    for v in visits {
         if !visit_passes(t, scope, v) {
             continue;
         }
@@ -890,27 +982,6 @@ pub(crate) fn by_visits(t: &Table, keys: &Keys, scope: &VisitScope) -> Vec<(u64,
     slots.keys.into_iter().zip(sums).collect()
 }
 
-/// Distinct visitors of the rows in scope.
-pub(crate) fn visitors_of_rows(t: &Table, scope: &RowScope) -> i64 {
-    let (mut n, mut last) = (0, u32::MAX);
-    for r in 0..t.rows() {
-        if !row_passes(t, scope.mask, r) {
-            continue;
-        }
-        if let Some((a, b)) = scope.bounds {
-            if t.row_ts[r] < a || t.row_ts[r] > b {
-                continue;
-            }
-        }
-        let who = t.visit_visitor[t.row_visit[r] as usize];
-        if who != last {
-            last = who;
-            n += 1;
-        }
-    }
-    n
-}
-
 /// Distinct visitors of the visits in scope.
 pub(crate) fn visitors_of_visits(t: &Table, scope: &VisitScope) -> i64 {
     let (mut n, mut last) = (0, u32::MAX);
@@ -933,10 +1004,37 @@ pub(crate) fn funnel(
     mask: &Mask,
     steps: &[GoalTest],
 ) -> Vec<(u64, Vec<i64>)> {
+    let mut at: Map<u64, usize> = Map::default();
+    let mut out: Vec<(u64, Vec<i64>)> = Vec::new();
+    for part in halves(t, |vs| funnel_in(t, keys, mask, steps, vs)) {
+        for (k, c) in part {
+            match at.get(&k) {
+                Some(&i) => {
+                    for (o, x) in out[i].1.iter_mut().zip(c) {
+                        *o += x;
+                    }
+                }
+                None => {
+                    at.insert(k, out.len());
+                    out.push((k, c));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn funnel_in(
+    t: &Table,
+    keys: &Keys,
+    mask: &Mask,
+    steps: &[GoalTest],
+    visits: std::ops::Range<usize>,
+) -> Vec<(u64, Vec<i64>)> {
     let mut slots = Slots::new(keys.space());
     let mut counts: Vec<Vec<i64>> = Vec::new();
     let mut last: Vec<Vec<u32>> = Vec::new();
-    for v in 0..t.visits() {
+    for v in visits {
         let (a, z) = (t.visit_rows[v] as usize, t.visit_rows[v + 1] as usize);
         let mut reached = 0usize;
         let mut any = false;
