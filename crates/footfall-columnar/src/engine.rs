@@ -773,10 +773,10 @@ impl ColumnarEngine {
             metrics.contains(&Metric::TotalRevenue) || metrics.contains(&Metric::AverageRevenue);
         // Revenue in visit figures would add groups of visits that started before the
         // range; those stay with DataFusion.
-        let resident_can = !plain
-            && goal_dim.is_none()
-            && !metrics.contains(&Metric::TimeOnPage)
-            && !(revenue && visit_family);
+        let resident_can = !(plain
+            || goal_dim.is_some()
+            || metrics.contains(&Metric::TimeOnPage)
+            || revenue && visit_family);
         if resident_can {
             if let Some(t) = self.resident_table(&req.site_id, from, to).await? {
                 let q = ResidentQuery {
@@ -1024,6 +1024,11 @@ fn finish(
     Ok(answer)
 }
 
+/// A group's values of the dimensions (None: NULL) and its aggregates.
+type Group = (Vec<Option<String>>, Agg);
+/// A funnel group's values of the dimensions and its visitors per step.
+type FunnelGroup = (Vec<Option<String>>, Vec<i64>);
+
 /// A query for the resident executor: what [`ColumnarEngine::execute`] decided about it,
 /// owned so that it runs off the async threads.
 struct ResidentQuery {
@@ -1047,10 +1052,7 @@ struct ResidentQuery {
 impl ResidentQuery {
     /// The groups, as the SQL below would give them; None where the executor does not
     /// hold a dimension or filter.
-    fn run(
-        &self,
-        t: &crate::resident::Table,
-    ) -> Result<Option<Vec<(Vec<Option<String>>, Agg)>>, QueryError> {
+    fn run(&self, t: &crate::resident::Table) -> Result<Option<Vec<Group>>, QueryError> {
         use crate::resident::exec;
         let mut dims = Vec::new();
         for d in &self.dimensions {
@@ -1464,7 +1466,7 @@ fn resident_funnel(
     goals: &[Goal],
     steps: &[Goal],
     dates: (i32, i32),
-) -> Result<Option<Vec<(Vec<Option<String>>, Vec<i64>)>>, QueryError> {
+) -> Result<Option<Vec<FunnelGroup>>, QueryError> {
     use crate::resident::exec;
     let mut dims = Vec::new();
     for d in names {

@@ -178,7 +178,7 @@ fn lut(
         let hit = match op {
             "is" | "is_not" => {
                 let v = fold(v);
-                wanted_folded.iter().any(|w| *w == v)
+                wanted_folded.contains(&v)
             }
             "contains" | "contains_not" => {
                 let v = fold(v);
@@ -376,7 +376,7 @@ pub(crate) struct Mask {
 }
 
 impl Mask {
-    fn to_rows(self, t: &Table) -> Vec<u8> {
+    fn into_rows(self, t: &Table) -> Vec<u8> {
         match self.level {
             Level::Row => self.v,
             Level::Visit => t.row_visit.iter().map(|&v| self.v[v as usize]).collect(),
@@ -421,7 +421,7 @@ pub(crate) fn eval(t: &Table, p: &Pred) -> Mask {
             let mut out: Option<Vec<u8>> = None;
             for m in masks {
                 let v = if level == Level::Row {
-                    m.to_rows(t)
+                    m.into_rows(t)
                 } else {
                     m.v
                 };
@@ -487,7 +487,7 @@ pub(crate) fn eval_all(t: &Table, preds: &[Pred]) -> Mask {
             let mut acc: Option<Vec<u8>> = None;
             for m in masks {
                 let v = if level == Level::Row {
-                    m.to_rows(t)
+                    m.into_rows(t)
                 } else {
                     m.v
                 };
