@@ -1214,14 +1214,12 @@ fn columnar(
         ))
             as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
     }
-    let engine = roles
-        .query
-        .then(|| {
-            Arc::new(
-                footfall_columnar::ColumnarEngine::new(columns)
-                    .with_resident_budget((cfg.columnar.resident_mib << 20) as usize),
-            )
-        });
+    let engine = roles.query.then(|| {
+        Arc::new(
+            footfall_columnar::ColumnarEngine::new(columns)
+                .with_resident_budget((cfg.columnar.resident_mib << 20) as usize),
+        )
+    });
     if let (Some(engine), false) = (&engine, cfg.columnar.pg_listen.is_empty()) {
         let tls = match (&cfg.columnar.pg_tls_cert[..], &cfg.columnar.pg_tls_key[..]) {
             ("", "") => None,
