@@ -502,9 +502,10 @@ impl ColumnarEngine {
             .into_iter()
             .map(|(_, m)| m)
             .collect();
+        let scope = format!("{property}/{from}/{to}");
         Ok(self
             .resident
-            .table(self.columns.archive().object_store(), &objects)
+            .table(self.columns.archive().object_store(), &scope, &objects)
             .await)
     }
 

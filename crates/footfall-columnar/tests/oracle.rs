@@ -50,6 +50,7 @@ struct Fixture {
     engine: ColumnarEngine,
     /// The same files, every question to DataFusion (no resident tables).
     sql_only: ColumnarEngine,
+    columns: std::sync::Arc<Columns>,
     rt: tokio::runtime::Runtime,
     now: i64,
     from: NaiveDate,
@@ -121,7 +122,8 @@ impl Fixture {
             dir,
             store,
             engine: ColumnarEngine::new(columns.clone()),
-            sql_only: ColumnarEngine::new(columns).with_resident_budget(0),
+            sql_only: ColumnarEngine::new(columns.clone()).with_resident_budget(0),
+            columns,
             rt,
             now: max_ts,
             from,
@@ -1675,4 +1677,78 @@ fn the_resident_executor_answers_what_it_holds() {
     let q = json!({"site_id": SITE, "metrics": ["visitors", "time_on_page"], "date_range": range,
                    "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]]});
     assert_eq!(ask(&f.engine, q)["meta"]["executor"], "datafusion");
+}
+
+/// When a day is made again, the resident table of the earlier files answers while the
+/// new one is made, and then the new one does: an answer is the old or the new files'
+/// one, never a mix, and the new one comes.
+#[test]
+fn a_day_made_again_replaces_the_resident_table() {
+    let f = Fixture::from_logged(traffic_with_props(5), "UTC");
+    let q = json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": f.range(),
+                   "dimensions": ["event:page"], "filters": [["is_not", "visit:source", ["google.com"]]],
+                   "pagination": {"limit": 100000}});
+    let req: footfall_query::QueryRequest = serde_json::from_value(q.clone()).unwrap();
+    let ask = |e: &ColumnarEngine| {
+        f.rt.block_on(e.execute(&req, f.tz, (f.from, f.to)))
+            .unwrap()
+    };
+    let before = ask(&f.engine);
+    assert_eq!(before["meta"]["executor"], "resident");
+    assert_eq!(before["results"], ask(&f.sql_only)["results"]);
+    // More people on the same days, in archive files of their own, and a refresh.
+    let more = generate(&GenSpec {
+        seed: 99,
+        visitors: 60,
+        start_ms: chrono::DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")
+            .unwrap()
+            .timestamp_millis(),
+        span_ms: 4 * 86_400_000,
+        max_visits_per_visitor: 2,
+        host: "shop.example".into(),
+    });
+    let mut files: BTreeMap<(NaiveDate, u32), Vec<ArchivedEvent>> = BTreeMap::new();
+    for (i, e) in more.iter().enumerate() {
+        let l = logged(e, e.ts + 1_000);
+        let t = chrono::DateTime::from_timestamp_millis(l.timestamp).unwrap();
+        files
+            .entry((t.date_naive(), chrono::Timelike::hour(&t)))
+            .or_default()
+            .push(ArchivedEvent::from_logged(&l, 1, 1_000_000 + i as u64));
+    }
+    let tz = f.tz;
+    f.rt.block_on(async {
+        for ((date, hour), evs) in &files {
+            let name = Archive::file_name(SITE, *date, *hour, 1, evs[0].log_offset as u64);
+            f.columns.archive().write_file(&name, evs).await.unwrap();
+        }
+        let made = f
+            .columns
+            .refresh(&move |p: &str| (p == SITE).then_some((tz, GAP)))
+            .await
+            .unwrap();
+        assert!(made.days > 0, "{made:?}");
+    });
+    let after = ask(&f.sql_only);
+    assert_ne!(
+        after["results"], before["results"],
+        "the new events change the answer"
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let got = ask(&f.engine);
+        assert_eq!(got["meta"]["executor"], "resident");
+        if got["results"] == after["results"] {
+            break;
+        }
+        assert_eq!(
+            got["results"], before["results"],
+            "the old files' answer or the new one"
+        );
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the new table is not made"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

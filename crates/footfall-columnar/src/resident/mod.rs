@@ -26,8 +26,13 @@ type Key = Vec<(String, u64, i64)>;
 
 struct Entry {
     key: Key,
+    /// What the table answers for (a property's date range): a newer set of files for
+    /// the same scope replaces it.
+    scope: String,
     table: tokio::sync::OnceCell<Option<Arc<Table>>>,
     used: AtomicU64,
+    /// A task is making the table while an older one of the scope answers.
+    building: std::sync::atomic::AtomicBool,
 }
 
 /// The resident tables, least recently used dropped first beyond the budget.
@@ -39,6 +44,41 @@ pub struct Resident {
 
 /// The default memory budget of resident tables.
 pub const DEFAULT_BUDGET: usize = 4 << 30;
+
+/// Reads and decodes the files; None when they are too large for `budget`.
+async fn load(
+    store: Arc<dyn ObjectStore>,
+    files: Vec<ObjectMeta>,
+    budget: usize,
+) -> Result<Option<Arc<Table>>, String> {
+    let size: u64 = files.iter().map(|m| m.size).sum();
+    if size as usize > budget {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    let count = files.len();
+    let bytes: Vec<bytes::Bytes> = futures::stream::iter(files)
+        .map(|m| {
+            let store = store.clone();
+            async move { store.get(&m.location).await?.bytes().await }
+        })
+        .buffered(4)
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let table = tokio::task::spawn_blocking(move || Table::build(&bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        files = count,
+        rows = table.rows(),
+        bytes = table.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "resident table made"
+    );
+    Ok((table.bytes <= budget).then(|| Arc::new(table)))
+}
 
 impl Resident {
     pub fn new(budget: usize) -> Self {
@@ -52,9 +92,15 @@ impl Resident {
     /// The table of exactly these files, decoded if it is not held; None when the
     /// budget is 0, the files are too large for it, or they cannot be read (the caller
     /// asks DataFusion, which reports the error).
+    ///
+    /// When the files of `scope` changed (a day made again) and the table of the
+    /// earlier files is held, that one answers while the new one is made in the
+    /// background: answers lag the files by the making (seconds), instead of every
+    /// first question after a refresh waiting for it.
     pub(crate) async fn table(
         &self,
         store: &Arc<dyn ObjectStore>,
+        scope: &str,
         files: &[ObjectMeta],
     ) -> Option<Arc<Table>> {
         if self.budget == 0 || files.is_empty() {
@@ -70,56 +116,52 @@ impl Resident {
                 )
             })
             .collect();
-        let entry = {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let (entry, older) = {
             let mut entries = self.entries.lock().unwrap();
-            match entries.iter().find(|e| e.key == key) {
+            let entry = match entries.iter().find(|e| e.key == key) {
                 Some(e) => e.clone(),
                 None => {
                     let e = Arc::new(Entry {
                         key,
+                        scope: scope.to_string(),
                         table: tokio::sync::OnceCell::new(),
                         used: AtomicU64::new(0),
+                        building: Default::default(),
                     });
                     entries.push(e.clone());
                     e
                 }
-            }
+            };
+            // A held table of the same scope made from other files.
+            let older = entries
+                .iter()
+                .filter(|e| e.scope == scope && !Arc::ptr_eq(e, &entry))
+                .filter_map(|e| e.table.get().cloned().flatten().map(|t| (e.clone(), t)))
+                .max_by_key(|(e, _)| e.used.load(Ordering::Relaxed));
+            (entry, older)
         };
-        entry.used.store(
-            self.clock.fetch_add(1, Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        let budget = self.budget;
+        entry.used.store(now, Ordering::Relaxed);
+        if !entry.table.initialized() {
+            if let Some((old, table)) = older {
+                if !entry.building.swap(true, Ordering::SeqCst) {
+                    let (e, store, files, budget) =
+                        (entry.clone(), store.clone(), files.to_vec(), self.budget);
+                    tokio::spawn(async move {
+                        let made = e.table.get_or_try_init(|| load(store, files, budget)).await;
+                        if let Err(err) = made {
+                            tracing::warn!(error = %err, "a resident table could not be made");
+                        }
+                        e.building.store(false, Ordering::SeqCst);
+                    });
+                }
+                old.used.store(now, Ordering::Relaxed);
+                return Some(table);
+            }
+        }
         let loaded = entry
             .table
-            .get_or_try_init(|| async {
-                let size: u64 = files.iter().map(|m| m.size).sum();
-                if size as usize > budget {
-                    return Ok(None);
-                }
-                let started = std::time::Instant::now();
-                let bytes: Vec<bytes::Bytes> = futures::stream::iter(files.iter().cloned())
-                    .map(|m| {
-                        let store = store.clone();
-                        async move { store.get(&m.location).await?.bytes().await }
-                    })
-                    .buffered(4)
-                    .try_collect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let table = tokio::task::spawn_blocking(move || Table::build(&bytes))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                tracing::debug!(
-                    files = files.len(),
-                    rows = table.rows(),
-                    bytes = table.bytes,
-                    ms = started.elapsed().as_millis() as u64,
-                    "resident table made"
-                );
-                Ok::<_, String>((table.bytes <= budget).then(|| Arc::new(table)))
-            })
+            .get_or_try_init(|| load(store.clone(), files.to_vec(), self.budget))
             .await;
         let table = match loaded {
             Ok(t) => t.clone(),
@@ -132,6 +174,11 @@ impl Resident {
                 return None;
             }
         };
+        // The scope's earlier tables are not asked for again.
+        self.entries
+            .lock()
+            .unwrap()
+            .retain(|x| Arc::ptr_eq(x, &entry) || x.scope != scope || !x.table.initialized());
         self.evict(&entry);
         table
     }

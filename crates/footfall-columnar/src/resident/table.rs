@@ -200,11 +200,31 @@ impl Table {
         let mut v_bounce: Vec<bool> = Vec::new();
         let mut v_dur: Vec<i64> = Vec::new();
         let mut v_text: Vec<Vec<u32>> = visit_cols.iter().map(|_| Vec::new()).collect();
-        for bytes in files {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?
-                .with_batch_size(64 * 1024)
-                .build()?;
-            for batch in reader {
+        // Parquet is decoded on a thread of its own while this one makes the codes.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(4);
+        let decoder = {
+            let files = files.to_vec();
+            std::thread::spawn(move || {
+                for bytes in files {
+                    let reader = match ParquetRecordBatchReaderBuilder::try_new(bytes)
+                        .and_then(|b| b.with_batch_size(64 * 1024).build())
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                    for batch in reader {
+                        if tx.send(batch.map_err(Into::into)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        {
+            for batch in rx.iter() {
                 let b = batch?;
                 let n = b.num_rows();
                 let ts = col::<Int64Array>(&b, "ts")?;
@@ -301,6 +321,9 @@ impl Table {
                 }
             }
         }
+        decoder
+            .join()
+            .map_err(|_| Error::Other("decoding a columnar file panicked".into()))?;
         // Sort: by visitor, then visit (its number as first read), then place in it.
         let n = raw.visitor.len();
         let mut order: Vec<u32> = (0..n as u32).collect();
