@@ -1062,24 +1062,30 @@ impl ResidentQuery {
                 None => return Ok(None),
             }
         }
-        let mut all = Vec::new();
-        let mut non_goal = Vec::new();
+        // Each filter evaluated once: all of them, and (for a conversion rate's
+        // denominators) those that name no goal.
+        let mut masks = Vec::new();
+        let mut goal_named = Vec::new();
         for f in &self.filters {
             let Some(p) = exec::compile(t, f, &self.goals)? else {
                 return Ok(None);
             };
-            if !names_goal(f) {
-                match exec::compile(t, f, &self.goals)? {
-                    Some(q) => non_goal.push(q),
-                    None => return Ok(None),
-                }
-            }
-            all.push(p);
+            masks.push(exec::eval(t, &p));
+            goal_named.push(names_goal(f));
         }
+        let denominators = self.conversions.then(|| {
+            let kept = masks
+                .iter()
+                .zip(&goal_named)
+                .filter(|(_, g)| !**g)
+                .map(|(m, _)| m.clone())
+                .collect();
+            exec::and_all(t, kept)
+        });
         let Some(keys) = exec::Keys::new(&dims, true) else {
             return Ok(None);
         };
-        let mask = exec::eval_all(t, &all);
+        let mask = exec::and_all(t, masks);
         let rows = exec::RowScope {
             bounds: self.bounds,
             mask: &mask,
@@ -1137,8 +1143,7 @@ impl ResidentQuery {
                 })
                 .collect()
         };
-        if self.conversions {
-            let denominators = exec::eval_all(t, &non_goal);
+        if let Some(denominators) = denominators {
             let scope = exec::RowScope {
                 bounds: self.bounds,
                 mask: &denominators,
@@ -1487,7 +1492,7 @@ fn resident_funnel(
     let Some(keys) = exec::Keys::new(&dims, false) else {
         return Ok(None);
     };
-    let mask = exec::eval_all(t, &preds);
+    let mask = exec::and_all(t, preds.iter().map(|p| exec::eval(t, p)).collect());
     let steps: Vec<&Goal> = steps.iter().collect();
     let tests = exec::goal_tests(t, &steps)?;
     Ok(Some(

@@ -370,6 +370,7 @@ fn goal_filter<'t>(
 }
 
 /// Three-valued results per row or per visit.
+#[derive(Clone)]
 pub(crate) struct Mask {
     level: Level,
     v: Vec<u8>,
@@ -410,36 +411,11 @@ pub(crate) fn eval(t: &Table, p: &Pred) -> Mask {
                 v,
             }
         }
-        Pred::And(parts) | Pred::Or(parts) => {
-            let is_and = matches!(p, Pred::And(_));
-            let masks: Vec<Mask> = parts.iter().map(|x| eval(t, x)).collect();
-            let level = if masks.iter().all(|m| m.level == Level::Visit) {
-                Level::Visit
-            } else {
-                Level::Row
-            };
-            let mut out: Option<Vec<u8>> = None;
-            for m in masks {
-                let v = if level == Level::Row {
-                    m.into_rows(t)
-                } else {
-                    m.v
-                };
-                out = Some(match out {
-                    None => v,
-                    Some(mut acc) => {
-                        for (a, b) in acc.iter_mut().zip(v) {
-                            *a = if is_and { and3(*a, b) } else { or3(*a, b) };
-                        }
-                        acc
-                    }
-                });
-            }
-            Mask {
-                level,
-                v: out.unwrap_or_default(),
-            }
-        }
+        Pred::And(parts) | Pred::Or(parts) => combine(
+            t,
+            parts.iter().map(|x| eval(t, x)).collect(),
+            matches!(p, Pred::And(_)),
+        ),
         Pred::Not(inner) => {
             let mut m = eval(t, inner);
             for x in m.v.iter_mut() {
@@ -469,44 +445,46 @@ pub(crate) fn eval(t: &Table, p: &Pred) -> Mask {
     }
 }
 
-/// All filters together (an empty list keeps everything).
-pub(crate) fn eval_all(t: &Table, preds: &[Pred]) -> Mask {
-    let mut masks: Vec<Mask> = preds.iter().map(|p| eval(t, p)).collect();
-    match masks.len() {
-        0 => Mask {
+/// Masks combined by SQL's `AND` (`and`) or `OR`, per visit when all are of the
+/// visit, else per row.
+fn combine(t: &Table, masks: Vec<Mask>, and: bool) -> Mask {
+    let level = if masks.iter().all(|m| m.level == Level::Visit) {
+        Level::Visit
+    } else {
+        Level::Row
+    };
+    let mut out: Option<Vec<u8>> = None;
+    for m in masks {
+        let v = if level == Level::Row {
+            m.into_rows(t)
+        } else {
+            m.v
+        };
+        out = Some(match out {
+            None => v,
+            Some(mut acc) => {
+                for (a, b) in acc.iter_mut().zip(v) {
+                    *a = if and { and3(*a, b) } else { or3(*a, b) };
+                }
+                acc
+            }
+        });
+    }
+    Mask {
+        level,
+        v: out.unwrap_or_default(),
+    }
+}
+
+/// Every filter's mask together (none keeps everything).
+pub(crate) fn and_all(t: &Table, masks: Vec<Mask>) -> Mask {
+    if masks.is_empty() {
+        return Mask {
             level: Level::Visit,
             v: vec![T; t.visits()],
-        },
-        1 => masks.pop().expect("one"),
-        _ => {
-            let level = if masks.iter().all(|m| m.level == Level::Visit) {
-                Level::Visit
-            } else {
-                Level::Row
-            };
-            let mut acc: Option<Vec<u8>> = None;
-            for m in masks {
-                let v = if level == Level::Row {
-                    m.into_rows(t)
-                } else {
-                    m.v
-                };
-                acc = Some(match acc {
-                    None => v,
-                    Some(mut a) => {
-                        for (x, y) in a.iter_mut().zip(v) {
-                            *x = and3(*x, y);
-                        }
-                        a
-                    }
-                });
-            }
-            Mask {
-                level,
-                v: acc.unwrap_or_default(),
-            }
-        }
+        };
     }
+    combine(t, masks, true)
 }
 
 /// Whether row `r` passes the mask.

@@ -183,45 +183,37 @@ impl Resident {
         table
     }
 
-    /// Drops the least recently used tables until the held ones fit the budget.
+    /// Drops the least recently used tables until the held ones fit the budget, and
+    /// entries beyond a count (sets of files that were replaced are not asked for
+    /// again).
     fn evict(&self, keep: &Arc<Entry>) {
+        const MAX_ENTRIES: usize = 32;
         let mut entries = self.entries.lock().unwrap();
-        loop {
-            let held: usize = entries
+        let held = |entries: &[Arc<Entry>]| -> usize {
+            entries
                 .iter()
                 .filter_map(|e| e.table.get().and_then(|t| t.as_ref()).map(|t| t.bytes))
-                .sum();
-            if held <= self.budget {
-                break;
-            }
-            let oldest = entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| !Arc::ptr_eq(e, keep) && e.table.initialized())
-                .min_by_key(|(_, e)| e.used.load(Ordering::Relaxed))
-                .map(|(i, _)| i);
-            match oldest {
-                Some(i) => {
-                    entries.remove(i);
-                }
-                None => break,
-            }
+                .sum()
+        };
+        while held(&entries) > self.budget && remove_oldest(&mut entries, keep, true) {}
+        while entries.len() > MAX_ENTRIES && remove_oldest(&mut entries, keep, false) {}
+    }
+}
+
+/// Removes the least recently used entry other than `keep` (of those with a table made,
+/// with `made`); false when there is none.
+fn remove_oldest(entries: &mut Vec<Arc<Entry>>, keep: &Arc<Entry>, made: bool) -> bool {
+    let oldest = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !Arc::ptr_eq(e, keep) && (!made || e.table.initialized()))
+        .min_by_key(|(_, e)| e.used.load(Ordering::Relaxed))
+        .map(|(i, _)| i);
+    match oldest {
+        Some(i) => {
+            entries.remove(i);
+            true
         }
-        // Sets of files that were replaced are not asked for again.
-        const MAX_ENTRIES: usize = 32;
-        while entries.len() > MAX_ENTRIES {
-            let oldest = entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| !Arc::ptr_eq(e, keep))
-                .min_by_key(|(_, e)| e.used.load(Ordering::Relaxed))
-                .map(|(i, _)| i);
-            match oldest {
-                Some(i) => {
-                    entries.remove(i);
-                }
-                None => break,
-            }
-        }
+        None => false,
     }
 }
